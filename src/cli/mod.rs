@@ -1,0 +1,34 @@
+//! The command line: parses arguments, calls the library, renders diagnostics and progress.
+//! It must not contain quantization logic; every number it prints comes from the library.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Exit code for a build or data error.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code for bad usage (invalid arguments).
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(name = "quant", version, about = "Quantize ONNX models the QNN way, as an incremental build")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let code = if err.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = err.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {}
+}

@@ -1,0 +1,18 @@
+//! `quant` quantizes ONNX models the way Qualcomm's QNN/QAIRT toolchain does, as a build system.
+//!
+//! Modules follow the data flow (see `ARCHITECTURE.md`):
+//! `encoding` (pure math) · `stats` (mergeable statistics, range selection) · `onnx` (the only
+//! module that sees protobuf) · `graph` · `calib` (input lists, samples) · `run` (float execution)
+//! · `overrides` · `export` · `manifest` · `store` · `engine` · `cli`.
+
+pub mod calib;
+pub mod cli;
+pub mod encoding;
+pub mod export;
+pub mod graph;
+pub mod manifest;
+pub mod onnx;
+pub mod overrides;
+pub mod run;
+pub mod stats;
+pub mod store;
