@@ -1,0 +1,278 @@
+//! Store keys: `Kind` (what an entry holds) and `KeyBuilder` (what it was computed from).
+//! It owns the byte layout that is hashed into a key; it must not read files, and it offers no
+//! way to put a path or a modification time into a key — only content and settings.
+//!
+//! # Byte layout (stable; changing it means bumping [`SCHEMA_VERSION`])
+//!
+//! A key is `blake3` of:
+//!
+//! | bytes                 | content                                             |
+//! |-----------------------|-----------------------------------------------------|
+//! | 16                    | `b"quant-store-key\0"` (domain separation)          |
+//! | 4                     | [`SCHEMA_VERSION`], u32 little-endian               |
+//! | 4 + n                 | kind name: length (u32 LE) then UTF-8 bytes         |
+//! | 4                     | kind layout version, u32 LE                         |
+//! | per field, in order   | tag (u8), name length (u32 LE), name, value         |
+//!
+//! Field values by tag: `0x01` digest (32 bytes) · `0x02` string (u64 LE length + UTF-8) ·
+//! `0x03` bytes (u64 LE length + bytes) · `0x04` u64 (8 bytes LE) · `0x05` i64 (8 bytes LE) ·
+//! `0x06` f64 (IEEE-754 bits, 8 bytes LE) · `0x07` bool (1 byte, 0 or 1) · `0x08` JSON (u64 LE
+//! length + compact `serde_json` bytes) · `0x09` digest list (u64 LE count + 32 bytes each).
+//!
+//! Every variable-length part is length-prefixed and every field carries its name and type, so
+//! two different field sequences can never produce the same bytes.
+
+use super::digest::Digest;
+use serde::Serialize;
+
+/// Version of the key byte layout above. Bumping it orphans every existing entry (gc then
+/// removes them), which is the point: a layout change must never alias old keys.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Domain-separation prefix hashed before everything else in a key.
+pub const KEY_DOMAIN: &[u8; 16] = b"quant-store-key\0";
+
+/// What a store entry holds: a directory name under `objects/` plus a layout version.
+///
+/// The version goes into every key of this kind, so bumping it when the cached type's
+/// serialized layout changes makes old entries unreachable instead of misread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Kind {
+    name: &'static str,
+    version: u32,
+}
+
+impl Kind {
+    /// Statistics of one calibration sample over one set of tensors of one model.
+    pub const STATISTICS: Kind = Kind::new("statistics", 1);
+    /// Statistics merged over all samples of a calibration set.
+    pub const MERGED_STATISTICS: Kind = Kind::new("merged-statistics", 1);
+    /// The encoding (bitwidth, scale, offset, ...) chosen for one tensor.
+    pub const ENCODINGS: Kind = Kind::new("encodings", 1);
+    /// A finished output file (encodings JSON, report) of one target and model.
+    pub const ARTIFACTS: Kind = Kind::new("artifacts", 1);
+
+    /// A kind named `name` (1 to 32 characters of `a-z`, `0-9`, `-`; it becomes a directory
+    /// name) whose cached layout is at `version`.
+    ///
+    /// # Panics
+    /// On an invalid name. Kinds are constants written by developers, so in a `const` this is a
+    /// compile error rather than a runtime failure.
+    pub const fn new(name: &'static str, version: u32) -> Kind {
+        let bytes = name.as_bytes();
+        assert!(
+            !bytes.is_empty() && bytes.len() <= 32,
+            "kind name must have 1 to 32 characters"
+        );
+        let mut i = 0;
+        while i < bytes.len() {
+            let c = bytes[i];
+            assert!(
+                c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-',
+                "kind name may only use a-z, 0-9 and '-'"
+            );
+            i += 1;
+        }
+        Kind { name, version }
+    }
+
+    /// The name, also the entry directory under `objects/`.
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The layout version hashed into every key of this kind.
+    pub const fn version(&self) -> u32 {
+        self.version
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@v{}", self.name, self.version)
+    }
+}
+
+/// Builds a store key from typed, named fields in the documented byte layout (module docs).
+///
+/// Field order matters: add fields in one fixed order per kind. There is deliberately no method
+/// taking a `Path`, a `SystemTime` or metadata: a key describes *content*, so moving a project or
+/// touching a file must not change it. Digest the file's bytes and add the digest instead.
+#[derive(Clone)]
+pub struct KeyBuilder {
+    hasher: blake3::Hasher,
+}
+
+const TAG_DIGEST: u8 = 0x01;
+const TAG_STR: u8 = 0x02;
+const TAG_BYTES: u8 = 0x03;
+const TAG_U64: u8 = 0x04;
+const TAG_I64: u8 = 0x05;
+const TAG_F64: u8 = 0x06;
+const TAG_BOOL: u8 = 0x07;
+const TAG_JSON: u8 = 0x08;
+const TAG_DIGEST_LIST: u8 = 0x09;
+
+impl KeyBuilder {
+    /// Starts a key for entries of `kind` (domain prefix, schema version, kind name and version).
+    pub fn new(kind: Kind) -> KeyBuilder {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(KEY_DOMAIN);
+        hasher.update(&SCHEMA_VERSION.to_le_bytes());
+        hasher.update(&(kind.name.len() as u32).to_le_bytes());
+        hasher.update(kind.name.as_bytes());
+        hasher.update(&kind.version.to_le_bytes());
+        KeyBuilder { hasher }
+    }
+
+    fn field(&mut self, tag: u8, name: &str) {
+        self.hasher.update(&[tag]);
+        self.hasher.update(&(name.len() as u32).to_le_bytes());
+        self.hasher.update(name.as_bytes());
+    }
+
+    /// Adds a content digest (of a model, a sample, an override file, another entry's key...).
+    pub fn digest(mut self, name: &str, value: &Digest) -> KeyBuilder {
+        self.field(TAG_DIGEST, name);
+        self.hasher.update(value.as_bytes());
+        self
+    }
+
+    /// Adds an ordered list of digests; callers sort it first when order must not matter.
+    pub fn digests<'a>(
+        mut self,
+        name: &str,
+        values: impl ExactSizeIterator<Item = &'a Digest>,
+    ) -> KeyBuilder {
+        self.field(TAG_DIGEST_LIST, name);
+        self.hasher.update(&(values.len() as u64).to_le_bytes());
+        for value in values {
+            self.hasher.update(value.as_bytes());
+        }
+        self
+    }
+
+    /// Adds a string setting (a tensor name, a schema name, a backend...).
+    pub fn str(mut self, name: &str, value: &str) -> KeyBuilder {
+        self.field(TAG_STR, name);
+        self.hasher.update(&(value.len() as u64).to_le_bytes());
+        self.hasher.update(value.as_bytes());
+        self
+    }
+
+    /// Adds raw bytes.
+    pub fn bytes(mut self, name: &str, value: &[u8]) -> KeyBuilder {
+        self.field(TAG_BYTES, name);
+        self.hasher.update(&(value.len() as u64).to_le_bytes());
+        self.hasher.update(value);
+        self
+    }
+
+    /// Adds an unsigned integer setting (a bitwidth, a bin count...).
+    pub fn u64(mut self, name: &str, value: u64) -> KeyBuilder {
+        self.field(TAG_U64, name);
+        self.hasher.update(&value.to_le_bytes());
+        self
+    }
+
+    /// Adds a signed integer setting.
+    pub fn i64(mut self, name: &str, value: i64) -> KeyBuilder {
+        self.field(TAG_I64, name);
+        self.hasher.update(&value.to_le_bytes());
+        self
+    }
+
+    /// Adds a float setting by its exact bits, so `-0.0` and `0.0` (and NaN payloads) differ:
+    /// the key must change whenever the computation could.
+    pub fn f64(mut self, name: &str, value: f64) -> KeyBuilder {
+        self.field(TAG_F64, name);
+        self.hasher.update(&value.to_bits().to_le_bytes());
+        self
+    }
+
+    /// Adds a flag.
+    pub fn bool(mut self, name: &str, value: bool) -> KeyBuilder {
+        self.field(TAG_BOOL, name);
+        self.hasher.update(&[u8::from(value)]);
+        self
+    }
+
+    /// Adds a settings struct by its compact JSON.
+    ///
+    /// Stable only for types whose JSON is deterministic: structs, `Vec`, `BTreeMap` — never a
+    /// `HashMap`, whose iteration order changes between runs.
+    pub fn json<T: Serialize + ?Sized>(
+        mut self,
+        name: &str,
+        value: &T,
+    ) -> Result<KeyBuilder, serde_json::Error> {
+        let json = serde_json::to_vec(value)?;
+        self.field(TAG_JSON, name);
+        self.hasher.update(&(json.len() as u64).to_le_bytes());
+        self.hasher.update(&json);
+        Ok(self)
+    }
+
+    /// The finished key.
+    pub fn finish(&self) -> Digest {
+        Digest::from(self.hasher.finalize())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_names_types_and_order_all_change_the_key() {
+        let base = KeyBuilder::new(Kind::ENCODINGS)
+            .u64("bitwidth", 8)
+            .str("tensor", "x");
+        let renamed = KeyBuilder::new(Kind::ENCODINGS)
+            .u64("bits", 8)
+            .str("tensor", "x");
+        let retyped = KeyBuilder::new(Kind::ENCODINGS)
+            .i64("bitwidth", 8)
+            .str("tensor", "x");
+        let reordered = KeyBuilder::new(Kind::ENCODINGS)
+            .str("tensor", "x")
+            .u64("bitwidth", 8);
+        let other_kind = KeyBuilder::new(Kind::ARTIFACTS)
+            .u64("bitwidth", 8)
+            .str("tensor", "x");
+        let bumped = KeyBuilder::new(Kind::new("encodings", 2))
+            .u64("bitwidth", 8)
+            .str("tensor", "x");
+        let keys =
+            [&base, &renamed, &retyped, &reordered, &other_kind, &bumped].map(|k| k.finish());
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn length_prefixes_prevent_concatenation_collisions() {
+        let a = KeyBuilder::new(Kind::STATISTICS)
+            .str("a", "bc")
+            .str("d", "");
+        let b = KeyBuilder::new(Kind::STATISTICS)
+            .str("a", "b")
+            .str("cd", "");
+        assert_ne!(a.finish(), b.finish());
+    }
+
+    #[test]
+    fn signed_zero_and_float_bits_are_distinct() {
+        let pos = KeyBuilder::new(Kind::ENCODINGS).f64("min", 0.0).finish();
+        let neg = KeyBuilder::new(Kind::ENCODINGS).f64("min", -0.0).finish();
+        assert_ne!(pos, neg);
+    }
+
+    #[test]
+    #[should_panic(expected = "kind name may only use")]
+    fn kind_rejects_path_characters() {
+        let _ = Kind::new("../escape", 1);
+    }
+}
