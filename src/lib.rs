@@ -8,6 +8,7 @@
 pub mod calib;
 pub mod cli;
 pub mod encoding;
+pub mod engine;
 pub mod export;
 pub mod graph;
 pub mod manifest;
@@ -16,3 +17,4 @@ pub mod overrides;
 pub mod run;
 pub mod stats;
 pub mod store;
+pub mod watch;
