@@ -1,0 +1,706 @@
+//! From the raw manifest to the resolved pipeline: references, `extends`, defaults, the backend
+//! capability checks and the files the manifest points at.
+//!
+//! It must not parse TOML (that is `raw`) and reads the file system only to check that
+//! referenced files exist, and only when asked to ([`FileCheck::Exists`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use toml::Spanned;
+
+use super::raw::{
+    Given, Problems, RawManifest, RawQuantizerOptions, RawTarget, canonical, suggestion,
+};
+use super::{
+    CalibrationMethod, FloatBitwidth, Percentile, Precision, QuantizerSettings,
+    ResolvedCalibration, ResolvedEval, ResolvedModel, ResolvedOverrides, ResolvedPipeline,
+    ResolvedTarget,
+};
+use crate::encoding::{Bitwidth, Schema};
+
+/// Whether resolution checks that the files the manifest names exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileCheck {
+    /// Each referenced file must exist; a missing one is a diagnostic on its path.
+    Exists,
+    /// Do not look at the file system (the engine reads the files itself and reports).
+    Skip,
+}
+
+/// The default `[pipeline] out_dir`.
+pub const DEFAULT_OUT_DIR: &str = "quant-out";
+
+struct Paths<'a> {
+    root: &'a Path,
+    files: FileCheck,
+}
+
+impl Paths<'_> {
+    /// Joins a manifest path to the manifest's folder and checks it names a file.
+    fn file(
+        &self,
+        problems: &mut Problems,
+        key: &str,
+        owner: &str,
+        given: &Spanned<String>,
+    ) -> Option<PathBuf> {
+        let text = given.get_ref();
+        if text.is_empty() {
+            let diagnostic = problems
+                .at(
+                    "quant::manifest::value",
+                    format!("`{key}` of {owner} is empty"),
+                    given.span(),
+                    "empty path",
+                )
+                .with_help("give a path relative to the manifest's folder");
+            problems.push(diagnostic);
+            return None;
+        }
+        let path = self.root.join(text);
+        if self.files == FileCheck::Exists && !path.is_file() {
+            let (message, label) = if path.exists() {
+                (format!("`{text}` is not a file"), "not a file")
+            } else {
+                (format!("file `{text}` not found"), "no such file")
+            };
+            let diagnostic = problems
+                .at("quant::manifest::missing_file", message, given.span(), label)
+                .with_help(format!(
+                    "{key} of {owner} is read relative to the manifest's folder; create the file or fix the path"
+                ));
+            problems.push(diagnostic);
+        }
+        Some(path)
+    }
+}
+
+fn missing_key(
+    problems: &mut Problems,
+    owner: &str,
+    key: &str,
+    name: &Spanned<String>,
+    example: &str,
+) {
+    let diagnostic = problems
+        .at(
+            "quant::manifest::missing_key",
+            format!("{owner} has no `{key}`"),
+            name.span(),
+            format!("declared here without `{key}`"),
+        )
+        .with_help(format!("add `{example}` to this table"));
+    problems.push(diagnostic);
+}
+
+/// Resolves `raw`, whose manifest lives in `root` (absolute).
+pub(crate) fn resolve(
+    problems: &mut Problems,
+    raw: &RawManifest,
+    manifest_path: &Path,
+    root: &Path,
+    files: FileCheck,
+) -> ResolvedPipeline {
+    let paths = Paths { root, files };
+    let name = raw
+        .pipeline
+        .name
+        .as_ref()
+        .map(|n| n.get_ref().clone())
+        .or_else(|| root.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "pipeline".to_string());
+    let out_dir = root.join(
+        raw.pipeline
+            .out_dir
+            .as_ref()
+            .map_or(DEFAULT_OUT_DIR, |d| d.get_ref().as_str()),
+    );
+
+    let mut models = BTreeMap::new();
+    for model in &raw.models {
+        let owner = format!("model `{}`", model.name.get_ref());
+        let Some(path) = model.path.as_ref() else {
+            missing_key(
+                problems,
+                &owner,
+                "path",
+                &model.name,
+                "path = \"models/NAME.onnx\"",
+            );
+            continue;
+        };
+        let Some(path) = paths.file(problems, "path", &owner, path) else {
+            continue;
+        };
+        let input_dims = model
+            .input_dims
+            .iter()
+            .map(|(input, dims)| (input.get_ref().clone(), dims.clone()))
+            .collect();
+        let name = model.name.get_ref().clone();
+        models.insert(
+            name.clone(),
+            ResolvedModel {
+                name,
+                path,
+                input_dims,
+            },
+        );
+    }
+
+    let mut calibration = BTreeMap::new();
+    for set in &raw.calibration {
+        let owner = format!("calibration set `{}`", set.name.get_ref());
+        let Some(list) = set.input_list.as_ref() else {
+            missing_key(
+                problems,
+                &owner,
+                "input_list",
+                &set.name,
+                "input_list = \"calib/input_list.txt\"",
+            );
+            continue;
+        };
+        if let Some(input_list) = paths.file(problems, "input_list", &owner, list) {
+            let name = set.name.get_ref().clone();
+            calibration.insert(name.clone(), ResolvedCalibration { name, input_list });
+        }
+    }
+
+    let mut overrides = BTreeMap::new();
+    for entry in &raw.overrides {
+        let owner = format!("overrides `{}`", entry.name.get_ref());
+        let Some(path) = entry.path.as_ref() else {
+            missing_key(
+                problems,
+                &owner,
+                "path",
+                &entry.name,
+                "path = \"overrides/NAME.json\"",
+            );
+            continue;
+        };
+        if let Some(path) = paths.file(problems, "path", &owner, path) {
+            let name = entry.name.get_ref().clone();
+            overrides.insert(name.clone(), ResolvedOverrides { name, path });
+        }
+    }
+
+    let mut eval = BTreeMap::new();
+    for set in &raw.eval {
+        let owner = format!("eval set `{}`", set.name.get_ref());
+        let Some(list) = set.input_list.as_ref() else {
+            missing_key(
+                problems,
+                &owner,
+                "input_list",
+                &set.name,
+                "input_list = \"eval/input_list.txt\"",
+            );
+            continue;
+        };
+        let input_list = paths.file(problems, "input_list", &owner, list);
+        let labels = set
+            .labels
+            .as_ref()
+            .map(|l| paths.file(problems, "labels", &owner, l));
+        if let (Some(input_list), None | Some(Some(_))) = (input_list, &labels) {
+            let name = set.name.get_ref().clone();
+            eval.insert(
+                name.clone(),
+                ResolvedEval {
+                    name,
+                    input_list,
+                    labels: labels.flatten(),
+                },
+            );
+        }
+    }
+
+    check_references(problems, raw);
+    let targets = resolve_targets(problems, raw);
+
+    ResolvedPipeline {
+        manifest_path: manifest_path.to_path_buf(),
+        root: root.to_path_buf(),
+        name,
+        out_dir,
+        encoding_version: raw
+            .pipeline
+            .encoding_version
+            .as_ref()
+            .map(|v| *v.get_ref())
+            .unwrap_or_default(),
+        models,
+        calibration,
+        overrides,
+        eval,
+        targets,
+        workspace_members: raw
+            .workspace_members
+            .iter()
+            .flatten()
+            .map(|m| m.get_ref().clone())
+            .collect(),
+    }
+}
+
+/// Every name a target refers to must be declared; reported where the target itself writes it
+/// (not again in each target that inherits it).
+fn check_references(problems: &mut Problems, raw: &RawManifest) {
+    let models: Vec<&str> = raw
+        .models
+        .iter()
+        .map(|m| m.name.get_ref().as_str())
+        .collect();
+    let calibration: Vec<&str> = raw
+        .calibration
+        .iter()
+        .map(|c| c.name.get_ref().as_str())
+        .collect();
+    let overrides: Vec<&str> = raw
+        .overrides
+        .iter()
+        .map(|o| o.name.get_ref().as_str())
+        .collect();
+    let eval: Vec<&str> = raw.eval.iter().map(|e| e.name.get_ref().as_str()).collect();
+    let targets: Vec<&str> = raw
+        .targets
+        .iter()
+        .map(|t| t.name.get_ref().as_str())
+        .collect();
+
+    let mut check =
+        |name: &str, span: Range<usize>, declared: &[&str], what: &str, section: &str| {
+            if declared.contains(&name) {
+                return;
+            }
+            let help = format!(
+                "{}; declare it as `[{section}.{name}]` or fix the name",
+                suggestion(name, declared.iter().copied(), what)
+            );
+            let diagnostic = problems
+                .at(
+                    "quant::manifest::undeclared",
+                    format!("{what} `{name}` is not declared"),
+                    span,
+                    format!("no [{section}.{name}]"),
+                )
+                .with_help(help);
+            problems.push(diagnostic);
+        };
+    for target in &raw.targets {
+        for model in target.models.iter().flat_map(|m| m.value.iter()) {
+            check(model.get_ref(), model.span(), &models, "model", "models");
+        }
+        if let Some(c) = &target.calibration {
+            check(
+                &c.value,
+                c.value_span.clone(),
+                &calibration,
+                "calibration set",
+                "calibration",
+            );
+        }
+        for o in target.overrides.iter().flat_map(|o| o.value.iter()) {
+            check(o.get_ref(), o.span(), &overrides, "overrides", "overrides");
+        }
+        if let Some(e) = &target.evaluate {
+            check(&e.value, e.value_span.clone(), &eval, "eval set", "eval");
+        }
+        if let Some(e) = &target.extends {
+            check(
+                &e.value,
+                e.value_span.clone(),
+                &targets,
+                "target",
+                "targets",
+            );
+        }
+    }
+}
+
+/// The chain `[target, parent, grandparent, ...]`, or `None` when it runs into a cycle (reported
+/// once, by the cycle's first member in name order) or an undeclared parent (already reported).
+fn chain<'a>(
+    problems: &mut Problems,
+    by_name: &BTreeMap<&str, &'a RawTarget>,
+    start: &'a RawTarget,
+) -> Option<Vec<&'a RawTarget>> {
+    let mut stack = vec![start];
+    loop {
+        let current = stack[stack.len() - 1];
+        let Some(parent) = &current.extends else {
+            return Some(stack);
+        };
+        let next = *by_name.get(parent.value.as_str())?;
+        if let Some(position) = stack
+            .iter()
+            .position(|t| t.name.get_ref() == next.name.get_ref())
+        {
+            let cycle = &stack[position..];
+            let first = cycle.iter().map(|t| t.name.get_ref()).min();
+            if first == Some(start.name.get_ref()) {
+                report_cycle(problems, cycle);
+            }
+            return None;
+        }
+        stack.push(next);
+    }
+}
+
+fn report_cycle(problems: &mut Problems, cycle: &[&RawTarget]) {
+    let mut names: Vec<&str> = cycle.iter().map(|t| t.name.get_ref().as_str()).collect();
+    names.push(names[0]);
+    let path = names.join(" → ");
+    let extends = |t: &RawTarget| {
+        t.extends
+            .as_ref()
+            .map(|e| e.value_span.clone())
+            .unwrap_or(t.name.span())
+    };
+    let mut diagnostic = problems
+        .at(
+            "quant::manifest::extends_cycle",
+            format!("cyclic `extends`: {path}"),
+            extends(cycle[0]),
+            format!("`{}` extends `{}`", names[0], names[1]),
+        )
+        .with_help("a target may extend another only if that one does not (indirectly) extend it back; remove one `extends` of the cycle");
+    for (i, target) in cycle.iter().enumerate().skip(1) {
+        diagnostic = diagnostic.with_label(
+            extends(target),
+            format!("`{}` extends `{}`", names[i], names[i + 1]),
+        );
+    }
+    problems.push(diagnostic);
+}
+
+fn or<T: Clone>(child: &Option<T>, parent: &Option<T>) -> Option<T> {
+    child.clone().or_else(|| parent.clone())
+}
+
+/// The target's own settings over its parent's.
+fn inherit(child: &RawTarget, parent: &RawTarget) -> RawTarget {
+    let (c, p) = (&child.options, &parent.options);
+    RawTarget {
+        name: child.name.clone(),
+        backend: or(&child.backend, &parent.backend),
+        models: or(&child.models, &parent.models),
+        calibration: or(&child.calibration, &parent.calibration),
+        overrides: or(&child.overrides, &parent.overrides),
+        evaluate: or(&child.evaluate, &parent.evaluate),
+        extends: child.extends.clone(),
+        options: RawQuantizerOptions {
+            act_bitwidth: or(&c.act_bitwidth, &p.act_bitwidth),
+            weights_bitwidth: or(&c.weights_bitwidth, &p.weights_bitwidth),
+            bias_bitwidth: or(&c.bias_bitwidth, &p.bias_bitwidth),
+            float_bitwidth: or(&c.float_bitwidth, &p.float_bitwidth),
+            act_calibration: or(&c.act_calibration, &p.act_calibration),
+            param_calibration: or(&c.param_calibration, &p.param_calibration),
+            act_schema: or(&c.act_schema, &p.act_schema),
+            param_schema: or(&c.param_schema, &p.param_schema),
+            percentile: or(&c.percentile, &p.percentile),
+            per_channel: or(&c.per_channel, &p.per_channel),
+            per_row: or(&c.per_row, &p.per_row),
+            ignore_quantization_overrides: or(
+                &c.ignore_quantization_overrides,
+                &p.ignore_quantization_overrides,
+            ),
+            calibrate_with_quantized_weights: or(
+                &c.calibrate_with_quantized_weights,
+                &p.calibrate_with_quantized_weights,
+            ),
+        },
+    }
+}
+
+fn resolve_targets(problems: &mut Problems, raw: &RawManifest) -> BTreeMap<String, ResolvedTarget> {
+    let by_name: BTreeMap<&str, &RawTarget> = raw
+        .targets
+        .iter()
+        .map(|t| (t.name.get_ref().as_str(), t))
+        .collect();
+    let all_models: BTreeSet<String> = raw
+        .models
+        .iter()
+        .map(|m| m.name.get_ref().clone())
+        .collect();
+    let mut resolved = BTreeMap::new();
+    for target in &raw.targets {
+        let Some(chain) = chain(problems, &by_name, target) else {
+            continue;
+        };
+        let mut effective = (*chain[chain.len() - 1]).clone();
+        for child in chain.iter().rev().skip(1) {
+            effective = inherit(child, &effective);
+        }
+        let extends = chain[1..]
+            .iter()
+            .map(|t| t.name.get_ref().clone())
+            .collect();
+        if let Some(t) = check_target(problems, &effective, &all_models, extends) {
+            resolved.insert(t.name.clone(), t);
+        }
+    }
+    resolved
+}
+
+fn val<T: Copy>(given: &Option<Given<T>>, default: T) -> T {
+    given.as_ref().map_or(default, |g| g.value)
+}
+
+/// Backend capability checks on a target with `extends` applied; builds the resolved target.
+fn check_target(
+    problems: &mut Problems,
+    t: &RawTarget,
+    all_models: &BTreeSet<String>,
+    extends: Vec<String>,
+) -> Option<ResolvedTarget> {
+    let name = t.name.get_ref();
+    let Some(backend) = &t.backend else {
+        let diagnostic = problems
+            .at(
+                "quant::manifest::missing_key",
+                format!("target `{name}` has no `backend`"),
+                t.name.span(),
+                "declared here without `backend`",
+            )
+            .with_help("add `backend = \"htp\"` (cpu, gpu, dsp, htp or hta), or `extends` a target that has one");
+        problems.push(diagnostic);
+        return None;
+    };
+    let b = backend.value;
+    let caps = b.capabilities();
+    let models = match &t.models {
+        Some(list) => list
+            .value
+            .iter()
+            .map(|m| m.get_ref().clone())
+            .collect::<BTreeSet<_>>(),
+        None => all_models.clone(),
+    }
+    .into_iter()
+    .collect();
+    let o = &t.options;
+    let errors_before = problems.list.len();
+    let reject = |problems: &mut Problems,
+                  given_span: Range<usize>,
+                  message: String,
+                  label: String,
+                  help: String| {
+        let diagnostic = problems
+            .at("quant::manifest::backend", message, given_span, label)
+            .with_label(backend.value_span.clone(), format!("backend {b}"))
+            .with_help(help);
+        problems.push(diagnostic);
+    };
+
+    let listed = |list: &[&str]| list.join(" or ");
+    let bits = |list: &[u32]| {
+        listed(
+            &list
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )
+    };
+
+    if !caps.quantized {
+        let mut keys = o.given_keys();
+        if let Some(c) = &t.calibration {
+            keys.push((c.key, c.key_span.clone()));
+        }
+        if let Some(ov) = &t.overrides {
+            keys.push((ov.key, ov.key_span.clone()));
+        }
+        keys.sort_by_key(|(_, span)| span.start);
+        if let Some((first, span)) = keys.first() {
+            let mut diagnostic = problems
+                .at(
+                    "quant::manifest::backend",
+                    format!("target `{name}` runs on {b}, which runs float models, but sets quantization options"),
+                    span.clone(),
+                    format!("`{first}` needs a quantized backend"),
+                )
+                .with_label(backend.value_span.clone(), format!("{b} takes float models only"));
+            for (key, span) in &keys[1..] {
+                diagnostic = diagnostic.with_label(span.clone(), format!("`{key}` too"));
+            }
+            let diagnostic = diagnostic.with_help(format!(
+                "the seed's {upper} backend runs non-quantized models: remove these keys (only `float_bitwidth` applies), or use a quantized backend (dsp, htp, hta)",
+                upper = b.as_str().to_uppercase()
+            ));
+            problems.push(diagnostic);
+        }
+        let float_bitwidth = val(&o.float_bitwidth, FloatBitwidth::F32);
+        if let Some(f) = &o.float_bitwidth
+            && !b.allows_float_bitwidth(f.value)
+        {
+            reject(
+                problems,
+                f.value_span.clone(),
+                format!("{b} cannot run {}-bit float models", f.value),
+                format!("FP{}", f.value),
+                format!(
+                    "{b} runs float models at {} bit",
+                    bits(caps.float_bitwidths)
+                ),
+            );
+        }
+        return (problems.list.len() == errors_before).then(|| ResolvedTarget {
+            name: name.clone(),
+            backend: b,
+            models,
+            evaluate: t.evaluate.as_ref().map(|e| e.value.clone()),
+            extends,
+            precision: Precision::Float { float_bitwidth },
+        });
+    }
+
+    let Some(calibration) = &t.calibration else {
+        let diagnostic = problems
+            .at(
+                "quant::manifest::missing_key",
+                format!("target `{name}` runs on {b}, which needs a quantized model, but has no `calibration`"),
+                t.name.span(),
+                "no calibration set",
+            )
+            .with_label(backend.value_span.clone(), format!("{b} runs quantized models only"))
+            .with_help("add `calibration = \"NAME\"` naming a [calibration.NAME] set: the seed's quantized mode computes encodings from calibration data");
+        problems.push(diagnostic);
+        return None;
+    };
+    let act_bitwidth = val(&o.act_bitwidth, Bitwidth::B8);
+    let weights_bitwidth = val(&o.weights_bitwidth, Bitwidth::B8);
+    let bias_bitwidth = val(&o.bias_bitwidth, Bitwidth::B8);
+    for (given, value, role, allowed, list) in [
+        (
+            &o.act_bitwidth,
+            act_bitwidth,
+            "activations",
+            b.allows_act_bitwidth(act_bitwidth),
+            caps.act_bitwidths,
+        ),
+        (
+            &o.weights_bitwidth,
+            weights_bitwidth,
+            "weights",
+            b.allows_weights_bitwidth(weights_bitwidth),
+            caps.weights_bitwidths,
+        ),
+        (
+            &o.bias_bitwidth,
+            bias_bitwidth,
+            "biases",
+            b.allows_bias_bitwidth(bias_bitwidth),
+            caps.bias_bitwidths,
+        ),
+    ] {
+        if let Some(given) = given
+            && !allowed
+        {
+            reject(
+                problems,
+                given.value_span.clone(),
+                format!("{b} cannot run {value}-bit {role}"),
+                format!("`{}` = {value}", given.key),
+                format!(
+                    "{b} runs {role} at {} bit (see the backend table in the book)",
+                    bits(list)
+                ),
+            );
+        }
+    }
+    let overrides: Vec<String> = t
+        .overrides
+        .iter()
+        .flat_map(|o| o.value.iter().map(|n| n.get_ref().clone()))
+        .collect();
+    if let Some(f) = &o.float_bitwidth {
+        if caps.float_bitwidths.is_empty() {
+            reject(
+                problems,
+                f.key_span.clone(),
+                format!("{b} has no float ops, so `{}` cannot apply", f.key),
+                "float tensors".into(),
+                format!(
+                    "{b} runs every tensor quantized: remove `{}`, or use htp for mixed precision",
+                    f.key
+                ),
+            );
+        } else if overrides.is_empty() {
+            reject(
+                problems,
+                f.key_span.clone(),
+                format!("`{}` on {b} needs mixed precision, but target `{name}` has no overrides", f.key),
+                "no tensor is float".into(),
+                "on a quantized backend float_bitwidth sets the precision of the tensors that overrides mark `dtype: \"float\"`; add `overrides = [...]` or remove the key".into(),
+            );
+        } else if !b.allows_float_bitwidth(f.value) {
+            reject(
+                problems,
+                f.value_span.clone(),
+                format!("{b} cannot run {}-bit float ops", f.value),
+                format!("FP{}", f.value),
+                format!("{b} runs float ops at {} bit", bits(caps.float_bitwidths)),
+            );
+        }
+    }
+    let param_calibration = val(&o.param_calibration, CalibrationMethod::MinMax);
+    if let Some(p) = &o.param_calibration
+        && p.value == CalibrationMethod::Adjusted
+        && weights_bitwidth != Bitwidth::B8
+    {
+        let diagnostic = problems
+            .at(
+                "quant::manifest::value",
+                format!(
+                    "`{} = \"adjusted\"` quantizes 8-bit weights only, not {weights_bitwidth}-bit",
+                    p.key
+                ),
+                p.value_span.clone(),
+                "TF Adjusted",
+            )
+            .with_help("use `param_quantizer = \"tf\"` or set `weights_bitwidth = 8`");
+        let diagnostic = match &o.weights_bitwidth {
+            Some(w) => {
+                diagnostic.with_label(w.value_span.clone(), format!("`{}`", canonical(w.key)))
+            }
+            None => diagnostic,
+        };
+        problems.push(diagnostic);
+    }
+    if problems.list.len() != errors_before {
+        return None;
+    }
+    Some(ResolvedTarget {
+        name: name.clone(),
+        backend: b,
+        models,
+        evaluate: t.evaluate.as_ref().map(|e| e.value.clone()),
+        extends,
+        precision: Precision::Quantized(QuantizerSettings {
+            calibration: calibration.value.clone(),
+            overrides,
+            act_bitwidth,
+            weights_bitwidth,
+            bias_bitwidth,
+            float_bitwidth: o.float_bitwidth.as_ref().map(|f| f.value),
+            act_calibration: val(&o.act_calibration, CalibrationMethod::MinMax),
+            param_calibration,
+            act_schema: val(&o.act_schema, Schema::Asymmetric),
+            param_schema: val(&o.param_schema, Schema::Asymmetric),
+            percentile: val(&o.percentile, Percentile::default()),
+            per_channel: val(&o.per_channel, false),
+            per_row: val(&o.per_row, false),
+            ignore_quantization_overrides: val(&o.ignore_quantization_overrides, false),
+            calibrate_with_quantized_weights: val(&o.calibrate_with_quantized_weights, true),
+        }),
+    })
+}
