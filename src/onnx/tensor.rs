@@ -7,6 +7,7 @@ use super::proto::TensorProto;
 use super::proto::tensor_proto::DataLocation;
 
 /// Values of a tensor, widened to the two types the crate computes with.
+/// Equality is bitwise on floats, so that NaN payloads compare equal to themselves (cache keys).
 #[derive(Debug, Clone)]
 pub enum TensorValues {
     /// Any real float type (float32, float16, bfloat16, float64), as `f32`.
@@ -16,6 +17,21 @@ pub enum TensorValues {
     /// Strings, complex numbers and exotic formats: present but not decoded.
     Undecoded,
 }
+
+impl PartialEq for TensorValues {
+    fn eq(&self, other: &TensorValues) -> bool {
+        match (self, other) {
+            (TensorValues::Float(a), TensorValues::Float(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+            }
+            (TensorValues::Int(a), TensorValues::Int(b)) => a == b,
+            (TensorValues::Undecoded, TensorValues::Undecoded) => true,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for TensorValues {}
 
 /// Why a tensor's payload could not be read or replaced.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
