@@ -4,6 +4,8 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod encode;
+
 /// Exit code for a build or data error.
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit code for bad usage (invalid arguments).
@@ -18,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Compute one encoding from a range or from values.
+    Encode(encode::EncodeArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -30,5 +34,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    match cli.command {}
+    match cli.command {
+        Command::Encode(args) => encode::run(args),
+    }
 }
