@@ -5,7 +5,7 @@
 //! the returned warnings.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 
 use miette::{Diagnostic, LabeledSpan, NamedSource, Severity, SourceCode, SourceSpan};
@@ -19,13 +19,13 @@ pub type OverridesSource = NamedSource<Arc<String>>;
 #[non_exhaustive]
 pub enum ErrorKind {
     /// The file could not be read.
-    #[error("cannot read the quantization overrides file: {0}")]
+    #[error("cannot read the file: {0}")]
     Io(String),
     /// Not JSON at all (serde_json's message, without its position).
-    #[error("the quantization overrides file is not valid JSON: {0}")]
+    #[error("not valid JSON: {0}")]
     MalformedJson(String),
     /// JSON, but not shaped like an AIMET encodings file.
-    #[error("the quantization overrides file is not an AIMET encodings file: {0}")]
+    #[error("not an AIMET encodings file: {0}")]
     NotEncodings(String),
     /// A `version` this reader does not understand.
     #[error("encodings version `{0}` is not supported (0.4 to 0.6.1, and 1.0.0 are)")]
@@ -170,6 +170,8 @@ impl ErrorKind {
             ErrorKind::ChannelCount { .. } => "wrong number of channels",
             ErrorKind::InvalidBitwidth { .. } => "invalid bitwidth",
             ErrorKind::Duplicate(_) => "listed again here",
+            ErrorKind::UnsupportedVersion(_) => "this version",
+            ErrorKind::NotEncodings(_) => "this section",
             _ => "this tensor",
         }
     }
@@ -193,45 +195,57 @@ impl ErrorKind {
     }
 }
 
-/// One problem in an overrides file: its [`ErrorKind`], the file, and where in it.
+/// One problem in an overrides file: its [`ErrorKind`], the file, and where in it. Boxed, so
+/// that `Result<_, OverridesError>` stays small.
 #[derive(Debug, Clone)]
-pub struct OverridesError {
-    /// What is wrong.
-    pub kind: ErrorKind,
-    /// The file's name as given by the user.
-    pub file: String,
+pub struct OverridesError(Box<ErrorData>);
+
+#[derive(Debug, Clone)]
+struct ErrorData {
+    kind: ErrorKind,
+    file: String,
     source: Option<OverridesSource>,
     span: Option<SourceSpan>,
 }
 
 impl OverridesError {
     pub(crate) fn new(kind: ErrorKind, source: &OverridesSource, span: Option<SourceSpan>) -> Self {
-        OverridesError {
+        OverridesError(Box::new(ErrorData {
             kind,
             file: source.name().to_string(),
             source: Some(source.clone()),
             span,
-        }
+        }))
     }
 
-    pub(crate) fn io(path: &PathBuf, error: &std::io::Error) -> Self {
-        OverridesError {
+    pub(crate) fn io(path: &Path, error: &std::io::Error) -> Self {
+        OverridesError(Box::new(ErrorData {
             kind: ErrorKind::Io(error.to_string()),
             file: path.display().to_string(),
             source: None,
             span: None,
-        }
+        }))
+    }
+
+    /// What is wrong.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.0.kind
+    }
+
+    /// The file's name as given by the user.
+    pub fn file(&self) -> &str {
+        &self.0.file
     }
 
     /// Where in the file, as a byte span, when known.
     pub fn span(&self) -> Option<SourceSpan> {
-        self.span
+        self.0.span
     }
 }
 
 impl fmt::Display for OverridesError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.file, self.kind)
+        write!(f, "{}: {}", self.0.file, self.0.kind)
     }
 }
 
@@ -239,21 +253,22 @@ impl std::error::Error for OverridesError {}
 
 impl Diagnostic for OverridesError {
     fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        Some(Box::new(self.kind.code()))
+        Some(Box::new(self.0.kind.code()))
     }
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        self.kind
+        self.0
+            .kind
             .help()
             .map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
     fn source_code(&self) -> Option<&dyn SourceCode> {
-        self.span?;
-        self.source.as_ref().map(|s| s as &dyn SourceCode)
+        self.0.span?;
+        self.0.source.as_ref().map(|s| s as &dyn SourceCode)
     }
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
-        let span = self.span?;
+        let span = self.0.span?;
         Some(Box::new(std::iter::once(
-            LabeledSpan::new_primary_with_span(Some(self.kind.label().to_string()), span),
+            LabeledSpan::new_primary_with_span(Some(self.0.kind.label().to_string()), span),
         )))
     }
 }

@@ -103,14 +103,20 @@ pub(super) fn parse(file: &str, text: Arc<String>) -> Result<ParsedOverrides, Ov
             && declared != found
         {
             let shape = |l| match l {
-                Layout::Dictionary => "an object, as in 0.6.1 and older",
-                Layout::List => "a list, as in 1.0.0",
+                Layout::Dictionary => "an object (the 0.6.1 layout)",
+                Layout::List => "a list (the 1.0.0 layout)",
             };
-            return Err(not_encodings(&format!(
-                "`{key}` is {} but `version` is {}",
+            let why = format!(
+                "`{key}` is {}, but `version` says {}",
                 shape(found),
                 parsed.version.as_deref().unwrap_or_default()
-            )));
+            );
+            let span = find_name(&text, 0, &format!("\"{key}\""), NameAt::Key);
+            return Err(OverridesError::new(
+                ErrorKind::NotEncodings(why),
+                &source,
+                span,
+            ));
         }
         let mut cursor = Cursor {
             text: &text,
@@ -437,7 +443,7 @@ impl<'a> Entry<'a> {
             (None, None) => match (entry.scale, entry.offset) {
                 // Not in the seed, but what 1.0.0 carries: accept a grid without a range.
                 (Some(scale), Some(offset)) => {
-                    self.from_scale_offset(scale, offset, bitwidth, symmetric)?
+                    self.grid_from_scale_offset(scale, offset, bitwidth, symmetric)?
                 }
                 _ => {
                     return Ok(Override::Calibrated {
@@ -495,7 +501,7 @@ impl<'a> Entry<'a> {
                     encoding
                 }
                 (None, None, Some(scale), Some(offset)) => {
-                    self.from_scale_offset(scale, offset, bitwidth, true)?
+                    self.grid_from_scale_offset(scale, offset, bitwidth, true)?
                 }
                 _ => {
                     return Err(self.invalid(format!(
@@ -532,7 +538,7 @@ impl<'a> Entry<'a> {
         }
     }
 
-    fn from_scale_offset(
+    fn grid_from_scale_offset(
         &mut self,
         scale: f64,
         offset: f64,
@@ -643,7 +649,7 @@ impl<'a> Entry<'a> {
         let encodings = scales
             .iter()
             .zip(&offsets)
-            .map(|(&s, &o)| self.from_scale_offset(s, o, bitwidth, symmetric))
+            .map(|(&s, &o)| self.grid_from_scale_offset(s, o, bitwidth, symmetric))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Override::Fixed(if per_channel {
             FixedEncoding::PerChannel(encodings)

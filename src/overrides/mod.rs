@@ -237,8 +237,7 @@ pub(crate) enum Section {
 
 /// Reads and parses the overrides file at `path`; diagnostics name it as `path.display()`.
 pub fn read(path: &Path) -> Result<ParsedOverrides, OverridesError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| OverridesError::io(&path.to_path_buf(), &e))?;
+    let text = std::fs::read_to_string(path).map_err(|e| OverridesError::io(path, &e))?;
     parse(&path.display().to_string(), text)
 }
 
