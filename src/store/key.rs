@@ -34,8 +34,9 @@ pub const KEY_DOMAIN: &[u8; 16] = b"quant-store-key\0";
 
 /// What a store entry holds: a directory name under `objects/` plus a layout version.
 ///
-/// The version goes into every key of this kind, so bumping it when the cached type's
-/// serialized layout changes makes old entries unreachable instead of misread.
+/// The version goes into every key of this kind. Bump it when the cached type's serialized
+/// layout changes, or when the code computing the value changes its result: old entries then
+/// become unreachable (and gc removes them) instead of being misread or reused wrongly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Kind {
     name: &'static str,
