@@ -1,0 +1,586 @@
+//! A fixed-size histogram whose range grows with the data and whose merge is exact.
+//!
+//! Design (the book's "Calibration" page tells the same story with pictures in words):
+//! - [`BINS`] bins of width `w = 2^exponent`, anchored at zero: absolute bin `i` covers
+//!   `[i·w, (i+1)·w)`. The histogram holds the window of absolute bins `start .. start + BINS`.
+//! - The state is a pure function of the set of finite values seen: `exponent` is the smallest
+//!   (≥ [`MIN_EXPONENT`]) at which `floor(max/w) − floor(min/w) < BINS` and both bin indices stay
+//!   below 2^40 in magnitude; `start = floor(min/w)`; each count is the exact number of values
+//!   with `floor(x/w) = start + k`.
+//! - Growing from `w` to `2^d·w` maps absolute bin `i` to `i >> d` (floor division by `2^d`), which
+//!   is exactly where each of its values would have been binned at the coarser width, so
+//!   re-binning loses nothing that the coarser histogram would have kept.
+//! - Hence merging two histograms (grow both to the union's canonical exponent, add counts) gives
+//!   the very bits one histogram over all the data would have: merge is associative and
+//!   commutative, and results never depend on how data was split across threads.
+//!
+//! `x/w` is computed as `f64(x) · 2^−exponent`, which is exact for every finite `f32` in the
+//! exponent range used, and the floor is taken in integers, so binning has no rounding at all.
+
+use super::min_max::{BLOCK, MinMax, scan_block};
+
+/// Number of bins. Because the exponent is the smallest that fits, the data always spans more
+/// than `BINS / 2 − 1` of them.
+pub const BINS: usize = 2048;
+
+/// Finest bin width, `2^MIN_EXPONENT`: below every `f32` (the smallest subnormal is `2^−149`), so
+/// it only binds for data made of a single value.
+pub const MIN_EXPONENT: i32 = -200;
+
+/// Bin indices stay below this in magnitude, so that `x/w` and its floor are exact in `f64`/`i64`.
+const INDEX_LIMIT: f64 = (1u64 << 40) as f64;
+
+/// Independent sub-histograms for long chunks: repeated values (the zeros after a ReLU) would
+/// otherwise serialize on one counter's load-increment-store.
+const LANES: usize = 4;
+
+/// Chunk length from which the lanes pay for their final flush.
+const LANE_THRESHOLD: usize = 4 * BINS;
+
+/// Lane counters are `u32`; flush well before one could overflow.
+const LANE_FLUSH: usize = 1 << 30;
+
+/// `2^e` for `e` in the normal `f64` exponent range, built from bits so it is exact.
+fn pow2(e: i32) -> f64 {
+    debug_assert!((-1022..=1023).contains(&e));
+    f64::from_bits(((1023 + e) as u64) << 52)
+}
+
+/// `-0.0` → `0.0`: the stored bounds must not depend on which zero arrived first.
+fn canonical_zero(x: f32) -> f32 {
+    if x == 0.0 { 0.0 } else { x }
+}
+
+/// Streaming histogram of a tensor's finite values; see the module documentation for the design.
+///
+/// `Eq` and `Hash` compare the exponent, window, bounds and counts exactly (never the scratch
+/// buffers), so equal data gives equal histograms.
+pub struct Histogram {
+    exponent: i32,
+    start: i64,
+    min: u32,
+    max: u32,
+    total: u64,
+    counts: Box<[u64; BINS]>,
+    /// Scratch for [`LANES`] `u32` sub-histograms; all zero between calls, kept to avoid
+    /// allocating per call.
+    lanes: Vec<u32>,
+}
+
+impl Histogram {
+    /// An empty histogram (one 16 KiB allocation).
+    pub fn new() -> Self {
+        Histogram {
+            exponent: MIN_EXPONENT,
+            start: 0,
+            min: f32::INFINITY.to_bits(),
+            max: f32::NEG_INFINITY.to_bits(),
+            total: 0,
+            counts: zeroed_counts(),
+            lanes: Vec::new(),
+        }
+    }
+
+    /// Folds one chunk in: a single pass over it, blocked so each block is binned while still in
+    /// L1, and no allocation except the lane scratch on the first long chunk.
+    pub fn observe(&mut self, values: &[f32]) {
+        self.observe_impl(values, None);
+    }
+
+    /// [`Histogram::observe`] that also feeds `min_max` from the same pass.
+    pub(crate) fn observe_with_min_max(&mut self, values: &[f32], min_max: &mut MinMax) {
+        self.observe_impl(values, Some(min_max));
+    }
+
+    fn observe_impl(&mut self, values: &[f32], mut min_max: Option<&mut MinMax>) {
+        let use_lanes = values.len() >= LANE_THRESHOLD;
+        if use_lanes && self.lanes.len() != LANES * BINS {
+            self.lanes = vec![0; LANES * BINS];
+        }
+        let mut since_flush = 0usize;
+        for block in values.chunks(BLOCK) {
+            let scan = scan_block(block);
+            let (lo, hi) = if scan.all_finite {
+                if let Some(m) = min_max.as_deref_mut() {
+                    m.absorb_block(block, scan);
+                }
+                (scan.min, scan.max)
+            } else {
+                // The rare block with NaN/∞: MinMax counts them; a throwaway one when the
+                // caller keeps none.
+                let mut unused = MinMax::new();
+                min_max
+                    .as_deref_mut()
+                    .unwrap_or(&mut unused)
+                    .absorb_with_non_finite(block)
+            };
+            if lo > hi {
+                continue; // no finite value in this block
+            }
+            let (lo, hi) = (canonical_zero(lo), canonical_zero(hi));
+            if self.total == 0 || lo < self.min_f32() || hi > self.max_f32() {
+                if use_lanes {
+                    self.flush_lanes();
+                    since_flush = 0;
+                }
+                self.extend(lo, hi);
+            }
+            let scale = pow2(-self.exponent);
+            if !scan.all_finite {
+                self.total += bin_finite_only(&mut self.counts, block, scale, self.start);
+            } else if use_lanes {
+                bin_lanes(&mut self.lanes, block, scale, self.start);
+                self.total += block.len() as u64;
+                since_flush += block.len();
+                if since_flush >= LANE_FLUSH {
+                    self.flush_lanes();
+                    since_flush = 0;
+                }
+            } else {
+                bin_direct(&mut self.counts, block, scale, self.start);
+                self.total += block.len() as u64;
+            }
+        }
+        if use_lanes {
+            self.flush_lanes();
+        }
+    }
+
+    /// Adds everything `other` saw. The result is bit-identical to one histogram observing both
+    /// inputs, whatever the order or grouping of merges.
+    pub fn merge(&mut self, other: &Histogram) {
+        if other.total == 0 {
+            return;
+        }
+        let lo = self.min_f32().min(other.min_f32());
+        let hi = self.max_f32().max(other.max_f32());
+        let (exponent, start) = fit(self.exponent.max(other.exponent), lo, hi);
+        self.rebin(exponent, start);
+        let shift = (exponent - other.exponent).min(63) as u32;
+        for (k, &count) in other.counts.iter().enumerate() {
+            if count != 0 {
+                let bin = (other.start + k as i64) >> shift;
+                self.counts[(bin - start) as usize] += count;
+            }
+        }
+        self.min = lo.to_bits();
+        self.max = hi.to_bits();
+        self.total += other.total;
+    }
+
+    /// Grows the window (and coarsens the bins if needed) to cover `[lo, hi]` as well.
+    fn extend(&mut self, lo: f32, hi: f32) {
+        let lo = if self.total == 0 {
+            lo
+        } else {
+            lo.min(self.min_f32())
+        };
+        let hi = if self.total == 0 {
+            hi
+        } else {
+            hi.max(self.max_f32())
+        };
+        let (exponent, start) = fit(self.exponent, lo, hi);
+        self.rebin(exponent, start);
+        self.min = lo.to_bits();
+        self.max = hi.to_bits();
+    }
+
+    /// Moves the counts to a coarser (or equal) exponent and a new window start. Lanes must be
+    /// flushed.
+    fn rebin(&mut self, exponent: i32, start: i64) {
+        debug_assert!(exponent >= self.exponent);
+        if self.total != 0 && (exponent != self.exponent || start != self.start) {
+            let shift = (exponent - self.exponent).min(63) as u32;
+            let mut moved = [0u64; BINS];
+            for (k, &count) in self.counts.iter().enumerate() {
+                if count != 0 {
+                    let bin = (self.start + k as i64) >> shift;
+                    moved[(bin - start) as usize] += count;
+                }
+            }
+            *self.counts = moved;
+        }
+        self.exponent = exponent;
+        self.start = start;
+    }
+
+    fn flush_lanes(&mut self) {
+        if self.lanes.is_empty() {
+            return;
+        }
+        let (l0, rest) = self.lanes.split_at_mut(BINS);
+        let (l1, rest) = rest.split_at_mut(BINS);
+        let (l2, l3) = rest.split_at_mut(BINS);
+        for k in 0..BINS {
+            self.counts[k] +=
+                u64::from(l0[k]) + u64::from(l1[k]) + u64::from(l2[k]) + u64::from(l3[k]);
+        }
+        self.lanes.fill(0);
+    }
+
+    fn min_f32(&self) -> f32 {
+        f32::from_bits(self.min)
+    }
+
+    fn max_f32(&self) -> f32 {
+        f32::from_bits(self.max)
+    }
+
+    /// Whether no finite value has been observed.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// Number of finite values binned (NaN and ±∞ are never binned).
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Exact smallest and largest finite value observed, `None` when empty.
+    pub fn range(&self) -> Option<(f32, f32)> {
+        (self.total > 0).then(|| (self.min_f32(), self.max_f32()))
+    }
+
+    /// Bin width is `2^exponent`.
+    pub fn exponent(&self) -> i32 {
+        self.exponent
+    }
+
+    /// Bin width, `2^exponent`.
+    pub fn bin_width(&self) -> f64 {
+        pow2(self.exponent)
+    }
+
+    /// Absolute index of the window's first bin: bin `k` of [`Histogram::counts`] covers
+    /// `[(start + k)·w, (start + k + 1)·w)`.
+    pub fn start(&self) -> i64 {
+        self.start
+    }
+
+    /// The [`BINS`] counts of the window.
+    pub fn counts(&self) -> &[u64] {
+        &self.counts[..]
+    }
+
+    /// `[left, right)` edges of window bin `k`.
+    pub fn bin_edges(&self, k: usize) -> (f64, f64) {
+        let w = self.bin_width();
+        let left = (self.start + k as i64) as f64 * w;
+        (left, left + w)
+    }
+}
+
+/// The canonical `(exponent, start)` for finite bounds `lo ≤ hi`: the smallest exponent ≥ `from`
+/// at which they fit. Scanning up from any exponent not above the canonical one reaches it,
+/// because a range that fits at `e` also fits at `e + 1`.
+fn fit(from: i32, lo: f32, hi: f32) -> (i32, i64) {
+    let mut exponent = from;
+    let scale = pow2(-exponent);
+    let mut first = (f64::from(lo) * scale).floor();
+    let mut last = (f64::from(hi) * scale).floor();
+    while last - first >= BINS as f64 || first < -INDEX_LIMIT || last >= INDEX_LIMIT {
+        exponent += 1;
+        first = (first * 0.5).floor();
+        last = (last * 0.5).floor();
+    }
+    (exponent, first as i64)
+}
+
+fn zeroed_counts() -> Box<[u64; BINS]> {
+    vec![0u64; BINS]
+        .into_boxed_slice()
+        .try_into()
+        .expect("length is BINS")
+}
+
+/// Window index of a finite value inside the window: `floor(x · 2^−e) − start`, exact.
+/// Truncation then a correction gives the floor without a libm call.
+#[inline(always)]
+fn bin_index(x: f32, scale: f64, start: i64) -> usize {
+    let scaled = f64::from(x) * scale;
+    let truncated = scaled as i64;
+    let floor = truncated - i64::from(scaled < truncated as f64);
+    let index = (floor - start) as usize;
+    debug_assert!(index < BINS, "{x} outside the window");
+    // The mask is a no-op for values inside the window; it lets the compiler drop bounds checks.
+    index & (BINS - 1)
+}
+
+fn bin_direct(counts: &mut [u64; BINS], block: &[f32], scale: f64, start: i64) {
+    for &x in block {
+        counts[bin_index(x, scale, start)] += 1;
+    }
+}
+
+fn bin_finite_only(counts: &mut [u64; BINS], block: &[f32], scale: f64, start: i64) -> u64 {
+    let mut binned = 0;
+    for &x in block {
+        if x.is_finite() {
+            counts[bin_index(x, scale, start)] += 1;
+            binned += 1;
+        }
+    }
+    binned
+}
+
+fn bin_lanes(lanes: &mut [u32], block: &[f32], scale: f64, start: i64) {
+    let (l0, rest) = lanes.split_at_mut(BINS);
+    let (l1, rest) = rest.split_at_mut(BINS);
+    let (l2, l3) = rest.split_at_mut(BINS);
+    let l0: &mut [u32; BINS] = l0.try_into().expect("lane length");
+    let l1: &mut [u32; BINS] = l1.try_into().expect("lane length");
+    let l2: &mut [u32; BINS] = l2.try_into().expect("lane length");
+    let l3: &mut [u32; BINS] = l3.try_into().expect("lane length");
+    let mut quads = block.chunks_exact(4);
+    for q in &mut quads {
+        l0[bin_index(q[0], scale, start)] += 1;
+        l1[bin_index(q[1], scale, start)] += 1;
+        l2[bin_index(q[2], scale, start)] += 1;
+        l3[bin_index(q[3], scale, start)] += 1;
+    }
+    for &x in quads.remainder() {
+        l0[bin_index(x, scale, start)] += 1;
+    }
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clone for Histogram {
+    /// Clones the statistics, not the scratch buffers.
+    fn clone(&self) -> Self {
+        Histogram {
+            exponent: self.exponent,
+            start: self.start,
+            min: self.min,
+            max: self.max,
+            total: self.total,
+            counts: self.counts.clone(),
+            lanes: Vec::new(),
+        }
+    }
+}
+
+impl PartialEq for Histogram {
+    fn eq(&self, other: &Self) -> bool {
+        self.exponent == other.exponent
+            && self.start == other.start
+            && self.min == other.min
+            && self.max == other.max
+            && self.total == other.total
+            && self.counts == other.counts
+    }
+}
+
+impl Eq for Histogram {}
+
+impl std::hash::Hash for Histogram {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.exponent, self.start, self.min, self.max, self.total).hash(state);
+        self.counts[..].hash(state);
+    }
+}
+
+impl std::fmt::Debug for Histogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let occupied = self.counts.iter().filter(|&&c| c != 0).count();
+        f.debug_struct("Histogram")
+            .field("exponent", &self.exponent)
+            .field("start", &self.start)
+            .field("range", &self.range())
+            .field("total", &self.total)
+            .field("occupied_bins", &occupied)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Deterministic heavy-ish data: a mix of scales, zeros and a few non-finite values.
+    fn sample(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed | 1;
+        (0..n)
+            .map(|i| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+                match i % 97 {
+                    0 => 0.0,
+                    1 if i % 5000 == 1 => f32::NAN,
+                    2 => (u * 1000.0 - 200.0) as f32,
+                    _ => ((u - 0.3) * 4.0) as f32,
+                }
+            })
+            .collect()
+    }
+
+    /// Reference binning straight from the definition, at the histogram's final exponent.
+    fn reference_counts(values: &[f32], h: &Histogram) -> Vec<u64> {
+        let mut counts = vec![0u64; BINS];
+        for &x in values.iter().filter(|x| x.is_finite()) {
+            let bin = (f64::from(x) / h.bin_width()).floor() as i64 - h.start();
+            counts[usize::try_from(bin).expect("inside window")] += 1;
+        }
+        counts
+    }
+
+    fn chunked(values: &[f32], k: usize) -> Histogram {
+        let size = values.len().div_ceil(k).max(1);
+        let mut merged = Histogram::new();
+        for chunk in values.chunks(size) {
+            let mut part = Histogram::new();
+            part.observe(chunk);
+            merged.merge(&part);
+        }
+        merged
+    }
+
+    #[test]
+    fn counts_match_the_definition() {
+        let values = sample(100_000, 7);
+        let mut h = Histogram::new();
+        h.observe(&values);
+        assert_eq!(h.counts(), &reference_counts(&values, &h)[..]);
+        assert_eq!(
+            h.total(),
+            values.iter().filter(|x| x.is_finite()).count() as u64
+        );
+    }
+
+    #[test]
+    fn exponent_is_the_smallest_that_fits() {
+        let values = sample(10_000, 3);
+        let mut h = Histogram::new();
+        h.observe(&values);
+        let (lo, hi) = h.range().unwrap();
+        let span = |e: i32| {
+            let w = pow2(e);
+            (f64::from(hi) / w).floor() - (f64::from(lo) / w).floor()
+        };
+        assert!(span(h.exponent()) < BINS as f64);
+        assert!(span(h.exponent() - 1) >= BINS as f64);
+        // Data always covers more than half the window.
+        assert!(span(h.exponent()) >= (BINS / 2 - 1) as f64);
+    }
+
+    #[test]
+    fn chunks_and_thread_counts_give_identical_bits() {
+        // Long enough that both the lane path and the direct path run.
+        let values = sample(300_000, 11);
+        let mut one = Histogram::new();
+        one.observe(&values);
+        for k in [1, 2, 3, 4, 8, 17, 1000] {
+            assert_eq!(chunked(&values, k), one, "k = {k}");
+        }
+        // Real threads, merged in chunk order.
+        use rayon::prelude::*;
+        let parts: Vec<Histogram> = values
+            .par_chunks(7_919)
+            .map(|c| {
+                let mut h = Histogram::new();
+                h.observe(c);
+                h
+            })
+            .collect();
+        let mut merged = Histogram::new();
+        for part in &parts {
+            merged.merge(part);
+        }
+        assert_eq!(merged, one);
+        // Merge order does not matter either.
+        let mut reversed = Histogram::new();
+        for part in parts.iter().rev() {
+            reversed.merge(part);
+        }
+        assert_eq!(reversed, one);
+    }
+
+    #[test]
+    fn single_value_and_zeros() {
+        let mut h = Histogram::new();
+        h.observe(&[0.0; 10]);
+        assert_eq!(h.exponent(), MIN_EXPONENT);
+        assert_eq!((h.start(), h.counts()[0]), (0, 10));
+        h.observe(&[-0.0, f32::NAN, f32::NEG_INFINITY]);
+        assert_eq!((h.total(), h.counts()[0]), (11, 11));
+        let mut big = Histogram::new();
+        big.observe(&[3.0e38, 3.0e38]);
+        assert_eq!(big.total(), 2);
+        assert_eq!(big.counts().iter().sum::<u64>(), 2);
+        big.observe(&[-3.0e38, f32::MIN_POSITIVE]);
+        assert_eq!(
+            big.counts(),
+            &reference_counts(&[3.0e38, 3.0e38, -3.0e38, f32::MIN_POSITIVE], &big)[..]
+        );
+    }
+
+    #[test]
+    fn tiny_negative_values_are_floored_exactly() {
+        // floor(-1e-30 / w) is -1; a float subtraction of the window start would round it to 0.
+        let values = [-1.0e-30f32, 3.0, -1.0e-30, 0.0];
+        let mut h = Histogram::new();
+        h.observe(&values);
+        assert_eq!(h.counts(), &reference_counts(&values, &h)[..]);
+        assert_eq!(h.start(), -1);
+    }
+
+    #[test]
+    fn clone_ignores_scratch() {
+        let values = sample(50_000, 5);
+        let mut h = Histogram::new();
+        h.observe(&values);
+        assert!(!h.lanes.is_empty());
+        let c = h.clone();
+        assert!(c.lanes.is_empty());
+        assert_eq!(c, h);
+    }
+
+    fn value() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            10 => -10.0f32..10.0,
+            3 => -1e-3f32..1e-3,
+            2 => -1e30f32..1e30,
+            1 => Just(0.0f32),
+            1 => Just(-0.0f32),
+            1 => Just(f32::NAN),
+            1 => Just(f32::INFINITY),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn merge_of_any_split_is_bit_identical(
+            values in prop::collection::vec(value(), 0..20_000),
+            cuts in prop::collection::vec(0usize..20_000, 0..8),
+        ) {
+            let mut whole = Histogram::new();
+            whole.observe(&values);
+            prop_assert_eq!(whole.counts(), &reference_counts(&values, &whole)[..]);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(values.len())).collect();
+            cuts.sort_unstable();
+            let mut merged = Histogram::new();
+            let mut streamed = Histogram::new();
+            let mut at = 0;
+            for cut in cuts.into_iter().chain([values.len()]) {
+                let mut part = Histogram::new();
+                part.observe(&values[at..cut]);
+                merged.merge(&part);
+                streamed.observe(&values[at..cut]);
+                at = cut;
+            }
+            prop_assert_eq!(&merged, &whole);
+            prop_assert_eq!(&streamed, &whole);
+            for k in [1, 2, 4, 8] {
+                prop_assert_eq!(&chunked(&values, k), &whole);
+            }
+        }
+    }
+}
