@@ -64,6 +64,7 @@ const TOUCH_GRANULARITY: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    fsync: bool,
 }
 
 /// Result of a lookup. `Corrupt` is a miss the caller should report as a warning.
@@ -176,11 +177,24 @@ impl Store {
 
     /// Opens the store in `dir`, creating the folder and its `CACHEDIR.TAG` if needed.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Store, StoreError> {
-        let store = Store { dir: dir.into() };
+        let store = Store {
+            dir: dir.into(),
+            fsync: true,
+        };
         let objects = store.dir.join(OBJECTS_DIR);
         fs::create_dir_all(&objects).map_err(io_error("create", &objects))?;
         store.ensure_tag()?;
         Ok(store)
+    }
+
+    /// Turns flushing to disk (`fsync` of each entry and its folder) on or off; it is on by
+    /// default. Off, a *power loss* may lose or tear recently written entries — reads detect
+    /// those as corrupt and they are recomputed — while a killed process still leaves the store
+    /// intact (the rename is what protects against that). Flushing dominates the cost of a
+    /// small `put`, so throwaway stores (tests, CI caches) may turn it off.
+    pub fn with_fsync(mut self, enabled: bool) -> Store {
+        self.fsync = enabled;
+        self
     }
 
     /// The store's folder.
@@ -235,14 +249,16 @@ impl Store {
             self.ensure_tag()?;
         }
         let temp = parent.join(temp_file_name());
-        let written = write_synced(&temp, &entry::header_for(payload), payload)
+        let written = write_entry(&temp, &entry::header_for(payload), payload, self.fsync)
             .map_err(io_error("write", &temp))
             .and_then(|()| fs::rename(&temp, &path).map_err(io_error("rename", &temp)));
         if let Err(err) = written {
             let _ = fs::remove_file(&temp);
             return Err(err);
         }
-        sync_dir(parent);
+        if self.fsync {
+            sync_dir(parent);
+        }
         Ok(())
     }
 
@@ -317,7 +333,7 @@ impl Store {
         }
         // Same temp-and-rename as entries: two processes opening a fresh store both succeed.
         let temp = self.dir.join(temp_file_name());
-        let written = write_synced(&temp, TAG_CONTENT.as_bytes(), &[])
+        let written = write_entry(&temp, TAG_CONTENT.as_bytes(), &[], self.fsync)
             .map_err(io_error("write", &temp))
             .and_then(|()| fs::rename(&temp, &tag).map_err(io_error("rename", &temp)));
         if written.is_err() {
@@ -343,12 +359,12 @@ fn temp_file_name() -> String {
     format!("{TEMP_PREFIX}{}-{count}-{random:016x}", std::process::id())
 }
 
-fn write_synced(path: &Path, header: &[u8], payload: &[u8]) -> io::Result<()> {
+fn write_entry(path: &Path, header: &[u8], payload: &[u8], fsync: bool) -> io::Result<()> {
     let mut file = File::options().write(true).create_new(true).open(path)?;
     file.write_all(header)?;
     file.write_all(payload)?;
     // Without this a power loss after the rename could leave a renamed but empty file.
-    file.sync_all()
+    if fsync { file.sync_all() } else { Ok(()) }
 }
 
 /// Makes a rename durable across power loss; best effort, and a no-op where directories cannot
@@ -407,6 +423,7 @@ mod tests {
     fn entry_path_splits_the_key() {
         let store = Store {
             dir: PathBuf::from("/s"),
+            fsync: true,
         };
         let key = Digest::from_bytes([0xab; 32]);
         let path = store.entry_path(Kind::ENCODINGS, &key);
