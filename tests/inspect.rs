@@ -223,3 +223,100 @@ fn parameter_values_give_the_reference_min_max_exactly() {
         }
     }
 }
+
+fn inspect(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(common::quant_bin())
+        .arg("inspect")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn inspect_table_on_tiny() {
+    let Some(fixtures) = common::fixtures() else {
+        return;
+    };
+    let (code, stdout, stderr) = inspect(&fixtures.join("reference/tiny"), &["tiny.onnx"]);
+    assert_eq!((code, stderr.as_str()), (0, ""));
+    insta::assert_snapshot!(stdout);
+}
+
+#[test]
+fn inspect_json_on_tiny() {
+    let Some(fixtures) = common::fixtures() else {
+        return;
+    };
+    let (code, stdout, stderr) =
+        inspect(&fixtures.join("reference/tiny"), &["tiny.onnx", "--json"]);
+    assert_eq!((code, stderr.as_str()), (0, ""));
+    let document: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(document["tensors"].as_array().unwrap().len(), 16);
+    insta::assert_snapshot!(stdout);
+}
+
+#[test]
+fn inspect_counts_on_real_models() {
+    let Some(fixtures) = common::fixtures() else {
+        return;
+    };
+    let models = fixtures.join("models");
+    for (model, summary) in [
+        (
+            "cls.prep.onnx",
+            "180 float activations, 111 float parameters, 1 other tensors; 289 own encodings, 2 shared, 0 float tensors left unquantized",
+        ),
+        (
+            "cls.onnx",
+            "253 float activations, 285 float parameters, 29 other tensors; 535 own encodings, 3 shared, 0 float tensors left unquantized",
+        ),
+    ] {
+        let (code, stdout, _) = inspect(&models, &[model]);
+        assert_eq!(code, 0, "{model}");
+        assert_eq!(stdout.lines().last(), Some(summary), "{model}");
+        // One header, one line per tensor, a blank line, the summary.
+        let graph = Graph::read(&models.join(model)).unwrap();
+        assert_eq!(stdout.lines().count(), graph.tensors().len() + 3, "{model}");
+    }
+    let (_, stdout, _) = inspect(&models, &["cls.prep.onnx"]);
+    let reshape = stdout
+        .lines()
+        .find(|l| l.starts_with("reshape2_0.tmp_0 "))
+        .unwrap();
+    assert!(
+        reshape.ends_with("shares pool2d_10.tmp_0 (Reshape moves data)"),
+        "{reshape}"
+    );
+}
+
+#[test]
+fn inspect_errors_name_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.onnx"), "plain text, not protobuf\n").unwrap();
+
+    let (code, stdout, stderr) = inspect(dir.path(), &["missing.onnx"]);
+    assert_eq!((code, stdout.as_str()), (1, ""));
+    assert!(
+        stderr.starts_with("error: cannot read ONNX model missing.onnx: "),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    let (code, stdout, stderr) = inspect(dir.path(), &["notes.onnx"]);
+    assert_eq!((code, stdout.as_str()), (1, ""));
+    assert!(
+        stderr.starts_with("error: notes.onnx is not an ONNX model"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    let (code, _, stderr) = inspect(dir.path(), &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("<MODEL>"), "{stderr}");
+}

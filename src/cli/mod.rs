@@ -5,6 +5,9 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod encode;
+mod inspect;
+mod quantize;
+pub mod shell;
 
 /// Exit code for a build or data error.
 pub const EXIT_FAILURE: u8 = 1;
@@ -22,6 +25,10 @@ struct Cli {
 enum Command {
     /// Compute one encoding from a range or from values.
     Encode(encode::EncodeArgs),
+    /// List every tensor of a model with its role and encoding rule.
+    Inspect(inspect::InspectArgs),
+    /// Calibrate a model and write its AIMET encodings (qairt-quantizer's options).
+    Quantize(quantize::QuantizeArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -36,5 +43,7 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Encode(args) => encode::run(args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Quantize(args) => quantize::run(args),
     }
 }

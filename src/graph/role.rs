@@ -6,8 +6,7 @@ use super::{Node, Use};
 use std::fmt;
 
 /// What a tensor is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case", tag = "role")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// An activation fed from outside (a graph input).
     GraphInput,

@@ -6,8 +6,7 @@ use super::{Node, Role, TensorName};
 use std::fmt;
 
 /// Whether and how a tensor gets an encoding.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case", tag = "rule", content = "from")]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum EncodingRule {
     /// Encoded from its own statistics (activations) or values (parameters).
     Own,
