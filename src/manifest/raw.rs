@@ -49,6 +49,16 @@ pub struct RawManifest {
     pub targets: Vec<RawTarget>,
     /// `[workspace] members`, when the table is present.
     pub workspace_members: Option<Vec<Spanned<String>>>,
+    /// `(section, name)` of tables that already had a problem here; the resolver does not
+    /// report their consequences again (a bad `backend` value is not also a missing one).
+    pub(crate) invalid_tables: std::collections::BTreeSet<(&'static str, String)>,
+}
+
+impl RawManifest {
+    pub(crate) fn is_invalid(&self, section: &'static str, name: &Spanned<String>) -> bool {
+        self.invalid_tables
+            .contains(&(section, name.get_ref().clone()))
+    }
 }
 
 /// `[pipeline]`.
@@ -545,6 +555,7 @@ pub(crate) fn parse(problems: &mut Problems, text: &str) -> Option<RawManifest> 
         eval: Vec::new(),
         targets: Vec::new(),
         workspace_members: None,
+        invalid_tables: Default::default(),
     };
     for (section, (_key, value)) in entries(problems, document.get_ref(), SECTIONS, "the manifest")
     {
@@ -586,6 +597,7 @@ pub(crate) fn parse(problems: &mut Problems, text: &str) -> Option<RawManifest> 
                     ) else {
                         continue;
                     };
+                    let before = problems.list.len();
                     match section {
                         "models" => {
                             check_name(problems, "model", &name_spanned);
@@ -601,6 +613,15 @@ pub(crate) fn parse(problems: &mut Problems, text: &str) -> Option<RawManifest> 
                             check_name(problems, "target", &name_spanned);
                             raw.targets.push(target(problems, name_spanned, inner));
                         }
+                    }
+                    if problems.list.len() != before {
+                        let section = SECTIONS
+                            .iter()
+                            .find(|s| **s == section)
+                            .copied()
+                            .unwrap_or("targets");
+                        raw.invalid_tables
+                            .insert((section, name.get_ref().to_string()));
                     }
                 }
             }

@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
-use super::raw::{
-    Given, Problems, RawManifest, RawQuantizerOptions, RawTarget, canonical, suggestion,
-};
+use super::raw::{Given, Problems, RawManifest, RawQuantizerOptions, RawTarget, suggestion};
 use super::{
     CalibrationMethod, FloatBitwidth, Percentile, Precision, QuantizerSettings,
     ResolvedCalibration, ResolvedEval, ResolvedModel, ResolvedOverrides, ResolvedPipeline,
@@ -122,6 +120,9 @@ pub(crate) fn resolve(
     for model in &raw.models {
         let owner = format!("model `{}`", model.name.get_ref());
         let Some(path) = model.path.as_ref() else {
+            if raw.is_invalid("models", &model.name) {
+                continue;
+            }
             missing_key(
                 problems,
                 &owner,
@@ -154,6 +155,9 @@ pub(crate) fn resolve(
     for set in &raw.calibration {
         let owner = format!("calibration set `{}`", set.name.get_ref());
         let Some(list) = set.input_list.as_ref() else {
+            if raw.is_invalid("calibration", &set.name) {
+                continue;
+            }
             missing_key(
                 problems,
                 &owner,
@@ -173,6 +177,9 @@ pub(crate) fn resolve(
     for entry in &raw.overrides {
         let owner = format!("overrides `{}`", entry.name.get_ref());
         let Some(path) = entry.path.as_ref() else {
+            if raw.is_invalid("overrides", &entry.name) {
+                continue;
+            }
             missing_key(
                 problems,
                 &owner,
@@ -192,6 +199,9 @@ pub(crate) fn resolve(
     for set in &raw.eval {
         let owner = format!("eval set `{}`", set.name.get_ref());
         let Some(list) = set.input_list.as_ref() else {
+            if raw.is_invalid("eval", &set.name) {
+                continue;
+            }
             missing_key(
                 problems,
                 &owner,
@@ -277,10 +287,14 @@ fn check_references(problems: &mut Problems, raw: &RawManifest) {
             if declared.contains(&name) {
                 return;
             }
-            let help = format!(
-                "{}; declare it as `[{section}.{name}]` or fix the name",
-                suggestion(name, declared.iter().copied(), what)
-            );
+            let hint = match (declared.is_empty(), section) {
+                (true, "targets") => "no other `[targets.*]` is declared".to_string(),
+                (true, _) => format!("no `[{section}.*]` is declared"),
+                (false, _) => suggestion(name, declared.iter().copied(), what),
+            };
+            let separator = if hint.ends_with('?') { " " } else { ". " };
+            let help =
+                format!("{hint}{separator}If `{name}` is new, declare it as `[{section}.{name}]`");
             let diagnostic = problems
                 .at(
                     "quant::manifest::undeclared",
@@ -311,13 +325,12 @@ fn check_references(problems: &mut Problems, raw: &RawManifest) {
             check(&e.value, e.value_span.clone(), &eval, "eval set", "eval");
         }
         if let Some(e) = &target.extends {
-            check(
-                &e.value,
-                e.value_span.clone(),
-                &targets,
-                "target",
-                "targets",
-            );
+            let others: Vec<&str> = targets
+                .iter()
+                .copied()
+                .filter(|t| *t != target.name.get_ref())
+                .collect();
+            check(&e.value, e.value_span.clone(), &others, "target", "targets");
         }
     }
 }
@@ -436,6 +449,9 @@ fn resolve_targets(problems: &mut Problems, raw: &RawManifest) -> BTreeMap<Strin
         let mut effective = (*chain[chain.len() - 1]).clone();
         for child in chain.iter().rev().skip(1) {
             effective = inherit(child, &effective);
+        }
+        if chain.iter().any(|t| raw.is_invalid("targets", &t.name)) {
+            continue;
         }
         let extends = chain[1..]
             .iter()
@@ -670,7 +686,7 @@ fn check_target(
             .with_help("use `param_quantizer = \"tf\"` or set `weights_bitwidth = 8`");
         let diagnostic = match &o.weights_bitwidth {
             Some(w) => {
-                diagnostic.with_label(w.value_span.clone(), format!("`{}`", canonical(w.key)))
+                diagnostic.with_label(w.value_span.clone(), format!("`{}` = {}", w.key, w.value))
             }
             None => diagnostic,
         };
