@@ -159,6 +159,7 @@ impl Watcher {
             while let Ok(result) = self.events.try_recv() {
                 self.collect_candidates(result, &mut candidates);
             }
+            candidates.extend(self.forget_vanished_directories());
             let changed = self.gate_on_digest(candidates);
             if !changed.is_empty() {
                 return Some(changed);
@@ -204,6 +205,30 @@ impl Watcher {
             }
         }
         changed
+    }
+
+    /// Moves watched directories that no longer exist back to the missing set (their
+    /// operating-system watch ended with them) and returns the tracked files they held.
+    fn forget_vanished_directories(&mut self) -> BTreeSet<PathBuf> {
+        let vanished: BTreeSet<PathBuf> = self
+            .watched
+            .iter()
+            .filter(|directory| !directory.is_dir())
+            .cloned()
+            .collect();
+        for directory in &vanished {
+            let _ = self.debouncer.unwatch(directory);
+            self.watched.remove(directory);
+            self.missing.insert(directory.clone());
+        }
+        self.tracked
+            .keys()
+            .filter(|path| {
+                path.parent()
+                    .is_some_and(|parent| vanished.contains(parent))
+            })
+            .cloned()
+            .collect()
     }
 
     /// Tries to watch the directories that were missing; returns the tracked files inside those
