@@ -7,7 +7,10 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use quant::stats::{Histogram, MinMax, StatisticsSettings, TensorStatistics};
+use quant::encoding::{Bitwidth, Schema};
+use quant::stats::{
+    Calibration, Histogram, MinMax, StatisticsSettings, TensorStatistics, select_range,
+};
 use rayon::prelude::*;
 
 const LEN: usize = 100_000_000;
@@ -104,6 +107,29 @@ fn statistics(c: &mut Criterion) {
             s
         });
     });
+    group.finish();
+
+    // Range selection on the histogram of the same data: the per-tensor cost after calibration.
+    let mut stats = TensorStatistics::new(StatisticsSettings::WITH_HISTOGRAM);
+    stats.observe(&values);
+    let mut group = c.benchmark_group("select_range");
+    for calibration in [
+        Calibration::Sqnr,
+        Calibration::Mse,
+        Calibration::Entropy,
+        Calibration::Percentile(99.99),
+    ] {
+        group.bench_function(calibration.as_str(), |b| {
+            b.iter(|| {
+                select_range(
+                    black_box(&stats),
+                    calibration,
+                    Bitwidth::B8,
+                    Schema::Asymmetric,
+                )
+            });
+        });
+    }
     group.finish();
 
     // The claim the benchmark rests on: the merged parallel result is the sequential one, bit for bit.
