@@ -689,3 +689,153 @@ fn kind_of(value: &Value) -> String {
         Value::Object(_) => "an object".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encoding::Schema;
+
+    fn one(entry: &str) -> Result<Override, ErrorKind> {
+        let text =
+            format!(r#"{{"activation_encodings": {{"t": [{entry}]}}, "param_encodings": {{}}}}"#);
+        parse("t.json", Arc::new(text))
+            .map(|p| p.overrides.activations["t"].clone())
+            .map_err(|e| e.kind().clone())
+    }
+
+    fn one_v100(entry: &str) -> Result<Override, ErrorKind> {
+        let text = format!(
+            r#"{{"activation_encodings": [], "param_encodings": [{entry}], "version": "1.0.0"}}"#
+        );
+        parse("t.json", Arc::new(text))
+            .map(|p| p.overrides.parameters["t"].clone())
+            .map_err(|e| e.kind().clone())
+    }
+
+    fn problem(result: Result<Override, ErrorKind>) -> String {
+        match result {
+            Err(ErrorKind::InvalidEntry { problem, .. }) => problem,
+            other => panic!("expected an invalid entry, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn is_symmetric_as_python_strings_or_booleans() {
+        for spelling in [r#""True""#, "true", r#""true""#] {
+            let o = one(&format!(
+                r#"{{"bitwidth": 8, "min": -1, "max": 1, "is_symmetric": {spelling}}}"#
+            ));
+            let Ok(Override::Fixed(FixedEncoding::PerTensor(e))) = o else {
+                panic!("{o:?}")
+            };
+            assert_eq!((e.schema, e.offset), (Schema::Symmetric, -128));
+        }
+        let o = one(r#"{"bitwidth": 8, "is_symmetric": "yes"}"#);
+        assert!(problem(o).contains("expected \"True\", \"False\""));
+    }
+
+    #[test]
+    fn field_shapes() {
+        // A whole float is an integer bitwidth; dtype is case-insensitive.
+        assert_eq!(
+            one(r#"{"bitwidth": 8.0, "dtype": "INT"}"#),
+            Ok(Override::Calibrated {
+                bitwidth: Bitwidth::B8,
+                symmetric: None
+            })
+        );
+        assert!(problem(one(r#"{"bitwidth": 8.5}"#)).contains("not an integer"));
+        assert!(problem(one(r#"{"dtype": "int"}"#)).contains("no `bitwidth`"));
+        assert!(problem(one(r#"{"bitwidth": 8, "min": -1}"#)).contains("without `max`"));
+        assert!(problem(one(r#"{"bitwidth": 8, "min": "-1", "max": 1}"#)).contains("not a number"));
+        assert!(problem(one(r#"{"bitwidth": 8, "dtype": "bfloat"}"#)).contains("`dtype`"));
+        let text = r#"{"activation_encodings": {"t": []}, "param_encodings": {}}"#;
+        let e = parse("t.json", Arc::new(text.into())).unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::InvalidEntry { problem, .. } if problem.contains("empty"))
+        );
+    }
+
+    #[test]
+    fn scale_and_offset_without_a_range_are_the_grid() {
+        let o = one(r#"{"bitwidth": 8, "scale": 0.5, "offset": -10}"#).unwrap();
+        let Override::Fixed(FixedEncoding::PerTensor(e)) = o else {
+            panic!("{o:?}")
+        };
+        assert_eq!((e.scale, e.offset, e.min, e.max), (0.5, -10, -5.0, 122.5));
+        assert!(matches!(
+            one(r#"{"bitwidth": 8, "scale": 0.0, "offset": 0}"#),
+            Err(ErrorKind::NotFinite { field: "scale", .. })
+        ));
+    }
+
+    #[test]
+    fn per_channel_entries_share_a_bitwidth_and_an_offset() {
+        let two = |a: &str, b: &str| {
+            let text = format!(
+                r#"{{"activation_encodings": {{}}, "param_encodings": {{"t": [{a}, {b}]}}}}"#
+            );
+            parse("t.json", Arc::new(text)).map_err(|e| e.kind().clone())
+        };
+        let ok = r#"{"bitwidth": 8, "min": -1, "max": 1}"#;
+        let parsed = two(ok, ok).unwrap();
+        assert!(matches!(
+            &parsed.overrides.parameters["t"],
+            Override::Fixed(FixedEncoding::PerChannel(list)) if list.len() == 2
+                && list.iter().all(|e| e.schema == Schema::Symmetric)
+        ));
+        let e = two(ok, r#"{"bitwidth": 4, "min": -1, "max": 1}"#).unwrap_err();
+        assert!(
+            matches!(e, ErrorKind::InvalidEntry { problem, .. } if problem.contains("bitwidth 4"))
+        );
+        let e = two(
+            ok,
+            r#"{"bitwidth": 8, "min": -1, "max": 1, "offset": -127}"#,
+        )
+        .unwrap_err();
+        assert!(matches!(
+            e,
+            ErrorKind::PerChannelNotSymmetric { expected: -128, .. }
+        ));
+        let e = two(ok, r#"{"bitwidth": 8}"#).unwrap_err();
+        assert!(
+            matches!(e, ErrorKind::InvalidEntry { problem, .. } if problem.contains("no `min`"))
+        );
+        let e = two(ok, r#"{"bitwidth": 16, "dtype": "float"}"#).unwrap_err();
+        assert!(matches!(e, ErrorKind::InvalidEntry { problem, .. } if problem.contains("float")));
+    }
+
+    #[test]
+    fn v100_entries() {
+        let o = one_v100(
+            r#"{"name": "t", "bw": 8, "dtype": "INT", "enc_type": "PER_TENSOR", "is_sym": false, "scale": [0.1], "offset": [-3.0]}"#,
+        )
+        .unwrap();
+        let Override::Fixed(FixedEncoding::PerTensor(e)) = o else {
+            panic!("{o:?}")
+        };
+        assert_eq!((e.offset, e.schema), (-3, Schema::Asymmetric));
+        assert!(
+            problem(one_v100(
+                r#"{"name": "t", "bw": 8, "enc_type": "PER_TENSOR", "scale": [0.1, 0.2], "offset": [0, 0]}"#
+            ))
+            .contains("PER_TENSOR with 2 scales")
+        );
+        assert!(
+            problem(one_v100(
+                r#"{"name": "t", "bw": 4, "enc_type": "LPBQ", "scale": [0.1], "offset": [0]}"#
+            ))
+            .contains("not supported")
+        );
+        assert!(
+            problem(one_v100(
+                r#"{"name": "t", "bw": 8, "scale": [0.1], "offset": [0, 1]}"#
+            ))
+            .contains("pair up")
+        );
+        assert!(matches!(
+            one_v100(r#"{"name": "t", "bw": 12, "dtype": "FLOAT"}"#),
+            Err(ErrorKind::InvalidBitwidth { dtype: "float", .. })
+        ));
+    }
+}
