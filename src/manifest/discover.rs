@@ -26,7 +26,9 @@ pub const SKIPPED_FOLDERS: &[&str] = &[".git", "target", DEFAULT_OUT_DIR, ".quan
 ///
 /// `root` may be a manifest file (just that one), or a folder: if `root/quant.toml` has
 /// `[workspace] members = [...]`, the members' manifests (plus the root manifest itself when it
-/// declares models or targets); otherwise every `quant.toml` below `root`.
+/// declares models or targets); otherwise every `quant.toml` below `root`. A root manifest with
+/// syntax or key errors is reported (its `[workspace]` cannot be trusted); other manifests are
+/// only found here, and reported when they are loaded.
 pub fn discover(root: &Path) -> Result<Vec<PathBuf>, ManifestError> {
     if root.is_file() {
         return Ok(vec![root.to_path_buf()]);

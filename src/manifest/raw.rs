@@ -1119,3 +1119,38 @@ fn target(problems: &mut Problems, name: Spanned<String>, t: &DeTable<'_>) -> Ra
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_suggests_plausible_typos_only() {
+        assert_eq!(
+            nearest("act_bitwith", TARGET_KEYS.iter().copied()),
+            Some("act_bitwidth")
+        );
+        assert_eq!(
+            nearest("weights_bw", TARGET_KEYS.iter().copied()),
+            Some("weight_bw")
+        );
+        assert_eq!(nearest("target", SECTIONS.iter().copied()), Some("targets"));
+        assert_eq!(nearest("colour", TARGET_KEYS.iter().copied()), None);
+    }
+
+    #[test]
+    fn every_alias_names_a_canonical_key() {
+        for alias in [
+            "act_bw",
+            "weight_bw",
+            "bias_bw",
+            "float_bw",
+            "act_quantizer",
+            "param_quantizer",
+        ] {
+            let name = canonical(alias);
+            assert_ne!(name, alias);
+            assert!(TARGET_KEYS.contains(&name), "{alias} → {name}");
+        }
+    }
+}
