@@ -270,11 +270,11 @@ fn inspect_counts_on_real_models() {
     for (model, summary) in [
         (
             "cls.prep.onnx",
-            "180 float activations, 111 float parameters, 1 other tensors; 289 own encodings, 2 shared, 0 float tensors left unquantized",
+            "180 float activations, 111 float parameters, 1 other tensors; 290 own encodings, 1 shared, 0 float tensors left unquantized",
         ),
         (
             "cls.onnx",
-            "253 float activations, 285 float parameters, 29 other tensors; 535 own encodings, 3 shared, 0 float tensors left unquantized",
+            "253 float activations, 285 float parameters, 29 other tensors; 536 own encodings, 2 shared, 0 float tensors left unquantized",
         ),
     ] {
         let (code, stdout, _) = inspect(&models, &[model]);
@@ -319,4 +319,65 @@ fn inspect_errors_name_the_path() {
     let (code, _, stderr) = inspect(dir.path(), &[]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("<MODEL>"), "{stderr}");
+}
+
+#[test]
+fn every_tensor_onnxruntime_or_aimet_encodes_gets_an_encoding() {
+    let Some(fixtures) = common::fixtures() else {
+        return;
+    };
+    for model in ["cls", "det"] {
+        let graph = Graph::read(&fixtures.join(format!("models/{model}.prep.onnx"))).unwrap();
+        let read = |file: String| -> Value {
+            serde_json::from_str(&std::fs::read_to_string(fixtures.join(file)).unwrap()).unwrap()
+        };
+        let ort = read(format!("reference/ort/{model}.minmax_pt_u8.json"));
+        let aimet = read(format!("reference/aimet/{model}.tf_w8a8.v061.encodings"));
+        let names = ort["tensors"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .chain(aimet["activation_encodings"].as_object().unwrap().keys())
+            .chain(aimet["param_encodings"].as_object().unwrap().keys());
+        let mut checked = 0;
+        for name in names {
+            let tensor = graph.tensor(name).unwrap();
+            assert!(
+                tensor.rule.is_encoded(),
+                "{model}: {name} is {}",
+                tensor.rule
+            );
+            checked += 1;
+        }
+        assert!(checked > 400, "{model}: {checked}");
+    }
+}
+
+#[test]
+fn shared_encodings_change_no_range() {
+    let Some(fixtures) = common::fixtures() else {
+        return;
+    };
+    let mut shared = 0;
+    for (model, stats_file) in FORMS {
+        let (graph, stats) = load(&fixtures, model, stats_file);
+        for tensor in graph.tensors() {
+            if !matches!(tensor.rule, quant::graph::EncodingRule::SharesInput(_)) {
+                continue;
+            }
+            let source = graph.encoding_source(tensor.name.as_str()).unwrap();
+            let own = &stats["activations"][tensor.name.as_str()];
+            let lent = &stats["activations"][source.as_str()];
+            assert_eq!(
+                (&own["min"], &own["max"]),
+                (&lent["min"], &lent["max"]),
+                "{model}: {}",
+                tensor.name
+            );
+            shared += 1;
+        }
+    }
+    // cls: Reshape and the output Identity; cls.prep: Reshape; det forms: 6 nearest Resizes each;
+    // tiny: Flatten.
+    assert_eq!(shared, 2 + 1 + 6 + 6 + 1);
 }

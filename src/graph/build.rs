@@ -406,7 +406,9 @@ fn rule_for(tensor: &Tensor, role: Role, nodes: &[Node], builder: &Builder<'_>) 
         return EncodingRule::Own;
     };
     let node = &nodes[producer.node.0];
-    if !moves_data(node, producer.output_index) {
+    if !moves_data(node, producer.output_index, |name| {
+        builder.parameters.get(name)
+    }) {
         return EncodingRule::Own;
     }
     // Only an encoded float activation can lend its encoding: a reshaped weight has a
@@ -574,7 +576,7 @@ mod tests {
     }
 
     #[test]
-    fn linear_resize_keeps_its_own_encoding_and_scales_stay_float() {
+    fn only_value_preserving_ops_share_and_scales_stay_float() {
         let mut contents = sample();
         let mut resize = node("Resize", &["a", "", "scales"], &["big"]);
         resize.attributes = vec![("mode".into(), AttributeValue::String("linear".into()))];
@@ -582,13 +584,43 @@ mod tests {
         contents
             .nodes
             .push(node("Resize", &["a", "", "scales"], &["near"]));
-        contents.initializers.push(float_tensor("scales", &[4]));
+        contents
+            .nodes
+            .push(node("Resize", &["a", "", "halves"], &["small"]));
+        contents.nodes.push(node("MaxPool", &["a"], &["pooled"]));
+        contents
+            .nodes
+            .push(node("Slice", &["a", "starts", "ends"], &["sliced"]));
+        contents.initializers.push(TensorContents {
+            values: TensorValues::Float(vec![1.0, 1.0, 2.0, 2.0]),
+            ..float_tensor("scales", &[4])
+        });
+        contents.initializers.push(TensorContents {
+            values: TensorValues::Float(vec![1.0, 1.0, 0.5, 0.5]),
+            ..float_tensor("halves", &[4])
+        });
+        for name in ["starts", "ends"] {
+            contents.initializers.push(TensorContents {
+                name: name.into(),
+                dtype: Some(DType::Int64),
+                dims: vec![1],
+                values: TensorValues::Int(vec![0]),
+            });
+        }
         let g = build(contents, Path::new("m.onnx")).unwrap();
         assert_eq!(g.tensor("big").unwrap().rule, EncodingRule::Own);
         assert_eq!(
             g.tensor("near").unwrap().rule,
             EncodingRule::SharesInput("a".into())
         );
+        // Downsampling, pooling and slicing drop values: their own range may be narrower.
+        for narrowing in ["small", "pooled", "sliced"] {
+            assert_eq!(
+                g.tensor(narrowing).unwrap().rule,
+                EncodingRule::Own,
+                "{narrowing}"
+            );
+        }
         assert_eq!(
             g.tensor("scales").unwrap().rule,
             EncodingRule::NotQuantized(NotQuantizedReason::ShapeOperand)

@@ -2,7 +2,7 @@
 //! explained, with their reasons and how they compare to onnxruntime and AIMET, in
 //! `book/src/tensor-rules.md`; keep the two in step. It must not compute encodings.
 
-use super::{Node, Role, TensorName};
+use super::{Attribute, Node, ParameterData, Role, TensorName};
 use std::fmt;
 
 /// Whether and how a tensor gets an encoding.
@@ -10,8 +10,8 @@ use std::fmt;
 pub enum EncodingRule {
     /// Encoded from its own statistics (activations) or values (parameters).
     Own,
-    /// A data-movement output (Reshape, Transpose, MaxPool, nearest Resize, ...): every value is a
-    /// value of the named input, so it takes that input's encoding. The input may itself share;
+    /// A data-movement output (Reshape, Transpose, Flatten, nearest upsampling Resize, ...): it
+    /// holds exactly the named input's values, so it takes that input's encoding. The input may itself share;
     /// [`super::Graph::encoding_source`] follows the chain.
     SharesInput(TensorName),
     /// Not a float tensor (shape tensors, indices, masks): never encoded.
@@ -74,24 +74,44 @@ pub(super) fn parameter_rule(role: Role, elements: Option<usize>) -> EncodingRul
     }
 }
 
-/// Whether output `output_index` of `node` holds only values of its input 0, laid out anew —
-/// so it can reuse input 0's encoding without widening or losing anything.
-pub(super) fn moves_data(node: &Node, output_index: usize) -> bool {
-    if !(node.domain.is_empty() || node.domain == "ai.onnx") {
+/// Whether output `output_index` of `node` holds exactly the values of its input 0 — every one of
+/// them, rearranged or repeated — so its own range would equal the input's and sharing the
+/// input's encoding changes no number. Ops that select a subset (Slice, Gather, Split, MaxPool,
+/// downsampling Resize) can narrow the range and keep their own encoding.
+/// `constant` looks up a parameter's values (Resize/Upsample scales).
+pub(super) fn moves_data<'a>(
+    node: &Node,
+    output_index: usize,
+    constant: impl Fn(&TensorName) -> Option<&'a ParameterData>,
+) -> bool {
+    if output_index != 0 || !(node.domain.is_empty() || node.domain == "ai.onnx") {
         return false;
     }
     match node.op_type.as_str() {
-        "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Transpose" | "Identity" | "Slice"
-        | "Gather" | "GatherElements" | "GatherND" | "Tile" | "Expand" | "DepthToSpace"
-        | "SpaceToDepth" => output_index == 0,
-        // Every output of Split is a piece of the input.
-        "Split" => true,
-        // Output 1 is the int64 indices.
-        "MaxPool" => output_index == 0,
-        // Only nearest-neighbour resizing copies values; linear and cubic interpolate (cubic
-        // even overshoots the input range).
+        "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Transpose" | "Identity"
+        | "DepthToSpace" | "SpaceToDepth" | "Expand" => true,
         "Resize" | "Upsample" => {
-            output_index == 0 && node.string_attribute("mode").unwrap_or("nearest") == "nearest"
+            // Linear and cubic interpolate (cubic even overshoots); nearest copies values, and
+            // with integer scales >= 1 it copies every one of them.
+            let nearest = node.string_attribute("mode").unwrap_or("nearest") == "nearest";
+            let cropping = node.string_attribute("coordinate_transformation_mode")
+                == Some("tf_crop_and_resize");
+            let scales_input = if node.op_type == "Resize" { 2 } else { 1 };
+            let scales: Option<Vec<f32>> = match node.attributes.get("scales") {
+                Some(Attribute::Floats(scales)) => Some(scales.clone()),
+                _ => node
+                    .inputs
+                    .get(scales_input)
+                    .and_then(Option::as_ref)
+                    .and_then(|name| constant(name))
+                    .and_then(|data| data.as_f32())
+                    .map(<[f32]>::to_vec),
+            };
+            nearest
+                && !cropping
+                && scales.is_some_and(|s| {
+                    !s.is_empty() && s.iter().all(|&v| v >= 1.0 && v.fract() == 0.0)
+                })
         }
         _ => false,
     }
