@@ -53,7 +53,7 @@ const TAG_FILE: &str = "CACHEDIR.TAG";
 /// The standard signature (bford.info/cachedir) plus a line that says who wrote it; `clean`
 /// checks for both before deleting anything.
 const TAG_CONTENT: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
-# This folder is a cache written by quant (https://github.com/quant). It is safe to delete.\n";
+# This folder is a cache written by quant. It is safe to delete.\n";
 const TAG_OWNER_LINE: &str = "# This folder is a cache written by quant";
 const TEMP_PREFIX: &str = ".tmp-";
 /// Reads refresh an entry's modification time (its LRU clock) at most this often, so a build
