@@ -103,7 +103,7 @@ pub(super) fn moves_data<'a>(
                     .inputs
                     .get(scales_input)
                     .and_then(Option::as_ref)
-                    .and_then(|name| constant(name))
+                    .and_then(constant)
                     .and_then(|data| data.as_f32())
                     .map(<[f32]>::to_vec),
             };

@@ -135,7 +135,7 @@ pub fn tensor_values(tensor: &TensorProto) -> Result<TensorValues, TensorDataErr
 }
 
 fn chunks<const N: usize>(raw: &[u8]) -> Option<impl Iterator<Item = [u8; N]> + '_> {
-    if raw.len() % N != 0 {
+    if !raw.len().is_multiple_of(N) {
         return None;
     }
     Some(
