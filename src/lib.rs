@@ -14,6 +14,7 @@ pub mod graph;
 pub mod manifest;
 pub mod onnx;
 pub mod overrides;
+pub mod quantizer;
 pub mod run;
 pub mod stats;
 pub mod store;

@@ -57,6 +57,7 @@ pub mod build;
 pub mod db;
 pub mod files;
 pub mod lines;
+pub mod oneshot;
 
 pub use build::Build;
 pub use db::{Database, Db, ExecutedQuery};

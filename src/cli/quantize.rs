@@ -1,0 +1,269 @@
+//! `quant quantize`: the one-shot command with qairt-quantizer's option names, for people
+//! switching from it. It calibrates, encodes and writes an AIMET encodings file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Args;
+
+use super::shell::Shell;
+use super::{EXIT_FAILURE, EXIT_USAGE};
+use crate::encoding::{Bitwidth, Schema};
+use crate::engine::oneshot::{self, OneShot, OneShotError};
+use crate::export::aimet::EncodingVersion;
+use crate::manifest::{CalibrationMethod, LegacyQuantizer, Percentile, QuantizerSettings};
+
+/// Options, spelled as qairt-quantizer spells them.
+#[derive(Args, Debug)]
+pub struct QuantizeArgs {
+    /// The float ONNX model.
+    #[arg(long = "input_network", value_name = "MODEL.onnx")]
+    input_network: PathBuf,
+    /// Calibration samples, one line per sample (`path` or `name:=path ...`).
+    #[arg(long = "input_list", value_name = "LIST.txt")]
+    input_list: PathBuf,
+    /// Where to write the AIMET encodings JSON.
+    #[arg(long = "output_encodings", value_name = "ENCODINGS.json")]
+    output_encodings: PathBuf,
+    /// Activation bitwidth (2–16).
+    #[arg(long = "act_bitwidth", visible_alias = "act_bw", default_value = "8", value_parser = parse_bitwidth)]
+    act_bitwidth: Bitwidth,
+    /// Weight bitwidth (2–16).
+    #[arg(long = "weights_bitwidth", visible_alias = "weight_bw", default_value = "8", value_parser = parse_bitwidth)]
+    weights_bitwidth: Bitwidth,
+    /// Bias bitwidth: 8 (own range) or 32 (input scale × weight scale).
+    #[arg(long = "bias_bitwidth", visible_alias = "bias_bw", default_value = "8", value_parser = parse_bias_bitwidth)]
+    bias_bitwidth: Bitwidth,
+    /// Activation calibration: min-max, sqnr, percentile, mse, entropy.
+    #[arg(long = "act_quantizer_calibration", value_parser = parse_calibration)]
+    act_quantizer_calibration: Option<CalibrationMethod>,
+    /// Parameter calibration: min-max, sqnr, percentile, mse, entropy.
+    #[arg(long = "param_quantizer_calibration", value_parser = parse_calibration)]
+    param_quantizer_calibration: Option<CalibrationMethod>,
+    /// Activation schema: asymmetric, signedasymmetric, symmetric, unsignedsymmetric.
+    #[arg(long = "act_quantizer_schema")]
+    act_quantizer_schema: Option<Schema>,
+    /// Parameter schema: asymmetric, signedasymmetric, symmetric, unsignedsymmetric.
+    #[arg(long = "param_quantizer_schema")]
+    param_quantizer_schema: Option<Schema>,
+    /// Legacy activation quantizer: tf, enhanced, adjusted, symmetric.
+    #[arg(long = "act_quantizer", value_parser = parse_legacy,
+          conflicts_with_all = ["act_quantizer_calibration", "act_quantizer_schema"])]
+    act_quantizer: Option<LegacyQuantizer>,
+    /// Legacy parameter quantizer: tf, enhanced, adjusted, symmetric.
+    #[arg(long = "param_quantizer", value_parser = parse_legacy,
+          conflicts_with_all = ["param_quantizer_calibration", "param_quantizer_schema"])]
+    param_quantizer: Option<LegacyQuantizer>,
+    /// Percentile for the percentile calibration, in [90, 100].
+    #[arg(long = "percentile_calibration_value", default_value = "99.99", value_parser = parse_percentile)]
+    percentile_calibration_value: Percentile,
+    /// Per-channel weights for Conv-family ops (forces symmetric weights).
+    #[arg(long = "use_per_channel_quantization")]
+    use_per_channel_quantization: bool,
+    /// Per-row weights for Gemm/MatMul (forces symmetric weights).
+    #[arg(long = "use_per_row_quantization")]
+    use_per_row_quantization: bool,
+    /// AIMET encodings JSON (0.4–1.0.0) whose entries win over calibration.
+    #[arg(long = "quantization_overrides", value_name = "OVERRIDES.json")]
+    quantization_overrides: Option<PathBuf>,
+    /// Calibrate everything, ignoring `--quantization_overrides`.
+    #[arg(long = "ignore_quantization_overrides")]
+    ignore_quantization_overrides: bool,
+    /// Fixes a dynamic input's dims: `--input_dim x 1,3,48,192` (repeatable).
+    #[arg(long = "input_dim", num_args = 2, value_names = ["NAME", "DIMS"], action = clap::ArgAction::Append)]
+    input_dim: Vec<String>,
+    /// Gather activation statistics with weights fake-quantized first (with AIMET's symmetric
+    /// weight rule), as AIMET does.
+    #[arg(long = "calibrate_with_quantized_weights")]
+    calibrate_with_quantized_weights: bool,
+    /// AIMET encodings format to write: 0.6.1 or 1.0.0.
+    #[arg(long = "encoding_version", default_value = "0.6.1", value_parser = parse_version)]
+    encoding_version: EncodingVersion,
+    /// Samples run in parallel (default: all cores).
+    #[arg(short = 'j', long = "jobs")]
+    jobs: Option<usize>,
+}
+
+fn parse_bitwidth(s: &str) -> Result<Bitwidth, String> {
+    let bits: u32 = s.parse().map_err(|_| format!("`{s}` is not a bitwidth"))?;
+    match bits {
+        2..=16 => Bitwidth::new(bits).map_err(|e| e.to_string()),
+        _ => Err(format!("bitwidth {bits} is not supported (use 2 to 16)")),
+    }
+}
+
+fn parse_bias_bitwidth(s: &str) -> Result<Bitwidth, String> {
+    match s {
+        "8" => Ok(Bitwidth::B8),
+        "32" => Ok(Bitwidth::B32),
+        _ => Err(format!("bias bitwidth must be 8 or 32, not `{s}`")),
+    }
+}
+
+fn parse_calibration(s: &str) -> Result<CalibrationMethod, String> {
+    CalibrationMethod::NAMED
+        .into_iter()
+        .find(|m| m.as_str() == s)
+        .ok_or_else(|| {
+            format!(
+                "unknown calibration `{s}` (expected min-max, sqnr, percentile, mse or entropy)"
+            )
+        })
+}
+
+fn parse_legacy(s: &str) -> Result<LegacyQuantizer, String> {
+    LegacyQuantizer::ALL
+        .into_iter()
+        .find(|m| m.as_str() == s)
+        .ok_or_else(|| {
+            format!("unknown quantizer `{s}` (expected tf, enhanced, adjusted or symmetric)")
+        })
+}
+
+fn parse_percentile(s: &str) -> Result<Percentile, String> {
+    s.parse::<f64>()
+        .ok()
+        .and_then(Percentile::new)
+        .ok_or_else(|| format!("percentile must be a number in [90, 100], not `{s}`"))
+}
+
+fn parse_version(s: &str) -> Result<EncodingVersion, String> {
+    s.parse::<EncodingVersion>().map_err(|e| e.to_string())
+}
+
+impl QuantizeArgs {
+    fn settings(&self) -> QuantizerSettings {
+        let (act_calibration, act_schema) = match self.act_quantizer {
+            Some(legacy) => legacy.expand(),
+            None => (
+                self.act_quantizer_calibration
+                    .unwrap_or(CalibrationMethod::MinMax),
+                self.act_quantizer_schema.unwrap_or(Schema::Asymmetric),
+            ),
+        };
+        let (param_calibration, param_schema) = match self.param_quantizer {
+            Some(legacy) => legacy.expand(),
+            None => (
+                self.param_quantizer_calibration
+                    .unwrap_or(CalibrationMethod::MinMax),
+                self.param_quantizer_schema.unwrap_or(Schema::Asymmetric),
+            ),
+        };
+        QuantizerSettings {
+            calibration: String::new(),
+            overrides: Vec::new(),
+            act_bitwidth: self.act_bitwidth,
+            weights_bitwidth: self.weights_bitwidth,
+            bias_bitwidth: self.bias_bitwidth,
+            float_bitwidth: None,
+            act_calibration,
+            param_calibration,
+            act_schema,
+            param_schema,
+            percentile: self.percentile_calibration_value,
+            per_channel: self.use_per_channel_quantization,
+            per_row: self.use_per_row_quantization,
+            ignore_quantization_overrides: self.ignore_quantization_overrides,
+            calibrate_with_quantized_weights: self.calibrate_with_quantized_weights,
+        }
+    }
+
+    fn input_dims(&self) -> Result<Vec<(String, Vec<u64>)>, String> {
+        self.input_dim
+            .chunks(2)
+            .map(|pair| {
+                let [name, dims] = pair else {
+                    return Err(
+                        "--input_dim takes a name and dims, e.g. `--input_dim x 1,3,48,192`"
+                            .to_string(),
+                    );
+                };
+                let dims = crate::onnx::parse_dims(dims)
+                    .map_err(|e| format!("--input_dim {name}: {e}"))?;
+                Ok((name.clone(), dims))
+            })
+            .collect()
+    }
+}
+
+/// Runs `quant quantize`.
+pub fn run(args: QuantizeArgs) -> ExitCode {
+    let shell = Shell::new();
+    let started = Instant::now();
+    let input_dims = match args.input_dims() {
+        Ok(dims) => dims,
+        Err(message) => {
+            shell.error(message);
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if let Some(jobs) = args.jobs
+        && jobs == 0
+    {
+        shell.error("--jobs must be at least 1");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let job = OneShot {
+        model: args.input_network.clone(),
+        input_list: args.input_list.clone(),
+        overrides: if args.ignore_quantization_overrides {
+            None
+        } else {
+            args.quantization_overrides.clone()
+        },
+        input_dims,
+        settings: args.settings(),
+        jobs: args.jobs,
+    };
+    shell.status(
+        "Calibrating",
+        format!(
+            "{} with {}",
+            args.input_network.display(),
+            args.input_list.display()
+        ),
+    );
+    let progress = shell.progress("Calibrating", 0);
+    let result = oneshot::quantize(&job, |done, total| {
+        progress.set_length(total as u64);
+        progress.set_position(done as u64);
+    });
+    progress.finish_and_clear();
+    let output = match result {
+        Ok(output) => output,
+        Err(OneShotError::Usage(message)) => {
+            shell.error(message);
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Err(err) => {
+            shell.diagnostic(err.into_report());
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    for warning in &output.warnings {
+        shell.warn(warning);
+    }
+    if let Err(err) = output
+        .encodings
+        .write(&args.output_encodings, args.encoding_version)
+    {
+        shell.error(format!(
+            "cannot write {}: {err}",
+            args.output_encodings.display()
+        ));
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    shell.status(
+        "Finished",
+        format!(
+            "{} activation and {} parameter encodings from {} samples in {:.2}s → {}",
+            output.encodings.activations.len(),
+            output.encodings.parameters.len(),
+            output.samples,
+            started.elapsed().as_secs_f64(),
+            args.output_encodings.display()
+        ),
+    );
+    ExitCode::SUCCESS
+}

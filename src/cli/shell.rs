@@ -1,0 +1,100 @@
+//! All terminal output goes through here, the way cargo's `Shell` does it: status lines with a
+//! right-aligned green verb on stderr, warnings in yellow, diagnostics rendered by miette, and
+//! progress bars only when stderr is a terminal. stdout carries results and nothing else.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Width the status verb is right-aligned to, as cargo does.
+const VERB_WIDTH: usize = 12;
+
+/// The process's terminal output.
+#[derive(Debug, Clone, Copy)]
+pub struct Shell {
+    color: bool,
+    tty: bool,
+    quiet: bool,
+}
+
+impl Shell {
+    /// A shell for stderr; colors and progress bars only on a terminal.
+    pub fn new() -> Shell {
+        let tty = std::io::stderr().is_terminal();
+        Shell {
+            color: tty && std::env::var_os("NO_COLOR").is_none(),
+            tty,
+            quiet: false,
+        }
+    }
+
+    /// A shell that prints no status lines (`--json` mode still reports warnings and errors).
+    pub fn quiet(mut self, quiet: bool) -> Shell {
+        self.quiet = quiet;
+        self
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+
+    /// `   Compiling foo` style line on stderr.
+    pub fn status(&self, verb: &str, message: impl std::fmt::Display) {
+        if self.quiet {
+            return;
+        }
+        let verb = format!("{verb:>VERB_WIDTH$}");
+        let _ = writeln!(std::io::stderr(), "{} {message}", self.paint("1;32", &verb));
+    }
+
+    /// `warning: ...` on stderr.
+    pub fn warn(&self, message: impl std::fmt::Display) {
+        let _ = writeln!(
+            std::io::stderr(),
+            "{} {message}",
+            self.paint("1;33", "warning:")
+        );
+    }
+
+    /// `error: ...` on stderr, one line.
+    pub fn error(&self, message: impl std::fmt::Display) {
+        let _ = writeln!(
+            std::io::stderr(),
+            "{} {message}",
+            self.paint("1;31", "error:")
+        );
+    }
+
+    /// A miette diagnostic, rendered with its source snippet.
+    pub fn diagnostic(&self, diagnostic: miette::Report) {
+        let _ = writeln!(std::io::stderr(), "{diagnostic:?}");
+    }
+
+    /// A progress bar of `len` steps, hidden unless stderr is a terminal.
+    pub fn progress(&self, verb: &str, len: u64) -> ProgressBar {
+        if !self.tty || self.quiet {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(len);
+        let template = format!(
+            "{{prefix:>{VERB_WIDTH}.cyan.bold}} [{{bar:30}}] {{pos}}/{{len}} {{msg}} ({{elapsed}})"
+        );
+        if let Ok(style) = ProgressStyle::with_template(&template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_prefix(verb.to_string());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    }
+}
+
+impl Default for Shell {
+    fn default() -> Self {
+        Shell::new()
+    }
+}

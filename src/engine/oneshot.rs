@@ -1,0 +1,254 @@
+//! The one-shot pipeline behind `quant quantize`: read the model, the input list and the
+//! overrides, calibrate every sample in parallel, encode every tensor, and hand back the AIMET
+//! encodings. No cache and no incremental state: the manifest build reuses the same quantizer
+//! functions through salsa queries instead.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rayon::prelude::*;
+
+use crate::calib::{CalibError, InputList};
+use crate::export::aimet::{AimetEncodings, QuantizerArgs};
+use crate::graph::{Graph, GraphError, Role};
+use crate::manifest::{CalibrationMethod, QuantizerSettings};
+use crate::onnx::{OnnxError, OnnxModel};
+use crate::overrides::{
+    self, FixedEncoding, ModelTensors, Overrides, OverridesError, OverridesInvalid,
+};
+use crate::quantizer::{
+    self, CalibrationError, EncodeError, ModelEncodings, SampleStatistics, statistics_settings,
+};
+use crate::run::{FloatRunner, RunError};
+
+/// What to quantize, and how.
+#[derive(Debug, Clone)]
+pub struct OneShot {
+    /// The float ONNX model.
+    pub model: PathBuf,
+    /// The calibration input list.
+    pub input_list: PathBuf,
+    /// An AIMET encodings file whose entries win over calibration.
+    pub overrides: Option<PathBuf>,
+    /// Dims for inputs the model leaves dynamic.
+    pub input_dims: Vec<(String, Vec<u64>)>,
+    /// The quantizer settings.
+    pub settings: QuantizerSettings,
+    /// Threads for running samples; `None` for all cores.
+    pub jobs: Option<usize>,
+}
+
+/// The result of a one-shot quantization.
+#[derive(Debug, Clone)]
+pub struct OneShotOutput {
+    /// The encodings, ready to write.
+    pub encodings: AimetEncodings,
+    /// Warnings for the user, already worded.
+    pub warnings: Vec<String>,
+    /// How many samples were calibrated.
+    pub samples: usize,
+}
+
+/// Why a one-shot quantization failed.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum OneShotError {
+    /// Bad arguments (exit code 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The model could not be read.
+    #[error(transparent)]
+    Onnx(#[from] OnnxError),
+    /// The model's graph is malformed.
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    /// The input list or a sample is bad.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    List(#[from] CalibError),
+    /// The overrides file is malformed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Overrides(#[from] OverridesError),
+    /// The overrides do not fit the model.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    OverridesInvalid(#[from] OverridesInvalid),
+    /// The model could not be prepared for running.
+    #[error("{}: {source}", model.display())]
+    Run {
+        /// The model.
+        model: PathBuf,
+        /// What the runtime said.
+        source: RunError,
+    },
+    /// A sample failed to run.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Calibration(#[from] CalibrationError),
+    /// A tensor could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+}
+
+impl OneShotError {
+    /// The error as a miette report, source snippets included where there are any.
+    pub fn into_report(self) -> miette::Report {
+        miette::Report::new(self)
+    }
+}
+
+/// The tensors overrides may name, with each parameter's channel count along its output-channel
+/// axis (1 for parameters that are never per-channel).
+pub fn model_tensors(graph: &Graph) -> ModelTensors {
+    let activations = graph
+        .float_activations()
+        .map(|t| t.name.as_str().to_string())
+        .collect();
+    let parameters = graph
+        .float_parameters()
+        .map(|t| {
+            let channels = match (t.role, graph.parameter(t.name.as_str())) {
+                (
+                    Role::Weight {
+                        output_channel_axis,
+                    },
+                    Some(data),
+                ) => data.shape.get(output_channel_axis).copied().unwrap_or(1),
+                _ => 1,
+            };
+            (t.name.as_str().to_string(), channels)
+        })
+        .collect();
+    ModelTensors {
+        activations,
+        parameters,
+    }
+}
+
+/// AIMET's `quantizer_args` for these settings.
+pub fn quantizer_args(settings: &QuantizerSettings) -> QuantizerArgs {
+    QuantizerArgs {
+        activation_bitwidth: settings.act_bitwidth,
+        param_bitwidth: settings.weights_bitwidth,
+        is_symmetric: settings.param_schema.is_symmetric()
+            || settings.per_channel
+            || settings.per_row,
+        per_channel_quantization: settings.per_channel,
+        quant_scheme: match settings.act_calibration {
+            CalibrationMethod::MinMax => "min_max",
+            CalibrationMethod::Sqnr => "post_training_tf_enhanced",
+            CalibrationMethod::Percentile => "post_training_percentile",
+            CalibrationMethod::Mse => "mse",
+            CalibrationMethod::Entropy => "entropy",
+            CalibrationMethod::Adjusted => "adjusted",
+        }
+        .to_string(),
+    }
+}
+
+/// The AIMET file for a model's encodings.
+pub fn aimet_encodings(encodings: &ModelEncodings, settings: &QuantizerSettings) -> AimetEncodings {
+    let convert = |map: &std::collections::BTreeMap<String, crate::encoding::TensorEncoding>| {
+        map.iter()
+            .map(|(name, e)| (name.clone(), FixedEncoding::from(e)))
+            .collect()
+    };
+    AimetEncodings {
+        activations: convert(&encodings.activations),
+        parameters: convert(&encodings.parameters),
+        quantizer_args: quantizer_args(settings),
+    }
+}
+
+/// Reads, calibrates and encodes. `progress(done, total)` is called after each sample.
+pub fn quantize(
+    job: &OneShot,
+    progress: impl Fn(usize, usize) + Sync,
+) -> Result<OneShotOutput, OneShotError> {
+    let mut model = OnnxModel::read(&job.model)?;
+    for (name, dims) in &job.input_dims {
+        model.fix_input_dims(name, dims)?;
+    }
+    let graph = Graph::from_model(&model)?;
+    for (name, _) in &job.input_dims {
+        if !graph.inputs().iter().any(|i| i.as_str() == name) {
+            let known: Vec<&str> = graph.inputs().iter().map(|i| i.as_str()).collect();
+            return Err(OneShotError::Usage(format!(
+                "--input_dim names `{name}`, which is not an input of {} (inputs: {})",
+                job.model.display(),
+                known.join(", ")
+            )));
+        }
+    }
+    let mut warnings = Vec::new();
+    let overrides = match &job.overrides {
+        Some(path) => {
+            let parsed = overrides::read(path)?;
+            parsed.validate(&model_tensors(&graph))?;
+            warnings.extend(parsed.warnings.iter().map(|w| w.to_string()));
+            parsed.overrides
+        }
+        None => Overrides::default(),
+    };
+    let settings = &job.settings;
+    let calibration_model = quantizer::calibration_model(&model, &graph, &overrides, settings)?;
+    let bytes = calibration_model.as_ref().unwrap_or(&model).to_bytes();
+    let runner_dims: Vec<(String, Vec<usize>)> = job
+        .input_dims
+        .iter()
+        .map(|(name, dims)| (name.clone(), dims.iter().map(|&d| d as usize).collect()))
+        .collect();
+    let runner = FloatRunner::new(&bytes, &runner_dims).map_err(|source| OneShotError::Run {
+        model: job.model.clone(),
+        source,
+    })?;
+    let list = InputList::read(&job.input_list)?;
+    list.check(runner.input_specs())?;
+
+    let stats_settings = statistics_settings(settings);
+    let total = list.samples.len();
+    let done = AtomicUsize::new(0);
+    let calibrate = || {
+        list.samples
+            .par_iter()
+            .map(|sample| {
+                let loaded = list.load(sample, runner.input_specs())?;
+                let statistics = quantizer::sample_statistics(&runner, &loaded, stats_settings)?;
+                progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
+                Ok::<_, OneShotError>(statistics)
+            })
+            // rayon's reduce combines neighbours only, so with an associative merge the result
+            // is the same for any thread count.
+            .try_reduce(
+                || SampleStatistics {
+                    tensors: Vec::new(),
+                },
+                |mut a, b| {
+                    quantizer::merge_statistics(&mut a, &b);
+                    Ok(a)
+                },
+            )
+    };
+    let merged = match job.jobs {
+        Some(jobs) => rayon::ThreadPoolBuilder::new()
+            .num_threads(jobs)
+            .build()
+            .map_err(|e| OneShotError::Usage(format!("cannot start {jobs} threads: {e}")))?
+            .install(calibrate)?,
+        None => calibrate()?,
+    };
+    let statistics: HashMap<String, _> = runner
+        .activation_names()
+        .iter()
+        .cloned()
+        .zip(merged.tensors)
+        .collect();
+    let encodings = quantizer::encode_model(&graph, &statistics, &overrides, settings)?;
+    warnings.extend(encodings.warnings.iter().map(|w| w.to_string()));
+    Ok(OneShotOutput {
+        encodings: aimet_encodings(&encodings, settings),
+        warnings,
+        samples: total,
+    })
+}

@@ -1,0 +1,499 @@
+//! One tensor's encoding from its statistics or values, the target's settings and its override.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::encoding::tensor::ChannelLayout;
+use crate::encoding::{Bitwidth, Encoding, EncodingError, Schema, TensorEncoding};
+use crate::graph::{EncodingRule, Graph, Role, Tensor};
+use crate::manifest::QuantizerSettings;
+use crate::overrides::{Override, Overrides};
+use crate::stats::{StatisticsSettings, TensorStatistics, required_statistics, select_range};
+
+use super::{calibration, weight_convention};
+
+/// Something the user should know about an encoding decision; never fatal.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Warning {
+    /// Per-channel or per-row quantization forced a symmetric schema on a weight, as
+    /// qairt-quantizer does.
+    ForcedSymmetric {
+        /// The schema the settings asked for.
+        requested: Schema,
+    },
+    /// An activation has no statistics (the runtime folded it into a constant or never
+    /// produced it), so it was left in float.
+    NoStatistics {
+        /// The tensor.
+        tensor: String,
+    },
+    /// NaN or infinite values were seen in an activation and left out of its statistics.
+    NonFinite {
+        /// The tensor.
+        tensor: String,
+        /// How many values.
+        count: u64,
+    },
+    /// An int32 bias could not use `input scale × weight scale` (input or weight not integer),
+    /// so it was encoded from its own range at 32 bits.
+    BiasOwnRange {
+        /// The bias tensor.
+        tensor: String,
+    },
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Warning::ForcedSymmetric { requested } => write!(
+                f,
+                "per-channel/per-row quantization requires symmetric weights: \
+                 param_quantizer_schema `{requested}` is overridden to `symmetric` for those weights"
+            ),
+            Warning::NoStatistics { tensor } => {
+                write!(
+                    f,
+                    "`{tensor}` has no calibration statistics; it is left in float"
+                )
+            }
+            Warning::NonFinite { tensor, count } => write!(
+                f,
+                "`{tensor}`: {count} NaN/infinite values were left out of its statistics"
+            ),
+            Warning::BiasOwnRange { tensor } => write!(
+                f,
+                "`{tensor}`: input or weight of its op is not integer, so the 32-bit bias is \
+                 encoded from its own range"
+            ),
+        }
+    }
+}
+
+/// Why a tensor could not be encoded.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EncodeError {
+    /// The encoding math refused a range (NaN, inverted).
+    #[error("`{tensor}`: {source}")]
+    Encoding {
+        /// The tensor.
+        tensor: String,
+        /// What went wrong.
+        source: EncodingError,
+    },
+    /// A parameter's values could not be read as float.
+    #[error("`{tensor}`: parameter values are missing or not float")]
+    ParameterData {
+        /// The tensor.
+        tensor: String,
+    },
+    /// A per-channel override does not fit the tensor.
+    #[error("`{tensor}`: {message}")]
+    Override {
+        /// The tensor.
+        tensor: String,
+        /// What does not fit.
+        message: String,
+    },
+}
+
+/// Every encoding of one model for one target.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ModelEncodings {
+    /// Activations (and constant operands, which AIMET also lists as activations), by name.
+    pub activations: BTreeMap<String, TensorEncoding>,
+    /// Weights, biases and batch-norm parameters, by name.
+    pub parameters: BTreeMap<String, TensorEncoding>,
+    /// Warnings, deduplicated, in the order they arose.
+    pub warnings: Vec<Warning>,
+}
+
+/// Which statistics the calibration pass must collect for these settings.
+pub fn statistics_settings(settings: &QuantizerSettings) -> StatisticsSettings {
+    required_statistics(calibration(settings.act_calibration, settings))
+}
+
+fn encoding_error(tensor: &str) -> impl FnOnce(EncodingError) -> EncodeError + '_ {
+    move |source| EncodeError::Encoding {
+        tensor: tensor.to_string(),
+        source,
+    }
+}
+
+/// Bitwidth and schema an override leaves open, from the settings' defaults.
+fn overridden_grid(
+    ov: Option<&Override>,
+    bitwidth: Bitwidth,
+    schema: Schema,
+) -> (Bitwidth, Schema) {
+    match ov {
+        Some(Override::Calibrated {
+            bitwidth,
+            symmetric,
+        }) => {
+            let schema = match symmetric {
+                Some(true) => Schema::Symmetric,
+                Some(false) if schema.is_symmetric() => Schema::Asymmetric,
+                _ => schema,
+            };
+            (*bitwidth, schema)
+        }
+        _ => (bitwidth, schema),
+    }
+}
+
+/// An activation's encoding from its merged statistics.
+///
+/// A fixed override (range or float) wins outright; an override that gives only a bitwidth
+/// (and maybe symmetry) is calibrated like any other activation at that bitwidth.
+pub fn encode_activation(
+    tensor: &str,
+    statistics: Option<&TensorStatistics>,
+    ov: Option<&Override>,
+    settings: &QuantizerSettings,
+) -> Result<(Option<TensorEncoding>, Vec<Warning>), EncodeError> {
+    if let Some(Override::Fixed(fixed)) = ov {
+        return Ok((Some(fixed.clone().with_axis(0)), Vec::new()));
+    }
+    let Some(statistics) = statistics else {
+        return Ok((
+            None,
+            vec![Warning::NoStatistics {
+                tensor: tensor.to_string(),
+            }],
+        ));
+    };
+    let mut warnings = Vec::new();
+    let non_finite = statistics.min_max.non_finite_count();
+    if non_finite > 0 {
+        warnings.push(Warning::NonFinite {
+            tensor: tensor.to_string(),
+            count: non_finite,
+        });
+    }
+    let (bitwidth, schema) = overridden_grid(ov, settings.act_bitwidth, settings.act_schema);
+    let (min, max) = select_range(
+        statistics,
+        calibration(settings.act_calibration, settings),
+        bitwidth,
+        schema,
+    );
+    let encoding =
+        Encoding::from_range_with(min, max, bitwidth, schema, weight_convention(settings))
+            .map_err(encoding_error(tensor))?;
+    Ok((Some(TensorEncoding::PerTensor(encoding)), warnings))
+}
+
+/// Statistics of `values` as calibration would gather them, so parameters and activations
+/// share one range-selection path.
+fn value_statistics(values: &[f32], settings: StatisticsSettings) -> TensorStatistics {
+    let mut statistics = TensorStatistics::new(settings);
+    statistics.observe(values);
+    statistics
+}
+
+/// Whether the weight's consumer asks for per-channel (Conv family) or per-row (Gemm/MatMul)
+/// quantization under these settings.
+fn channelwise(tensor: &Tensor, settings: &QuantizerSettings) -> bool {
+    tensor.consumers.iter().any(|u| match u.op_type.as_str() {
+        "Conv" | "ConvTranspose" => settings.per_channel,
+        "Gemm" | "MatMul" => settings.per_row,
+        _ => false,
+    })
+}
+
+/// A parameter's encoding from its values (everything but biases; see [`bias_encoding`]).
+///
+/// Weights use the param settings, per-channel along their output-channel axis when asked for
+/// (which forces a symmetric schema). Batch-norm parameters use the param settings per tensor.
+/// Other constant operands (an `Add`'s `3.0`, a `Clip` bound) are encoded like activations,
+/// with the activation bitwidth and schema, as AIMET and onnxruntime both do.
+pub fn encode_parameter(
+    tensor: &Tensor,
+    values: &[f32],
+    shape: &[usize],
+    ov: Option<&Override>,
+    settings: &QuantizerSettings,
+) -> Result<(TensorEncoding, Vec<Warning>), EncodeError> {
+    let name = tensor.name.as_str();
+    let mut warnings = Vec::new();
+    if let Some(Override::Fixed(fixed)) = ov {
+        let axis = match tensor.role {
+            Role::Weight {
+                output_channel_axis,
+            } => output_channel_axis,
+            _ => 0,
+        };
+        let encoding = fixed.clone().with_axis(axis);
+        if let TensorEncoding::PerChannel { axis, channels } = &encoding {
+            let layout = ChannelLayout::new(shape, *axis, values.len()).map_err(|e| {
+                EncodeError::Override {
+                    tensor: name.to_string(),
+                    message: e.to_string(),
+                }
+            })?;
+            if layout.channels != channels.len() {
+                return Err(EncodeError::Override {
+                    tensor: name.to_string(),
+                    message: format!(
+                        "the override has {} per-channel encodings but axis {axis} has {} channels",
+                        channels.len(),
+                        layout.channels
+                    ),
+                });
+            }
+        }
+        return Ok((encoding, warnings));
+    }
+    let convention = weight_convention(settings);
+    let (bitwidth, schema, method) = match tensor.role {
+        Role::Weight { .. }
+        | Role::BatchNormScale
+        | Role::BatchNormBias
+        | Role::BatchNormMean
+        | Role::BatchNormVariance => (
+            settings.weights_bitwidth,
+            settings.param_schema,
+            settings.param_calibration,
+        ),
+        _ => (
+            settings.act_bitwidth,
+            settings.act_schema,
+            settings.act_calibration,
+        ),
+    };
+    // AIMET's exception rule: batch-norm parameters are symmetric only at 16 bits and more;
+    // below that they stay asymmetric whatever the weight schema.
+    let schema = match tensor.role {
+        Role::BatchNormScale
+        | Role::BatchNormBias
+        | Role::BatchNormMean
+        | Role::BatchNormVariance
+            if bitwidth.bits() < 16 =>
+        {
+            Schema::Asymmetric
+        }
+        _ => schema,
+    };
+    let (bitwidth, mut schema) = overridden_grid(ov, bitwidth, schema);
+    let strategy = calibration(method, settings);
+    let stats_settings = required_statistics(strategy);
+    if let Role::Weight {
+        output_channel_axis,
+    } = tensor.role
+        && channelwise(tensor, settings)
+        && output_channel_axis < shape.len()
+    {
+        if !schema.is_symmetric() {
+            warnings.push(Warning::ForcedSymmetric { requested: schema });
+            schema = Schema::Symmetric;
+        }
+        let layout =
+            ChannelLayout::new(shape, output_channel_axis, values.len()).map_err(|_| {
+                EncodeError::ParameterData {
+                    tensor: name.to_string(),
+                }
+            })?;
+        let mut per_channel = vec![TensorStatistics::new(stats_settings); layout.channels];
+        if layout.inner > 0 && layout.channels > 0 {
+            for block in values.chunks_exact(layout.channels * layout.inner) {
+                for (statistics, run) in
+                    per_channel.iter_mut().zip(block.chunks_exact(layout.inner))
+                {
+                    statistics.observe(run);
+                }
+            }
+        }
+        let channels = per_channel
+            .iter()
+            .map(|statistics| {
+                let (min, max) = select_range(statistics, strategy, bitwidth, schema);
+                Encoding::from_range_with(min, max, bitwidth, schema, convention)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(encoding_error(name))?;
+        return Ok((
+            TensorEncoding::PerChannel {
+                axis: output_channel_axis,
+                channels,
+            },
+            warnings,
+        ));
+    }
+    let statistics = value_statistics(values, stats_settings);
+    let (min, max) = select_range(&statistics, strategy, bitwidth, schema);
+    let encoding = Encoding::from_range_with(min, max, bitwidth, schema, convention)
+        .map_err(encoding_error(name))?;
+    Ok((TensorEncoding::PerTensor(encoding), warnings))
+}
+
+/// A bias's encoding. At 32 bits it is `input scale × weight scale` (per channel when the
+/// weight is per-channel), offset 0; at other bitwidths, or when its op's input or weight is
+/// not integer, it is encoded from its own range.
+pub fn bias_encoding(
+    tensor: &Tensor,
+    values: &[f32],
+    ov: Option<&Override>,
+    input: Option<&TensorEncoding>,
+    weight: Option<&TensorEncoding>,
+    settings: &QuantizerSettings,
+) -> Result<(TensorEncoding, Vec<Warning>), EncodeError> {
+    let name = tensor.name.as_str();
+    if let Some(Override::Fixed(fixed)) = ov {
+        return Ok((fixed.clone().with_axis(0), Vec::new()));
+    }
+    let bitwidth = match ov {
+        Some(Override::Calibrated { bitwidth, .. }) => *bitwidth,
+        _ => settings.bias_bitwidth,
+    };
+    let mut warnings = Vec::new();
+    if bitwidth == Bitwidth::B32 {
+        let input_scale = match input {
+            Some(TensorEncoding::PerTensor(e)) => Some(e.scale),
+            _ => None,
+        };
+        match (input_scale, weight) {
+            (Some(s_in), Some(TensorEncoding::PerTensor(w))) => {
+                return Ok((
+                    TensorEncoding::PerTensor(Encoding::int32_bias(s_in, w.scale)),
+                    warnings,
+                ));
+            }
+            (Some(s_in), Some(TensorEncoding::PerChannel { channels, .. }))
+                if channels.len() == values.len() =>
+            {
+                let channels = channels
+                    .iter()
+                    .map(|w| Encoding::int32_bias(s_in, w.scale))
+                    .collect();
+                return Ok((TensorEncoding::PerChannel { axis: 0, channels }, warnings));
+            }
+            _ => warnings.push(Warning::BiasOwnRange {
+                tensor: name.to_string(),
+            }),
+        }
+    }
+    let strategy = calibration(settings.param_calibration, settings);
+    let statistics = value_statistics(values, required_statistics(strategy));
+    let (bitwidth, schema) = overridden_grid(ov, bitwidth, settings.param_schema);
+    let (min, max) = select_range(&statistics, strategy, bitwidth, schema);
+    let encoding =
+        Encoding::from_range_with(min, max, bitwidth, schema, weight_convention(settings))
+            .map_err(encoding_error(name))?;
+    Ok((TensorEncoding::PerTensor(encoding), warnings))
+}
+
+/// The tensor a bias's op reads as input 0 and as weight (input 1).
+fn bias_partners<'g>(graph: &'g Graph, tensor: &Tensor) -> Option<(&'g str, &'g str)> {
+    let consumer = tensor.consumers.first()?;
+    let node = graph.node(consumer.node);
+    let input = node.inputs.first()?.as_ref()?;
+    let weight = node.inputs.get(1)?.as_ref()?;
+    Some((input.as_str(), weight.as_str()))
+}
+
+/// Encodes every tensor of `graph`: activations from `statistics` (by name), parameters from
+/// their values, then biases (which need their op's input and weight encodings), then shared
+/// encodings of data-movement outputs. Overrides win where given.
+pub fn encode_model(
+    graph: &Graph,
+    statistics: &HashMap<String, TensorStatistics>,
+    overrides: &Overrides,
+    settings: &QuantizerSettings,
+) -> Result<ModelEncodings, EncodeError> {
+    let mut out = ModelEncodings::default();
+    let warn = |out: &mut ModelEncodings, warnings: Vec<Warning>| {
+        for w in warnings {
+            if !out.warnings.contains(&w) {
+                out.warnings.push(w);
+            }
+        }
+    };
+    // Own activations first: shared ones and int32 biases refer to them.
+    for tensor in graph.float_activations() {
+        if tensor.rule != EncodingRule::Own {
+            continue;
+        }
+        let name = tensor.name.as_str();
+        let (encoding, warnings) =
+            encode_activation(name, statistics.get(name), overrides.get(name), settings)?;
+        warn(&mut out, warnings);
+        if let Some(encoding) = encoding {
+            out.activations.insert(name.to_string(), encoding);
+        }
+    }
+    let mut biases = Vec::new();
+    for tensor in graph.float_parameters() {
+        if tensor.rule != EncodingRule::Own {
+            continue;
+        }
+        let name = tensor.name.as_str();
+        if tensor.role == Role::Bias {
+            biases.push(tensor);
+            continue;
+        }
+        let data = graph
+            .parameter(name)
+            .ok_or_else(|| EncodeError::ParameterData {
+                tensor: name.to_string(),
+            })?;
+        let values = data.as_f32().ok_or_else(|| EncodeError::ParameterData {
+            tensor: name.to_string(),
+        })?;
+        let (encoding, warnings) =
+            encode_parameter(tensor, values, &data.shape, overrides.get(name), settings)?;
+        warn(&mut out, warnings);
+        if is_activation_like(tensor.role) {
+            out.activations.insert(name.to_string(), encoding);
+        } else {
+            out.parameters.insert(name.to_string(), encoding);
+        }
+    }
+    for tensor in biases {
+        let name = tensor.name.as_str();
+        let data = graph
+            .parameter(name)
+            .ok_or_else(|| EncodeError::ParameterData {
+                tensor: name.to_string(),
+            })?;
+        let values = data.as_f32().ok_or_else(|| EncodeError::ParameterData {
+            tensor: name.to_string(),
+        })?;
+        let (input, weight) = match bias_partners(graph, tensor) {
+            Some((input, weight)) => (out.activations.get(input), out.parameters.get(weight)),
+            None => (None, None),
+        };
+        let (encoding, warnings) =
+            bias_encoding(tensor, values, overrides.get(name), input, weight, settings)?;
+        warn(&mut out, warnings);
+        out.parameters.insert(name.to_string(), encoding);
+    }
+    // Shared encodings last, following each chain to its source.
+    for tensor in graph.float_activations() {
+        if let EncodingRule::SharesInput(_) = tensor.rule {
+            let name = tensor.name.as_str();
+            let encoding = match overrides.get(name) {
+                Some(Override::Fixed(fixed)) => Some(fixed.clone().with_axis(0)),
+                _ => graph
+                    .encoding_source(name)
+                    .and_then(|source| out.activations.get(source.as_str()).cloned()),
+            };
+            if let Some(encoding) = encoding {
+                out.activations.insert(name.to_string(), encoding);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Constant operands are listed with the activations (AIMET's convention): they are quantized
+/// with the activation settings and are not any op's weight or bias.
+fn is_activation_like(role: Role) -> bool {
+    !matches!(
+        role,
+        Role::Weight { .. }
+            | Role::Bias
+            | Role::BatchNormScale
+            | Role::BatchNormBias
+            | Role::BatchNormMean
+            | Role::BatchNormVariance
+    )
+}
