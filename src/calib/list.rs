@@ -314,7 +314,7 @@ fn resolve(dir: &Path, file: &str) -> PathBuf {
 
 /// Whitespace-separated tokens with their byte offsets in `line`.
 fn tokens(line: &str) -> impl Iterator<Item = (usize, &str)> {
-    line.split(|c: char| c == ' ' || c == '\t')
+    line.split([' ', '\t'])
         .scan(0usize, |pos, tok| {
             let start = *pos;
             *pos += tok.len() + 1;

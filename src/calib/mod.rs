@@ -10,6 +10,10 @@
 //! caller and nothing else. Non-finite values are counted here, never filtered: the statistics
 //! layer decides how to exclude them.
 
+// A `CalibError` carries the list text and a span so it renders on its own; it is built once,
+// on the way out, so its size costs nothing worth boxing for.
+#![allow(clippy::result_large_err)]
+
 mod list;
 mod npy;
 mod sample;
