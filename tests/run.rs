@@ -329,3 +329,23 @@ fn zeroing_one_activation_changes_the_output() {
     };
     assert_eq!(changed, runner.run_with_hook(other, zero_first).unwrap());
 }
+
+#[test]
+fn decluttered_plan_agrees_with_the_optimized_one() {
+    let Some(fx) = common::fixtures() else { return };
+    let bytes = std::fs::read(fx.join("models/cls.prep.onnx")).unwrap();
+    let optimized = FloatRunner::new(&bytes, &[]).unwrap();
+    let decluttered =
+        FloatRunner::with_plan_kind(&bytes, &[], quant::run::PlanKind::Decluttered).unwrap();
+    assert_eq!(optimized.activation_names(), decluttered.activation_names());
+    assert_eq!(decluttered.unpropagated_activations().count(), 0);
+    let samples = load_all(&optimized, &fx.join("cls/calib/input_list.txt"), 2);
+    let (a, b) = (ranges(&optimized, &samples), ranges(&decluttered, &samples));
+    for ((name, x), y) in optimized.activation_names().iter().zip(&a).zip(&b) {
+        let tol = 1e-5 * (x.1 - x.0).max(1.0);
+        assert!(
+            (x.0 - y.0).abs() <= tol && (x.1 - y.1).abs() <= tol,
+            "{name}: {x:?} vs {y:?}"
+        );
+    }
+}
