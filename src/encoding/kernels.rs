@@ -101,13 +101,13 @@ fn min_max_block(data: &[f32]) -> MinMax {
             // `<`/`>` are false for NaN, so NaN never replaces the accumulator (minps/maxps).
             lo[i] = if x < lo[i] { x } else { lo[i] };
             hi[i] = if x > hi[i] { x } else { hi[i] };
-            non_finite[i] += u32::from(!(x.abs() < f32::INFINITY));
+            non_finite[i] += u32::from(!x.is_finite());
         }
     }
     for &x in tail {
         lo[0] = if x < lo[0] { x } else { lo[0] };
         hi[0] = if x > hi[0] { x } else { hi[0] };
-        non_finite[0] += u32::from(!(x.abs() < f32::INFINITY));
+        non_finite[0] += u32::from(!x.is_finite());
     }
     let non_finite: u64 = non_finite.iter().map(|&n| u64::from(n)).sum();
     if non_finite > 0 {

@@ -82,7 +82,7 @@ pub fn packed_len(rows: usize, row_len: usize) -> usize {
 /// Packs `values` (rows of `row_len` values) two per byte, low nibble first, each row padded
 /// to a whole byte. For a per-tensor encoding pass `row_len = values.len()`.
 pub fn pack_4bit<T: Nibble>(values: &[T], row_len: usize) -> Result<Vec<u8>, PackError> {
-    if row_len == 0 || values.len() % row_len != 0 {
+    if row_len == 0 || !values.len().is_multiple_of(row_len) {
         return Err(PackError::Ragged {
             len: values.len(),
             row_len,
@@ -112,7 +112,7 @@ pub fn pack_4bit<T: Nibble>(values: &[T], row_len: usize) -> Result<Vec<u8>, Pac
 /// `ceil(row_len / 2)` bytes.
 pub fn unpack_4bit<T: Nibble>(packed: &[u8], row_len: usize) -> Result<Vec<T>, PackError> {
     let row_bytes = row_len.div_ceil(2);
-    if row_len == 0 || packed.len() % row_bytes != 0 {
+    if row_len == 0 || !packed.len().is_multiple_of(row_bytes) {
         return Err(PackError::Ragged {
             len: packed.len(),
             row_len,
