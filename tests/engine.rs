@@ -100,7 +100,7 @@ fn a_missing_file_is_an_error_value_and_recreating_it_is_a_change() {
     assert_eq!(file_total(&db, file), &Ok(30));
     assert_eq!(
         file.digest(&db),
-        Some(*blake3::hash(b"10\n20\n").as_bytes())
+        Some(quant::store::Digest::of(b"10\n20\n"))
     );
 
     std::fs::remove_file(&path).unwrap();

@@ -4,8 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use quant::engine::normalize_path;
-use quant::watch::Watcher;
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use quant::engine::lines::file_total;
+use quant::engine::{Database, FileError, normalize_path, source_file};
+use quant::watch::{WatchEvent, Watcher, rebuild_on_change};
 
 /// Long enough for a loaded CI machine to deliver an event that is coming.
 const EXPECTED: Duration = Duration::from_secs(10);
@@ -128,4 +132,101 @@ fn a_directory_deleted_and_recreated_is_watched_again() {
     assert_eq!(watcher.next_change(EXPECTED), changed(&[&list]));
     save_atomically(&list, "sample_2.raw\n");
     assert_eq!(watcher.next_change(EXPECTED), changed(&[&list]));
+}
+
+/// Gives up on a watch loop that has not finished its script by then.
+const LOOP_DEADLINE: Duration = Duration::from_secs(60);
+
+#[test]
+fn the_loop_rebuilds_after_an_edit_a_deletion_and_a_recreation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("numbers.txt");
+    std::fs::write(&path, "1\n2\n").unwrap();
+    let mut db = Database::new();
+    // Starts empty: the loop learns what to watch from what the build read.
+    let mut watcher = Watcher::new(Vec::<PathBuf>::new()).unwrap();
+    let read = path.clone();
+    let build = move |db: &Database| file_total(db, source_file(db, &read)).clone();
+
+    let started = Instant::now();
+    let mut results = Vec::new();
+    rebuild_on_change(&mut db, &mut watcher, build, |event| {
+        if let WatchEvent::Built(result) = event {
+            results.push(result);
+            // Each step edits right after a build, before the loop has even started watching
+            // the file after the first one: the loop must not lose that edit either.
+            match results.len() {
+                1 => save_atomically(&path, "1\n2\n3\n"),
+                2 => std::fs::remove_file(&path).unwrap(),
+                3 => std::fs::write(&path, "10\n").unwrap(),
+                _ => return ControlFlow::Break(()),
+            }
+        }
+        if started.elapsed() > LOOP_DEADLINE {
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    assert_eq!(results, [Ok(3), Ok(6), Err(FileError::NotFound), Ok(10)]);
+    assert_eq!(watcher.paths(), changed(&[&path]).unwrap());
+}
+
+#[test]
+fn a_change_during_a_build_restarts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("quant.toml");
+    std::fs::write(&path, "slow").unwrap();
+    let mut db = Database::new();
+    db.load(&path);
+    let mut watcher = Watcher::new([&path]).unwrap();
+    let read = path.clone();
+    // A build that takes 30 s on "slow" unless cancelled, checking as long loops must.
+    let build = move |db: &Database| {
+        let file = source_file(db, &read);
+        let text = String::from_utf8_lossy(file.contents(db).as_deref().unwrap_or_default());
+        if text == "slow" {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                salsa::Database::unwind_if_revision_cancelled(db);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            return "slow build was not cancelled".to_owned();
+        }
+        text.into_owned()
+    };
+    let editor = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            save_atomically(&path, "fast");
+        })
+    };
+
+    let started = Instant::now();
+    let mut events = Vec::new();
+    rebuild_on_change(&mut db, &mut watcher, build, |event| {
+        let done = matches!(event, WatchEvent::Built(_));
+        if event != WatchEvent::Idle {
+            events.push(event);
+        }
+        if done || started.elapsed() > LOOP_DEADLINE {
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    editor.join().unwrap();
+    assert_eq!(
+        events,
+        [
+            WatchEvent::Restarted {
+                changed: changed(&[&path]).unwrap()
+            },
+            WatchEvent::Built("fast".to_owned()),
+        ]
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "restart took {:?}",
+        started.elapsed()
+    );
 }

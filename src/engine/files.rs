@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use salsa::Setter;
 
 use super::db::{Database, Db};
+use crate::store::Digest;
 
 pub use source::SourceFile;
 
@@ -24,6 +25,7 @@ mod source {
     use std::sync::Arc;
 
     use super::FileError;
+    use crate::store::Digest;
 
     /// One file the build depends on, as a salsa input.
     ///
@@ -37,7 +39,7 @@ mod source {
         pub path: PathBuf,
         /// The blake3 digest of the contents, or `None` when the file could not be read.
         #[returns(copy)]
-        pub digest: Option<[u8; 32]>,
+        pub digest: Option<Digest>,
         /// The file's bytes, or why they could not be read.
         #[returns(ref)]
         pub contents: Result<Arc<[u8]>, FileError>,
@@ -77,7 +79,7 @@ impl From<io::Error> for FileError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileSnapshot {
     /// The blake3 digest of `contents`, `None` when the read failed.
-    pub digest: Option<[u8; 32]>,
+    pub digest: Option<Digest>,
     /// The bytes read, or why they could not be.
     pub contents: Result<Arc<[u8]>, FileError>,
 }
@@ -87,7 +89,7 @@ impl FileSnapshot {
     pub fn read(path: &Path) -> FileSnapshot {
         match std::fs::read(path) {
             Ok(bytes) => FileSnapshot {
-                digest: Some(*blake3::hash(&bytes).as_bytes()),
+                digest: Some(Digest::of(&bytes)),
                 contents: Ok(bytes.into()),
             },
             Err(error) => FileSnapshot {
@@ -100,7 +102,7 @@ impl FileSnapshot {
     /// Whether two reads saw the same thing: equal digests, or the same error.
     ///
     /// Comparing digests (not bytes) is what lets a watcher keep only 32 bytes per file.
-    pub fn same_as(&self, digest: Option<[u8; 32]>, error: Option<&FileError>) -> bool {
+    pub fn same_as(&self, digest: Option<Digest>, error: Option<&FileError>) -> bool {
         match (self.digest, digest) {
             (Some(ours), Some(theirs)) => ours == theirs,
             (None, None) => self.contents.as_ref().err() == error,

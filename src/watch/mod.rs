@@ -8,6 +8,10 @@
 //! reports nothing. It must not print (the CLI reports), nor touch the build database: it hands
 //! changed paths to whoever drives the build.
 
+mod session;
+
+pub use session::{WatchEvent, rebuild_on_change};
+
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -17,6 +21,7 @@ use notify_debouncer_full::notify::{RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 
 use crate::engine::files::{FileError, FileSnapshot, normalize_path};
+use crate::store::Digest;
 
 /// How long the debouncer waits for a burst of events (an editor's write + rename) to settle.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(50);
@@ -35,7 +40,7 @@ pub enum WatchError {
 /// What was last seen at a tracked path: only the digest (or the error), never the bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Seen {
-    digest: Option<[u8; 32]>,
+    digest: Option<Digest>,
     error: Option<FileError>,
 }
 
