@@ -52,6 +52,7 @@
 //! thread (the one that owns the original handle and talks to the watcher) can set inputs, which
 //! cancels the running build; `Build::join` then returns `Err(salsa::Cancelled)` and the caller
 //! starts a new one. A cancelled computation returns nothing, so nothing partial is ever stored.
+//! [`crate::watch::rebuild_on_change`] is that loop, for `quant watch`.
 
 pub mod build;
 pub mod db;
