@@ -72,7 +72,7 @@ fn htp_settings() -> QuantizerSettings {
         per_channel: true,
         per_row: false,
         ignore_quantization_overrides: false,
-        calibrate_with_quantized_weights: true,
+        calibrate_with_quantized_weights: false,
     }
 }
 
@@ -220,7 +220,7 @@ fn minimal_manifest_takes_every_default() {
     assert_eq!(settings.act_calibration, CalibrationMethod::MinMax);
     assert_eq!(settings.param_schema, Schema::Asymmetric);
     assert_eq!(settings.percentile.value(), 99.99);
-    assert!(settings.calibrate_with_quantized_weights);
+    assert!(!settings.calibrate_with_quantized_weights);
     // FileCheck::Skip resolved the paths without requiring the files.
     assert_eq!(pipeline.models["cls"].path, folder.join("cls.onnx"));
     // ... and FileCheck::Exists reports each of them.

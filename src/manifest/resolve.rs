@@ -716,7 +716,7 @@ fn check_target(
             per_channel: val(&o.per_channel, false),
             per_row: val(&o.per_row, false),
             ignore_quantization_overrides: val(&o.ignore_quantization_overrides, false),
-            calibrate_with_quantized_weights: val(&o.calibrate_with_quantized_weights, true),
+            calibrate_with_quantized_weights: val(&o.calibrate_with_quantized_weights, false),
         }),
     })
 }

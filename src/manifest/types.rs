@@ -346,7 +346,7 @@ pub struct QuantizerSettings {
     /// `ignore_quantization_overrides`: build as if `overrides` were empty.
     pub ignore_quantization_overrides: bool,
     /// `calibrate_with_quantized_weights`: gather activation statistics with the weights
-    /// already fake-quantized, as AIMET does. Default `true`.
+    /// already fake-quantized (with AIMET's symmetric weight rule), as AIMET does. Default `false`.
     pub calibrate_with_quantized_weights: bool,
 }
 
