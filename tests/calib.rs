@@ -24,6 +24,7 @@ fn two_inputs() -> Vec<InputSpec> {
 }
 
 /// A list as if written at `tests/data/calib/list.txt`.
+#[allow(clippy::result_large_err)] // the library's own error type, returned as is
 fn parse(text: &str) -> Result<InputList, CalibError> {
     InputList::parse(&Path::new(DATA).join("list.txt"), text)
 }
@@ -61,7 +62,7 @@ fn loads_raw_and_npy_alike() {
         .collect();
     let expected = ndarray::arr3(&[[[0.5f32, -1.0], [2.0, 3.25]]]).into_dyn();
     for s in &samples {
-        assert_eq!(s.tensors, [expected.clone()]);
+        assert_eq!(s.tensors, std::slice::from_ref(&expected));
         assert!(s.non_finite_total().is_clean());
     }
     assert_eq!(

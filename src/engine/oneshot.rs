@@ -65,7 +65,7 @@ pub enum OneShotError {
     /// The input list or a sample is bad.
     #[error(transparent)]
     #[diagnostic(transparent)]
-    List(#[from] CalibError),
+    List(Box<CalibError>),
     /// The overrides file is malformed.
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -73,7 +73,7 @@ pub enum OneShotError {
     /// The overrides do not fit the model.
     #[error(transparent)]
     #[diagnostic(transparent)]
-    OverridesInvalid(#[from] OverridesInvalid),
+    OverridesInvalid(Box<OverridesInvalid>),
     /// The model could not be prepared for running.
     #[error("{}: {source}", model.display())]
     Run {
@@ -85,10 +85,29 @@ pub enum OneShotError {
     /// A sample failed to run.
     #[error(transparent)]
     #[diagnostic(transparent)]
-    Calibration(#[from] CalibrationError),
+    Calibration(Box<CalibrationError>),
     /// A tensor could not be encoded.
     #[error(transparent)]
     Encode(#[from] EncodeError),
+}
+
+// Boxed variants keep `Result<_, OneShotError>` small: these diagnostics carry source text.
+impl From<CalibError> for OneShotError {
+    fn from(error: CalibError) -> Self {
+        OneShotError::List(Box::new(error))
+    }
+}
+
+impl From<CalibrationError> for OneShotError {
+    fn from(error: CalibrationError) -> Self {
+        OneShotError::Calibration(Box::new(error))
+    }
+}
+
+impl From<OverridesInvalid> for OneShotError {
+    fn from(error: OverridesInvalid) -> Self {
+        OneShotError::OverridesInvalid(Box::new(error))
+    }
 }
 
 impl OneShotError {

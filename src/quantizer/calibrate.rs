@@ -19,7 +19,7 @@ pub enum CalibrationError {
     /// A sample could not be read (the diagnostic names the list file and line).
     #[error(transparent)]
     #[diagnostic(transparent)]
-    Sample(#[from] CalibError),
+    Sample(Box<CalibError>),
     /// The float model failed on a sample.
     #[error("running sample on line {line}: {source}")]
     Run {
@@ -34,6 +34,14 @@ pub enum CalibrationError {
     /// The model could not be rewritten with fake-quantized weights.
     #[error(transparent)]
     Onnx(#[from] OnnxError),
+}
+
+impl From<CalibError> for CalibrationError {
+    fn from(error: CalibError) -> Self {
+        // Boxed: input-list diagnostics carry the list's text, which would make every
+        // `Result` of this module as large as they are.
+        CalibrationError::Sample(Box::new(error))
+    }
 }
 
 /// The statistics of every captured activation over one sample, in the runner's activation
