@@ -13,6 +13,7 @@
 mod contents;
 mod dims;
 mod dtype;
+pub mod qdq;
 mod tensor;
 
 pub use contents::{AttributeValue, Dim, GraphContents, NodeContents, TensorContents, ValueInfo};

@@ -1,0 +1,957 @@
+//! The protobuf side of the QDQ model: given a plan in plain data ([`QdqPlan`]: which tensor
+//! gets which integer type, scales and zero points, and for parameters the integers to store),
+//! it rewrites a copy of the model with QuantizeLinear/DequantizeLinear nodes.
+//!
+//! It must not compute encodings, round values or decide which tensors are quantized: the plan
+//! (built by `export::qdq`) says all of that. What it decides is purely ONNX-level: node and
+//! tensor names, node order, and which operator domain can express each Q/DQ at the model's
+//! opset (see [`QdqDomain`]).
+//!
+//! Layout, as onnxruntime's `quantize_static` writes it:
+//! - an activation `t` gets `t → QuantizeLinear → t_QuantizeLinear_Output → DequantizeLinear →
+//!   t_DequantizeLinear_Output`, placed right after its producer, and every consumer reads the
+//!   DequantizeLinear output. A graph output keeps its name: the producer then writes
+//!   `t_QuantizeLinear_Input` and the DequantizeLinear writes `t`.
+//! - a parameter `w` (initializer or `Constant` node) is replaced by an integer initializer
+//!   `w_quantized` and a DequantizeLinear that writes `w`, so consumers are unchanged. `Constant`
+//!   nodes holding a quantized parameter are removed.
+//! - scales are float32 initializers `<t>_scale`, zero points `<t>_zero_point` of the stored
+//!   integer type (1-D per channel, with the DequantizeLinear `axis`).
+
+use std::collections::{HashMap, HashSet};
+
+use super::proto::{
+    self, AttributeProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
+    attribute_proto::AttributeType,
+};
+use super::tensor::{TensorDataError, TensorValues, tensor_values};
+use super::{OnnxError, OnnxModel};
+
+/// The integer type a quantized tensor is stored as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuantizedType {
+    /// `UINT8`.
+    Uint8,
+    /// `INT8`.
+    Int8,
+    /// `UINT16`.
+    Uint16,
+    /// `INT16`.
+    Int16,
+    /// `INT32` (biases).
+    Int32,
+}
+
+impl QuantizedType {
+    /// The ONNX `DataType` number.
+    pub fn onnx_code(self) -> i32 {
+        match self {
+            QuantizedType::Uint8 => 2,
+            QuantizedType::Int8 => 3,
+            QuantizedType::Uint16 => 4,
+            QuantizedType::Int16 => 5,
+            QuantizedType::Int32 => 6,
+        }
+    }
+
+    /// Smallest and largest stored value.
+    pub fn range(self) -> (i64, i64) {
+        match self {
+            QuantizedType::Uint8 => (0, 255),
+            QuantizedType::Int8 => (-128, 127),
+            QuantizedType::Uint16 => (0, 65_535),
+            QuantizedType::Int16 => (-32_768, 32_767),
+            QuantizedType::Int32 => (i32::MIN.into(), i32::MAX.into()),
+        }
+    }
+
+    fn is_16_bit(self) -> bool {
+        matches!(self, QuantizedType::Uint16 | QuantizedType::Int16)
+    }
+
+    fn little_endian(self, values: &[i64]) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(values.len() * 4);
+        for &v in values {
+            // Values were checked against `range()` by the plan's validation.
+            match self {
+                QuantizedType::Uint8 => bytes.push(v as u8),
+                QuantizedType::Int8 => bytes.push(v as i8 as u8),
+                QuantizedType::Uint16 => bytes.extend((v as u16).to_le_bytes()),
+                QuantizedType::Int16 => bytes.extend((v as i16).to_le_bytes()),
+                QuantizedType::Int32 => bytes.extend((v as i32).to_le_bytes()),
+            }
+        }
+        bytes
+    }
+}
+
+/// How the stored integers map back to floats: `real = scale · (q − zero_point)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QdqParams {
+    /// The stored integer type.
+    pub dtype: QuantizedType,
+    /// One scale (per tensor) or one per channel.
+    pub scales: Vec<f32>,
+    /// One zero point per scale.
+    pub zero_points: Vec<i64>,
+    /// The channel axis, for per-channel parameters.
+    pub axis: Option<usize>,
+}
+
+/// One tensor of the plan.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QdqTensor {
+    /// A graph input or node output: gets a QuantizeLinear → DequantizeLinear pair.
+    Activation {
+        /// Tensor name in the float model.
+        name: String,
+        /// Its quantization.
+        params: QdqParams,
+    },
+    /// An initializer or `Constant` output: stored as integers behind a DequantizeLinear.
+    Parameter {
+        /// Tensor name in the float model.
+        name: String,
+        /// Its quantization.
+        params: QdqParams,
+        /// The integers to store, row-major, in the parameter's shape.
+        values: Vec<i64>,
+    },
+}
+
+impl QdqTensor {
+    /// The tensor's name in the float model.
+    pub fn name(&self) -> &str {
+        match self {
+            QdqTensor::Activation { name, .. } | QdqTensor::Parameter { name, .. } => name,
+        }
+    }
+
+    fn params(&self) -> &QdqParams {
+        match self {
+            QdqTensor::Activation { params, .. } | QdqTensor::Parameter { params, .. } => params,
+        }
+    }
+}
+
+/// Everything the rewrite needs: the tensors and the model metadata to record.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QdqPlan {
+    /// The quantized tensors, each at most once.
+    pub tensors: Vec<QdqTensor>,
+    /// `metadata_props` entries to set (replacing entries with the same key).
+    pub metadata: Vec<(String, String)>,
+}
+
+/// Which operator set a QuantizeLinear/DequantizeLinear pair uses.
+///
+/// The default ONNX domain when the model's opset already has what the pair needs (8-bit and
+/// int32 per-tensor: opset 10; per-channel `axis`: 13; `uint16`/`int16`: 21). Otherwise
+/// onnxruntime's `com.microsoft` QuantizeLinear/DequantizeLinear (opset 1 of that domain),
+/// which accept all of these at any ONNX opset. Raising the model's own opset instead would
+/// need every other op converted (Squeeze, Split, ReduceMean, ... changed signature between
+/// opsets 11 and 21), so the model's opset is never changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QdqDomain {
+    /// The standard ONNX operators.
+    Onnx,
+    /// onnxruntime's contrib operators.
+    Microsoft,
+}
+
+impl QdqDomain {
+    /// The lowest ONNX opset whose QuantizeLinear/DequantizeLinear express `params`.
+    pub fn required_opset(params: &QdqParams) -> i64 {
+        if params.dtype.is_16_bit() {
+            21
+        } else if params.axis.is_some() {
+            13
+        } else {
+            10
+        }
+    }
+
+    /// The domain for `params` in a model whose default-domain opset is `opset`.
+    pub fn for_params(params: &QdqParams, opset: i64) -> QdqDomain {
+        if opset >= Self::required_opset(params) {
+            QdqDomain::Onnx
+        } else {
+            QdqDomain::Microsoft
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            QdqDomain::Onnx => "",
+            QdqDomain::Microsoft => "com.microsoft",
+        }
+    }
+}
+
+/// Why a QDQ rewrite was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum QdqError {
+    /// The plan names a tensor the model does not have.
+    #[error(
+        "`{name}` is not a tensor of the model (no initializer, Constant, graph input or node output has that name)"
+    )]
+    UnknownTensor {
+        /// The name.
+        name: String,
+    },
+    /// A parameter in the plan is not stored in the model, or an activation is.
+    #[error("`{name}` is planned as {planned} but the model holds it as {actual}")]
+    WrongKind {
+        /// The name.
+        name: String,
+        /// What the plan says.
+        planned: &'static str,
+        /// What the model says.
+        actual: &'static str,
+    },
+    /// The plan's numbers do not fit the tensor.
+    #[error("`{name}`: {message}")]
+    Plan {
+        /// The name.
+        name: String,
+        /// What is inconsistent.
+        message: String,
+    },
+    /// A parameter's stored value could not be read.
+    #[error(transparent)]
+    TensorData(#[from] TensorDataError),
+}
+
+/// A float parameter as stored in the model: its dims and values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParameterValues {
+    /// Dims (empty for a scalar).
+    pub dims: Vec<u64>,
+    /// Row-major values, widened to `f32`.
+    pub values: Vec<f32>,
+}
+
+fn constant_value(node: &NodeProto) -> Option<Result<ParameterValues, TensorDataError>> {
+    for attr in &node.attribute {
+        match attr.name.as_deref() {
+            Some("value") => {
+                let tensor = attr.t.as_ref()?;
+                return Some(tensor_parameter(tensor));
+            }
+            Some("value_float") => {
+                return Some(Ok(ParameterValues {
+                    dims: Vec::new(),
+                    values: vec![attr.f.unwrap_or(0.0)],
+                }));
+            }
+            Some("value_floats") => {
+                return Some(Ok(ParameterValues {
+                    dims: vec![attr.floats.len() as u64],
+                    values: attr.floats.clone(),
+                }));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+fn tensor_parameter(tensor: &TensorProto) -> Result<ParameterValues, TensorDataError> {
+    let dims = tensor
+        .dims
+        .iter()
+        .map(|&d| u64::try_from(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| TensorDataError::NegativeDim {
+            name: tensor.name.clone().unwrap_or_default(),
+            dims: tensor.dims.clone(),
+        })?;
+    match tensor_values(tensor)? {
+        TensorValues::Float(values) => Ok(ParameterValues { dims, values }),
+        _ => Err(TensorDataError::NotFloat32 {
+            name: tensor.name.clone().unwrap_or_default(),
+            dtype: super::tensor::tensor_dtype(tensor).unwrap_or(super::DType::Other(0)),
+        }),
+    }
+}
+
+fn is_constant_producing(node: &NodeProto, name: &str) -> bool {
+    node.op_type.as_deref() == Some("Constant")
+        && node.domain.as_deref().unwrap_or("").is_empty()
+        && node.output.first().map(String::as_str) == Some(name)
+}
+
+impl OnnxModel {
+    /// The float values of a parameter (initializer, or `Constant` node output), `None` when
+    /// `name` is neither. Errors when it is one but its data is not float or unreadable.
+    pub fn parameter_values(&self, name: &str) -> Result<Option<ParameterValues>, OnnxError> {
+        let Some(graph) = self.proto.graph.as_ref() else {
+            return Ok(None);
+        };
+        let found = if let Some(init) = graph
+            .initializer
+            .iter()
+            .find(|t| t.name.as_deref() == Some(name))
+        {
+            Some(tensor_parameter(init))
+        } else {
+            graph
+                .node
+                .iter()
+                .find(|n| is_constant_producing(n, name))
+                .and_then(constant_value)
+        };
+        found
+            .transpose()
+            .map_err(|source| self.tensor_error(named(source, name)))
+    }
+
+    /// A copy of this model with the plan's QuantizeLinear/DequantizeLinear nodes (see the
+    /// module docs for the layout). The original is left as it is.
+    pub fn with_qdq(&self, plan: &QdqPlan) -> Result<OnnxModel, QdqError> {
+        let mut model = self.clone();
+        rewrite(&mut model.proto, plan)?;
+        Ok(model)
+    }
+}
+
+/// `Constant` value tensors usually carry an empty name: errors name the output instead.
+fn named(error: TensorDataError, name: &str) -> TensorDataError {
+    match error {
+        TensorDataError::NotFloat32 { dtype, .. } => TensorDataError::NotFloat32 {
+            name: name.to_owned(),
+            dtype,
+        },
+        TensorDataError::ElementCount {
+            dims,
+            expected,
+            found,
+            ..
+        } => TensorDataError::ElementCount {
+            name: name.to_owned(),
+            dims,
+            expected,
+            found,
+        },
+        other => other,
+    }
+}
+
+/// Names already used by tensors or nodes; new names never collide with them.
+struct Names {
+    taken: HashSet<String>,
+}
+
+impl Names {
+    fn fresh(&mut self, base: String) -> String {
+        let mut name = base.clone();
+        let mut n = 1;
+        while self.taken.contains(&name) {
+            name = format!("{base}_{n}");
+            n += 1;
+        }
+        self.taken.insert(name.clone());
+        name
+    }
+}
+
+fn tensor_proto(name: String, dtype: i32, dims: Vec<i64>, raw: Vec<u8>) -> TensorProto {
+    TensorProto {
+        name: Some(name),
+        data_type: Some(dtype),
+        dims,
+        raw_data: Some(raw),
+        ..Default::default()
+    }
+}
+
+fn check_params(name: &str, params: &QdqParams) -> Result<(), QdqError> {
+    let plan_error = |message: String| QdqError::Plan {
+        name: name.to_owned(),
+        message,
+    };
+    if params.scales.is_empty() || params.scales.len() != params.zero_points.len() {
+        return Err(plan_error(format!(
+            "{} scales and {} zero points",
+            params.scales.len(),
+            params.zero_points.len()
+        )));
+    }
+    if params.axis.is_none() && params.scales.len() != 1 {
+        return Err(plan_error(format!(
+            "{} scales without a channel axis",
+            params.scales.len()
+        )));
+    }
+    if let Some(bad) = params.scales.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+        return Err(plan_error(format!("scale {bad} is not a positive number")));
+    }
+    let (lo, hi) = params.dtype.range();
+    if let Some(bad) = params.zero_points.iter().find(|z| !(lo..=hi).contains(*z)) {
+        return Err(plan_error(format!(
+            "zero point {bad} does not fit {:?}",
+            params.dtype
+        )));
+    }
+    Ok(())
+}
+
+/// Scale and zero-point initializers; returns their names.
+fn push_params(
+    initializers: &mut Vec<TensorProto>,
+    names: &mut Names,
+    base: &str,
+    params: &QdqParams,
+) -> (String, String) {
+    let dims = match params.axis {
+        Some(_) => vec![params.scales.len() as i64],
+        None => Vec::new(),
+    };
+    let scale = names.fresh(format!("{base}_scale"));
+    let zero_point = names.fresh(format!("{base}_zero_point"));
+    let scale_bytes = params.scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+    initializers.push(tensor_proto(scale.clone(), 1, dims.clone(), scale_bytes));
+    initializers.push(tensor_proto(
+        zero_point.clone(),
+        params.dtype.onnx_code(),
+        dims,
+        params.dtype.little_endian(&params.zero_points),
+    ));
+    (scale, zero_point)
+}
+
+fn qdq_node(
+    op_type: &str,
+    name: String,
+    inputs: [String; 3],
+    output: String,
+    params: &QdqParams,
+    domain: QdqDomain,
+) -> NodeProto {
+    let attribute = match (op_type, params.axis) {
+        ("DequantizeLinear", Some(axis)) => vec![AttributeProto {
+            name: Some("axis".into()),
+            r#type: Some(AttributeType::Int as i32),
+            i: Some(axis as i64),
+            ..Default::default()
+        }],
+        _ => Vec::new(),
+    };
+    NodeProto {
+        input: inputs.into(),
+        output: vec![output],
+        name: Some(name),
+        op_type: Some(op_type.into()),
+        domain: Some(domain.name().into()).filter(|d: &String| !d.is_empty()),
+        attribute,
+        ..Default::default()
+    }
+}
+
+fn rewrite(model: &mut proto::ModelProto, plan: &QdqPlan) -> Result<(), QdqError> {
+    let opset = model
+        .opset_import
+        .iter()
+        .find(|o| {
+            o.domain.as_deref().unwrap_or("").is_empty() || o.domain.as_deref() == Some("ai.onnx")
+        })
+        .and_then(|o| o.version)
+        .unwrap_or(1);
+    let graph = model.graph.get_or_insert_with(Default::default);
+
+    let mut names = Names {
+        taken: HashSet::new(),
+    };
+    for node in &graph.node {
+        names.taken.extend(node.output.iter().cloned());
+        names.taken.extend(node.input.iter().cloned());
+        names.taken.extend(node.name.iter().cloned());
+    }
+    names
+        .taken
+        .extend(graph.initializer.iter().filter_map(|t| t.name.clone()));
+    names
+        .taken
+        .extend(graph.input.iter().filter_map(|t| t.name.clone()));
+
+    let initializer_names: HashSet<String> = graph
+        .initializer
+        .iter()
+        .filter_map(|t| t.name.clone())
+        .collect();
+    let constant_outputs: HashSet<String> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type.as_deref() == Some("Constant"))
+        .filter_map(|n| n.output.first().cloned())
+        .collect();
+    let graph_inputs: HashSet<String> = graph.input.iter().filter_map(|t| t.name.clone()).collect();
+    let graph_outputs: HashSet<String> =
+        graph.output.iter().filter_map(|t| t.name.clone()).collect();
+    let node_outputs: HashSet<&str> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().map(String::as_str))
+        .collect();
+
+    let mut seen = HashSet::new();
+    let mut uses_microsoft = false;
+    // Nodes to insert before all others (parameters, graph inputs) and after a given producer.
+    let mut leading: Vec<NodeProto> = Vec::new();
+    let mut after: HashMap<String, Vec<NodeProto>> = HashMap::new();
+    // Consumers of these names read the replacement instead.
+    let mut rewire: HashMap<String, String> = HashMap::new();
+    // Producer outputs renamed so that a graph output keeps its name on the DequantizeLinear.
+    let mut renamed_outputs: HashMap<String, String> = HashMap::new();
+    let mut removed_parameters: HashSet<String> = HashSet::new();
+    let mut new_initializers: Vec<TensorProto> = Vec::new();
+
+    for tensor in &plan.tensors {
+        let name = tensor.name();
+        if !seen.insert(name.to_owned()) {
+            return Err(QdqError::Plan {
+                name: name.to_owned(),
+                message: "planned twice".into(),
+            });
+        }
+        let params = tensor.params();
+        check_params(name, params)?;
+        let domain = QdqDomain::for_params(params, opset);
+        uses_microsoft |= domain == QdqDomain::Microsoft;
+        let is_parameter = initializer_names.contains(name) || constant_outputs.contains(name);
+        match tensor {
+            QdqTensor::Parameter { values, .. } => {
+                if !is_parameter {
+                    return Err(
+                        if graph_inputs.contains(name) || node_outputs.contains(name) {
+                            QdqError::WrongKind {
+                                name: name.to_owned(),
+                                planned: "a parameter",
+                                actual: "an activation",
+                            }
+                        } else {
+                            QdqError::UnknownTensor {
+                                name: name.to_owned(),
+                            }
+                        },
+                    );
+                }
+                let (lo, hi) = params.dtype.range();
+                if let Some(bad) = values.iter().find(|v| !(lo..=hi).contains(*v)) {
+                    return Err(QdqError::Plan {
+                        name: name.to_owned(),
+                        message: format!("stored value {bad} does not fit {:?}", params.dtype),
+                    });
+                }
+                let dims = parameter_dims(graph, name).ok_or_else(|| QdqError::Plan {
+                    name: name.to_owned(),
+                    message: "the parameter's dims cannot be read".into(),
+                })?;
+                let count: i64 = dims.iter().product();
+                if count != values.len() as i64 {
+                    return Err(QdqError::Plan {
+                        name: name.to_owned(),
+                        message: format!(
+                            "{} stored values for dims {dims:?} ({count} elements)",
+                            values.len()
+                        ),
+                    });
+                }
+                if let Some(axis) = params.axis {
+                    let channels = dims.get(axis).copied();
+                    if channels != Some(params.scales.len() as i64) {
+                        return Err(QdqError::Plan {
+                            name: name.to_owned(),
+                            message: format!(
+                                "{} per-channel scales along axis {axis} of dims {dims:?}",
+                                params.scales.len()
+                            ),
+                        });
+                    }
+                }
+                let quantized = names.fresh(format!("{name}_quantized"));
+                new_initializers.push(tensor_proto(
+                    quantized.clone(),
+                    params.dtype.onnx_code(),
+                    dims,
+                    params.dtype.little_endian(values),
+                ));
+                let (scale, zero_point) =
+                    push_params(&mut new_initializers, &mut names, name, params);
+                let node_name = names.fresh(format!("{name}_DequantizeLinear"));
+                leading.push(qdq_node(
+                    "DequantizeLinear",
+                    node_name,
+                    [quantized, scale, zero_point],
+                    name.to_owned(),
+                    params,
+                    domain,
+                ));
+                removed_parameters.insert(name.to_owned());
+            }
+            QdqTensor::Activation { .. } => {
+                if is_parameter {
+                    return Err(QdqError::WrongKind {
+                        name: name.to_owned(),
+                        planned: "an activation",
+                        actual: "a parameter",
+                    });
+                }
+                let is_input = graph_inputs.contains(name);
+                if !is_input && !node_outputs.contains(name) {
+                    return Err(QdqError::UnknownTensor {
+                        name: name.to_owned(),
+                    });
+                }
+                // A graph output written by a node keeps its name on the DequantizeLinear; a
+                // graph input cannot be renamed, so its consumers are rewired instead.
+                let keep_name = graph_outputs.contains(name) && !is_input;
+                let float_input = if keep_name {
+                    let renamed = names.fresh(format!("{name}_QuantizeLinear_Input"));
+                    renamed_outputs.insert(name.to_owned(), renamed.clone());
+                    renamed
+                } else {
+                    name.to_owned()
+                };
+                let (scale, zero_point) =
+                    push_params(&mut new_initializers, &mut names, name, params);
+                let quantized = names.fresh(format!("{name}_QuantizeLinear_Output"));
+                let dequantized = if keep_name {
+                    name.to_owned()
+                } else {
+                    names.fresh(format!("{name}_DequantizeLinear_Output"))
+                };
+                let q = qdq_node(
+                    "QuantizeLinear",
+                    names.fresh(format!("{name}_QuantizeLinear")),
+                    [float_input, scale.clone(), zero_point.clone()],
+                    quantized.clone(),
+                    params,
+                    domain,
+                );
+                let dq = qdq_node(
+                    "DequantizeLinear",
+                    names.fresh(format!("{name}_DequantizeLinear")),
+                    [quantized, scale, zero_point],
+                    dequantized.clone(),
+                    params,
+                    domain,
+                );
+                if !keep_name {
+                    rewire.insert(name.to_owned(), dequantized);
+                }
+                if is_input {
+                    leading.extend([q, dq]);
+                } else {
+                    after.entry(name.to_owned()).or_default().extend([q, dq]);
+                }
+            }
+        }
+    }
+
+    // Parameters now come from their DequantizeLinear: drop the float originals.
+    graph.initializer.retain(|t| {
+        !t.name
+            .as_deref()
+            .is_some_and(|n| removed_parameters.contains(n))
+    });
+    graph.input.retain(|t| {
+        !t.name
+            .as_deref()
+            .is_some_and(|n| removed_parameters.contains(n))
+    });
+    graph.initializer.extend(new_initializers);
+
+    let old_nodes = std::mem::take(&mut graph.node);
+    let mut nodes = Vec::with_capacity(old_nodes.len() + leading.len() + 2 * after.len());
+    nodes.extend(leading);
+    for mut node in old_nodes {
+        if node.op_type.as_deref() == Some("Constant")
+            && node
+                .output
+                .first()
+                .is_some_and(|o| removed_parameters.contains(o))
+        {
+            continue;
+        }
+        for input in &mut node.input {
+            if let Some(replacement) = rewire.get(input.as_str()) {
+                *input = replacement.clone();
+            }
+        }
+        let mut inserted = Vec::new();
+        for output in &mut node.output {
+            if let Some(pair) = after.remove(output.as_str()) {
+                inserted.extend(pair);
+            }
+            if let Some(renamed) = renamed_outputs.get(output.as_str()) {
+                *output = renamed.clone();
+            }
+        }
+        nodes.push(node);
+        nodes.extend(inserted);
+    }
+    graph.node = nodes;
+
+    if uses_microsoft
+        && !model
+            .opset_import
+            .iter()
+            .any(|o| o.domain.as_deref() == Some("com.microsoft"))
+    {
+        model.opset_import.push(OperatorSetIdProto {
+            domain: Some("com.microsoft".into()),
+            version: Some(1),
+        });
+    }
+    for (key, value) in &plan.metadata {
+        model
+            .metadata_props
+            .retain(|entry| entry.key.as_deref() != Some(key.as_str()));
+        model.metadata_props.push(StringStringEntryProto {
+            key: Some(key.clone()),
+            value: Some(value.clone()),
+        });
+    }
+    Ok(())
+}
+
+fn parameter_dims(graph: &proto::GraphProto, name: &str) -> Option<Vec<i64>> {
+    if let Some(init) = graph
+        .initializer
+        .iter()
+        .find(|t| t.name.as_deref() == Some(name))
+    {
+        return Some(init.dims.clone());
+    }
+    let node = graph.node.iter().find(|n| is_constant_producing(n, name))?;
+    let values = constant_value(node)?.ok()?;
+    Some(values.dims.iter().map(|&d| d as i64).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// `x → Relu → y` with a Constant weight feeding `Mul(y, w) → z` (z is the graph output).
+    fn tiny() -> OnnxModel {
+        use proto::*;
+        let value_info = |name: &str| ValueInfoProto {
+            name: Some(name.into()),
+            ..Default::default()
+        };
+        let w = TensorProto {
+            name: Some(String::new()),
+            data_type: Some(1),
+            dims: vec![2],
+            float_data: vec![0.5, -1.0],
+            ..Default::default()
+        };
+        let node = |op: &str, inputs: &[&str], output: &str| NodeProto {
+            op_type: Some(op.into()),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            name: Some(format!("{op}_0")),
+            ..Default::default()
+        };
+        let mut constant = node("Constant", &[], "w");
+        constant.attribute.push(AttributeProto {
+            name: Some("value".into()),
+            r#type: Some(AttributeType::Tensor as i32),
+            t: Some(w),
+            ..Default::default()
+        });
+        let model = ModelProto {
+            ir_version: Some(7),
+            opset_import: vec![OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(11),
+            }],
+            graph: Some(GraphProto {
+                node: vec![
+                    constant,
+                    node("Relu", &["x"], "y"),
+                    node("Mul", &["y", "w"], "z"),
+                ],
+                input: vec![value_info("x")],
+                output: vec![value_info("z")],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        OnnxModel {
+            proto: model,
+            origin: Path::new("<memory>").to_owned(),
+        }
+    }
+
+    fn u8_params(scale: f32, zero_point: i64) -> QdqParams {
+        QdqParams {
+            dtype: QuantizedType::Uint8,
+            scales: vec![scale],
+            zero_points: vec![zero_point],
+            axis: None,
+        }
+    }
+
+    #[test]
+    fn reads_constant_parameters() {
+        let model = tiny();
+        let w = model.parameter_values("w").unwrap().unwrap();
+        assert_eq!(w.dims, [2]);
+        assert_eq!(w.values, [0.5, -1.0]);
+        assert_eq!(model.parameter_values("y").unwrap(), None);
+    }
+
+    #[test]
+    fn rewires_activations_and_keeps_output_names() {
+        let plan = QdqPlan {
+            tensors: vec![
+                QdqTensor::Activation {
+                    name: "y".into(),
+                    params: u8_params(0.1, 0),
+                },
+                QdqTensor::Activation {
+                    name: "z".into(),
+                    params: u8_params(0.2, 128),
+                },
+                QdqTensor::Parameter {
+                    name: "w".into(),
+                    params: QdqParams {
+                        dtype: QuantizedType::Int8,
+                        scales: vec![1.0 / 127.0],
+                        zero_points: vec![0],
+                        axis: None,
+                    },
+                    values: vec![64, -127],
+                },
+            ],
+            metadata: vec![("quant.encodings_digest".into(), "abc".into())],
+        };
+        let out = tiny().with_qdq(&plan).unwrap();
+        let graph = out.proto().graph.as_ref().unwrap();
+        let ops: Vec<(&str, Vec<&str>, &str)> = graph
+            .node
+            .iter()
+            .map(|n| {
+                (
+                    n.op_type.as_deref().unwrap(),
+                    n.input.iter().map(String::as_str).collect(),
+                    n.output[0].as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                (
+                    "DequantizeLinear",
+                    vec!["w_quantized", "w_scale", "w_zero_point"],
+                    "w"
+                ),
+                ("Relu", vec!["x"], "y"),
+                (
+                    "QuantizeLinear",
+                    vec!["y", "y_scale", "y_zero_point"],
+                    "y_QuantizeLinear_Output"
+                ),
+                (
+                    "DequantizeLinear",
+                    vec!["y_QuantizeLinear_Output", "y_scale", "y_zero_point"],
+                    "y_DequantizeLinear_Output"
+                ),
+                (
+                    "Mul",
+                    vec!["y_DequantizeLinear_Output", "w"],
+                    "z_QuantizeLinear_Input"
+                ),
+                (
+                    "QuantizeLinear",
+                    vec!["z_QuantizeLinear_Input", "z_scale", "z_zero_point"],
+                    "z_QuantizeLinear_Output"
+                ),
+                (
+                    "DequantizeLinear",
+                    vec!["z_QuantizeLinear_Output", "z_scale", "z_zero_point"],
+                    "z"
+                ),
+            ]
+        );
+        let w = graph
+            .initializer
+            .iter()
+            .find(|t| t.name.as_deref() == Some("w_quantized"))
+            .unwrap();
+        assert_eq!(w.data_type, Some(3));
+        assert_eq!(w.raw_data.as_deref(), Some(&[64u8, 129][..]));
+        assert_eq!(out.proto().metadata_props[0].value.as_deref(), Some("abc"));
+        // Opset 11 has everything an 8-bit per-tensor pair needs.
+        assert!(graph.node.iter().all(|n| n.domain.is_none()));
+    }
+
+    #[test]
+    fn sixteen_bit_below_opset_21_uses_the_microsoft_domain() {
+        let params = QdqParams {
+            dtype: QuantizedType::Uint16,
+            ..u8_params(0.1, 30_000)
+        };
+        assert_eq!(QdqDomain::for_params(&params, 11), QdqDomain::Microsoft);
+        assert_eq!(QdqDomain::for_params(&params, 21), QdqDomain::Onnx);
+        let plan = QdqPlan {
+            tensors: vec![QdqTensor::Activation {
+                name: "y".into(),
+                params,
+            }],
+            metadata: Vec::new(),
+        };
+        let out = tiny().with_qdq(&plan).unwrap();
+        let q = &out.proto().graph.as_ref().unwrap().node[2];
+        assert_eq!(q.op_type.as_deref(), Some("QuantizeLinear"));
+        assert_eq!(q.domain.as_deref(), Some("com.microsoft"));
+        assert!(
+            out.proto()
+                .opset_import
+                .iter()
+                .any(|o| o.domain.as_deref() == Some("com.microsoft"))
+        );
+    }
+
+    #[test]
+    fn refuses_inconsistent_plans() {
+        let model = tiny();
+        let plan = |tensor| QdqPlan {
+            tensors: vec![tensor],
+            metadata: Vec::new(),
+        };
+        let err = model
+            .with_qdq(&plan(QdqTensor::Activation {
+                name: "nope".into(),
+                params: u8_params(0.1, 0),
+            }))
+            .unwrap_err();
+        assert!(matches!(err, QdqError::UnknownTensor { .. }), "{err}");
+        let err = model
+            .with_qdq(&plan(QdqTensor::Activation {
+                name: "w".into(),
+                params: u8_params(0.1, 0),
+            }))
+            .unwrap_err();
+        assert!(matches!(err, QdqError::WrongKind { .. }), "{err}");
+        let err = model
+            .with_qdq(&plan(QdqTensor::Activation {
+                name: "y".into(),
+                params: u8_params(0.1, 300),
+            }))
+            .unwrap_err();
+        assert!(err.to_string().contains("zero point 300"), "{err}");
+        let err = model
+            .with_qdq(&plan(QdqTensor::Parameter {
+                name: "w".into(),
+                params: u8_params(0.1, 0),
+                values: vec![1, 2, 3],
+            }))
+            .unwrap_err();
+        assert!(err.to_string().contains("3 stored values"), "{err}");
+    }
+}
