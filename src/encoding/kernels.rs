@@ -99,6 +99,8 @@ fn min_max_block(data: &[f32]) -> MinMax {
         for i in 0..LANES {
             let x = chunk[i];
             // `<`/`>` are false for NaN, so NaN never replaces the accumulator (minps/maxps).
+            // Measured: with the count in the body LLVM vectorizes this loop; the same loop
+            // without it stayed scalar (benches/kernels.rs keeps a count-free baseline).
             lo[i] = if x < lo[i] { x } else { lo[i] };
             hi[i] = if x > hi[i] { x } else { hi[i] };
             non_finite[i] += u32::from(!x.is_finite());
