@@ -1,0 +1,237 @@
+//! QDQ ONNX: the float model with every encoding written as ONNX QuantizeLinear/DequantizeLinear,
+//! which onnxruntime (CPU and its QNN execution provider), TensorRT and others run as the
+//! quantized model.
+//!
+//! This module turns [`ModelEncodings`] into a [`QdqPlan`]: the stored integer type of each
+//! encoding, its scales and zero points, and each encoded parameter's integers. The graph
+//! surgery itself is [`OnnxModel::with_qdq`]; this module never sees protobuf.
+//!
+//! Representation choices:
+//! - Stored type from bitwidth and schema: up to 8 bits → `uint8`/`int8`, 9–16 → `uint16`/`int16`,
+//!   32 → `int32`; signed for [`Schema::Symmetric`] and [`Schema::SignedAsymmetric`], unsigned
+//!   otherwise. Zero points are [`Encoding::zero_point`]: `-offset` for unsigned asymmetric, 0 for
+//!   signed symmetric. An unsigned 32-bit encoding (a bias encoded from its own range) is stored
+//!   as `int32` with values and zero point shifted by `2^31`, which dequantizes to the same floats.
+//! - Other bitwidths (4, 12, ...) use the next container with the encoding's own grid: stored
+//!   parameters hold exactly the encoding's integers, but an activation's QuantizeLinear
+//!   saturates at the container's limits, not the encoding's, so values beyond the encoding's
+//!   range are clipped less than on the target.
+//! - Tensors kept in float (overrides with `dtype: float`, 16 or 32 bit) are left untouched in
+//!   float32.
+//! - The Q/DQ operator domain depends on the model's opset, which is never changed: see
+//!   [`crate::onnx::qdq::QdqDomain`] (16-bit pairs below opset 21 and per-channel pairs below
+//!   opset 13 use onnxruntime's `com.microsoft` operators).
+
+use crate::encoding::tensor::ChannelLayout;
+use crate::encoding::{Encoding, TensorEncoding};
+use crate::onnx::qdq::{QdqError, QdqParams, QdqPlan, QdqTensor, QuantizedType};
+use crate::onnx::{OnnxError, OnnxModel};
+use crate::quantizer::ModelEncodings;
+
+/// The `metadata_props` key holding the encodings' digest.
+pub const DIGEST_KEY: &str = "quant.encodings_digest";
+
+/// The digest recorded in a QDQ model: blake3 of the AIMET encodings JSON bytes, in hex.
+pub fn encodings_digest(aimet_json: &[u8]) -> String {
+    blake3::hash(aimet_json).to_hex().to_string()
+}
+
+/// Why a QDQ model could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum QdqExportError {
+    /// A parameter's values could not be read from the model.
+    #[error(transparent)]
+    Onnx(#[from] OnnxError),
+    /// The model and the encodings disagree.
+    #[error("cannot write the QDQ model: {0}")]
+    Rewrite(#[from] QdqError),
+    /// QuantizeLinear has no 32-bit output below opset 21, and runtimes do not run it.
+    #[error("`{tensor}` has a 32-bit activation encoding, which QuantizeLinear cannot express")]
+    Int32Activation {
+        /// The tensor.
+        tensor: String,
+    },
+    /// A per-channel parameter's encodings do not fit its shape.
+    #[error("`{tensor}`: {message}")]
+    Shape {
+        /// The tensor.
+        tensor: String,
+        /// What does not fit.
+        message: String,
+    },
+}
+
+/// The stored integer type of an encoding, and the shift that moves its unsigned 32-bit
+/// integers into `int32`.
+fn stored_type(encoding: &Encoding) -> (QuantizedType, i64) {
+    let bits = encoding.bitwidth.bits();
+    let signed = encoding.schema.is_signed();
+    match (bits, signed) {
+        (..=8, false) => (QuantizedType::Uint8, 0),
+        (..=8, true) => (QuantizedType::Int8, 0),
+        (..=16, false) => (QuantizedType::Uint16, 0),
+        (..=16, true) => (QuantizedType::Int16, 0),
+        (_, true) => (QuantizedType::Int32, 0),
+        (_, false) => (QuantizedType::Int32, 1 << 31),
+    }
+}
+
+fn params(encodings: &[Encoding], axis: Option<usize>) -> Option<(QdqParams, i64)> {
+    let (dtype, shift) = stored_type(encodings.first()?);
+    Some((
+        QdqParams {
+            dtype,
+            scales: encodings.iter().map(|e| e.scale as f32).collect(),
+            zero_points: encodings.iter().map(|e| e.zero_point() - shift).collect(),
+            axis,
+        },
+        shift,
+    ))
+}
+
+/// The plan for `encodings` on `model`: which tensors become Q/DQ and with what numbers.
+pub fn plan(
+    model: &OnnxModel,
+    encodings: &ModelEncodings,
+    digest: &str,
+) -> Result<QdqPlan, QdqExportError> {
+    let mut tensors = Vec::new();
+    for (name, encoding) in encodings.activations.iter().chain(&encodings.parameters) {
+        let axis = match encoding {
+            TensorEncoding::PerTensor(_) => None,
+            TensorEncoding::PerChannel { axis, .. } => Some(*axis),
+            TensorEncoding::Float { .. } => continue,
+        };
+        let Some((params, shift)) = params(encoding.encodings(), axis) else {
+            continue;
+        };
+        // Constants AIMET lists as activations are stored quantized too: the model holds them.
+        match model.parameter_values(name)? {
+            Some(stored) => {
+                let values = quantize_values(name, &stored.values, &stored.dims, encoding, shift)?;
+                tensors.push(QdqTensor::Parameter {
+                    name: name.clone(),
+                    params,
+                    values,
+                });
+            }
+            None => {
+                if params.dtype == QuantizedType::Int32 {
+                    return Err(QdqExportError::Int32Activation {
+                        tensor: name.clone(),
+                    });
+                }
+                tensors.push(QdqTensor::Activation {
+                    name: name.clone(),
+                    params,
+                });
+            }
+        }
+    }
+    Ok(QdqPlan {
+        tensors,
+        metadata: vec![(DIGEST_KEY.to_string(), digest.to_string())],
+    })
+}
+
+fn quantize_values(
+    name: &str,
+    values: &[f32],
+    dims: &[u64],
+    encoding: &TensorEncoding,
+    shift: i64,
+) -> Result<Vec<i64>, QdqExportError> {
+    let quantize = |x: f32, e: &Encoding| e.quantize_value(f64::from(x)) - shift;
+    match encoding {
+        TensorEncoding::PerTensor(e) => Ok(values.iter().map(|&x| quantize(x, e)).collect()),
+        TensorEncoding::PerChannel { axis, channels } => {
+            let shape: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
+            let shape_error = |message: String| QdqExportError::Shape {
+                tensor: name.to_string(),
+                message,
+            };
+            let layout = ChannelLayout::new(&shape, *axis, values.len())
+                .map_err(|e| shape_error(e.to_string()))?;
+            if layout.channels != channels.len() {
+                return Err(shape_error(format!(
+                    "{} per-channel encodings for {} channels along axis {axis}",
+                    channels.len(),
+                    layout.channels
+                )));
+            }
+            let mut out = Vec::with_capacity(values.len());
+            for (i, &x) in values.iter().enumerate() {
+                let channel = (i / layout.inner.max(1)) % layout.channels.max(1);
+                out.push(quantize(x, &channels[channel]));
+            }
+            Ok(out)
+        }
+        TensorEncoding::Float { .. } => Ok(Vec::new()),
+    }
+}
+
+/// The QDQ model for `model` quantized with `encodings`; `digest` (see [`encodings_digest`]) is
+/// recorded under [`DIGEST_KEY`]. Write it with [`OnnxModel::write`] (atomic) or take its bytes
+/// with [`OnnxModel::to_bytes`].
+pub fn export(
+    model: &OnnxModel,
+    encodings: &ModelEncodings,
+    digest: &str,
+) -> Result<OnnxModel, QdqExportError> {
+    let plan = plan(model, encodings, digest)?;
+    Ok(model.with_qdq(&plan)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encoding::{Bitwidth, Schema};
+
+    #[test]
+    fn stored_types_and_zero_points_per_schema() {
+        let asym = Encoding::from_range(-1.8, 0.5, Bitwidth::B8, Schema::Asymmetric).unwrap();
+        let (p, _) = params(&[asym], None).unwrap();
+        assert_eq!((p.dtype, p.zero_points[0]), (QuantizedType::Uint8, 200));
+        let sym = Encoding::symmetric(1.0, Bitwidth::B8, Schema::Symmetric);
+        let (p, _) = params(&[sym], None).unwrap();
+        assert_eq!((p.dtype, p.zero_points[0]), (QuantizedType::Int8, 0));
+        let signed =
+            Encoding::from_range(-1.8, 0.5, Bitwidth::B8, Schema::SignedAsymmetric).unwrap();
+        let (p, _) = params(&[signed], None).unwrap();
+        assert_eq!((p.dtype, p.zero_points[0]), (QuantizedType::Int8, 72));
+        let a16 = Encoding::from_range(0.0, 1.0, Bitwidth::B16, Schema::Asymmetric).unwrap();
+        assert_eq!(stored_type(&a16).0, QuantizedType::Uint16);
+        let a4 =
+            Encoding::from_range(-1.0, 1.0, Bitwidth::new(4).unwrap(), Schema::Asymmetric).unwrap();
+        let (p, _) = params(&[a4], None).unwrap();
+        assert_eq!((p.dtype, p.zero_points[0]), (QuantizedType::Uint8, 8));
+        let bias = Encoding::int32_bias(0.01, 0.02);
+        let (p, shift) = params(&[bias], None).unwrap();
+        assert_eq!(
+            (p.dtype, p.zero_points[0], shift),
+            (QuantizedType::Int32, 0, 0)
+        );
+        let own = Encoding::from_range(-1.0, 1.0, Bitwidth::B32, Schema::Asymmetric).unwrap();
+        let (p, shift) = params(&[own], None).unwrap();
+        assert_eq!(p.dtype, QuantizedType::Int32);
+        // Shifted into int32, the zero point still dequantizes 0.0 exactly.
+        assert_eq!(p.zero_points[0] + shift, own.zero_point());
+    }
+
+    #[test]
+    fn per_channel_values_use_each_channel_grid() {
+        let channels = vec![
+            Encoding::symmetric(1.27, Bitwidth::B8, Schema::Symmetric),
+            Encoding::symmetric(2.54, Bitwidth::B8, Schema::Symmetric),
+        ];
+        let encoding = TensorEncoding::PerChannel { axis: 1, channels };
+        // dims [2, 2]: columns are channels.
+        let q = quantize_values("w", &[1.27, 1.3, -0.5, 2.54], &[2, 2], &encoding, 0).unwrap();
+        assert_eq!(q, [127, 65, -50, 127]);
+        let err = quantize_values("w", &[1.0; 6], &[2, 3], &encoding, 0).unwrap_err();
+        assert!(
+            err.to_string().contains("2 per-channel encodings for 3"),
+            "{err}"
+        );
+    }
+}
