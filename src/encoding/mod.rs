@@ -368,8 +368,9 @@ impl Encoding {
     }
 
     /// The stored integer for `x`: `round(x / scale) - offset` on the unsigned grid (shifted for
-    /// signed schemas), clamped. Rounds half to even, exactly like the [`kernels`], but in `f64`;
-    /// the kernels divide in `f32` and can differ by one step on values within an ulp of a tie.
+    /// signed schemas), clamped. Rounds half to even, exactly like the [`kernels`], but in
+    /// `f64`; the kernels multiply by an `f32` reciprocal and can differ by one step within an
+    /// ulp of a tie.
     pub fn quantize_value(&self, x: f64) -> i64 {
         let steps = self.bitwidth.steps();
         let grid = (x / self.scale - self.offset as f64).round_ties_even();
