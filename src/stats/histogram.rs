@@ -350,6 +350,46 @@ impl Default for Histogram {
     }
 }
 
+impl Histogram {
+    /// Every field of the statistic, for the byte codec.
+    pub(super) fn raw_parts(&self) -> (i32, i64, u32, u32, u64, &[u64]) {
+        (
+            self.exponent,
+            self.start,
+            self.min,
+            self.max,
+            self.total,
+            &self.counts[..],
+        )
+    }
+
+    /// Rebuilds a histogram from [`Histogram::raw_parts`]; `None` when the fields cannot belong
+    /// to one (counts that do not add up to the total, an exponent out of range).
+    pub(super) fn from_raw_parts(
+        exponent: i32,
+        start: i64,
+        min: u32,
+        max: u32,
+        total: u64,
+        counts: &[u64],
+    ) -> Option<Histogram> {
+        if counts.len() != BINS
+            || !(MIN_EXPONENT..=1023).contains(&exponent)
+            || counts.iter().try_fold(0u64, |sum, &c| sum.checked_add(c)) != Some(total)
+        {
+            return None;
+        }
+        let mut histogram = Histogram::new();
+        histogram.exponent = exponent;
+        histogram.start = start;
+        histogram.min = min;
+        histogram.max = max;
+        histogram.total = total;
+        histogram.counts.copy_from_slice(counts);
+        Some(histogram)
+    }
+}
+
 impl Clone for Histogram {
     /// Clones the statistics, not the scratch buffers.
     fn clone(&self) -> Self {

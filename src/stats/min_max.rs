@@ -22,6 +22,39 @@ pub struct MinMax {
     negative_infinity: u64,
 }
 
+impl MinMax {
+    /// Every field, for the byte codec: min and max bits, then the finite, NaN, +∞ and −∞ counts.
+    pub(super) fn raw_parts(&self) -> (u32, u32, u64, u64, u64, u64) {
+        (
+            self.min,
+            self.max,
+            self.finite,
+            self.nan,
+            self.positive_infinity,
+            self.negative_infinity,
+        )
+    }
+
+    /// Rebuilds a value from [`MinMax::raw_parts`].
+    pub(super) fn from_raw_parts(
+        min: u32,
+        max: u32,
+        finite: u64,
+        nan: u64,
+        positive_infinity: u64,
+        negative_infinity: u64,
+    ) -> MinMax {
+        MinMax {
+            min,
+            max,
+            finite,
+            nan,
+            positive_infinity,
+            negative_infinity,
+        }
+    }
+}
+
 impl Default for MinMax {
     fn default() -> Self {
         Self::new()

@@ -11,10 +11,12 @@
 //! that split was (merge is associative and depends only on the data).
 
 mod calibration;
+mod codec;
 mod histogram;
 mod min_max;
 
 pub use calibration::{Calibration, CalibrationError, GAMMA, required_statistics, select_range};
+pub use codec::{CODEC_VERSION, encode_all};
 pub use histogram::{BINS, Histogram, MIN_EXPONENT};
 pub use min_max::MinMax;
 
