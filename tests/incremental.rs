@@ -1,0 +1,712 @@
+//! The incremental build through the real binary, on a copy of the bundled example pipeline:
+//! after any sequence of edits an incremental build writes exactly the bytes a clean build with
+//! an empty store writes; clean builds are reproducible across folders and thread counts; and a
+//! killed build or a damaged store entry never changes what the next build writes.
+//!
+//! Every build gets its store through `QUANT_CACHE_DIR`, so "clean" always means an empty store
+//! in a fresh temporary folder, never one shared with another test.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// The example pipeline shipped with the crate.
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/text-orientation");
+/// The tensor `overrides/head.json` pins (the classifier's softmax output).
+const HEAD_TENSOR: &str = "save_infer_model/scale_0.tmp_1";
+/// One cls input, 1×3×48×192 little-endian f32.
+const SAMPLE_BYTES: usize = 3 * 48 * 192 * 4;
+/// Output folder of a build, next to the manifest.
+const OUT_DIR: &str = "quant-out";
+/// Keys of the `--json` summary the contract promises.
+const SUMMARY_KEYS: [&str; 8] = [
+    "samples_run",
+    "samples_reused",
+    "tensors_encoded",
+    "tensors_reused",
+    "artifacts_written",
+    "artifacts_unchanged",
+    "wall_ms",
+    "targets",
+];
+
+// ---------------------------------------------------------------------------------------------
+// Deterministic randomness: a fixed seed list makes every failure reproducible.
+
+/// xorshift64*: small, fast, and good enough to pick edits and fill samples.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        // A zero state would stay zero; mixing the seed also spreads small seeds apart.
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in [lo, hi), rounded to 1/1024 so the JSON text stays short and exact.
+    fn range(&mut self, lo: f64, hi: f64) -> f64 {
+        ((lo + (hi - lo) * self.unit()) * 1024.0).round() / 1024.0
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A pipeline folder whose manifest, overrides and input list the tests rewrite.
+
+/// The editable parts of the example, rendered back into files after every edit.
+#[derive(Debug, Clone)]
+struct PipelineState {
+    act_bitwidth: u8,
+    act_calibration: &'static str,
+    per_channel: bool,
+    /// Names of the models added beside `cls`; each has `models/<name>.onnx`.
+    extra_models: Vec<String>,
+    head_min: f64,
+    head_max: f64,
+    /// Lines of `calib/input_list.txt`.
+    samples: Vec<String>,
+    /// Counter for new sample file names, so a removed name is never reused.
+    next_sample: usize,
+}
+
+impl PipelineState {
+    fn example() -> PipelineState {
+        let list = fs::read_to_string(Path::new(EXAMPLE).join("calib/input_list.txt")).unwrap();
+        PipelineState {
+            act_bitwidth: 8,
+            act_calibration: "min-max",
+            per_channel: true,
+            extra_models: Vec::new(),
+            head_min: 0.0,
+            head_max: 1.0,
+            samples: list.lines().map(str::to_owned).collect(),
+            next_sample: 0,
+        }
+    }
+
+    fn manifest(&self) -> String {
+        let mut text = String::from(
+            "[pipeline]\nname = \"text-orientation\"\n\n\
+             [models.cls]\npath = \"models/cls.onnx\"\ninput_dims = { x = [1, 3, 48, 192] }\n\n",
+        );
+        for name in &self.extra_models {
+            writeln!(
+                text,
+                "[models.{name}]\npath = \"models/{name}.onnx\"\ninput_dims = {{ x = [1, 3, 48, 192] }}\n"
+            )
+            .unwrap();
+        }
+        write!(
+            text,
+            "[calibration.textlines]\ninput_list = \"calib/input_list.txt\"\n\n\
+             [overrides.head]\npath = \"overrides/head.json\"\n\n\
+             [eval.textlines]\ninput_list = \"eval/input_list.txt\"\nlabels = \"eval/labels.txt\"\n\n\
+             [targets.htp]\nbackend = \"htp\"\ncalibration = \"textlines\"\noverrides = [\"head\"]\n\
+             act_bitwidth = {}\nweights_bitwidth = 8\nbias_bitwidth = 32\n\
+             act_quantizer_calibration = \"{}\"\nparam_quantizer_schema = \"symmetric\"\n\
+             use_per_channel_quantization = {}\nevaluate = \"textlines\"\n\n\
+             [targets.htp-a16]\nextends = \"htp\"\nact_bitwidth = 16\n\n\
+             [targets.gpu]\nbackend = \"gpu\"\nfloat_bitwidth = 16\n",
+            self.act_bitwidth, self.act_calibration, self.per_channel
+        )
+        .unwrap();
+        text
+    }
+
+    fn overrides(&self) -> String {
+        format!(
+            "{{\n    \"activation_encodings\": {{\n        \"{HEAD_TENSOR}\": [\n            {{\n                \
+             \"bitwidth\": 8,\n                \"dtype\": \"int\",\n                \
+             \"is_symmetric\": \"False\",\n                \"max\": {:?},\n                \
+             \"min\": {:?}\n            }}\n        ]\n    }},\n    \"param_encodings\": {{}}\n}}\n",
+            self.head_max, self.head_min
+        )
+    }
+
+    /// Writes the manifest, the overrides and the input list into `root`.
+    fn write(&self, root: &Path) {
+        fs::write(root.join("quant.toml"), self.manifest()).unwrap();
+        fs::write(root.join("overrides/head.json"), self.overrides()).unwrap();
+        let mut list = self.samples.join("\n");
+        list.push('\n');
+        fs::write(root.join("calib/input_list.txt"), list).unwrap();
+    }
+}
+
+/// Copies the example (without outputs or a store) to `to`.
+fn copy_example(to: &Path) {
+    copy_tree(Path::new(EXAMPLE), to);
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if name == OUT_DIR || name == ".quant" {
+            continue;
+        }
+        let (source, target) = (entry.path(), to.join(&name));
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&source, &target);
+        } else {
+            // Written fresh rather than `fs::copy`d: the shipped samples are read-only, and a
+            // test that deletes and rewrites them should not trip over copied permissions.
+            fs::write(&target, fs::read(&source).unwrap()).unwrap();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running the binary.
+
+/// `quant build ROOT --json EXTRA...` with its store in `store`.
+fn run_build(root: &Path, store: &Path, extra: &[&str]) -> Output {
+    Command::new(common::quant_bin())
+        .arg("build")
+        .arg(root)
+        .arg("--json")
+        .args(extra)
+        .env("QUANT_CACHE_DIR", store)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Runs a build that must succeed and returns its summary.
+fn build(root: &Path, store: &Path, extra: &[&str]) -> Summary {
+    let output = run_build(root, store, extra);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "quant build {} {extra:?} failed\nstdout:\n{}\nstderr:\n{stderr}",
+        root.display(),
+        String::from_utf8_lossy(&output.stdout),
+    );
+    Summary::parse(&output.stdout, stderr)
+}
+
+/// The `--json` summary of one build, plus its stderr for messages.
+struct Summary {
+    json: Value,
+    stderr: String,
+}
+
+impl Summary {
+    fn parse(stdout: &[u8], stderr: String) -> Summary {
+        let json: Value = serde_json::from_slice(stdout).unwrap_or_else(|err| {
+            panic!(
+                "stdout of `quant build --json` is not one JSON object ({err}):\n{}",
+                String::from_utf8_lossy(stdout)
+            )
+        });
+        for key in SUMMARY_KEYS {
+            assert!(json.get(key).is_some(), "summary lacks `{key}`: {json}");
+        }
+        Summary { json, stderr }
+    }
+
+    fn count(&self, key: &str) -> u64 {
+        self.json[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("summary `{key}` is not a count: {}", self.json))
+    }
+}
+
+/// Every file under `<root>/quant-out`, by path relative to it.
+fn outputs(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    files_under(&root.join(OUT_DIR))
+}
+
+fn files_under(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    if !dir.exists() {
+        return files;
+    }
+    for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
+        let entry = entry.unwrap();
+        if entry.file_type().is_file() {
+            let relative = entry.path().strip_prefix(dir).unwrap();
+            let key = relative.to_string_lossy().replace('\\', "/");
+            files.insert(key, fs::read(entry.path()).unwrap());
+        }
+    }
+    files
+}
+
+/// Builds the current state of `root` from scratch: its outputs are moved aside, a build runs
+/// with an empty store, and the incremental outputs are put back. Returns the clean outputs.
+fn clean_outputs_of(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let out = root.join(OUT_DIR);
+    let aside = root.join("quant-out.incremental");
+    let had_outputs = out.exists();
+    if had_outputs {
+        fs::rename(&out, &aside).unwrap();
+    }
+    let store = TempDir::new().unwrap();
+    build(root, store.path(), &[]);
+    let clean = outputs(root);
+    fs::remove_dir_all(&out).unwrap();
+    if had_outputs {
+        fs::rename(&aside, &out).unwrap();
+    }
+    clean
+}
+
+/// Asserts two output trees are byte-identical, naming the first difference in each file.
+fn assert_same_outputs(
+    actual: &BTreeMap<String, Vec<u8>>,
+    expected: &BTreeMap<String, Vec<u8>>,
+    context: &str,
+) {
+    assert!(
+        !expected.is_empty(),
+        "{context}: the reference build wrote no outputs"
+    );
+    let actual_names: BTreeSet<_> = actual.keys().collect();
+    let expected_names: BTreeSet<_> = expected.keys().collect();
+    assert_eq!(
+        actual_names, expected_names,
+        "{context}: different output files"
+    );
+    let mut problems = String::new();
+    for (name, bytes) in actual {
+        let reference = &expected[name];
+        if bytes != reference {
+            let (a, b) = (
+                String::from_utf8_lossy(bytes),
+                String::from_utf8_lossy(reference),
+            );
+            let line = a.lines().zip(b.lines()).position(|(x, y)| x != y);
+            match line {
+                Some(i) => writeln!(
+                    problems,
+                    "{name}: line {} differs\n  got:      {}\n  expected: {}",
+                    i + 1,
+                    a.lines().nth(i).unwrap_or_default(),
+                    b.lines().nth(i).unwrap_or_default()
+                ),
+                None => writeln!(
+                    problems,
+                    "{name}: {} bytes, expected {}",
+                    bytes.len(),
+                    reference.len()
+                ),
+            }
+            .unwrap();
+        }
+    }
+    assert!(problems.is_empty(), "{context}: outputs differ\n{problems}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Differential test.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Edit {
+    OverrideRange,
+    AddSample,
+    RemoveSample,
+    ActBitwidth,
+    ActCalibration,
+    PerChannel,
+    AddModel,
+}
+
+const EDITS: [Edit; 7] = [
+    Edit::OverrideRange,
+    Edit::AddSample,
+    Edit::RemoveSample,
+    Edit::ActBitwidth,
+    Edit::ActCalibration,
+    Edit::PerChannel,
+    Edit::AddModel,
+];
+const SEEDS: [u64; 3] = [1, 2, 3];
+const EDITS_PER_SEED: usize = 6;
+
+/// Applies `edit` to `state` (and to the files that are not rendered from it) in `root`.
+fn apply(edit: Edit, state: &mut PipelineState, root: &Path, rng: &mut Rng) {
+    match edit {
+        Edit::OverrideRange => {
+            state.head_min = rng.range(-0.5, 0.25);
+            state.head_max = rng.range(0.5, 2.0);
+        }
+        Edit::AddSample => {
+            let name = format!("extra_{:02}.raw", state.next_sample);
+            state.next_sample += 1;
+            let mut bytes = Vec::with_capacity(SAMPLE_BYTES);
+            for _ in 0..SAMPLE_BYTES / 4 {
+                let value = (rng.unit() * 2.0 - 1.0) as f32;
+                bytes.extend_from_slice(&value.to_le_bytes());
+            }
+            fs::write(root.join("calib").join(&name), bytes).unwrap();
+            // Anywhere in the list: statistics must not depend on the sample order.
+            let at = rng.below(state.samples.len() + 1);
+            state.samples.insert(at, name);
+        }
+        Edit::RemoveSample => {
+            let name = state.samples.remove(rng.below(state.samples.len()));
+            fs::remove_file(root.join("calib").join(name)).unwrap();
+        }
+        Edit::ActBitwidth => state.act_bitwidth = if state.act_bitwidth == 8 { 16 } else { 8 },
+        Edit::ActCalibration => {
+            state.act_calibration = if state.act_calibration == "min-max" {
+                "sqnr"
+            } else {
+                "min-max"
+            }
+        }
+        Edit::PerChannel => state.per_channel = !state.per_channel,
+        Edit::AddModel => {
+            let name = format!("cls{}", state.extra_models.len() + 2);
+            fs::copy(
+                root.join("models/cls.onnx"),
+                root.join(format!("models/{name}.onnx")),
+            )
+            .unwrap();
+            state.extra_models.push(name);
+        }
+    }
+    state.write(root);
+}
+
+/// Draws the next edit: adding models is capped (each one multiplies the build's work) and a
+/// removal keeps at least two samples.
+fn draw_edit(state: &PipelineState, rng: &mut Rng) -> Edit {
+    loop {
+        let edit = EDITS[rng.below(EDITS.len())];
+        let allowed = match edit {
+            Edit::AddModel => state.extra_models.is_empty(),
+            Edit::RemoveSample => state.samples.len() > 2,
+            _ => true,
+        };
+        if allowed {
+            return edit;
+        }
+    }
+}
+
+#[test]
+fn incremental_builds_after_random_edits_equal_clean_builds() {
+    let mut exercised = BTreeSet::new();
+    for seed in SEEDS {
+        let mut rng = Rng::new(seed);
+        let dir = TempDir::new().unwrap();
+        let root = dir.path().join("text-orientation");
+        copy_example(&root);
+        let store = TempDir::new().unwrap();
+        let mut state = PipelineState::example();
+        state.write(&root);
+        build(&root, store.path(), &[]);
+
+        let mut history = Vec::new();
+        for step in 0..EDITS_PER_SEED {
+            let edit = draw_edit(&state, &mut rng);
+            apply(edit, &mut state, &root, &mut rng);
+            history.push(edit);
+            exercised.insert(edit);
+            let context = format!("seed {seed}, edits {history:?}");
+
+            let summary = build(&root, store.path(), &[]);
+            match edit {
+                // Neither touches what statistics are gathered from or how.
+                Edit::OverrideRange | Edit::ActBitwidth | Edit::PerChannel => {
+                    assert_eq!(
+                        summary.count("samples_run"),
+                        0,
+                        "{context}: {}",
+                        summary.json
+                    );
+                }
+                Edit::AddSample => {
+                    assert!(
+                        summary.count("samples_run") >= 1,
+                        "{context}: {}",
+                        summary.json
+                    );
+                    assert!(
+                        summary.count("samples_reused") >= 1,
+                        "{context}: {}",
+                        summary.json
+                    );
+                }
+                Edit::RemoveSample | Edit::ActCalibration | Edit::AddModel => {}
+            }
+            if edit == Edit::OverrideRange {
+                assert!(
+                    summary.count("tensors_encoded") >= 1,
+                    "{context}: {}",
+                    summary.json
+                );
+            }
+
+            let again = build(&root, store.path(), &[]);
+            for key in ["samples_run", "tensors_encoded", "artifacts_written"] {
+                assert_eq!(
+                    again.count(key),
+                    0,
+                    "{context}: a no-op build ran work: {}",
+                    again.json
+                );
+            }
+
+            let incremental = outputs(&root);
+            let clean = clean_outputs_of(&root);
+            assert_same_outputs(&incremental, &clean, &format!("{context} (step {step})"));
+        }
+    }
+    assert_eq!(
+        exercised.len(),
+        EDITS.len(),
+        "the seed list no longer exercises every kind of edit: {exercised:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reproducibility.
+
+/// Paths of the entries under the store's `objects/` folder (the keys), without temp files.
+fn store_keys(store: &Path) -> BTreeSet<String> {
+    files_under(&store.join("objects"))
+        .into_keys()
+        .filter(|name| {
+            !name
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .starts_with(".tmp-")
+        })
+        .collect()
+}
+
+#[test]
+fn clean_builds_in_different_folders_are_byte_identical() {
+    let dir = TempDir::new().unwrap();
+    let first = dir.path().join("a/text-orientation");
+    let second = dir.path().join("b/a deeper folder/renamed copy");
+    copy_example(&first);
+    copy_example(&second);
+    let (store_a, store_b) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    build(&first, store_a.path(), &[]);
+    build(&second, store_b.path(), &[]);
+
+    let (a, b) = (outputs(&first), outputs(&second));
+    assert_same_outputs(&b, &a, "a copy in another folder");
+    for (name, bytes) in &a {
+        let text = String::from_utf8_lossy(bytes);
+        assert!(
+            !text.contains(&*dir.path().to_string_lossy()),
+            "{name} contains the folder it was built in"
+        );
+    }
+    // Keys hold no paths: both stores have the same entries.
+    let keys = store_keys(store_a.path());
+    assert!(!keys.is_empty(), "the build stored nothing");
+    assert_eq!(
+        keys,
+        store_keys(store_b.path()),
+        "store keys depend on the folder"
+    );
+}
+
+#[test]
+fn thread_count_does_not_change_outputs() {
+    let dir = TempDir::new().unwrap();
+    let root = dir.path().join("text-orientation");
+    copy_example(&root);
+    let one = TempDir::new().unwrap();
+    build(&root, one.path(), &["-j", "1"]);
+    let single = outputs(&root);
+    fs::remove_dir_all(root.join(OUT_DIR)).unwrap();
+    let two = TempDir::new().unwrap();
+    build(&root, two.path(), &["-j", "2"]);
+    assert_same_outputs(&outputs(&root), &single, "-j 2 against -j 1");
+    assert_eq!(
+        store_keys(one.path()),
+        store_keys(two.path()),
+        "store keys depend on -j"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Crash safety and corruption.
+
+/// Outputs are written whole or not at all: every file a killed build left must parse.
+fn assert_outputs_whole(root: &Path, context: &str) {
+    for (name, bytes) in outputs(root) {
+        if name.ends_with(".json") {
+            assert!(
+                serde_json::from_slice::<Value>(&bytes).is_ok(),
+                "{context}: {name} is not whole JSON ({} bytes)",
+                bytes.len()
+            );
+        }
+    }
+}
+
+/// Starts a build and SIGKILLs it after `delay`. Returns whether it was still running then.
+fn kill_build_after(root: &Path, store: &Path, delay: Duration) -> bool {
+    let mut child = Command::new(common::quant_bin())
+        .arg("build")
+        .arg(root)
+        .arg("--json")
+        .env("QUANT_CACHE_DIR", store)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(delay);
+    let running = child.try_wait().unwrap().is_none();
+    // `Child::kill` is SIGKILL on Unix: no destructor, no cleanup, like a crash or an OOM kill.
+    let _ = child.kill();
+    child.wait().unwrap();
+    running
+}
+
+#[test]
+fn builds_killed_at_random_moments_leave_a_usable_store() {
+    let dir = TempDir::new().unwrap();
+    let root = dir.path().join("text-orientation");
+    copy_example(&root);
+
+    let started = Instant::now();
+    let reference = clean_outputs_of(&root);
+    let cold = started.elapsed();
+
+    // Fixed extremes plus moments spread over a cold build's duration on this machine, so kills
+    // land in every phase (startup, calibration, encoding, writing) whatever its speed.
+    let mut rng = Rng::new(0x5EED);
+    let mut delays = vec![Duration::from_millis(5), Duration::from_millis(400)];
+    delays.extend((0..6).map(|_| cold.mul_f64(0.05 + 0.9 * rng.unit())));
+
+    let mut killed_mid_build = 0;
+    for (round, delay) in delays.iter().enumerate() {
+        let store = TempDir::new().unwrap();
+        let _ = fs::remove_dir_all(root.join(OUT_DIR));
+        // Two kills on the same store, so the second build starts from the first's leftovers.
+        for kill in 0..2 {
+            let delay = delay.mul_f64(1.0 + kill as f64 * 0.5);
+            if kill_build_after(&root, store.path(), delay) {
+                killed_mid_build += 1;
+            }
+            assert_outputs_whole(&root, &format!("round {round} after a kill at {delay:?}"));
+        }
+        build(&root, store.path(), &[]);
+        assert_same_outputs(
+            &outputs(&root),
+            &reference,
+            &format!("round {round}: the build after kills at {delay:?}"),
+        );
+    }
+    assert!(
+        killed_mid_build >= delays.len(),
+        "only {killed_mid_build} of {} kills hit a running build (cold build: {cold:?})",
+        2 * delays.len()
+    );
+}
+
+/// Flips one byte in the middle of a file.
+fn flip_byte(path: &Path) {
+    let mut bytes = fs::read(path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5A;
+    fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_corrupt_store_entry_is_reported_and_recomputed() {
+    let dir = TempDir::new().unwrap();
+    let root = dir.path().join("text-orientation");
+    copy_example(&root);
+    let store = TempDir::new().unwrap();
+    build(&root, store.path(), &[]);
+    let reference = outputs(&root);
+
+    // One entry of each kind, in turn: which kinds a fresh process reads depends on what it
+    // can reuse, so the test damages each and requires that at least one was read.
+    let objects = store.path().join("objects");
+    let mut kinds: Vec<PathBuf> = fs::read_dir(&objects)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    kinds.sort();
+    assert!(
+        !kinds.is_empty(),
+        "the build stored nothing in {}",
+        objects.display()
+    );
+
+    let mut detected = Vec::new();
+    for kind in &kinds {
+        let Some(entry) = files_under(kind)
+            .into_keys()
+            .find(|name| !name.contains(".tmp-"))
+            .map(|name| kind.join(name))
+        else {
+            continue;
+        };
+        let damaged_store = TempDir::new().unwrap();
+        copy_tree(store.path(), damaged_store.path());
+        let target = damaged_store
+            .path()
+            .join(entry.strip_prefix(store.path()).unwrap());
+        flip_byte(&target);
+        let damaged = fs::read(&target).unwrap();
+        let _ = fs::remove_dir_all(root.join(OUT_DIR));
+
+        let summary = build(&root, damaged_store.path(), &[]);
+        let kind_name = kind.file_name().unwrap().to_string_lossy().into_owned();
+        assert_same_outputs(
+            &outputs(&root),
+            &reference,
+            &format!("the build after damaging a `{kind_name}` entry"),
+        );
+        let read = fs::read(&target).ok().as_ref() != Some(&damaged);
+        let entry_name = target.file_name().unwrap().to_string_lossy().into_owned();
+        let warned = summary.stderr.to_lowercase().contains("corrupt");
+        if read {
+            assert!(
+                warned && summary.stderr.contains(&entry_name),
+                "the damaged `{kind_name}` entry {entry_name} was replaced without a warning \
+                 naming it; stderr:\n{}",
+                summary.stderr
+            );
+            detected.push(kind_name);
+        } else {
+            assert!(
+                !warned,
+                "a warning about corruption, but the damaged entry was never read"
+            );
+        }
+    }
+    assert!(
+        !detected.is_empty(),
+        "no damaged entry was read by the next build (kinds: {kinds:?})"
+    );
+}
