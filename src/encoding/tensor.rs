@@ -8,8 +8,9 @@
 use super::kernels::{self, MinMax};
 use super::{Bitwidth, Encoding, EncodingError, Schema, SymmetricConvention};
 
-/// Width of a tensor kept in floating point (`dtype: "float"` in an overrides file).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Width of a tensor kept in floating point (`dtype: "float"` in an overrides file, the seed's
+/// `--float_bw`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FloatBitwidth {
     /// Half precision.
     F16,
@@ -19,7 +20,7 @@ pub enum FloatBitwidth {
 
 impl FloatBitwidth {
     /// From an overrides file's `bitwidth`; only 16 and 32 exist.
-    pub fn new(bits: u32) -> Option<FloatBitwidth> {
+    pub const fn new(bits: u32) -> Option<FloatBitwidth> {
         match bits {
             16 => Some(FloatBitwidth::F16),
             32 => Some(FloatBitwidth::F32),
@@ -28,11 +29,17 @@ impl FloatBitwidth {
     }
 
     /// 16 or 32.
-    pub fn bits(self) -> u32 {
+    pub const fn bits(self) -> u32 {
         match self {
             FloatBitwidth::F16 => 16,
             FloatBitwidth::F32 => 32,
         }
+    }
+}
+
+impl std::fmt::Display for FloatBitwidth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.bits())
     }
 }
 

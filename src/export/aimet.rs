@@ -30,8 +30,11 @@ pub enum EncodingVersion {
 }
 
 impl EncodingVersion {
+    /// Every version we write.
+    pub const ALL: [EncodingVersion; 2] = [EncodingVersion::V0_6_1, EncodingVersion::V1_0_0];
+
     /// The `version` string in the file.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             EncodingVersion::V0_6_1 => "0.6.1",
             EncodingVersion::V1_0_0 => "1.0.0",

@@ -12,34 +12,8 @@ use crate::encoding::{Bitwidth, Schema};
 
 use super::Backend;
 
-/// The AIMET encodings JSON version a pipeline writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub enum EncodingVersion {
-    /// `0.6.1`, the default (what `qairt-converter --quantization_overrides` reads).
-    #[default]
-    V0_6_1,
-    /// `1.0.0`.
-    V1_0_0,
-}
-
-impl EncodingVersion {
-    /// Every version, as the manifest spells them.
-    pub const ALL: [EncodingVersion; 2] = [EncodingVersion::V0_6_1, EncodingVersion::V1_0_0];
-
-    /// The spelling in the manifest and in the JSON's `version` field.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            EncodingVersion::V0_6_1 => "0.6.1",
-            EncodingVersion::V1_0_0 => "1.0.0",
-        }
-    }
-}
-
-impl fmt::Display for EncodingVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::encoding::FloatBitwidth;
+pub use crate::export::aimet::EncodingVersion;
 
 /// How a quantizer chooses a tensor's range from its statistics.
 ///
@@ -140,40 +114,6 @@ impl LegacyQuantizer {
             LegacyQuantizer::Adjusted => (CalibrationMethod::Adjusted, Schema::Asymmetric),
             LegacyQuantizer::Symmetric => (CalibrationMethod::MinMax, Schema::Symmetric),
         }
-    }
-}
-
-/// The bitwidth of float tensors: 16 (FP16) or 32 (FP32), the seed's `--float_bw`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum FloatBitwidth {
-    /// Half precision.
-    F16,
-    /// Single precision, the default.
-    F32,
-}
-
-impl FloatBitwidth {
-    /// Accepts 16 and 32.
-    pub const fn new(bits: u32) -> Option<FloatBitwidth> {
-        match bits {
-            16 => Some(FloatBitwidth::F16),
-            32 => Some(FloatBitwidth::F32),
-            _ => None,
-        }
-    }
-
-    /// The number of bits.
-    pub const fn bits(self) -> u32 {
-        match self {
-            FloatBitwidth::F16 => 16,
-            FloatBitwidth::F32 => 32,
-        }
-    }
-}
-
-impl fmt::Display for FloatBitwidth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.bits())
     }
 }
 
