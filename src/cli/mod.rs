@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod encode;
+mod eval;
 mod inspect;
 mod quantize;
 pub mod shell;
@@ -25,6 +26,8 @@ struct Cli {
 enum Command {
     /// Compute one encoding from a range or from values.
     Encode(encode::EncodeArgs),
+    /// Run an eval set through the float model and the simulated quantized one; report metrics.
+    Eval(eval::EvalArgs),
     /// List every tensor of a model with its role and encoding rule.
     Inspect(inspect::InspectArgs),
     /// Calibrate a model and write its AIMET encodings (qairt-quantizer's options).
@@ -43,6 +46,7 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Encode(args) => encode::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Quantize(args) => quantize::run(args),
     }

@@ -1,0 +1,331 @@
+//! QuantSim: runs a model the way a quantized target computes it, in float arithmetic.
+//!
+//! Every encoded parameter (weights, biases, batch-norm parameters, constant operands) is
+//! replaced by its fake-quantized value in a copy of the ONNX model, and every encoded activation
+//! is fake-quantized in place right after its producer ran, through [`FloatRunner::run_with_hook`],
+//! so its consumers read what the target would hold. Tensors encoded as float (overridden to
+//! `dtype: "float"`) and tensors without an encoding stay float. A data-movement output
+//! ([`EncodingRule::SharesInput`]) without an entry of its own takes its source's encoding;
+//! fake-quantizing values that already sit on that grid changes nothing, so this only matters
+//! when the encodings file leaves those tensors out (AIMET does).
+//!
+//! It never relies on tract executing QuantizeLinear/DequantizeLinear: tract 0.23 computes
+//! cls's Softmax→QuantizeLinear wrongly after decluttering, so simulation stays in the hook.
+//!
+//! It must NOT read input lists, compute metrics or decide encodings: it takes encodings as
+//! given ([`ModelEncodings`]) and hands each simulated activation to the caller.
+
+use std::collections::BTreeMap;
+
+use ndarray::ArrayD;
+
+use crate::encoding::TensorEncoding;
+use crate::encoding::tensor::{ChannelLayout, fake_quantize_tensor_in_place};
+use crate::graph::{EncodingRule, Graph, Role};
+use crate::onnx::{OnnxError, OnnxModel};
+use crate::overrides::{Override, Overrides};
+use crate::quantizer::ModelEncodings;
+use crate::run::{FloatRunner, RunError};
+
+/// Why a model could not be simulated.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum QuantSimError {
+    /// A parameter could not be rewritten in the model.
+    #[error(transparent)]
+    Onnx(#[from] OnnxError),
+    /// The model with fake-quantized parameters could not be prepared or run.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Run(#[from] RunError),
+    /// An encoding does not fit its tensor (per-channel count or axis).
+    #[error("`{tensor}`: {message}")]
+    #[diagnostic(
+        code(quant::quantsim::encoding),
+        help("the encodings must come from this model: re-run `quant quantize` on it")
+    )]
+    Encoding {
+        /// The tensor.
+        tensor: String,
+        /// What does not fit.
+        message: String,
+    },
+}
+
+/// Something about the encodings the user should know; simulation goes on without it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuantSimWarning {
+    /// An encodings entry names a tensor the model does not have.
+    UnknownTensor {
+        /// The name.
+        tensor: String,
+    },
+    /// An entry gives only a bitwidth, no range: there is nothing to simulate with.
+    NoRange {
+        /// The tensor.
+        tensor: String,
+    },
+    /// tract folded the activation into a constant, so the hook cannot rewrite it.
+    ConstantActivation {
+        /// The tensor.
+        tensor: String,
+    },
+}
+
+impl std::fmt::Display for QuantSimWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QuantSimWarning::UnknownTensor { tensor } => {
+                write!(
+                    f,
+                    "`{tensor}` has an encoding but is not in the model; ignored"
+                )
+            }
+            QuantSimWarning::NoRange { tensor } => write!(
+                f,
+                "`{tensor}`: the encoding gives a bitwidth but no range; simulated in float"
+            ),
+            QuantSimWarning::ConstantActivation { tensor } => write!(
+                f,
+                "`{tensor}` does not depend on the input and was folded to a constant; its \
+                 activation encoding is not simulated"
+            ),
+        }
+    }
+}
+
+/// Turns an encodings file's entries into the model's encodings: per-channel entries get the
+/// weight's output-channel axis from the graph; entries without a range are dropped with a
+/// warning. Which section an entry sits in does not matter (AIMET lists constant operands as
+/// activations).
+pub fn encodings_from_overrides(
+    graph: &Graph,
+    overrides: &Overrides,
+) -> (ModelEncodings, Vec<QuantSimWarning>) {
+    let mut encodings = ModelEncodings::default();
+    let mut warnings = Vec::new();
+    for (name, entry) in overrides.activations.iter().chain(&overrides.parameters) {
+        let Some(tensor) = graph.tensor(name) else {
+            warnings.push(QuantSimWarning::UnknownTensor {
+                tensor: name.clone(),
+            });
+            continue;
+        };
+        let Override::Fixed(fixed) = entry else {
+            warnings.push(QuantSimWarning::NoRange {
+                tensor: name.clone(),
+            });
+            continue;
+        };
+        let axis = match tensor.role {
+            Role::Weight {
+                output_channel_axis,
+            } => output_channel_axis,
+            _ => 0,
+        };
+        let encoding = fixed.clone().with_axis(axis);
+        if tensor.kind.is_parameter() {
+            encodings.parameters.insert(name.clone(), encoding);
+        } else {
+            encodings.activations.insert(name.clone(), encoding);
+        }
+    }
+    (encodings, warnings)
+}
+
+/// The encoding of `name`, looked up in both sections.
+fn lookup<'e>(encodings: &'e ModelEncodings, name: &str) -> Option<&'e TensorEncoding> {
+    encodings
+        .parameters
+        .get(name)
+        .or_else(|| encodings.activations.get(name))
+}
+
+/// A copy of `model` whose encoded parameters hold their fake-quantized values.
+pub fn quantized_parameters_model(
+    model: &OnnxModel,
+    graph: &Graph,
+    encodings: &ModelEncodings,
+) -> Result<OnnxModel, QuantSimError> {
+    let mut quantized = model.clone();
+    for tensor in graph.float_parameters() {
+        let name = tensor.name.as_str();
+        let Some(encoding) = lookup(encodings, name) else {
+            continue;
+        };
+        if matches!(encoding, TensorEncoding::Float { .. }) {
+            continue;
+        }
+        let Some(data) = graph.parameter(name) else {
+            continue;
+        };
+        let Some(values) = data.as_f32() else {
+            continue;
+        };
+        let mut values = values.to_vec();
+        check_fits(name, encoding, &data.shape, values.len())?;
+        fake_quantize_tensor_in_place(&mut values, &data.shape, encoding).map_err(|e| {
+            QuantSimError::Encoding {
+                tensor: name.to_string(),
+                message: e.to_string(),
+            }
+        })?;
+        quantized.replace_parameter_f32(name, &values)?;
+    }
+    Ok(quantized)
+}
+
+fn check_fits(
+    name: &str,
+    encoding: &TensorEncoding,
+    shape: &[usize],
+    len: usize,
+) -> Result<(), QuantSimError> {
+    if let TensorEncoding::PerChannel { axis, channels } = encoding {
+        let layout =
+            ChannelLayout::new(shape, *axis, len).map_err(|e| QuantSimError::Encoding {
+                tensor: name.to_string(),
+                message: e.to_string(),
+            })?;
+        if layout.channels != channels.len() {
+            return Err(QuantSimError::Encoding {
+                tensor: name.to_string(),
+                message: format!(
+                    "{} per-channel encodings for {} channels along axis {axis}",
+                    channels.len(),
+                    layout.channels
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A model ready to run as the target computes it.
+#[derive(Debug, Clone)]
+pub struct QuantSim {
+    runner: FloatRunner,
+    /// Per activation index of `runner`: the encoding applied in the hook.
+    activation_encodings: Vec<Option<TensorEncoding>>,
+    warnings: Vec<QuantSimWarning>,
+}
+
+impl QuantSim {
+    /// Prepares `model` (input dims already fixed in it, or given by `input_dims`) with
+    /// `encodings`: parameters are fake-quantized into a copy of the model, activations get
+    /// their encoding (or their shared source's) for the hook.
+    pub fn new(
+        model: &OnnxModel,
+        graph: &Graph,
+        encodings: &ModelEncodings,
+        input_dims: &[(String, Vec<usize>)],
+    ) -> Result<QuantSim, QuantSimError> {
+        let quantized = quantized_parameters_model(model, graph, encodings)?;
+        let runner = FloatRunner::new(&quantized.to_bytes(), input_dims)?;
+        let mut activation_encodings = Vec::with_capacity(runner.activation_names().len());
+        for name in runner.activation_names() {
+            let own = encodings.activations.get(name.as_str());
+            let shared = || match graph.tensor(name).map(|t| &t.rule) {
+                Some(EncodingRule::SharesInput(_)) => graph
+                    .encoding_source(name)
+                    .and_then(|source| lookup(encodings, source.as_str())),
+                _ => None,
+            };
+            let encoding = own.or_else(shared).cloned();
+            if let Some(TensorEncoding::PerChannel { .. }) = &encoding {
+                return Err(QuantSimError::Encoding {
+                    tensor: name.clone(),
+                    message: "activations take one encoding, not one per channel".to_string(),
+                });
+            }
+            activation_encodings.push(encoding);
+        }
+        let mut warnings: Vec<QuantSimWarning> = runner
+            .constant_activations()
+            .filter(|name| encodings.activations.contains_key(*name))
+            .map(|name| QuantSimWarning::ConstantActivation {
+                tensor: name.to_string(),
+            })
+            .collect();
+        let known: BTreeMap<&str, ()> = graph
+            .tensors()
+            .iter()
+            .map(|t| (t.name.as_str(), ()))
+            .collect();
+        for name in encodings
+            .activations
+            .keys()
+            .chain(encodings.parameters.keys())
+        {
+            if !known.contains_key(name.as_str()) {
+                warnings.push(QuantSimWarning::UnknownTensor {
+                    tensor: name.clone(),
+                });
+            }
+        }
+        Ok(QuantSim {
+            runner,
+            activation_encodings,
+            warnings,
+        })
+    }
+
+    /// The runner of the model with fake-quantized parameters; its activation indices are the
+    /// ones [`QuantSim::run`] reports.
+    pub fn runner(&self) -> &FloatRunner {
+        &self.runner
+    }
+
+    /// The encoding the hook applies to activation `index`, `None` when it stays float.
+    pub fn activation_encoding(&self, index: usize) -> Option<&TensorEncoding> {
+        self.activation_encodings
+            .get(index)
+            .and_then(Option::as_ref)
+    }
+
+    /// Things about the encodings the user should know.
+    pub fn warnings(&self) -> &[QuantSimWarning] {
+        &self.warnings
+    }
+
+    /// Runs one sample as the target computes it and calls `observe(index, data, shape)` with
+    /// each activation as its consumers read it (fake-quantized when encoded). Returns the model's
+    /// outputs, fake-quantized when they are encoded.
+    pub fn run<F>(
+        &self,
+        inputs: &[ArrayD<f32>],
+        mut observe: F,
+    ) -> Result<Vec<ArrayD<f32>>, RunError>
+    where
+        F: FnMut(usize, &[f32], &[usize]),
+    {
+        self.runner.run_with_hook(inputs, |index, data, shape| {
+            if let Some(encoding) = self.activation_encoding(index) {
+                // Per-tensor and float encodings cannot fail; per-channel ones were refused
+                // when the simulation was built.
+                let _ = fake_quantize_tensor_in_place(data, shape, encoding);
+            }
+            observe(index, data, shape);
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encoding::{Bitwidth, Encoding, Schema};
+
+    #[test]
+    fn per_channel_count_mismatch_is_an_error() {
+        let e = Encoding::from_range(-1.0, 1.0, Bitwidth::B8, Schema::Symmetric).unwrap();
+        let encoding = TensorEncoding::PerChannel {
+            axis: 0,
+            channels: vec![e; 3],
+        };
+        let err = check_fits("w", &encoding, &[4, 2], 8).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`w`: 3 per-channel encodings for 4 channels along axis 0"
+        );
+        assert!(check_fits("w", &encoding, &[3, 2], 6).is_ok());
+    }
+}
