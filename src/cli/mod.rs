@@ -16,7 +16,11 @@ pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 
 #[derive(Parser, Debug)]
-#[command(name = "quant", version, about = "Quantize ONNX models the QNN way, as an incremental build")]
+#[command(
+    name = "quant",
+    version,
+    about = "Quantize ONNX models the QNN way, as an incremental build"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
