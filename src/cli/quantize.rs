@@ -77,6 +77,9 @@ pub struct QuantizeArgs {
     /// weight rule), as AIMET does.
     #[arg(long = "calibrate_with_quantized_weights")]
     calibrate_with_quantized_weights: bool,
+    /// Also write the QDQ ONNX model (QuantizeLinear/DequantizeLinear on every encoding).
+    #[arg(long = "output_model", value_name = "MODEL.qdq.onnx")]
+    output_model: Option<PathBuf>,
     /// AIMET encodings format to write: 0.6.1 or 1.0.0.
     #[arg(long = "encoding_version", default_value = "0.6.1", value_parser = parse_version)]
     encoding_version: EncodingVersion,
@@ -253,6 +256,18 @@ pub fn run(args: QuantizeArgs) -> ExitCode {
             args.output_encodings.display()
         ));
         return ExitCode::from(EXIT_FAILURE);
+    }
+    if let Some(path) = &args.output_model {
+        let json = output.encodings.to_json(args.encoding_version);
+        let digest = crate::export::qdq::encodings_digest(json.as_bytes());
+        let written = crate::export::qdq::export(&output.model, &output.model_encodings, &digest)
+            .map_err(|e| e.to_string())
+            .and_then(|qdq| qdq.write(path).map_err(|e| e.to_string()));
+        if let Err(err) = written {
+            shell.error(format!("cannot write {}: {err}", path.display()));
+            return ExitCode::from(EXIT_FAILURE);
+        }
+        shell.status("Wrote", format!("QDQ model {}", path.display()));
     }
     shell.status(
         "Finished",

@@ -48,6 +48,10 @@ pub struct OneShotOutput {
     pub warnings: Vec<String>,
     /// How many samples were calibrated.
     pub samples: usize,
+    /// The float model as calibrated (input dims fixed), for writing a QDQ model.
+    pub model: OnnxModel,
+    /// The encodings before conversion to the AIMET layout, for writing a QDQ model.
+    pub model_encodings: ModelEncodings,
 }
 
 /// Why a one-shot quantization failed.
@@ -269,5 +273,7 @@ pub fn quantize(
         encodings: aimet_encodings(&encodings, settings),
         warnings,
         samples: total,
+        model,
+        model_encodings: encodings,
     })
 }

@@ -16,6 +16,9 @@
 //!   parameters hold exactly the encoding's integers, but an activation's QuantizeLinear
 //!   saturates at the container's limits, not the encoding's, so values beyond the encoding's
 //!   range are clipped less than on the target.
+//! - A 32-bit bias the quantizer encoded from its own range (its input or weight had no integer
+//!   encoding: [`Warning::BiasOwnRange`]) stays in float: onnxruntime's fused kernels assume every
+//!   int32 bias is at input scale × weight scale.
 //! - Tensors kept in float (overrides with `dtype: float`, 16 or 32 bit) are left untouched in
 //!   float32.
 //! - The Q/DQ operator domain depends on the model's opset, which is never changed: see
@@ -26,7 +29,9 @@ use crate::encoding::tensor::ChannelLayout;
 use crate::encoding::{Encoding, TensorEncoding};
 use crate::onnx::qdq::{QdqError, QdqParams, QdqPlan, QdqTensor, QuantizedType};
 use crate::onnx::{OnnxError, OnnxModel};
-use crate::quantizer::ModelEncodings;
+use std::collections::HashSet;
+
+use crate::quantizer::{ModelEncodings, Warning};
 
 /// The `metadata_props` key holding the encodings' digest.
 pub const DIGEST_KEY: &str = "quant.encodings_digest";
@@ -95,8 +100,23 @@ pub fn plan(
     encodings: &ModelEncodings,
     digest: &str,
 ) -> Result<QdqPlan, QdqExportError> {
+    // onnxruntime's fused integer kernels (QLinearConv, QGemm) read an int32 bias as if its
+    // scale were input scale × weight scale, whatever its DequantizeLinear says; a bias the
+    // quantizer had to encode from its own range would be misread, so it stays in float (its
+    // 32-bit grid is finer than float32 rounding anyway).
+    let own_range_biases: HashSet<&str> = encodings
+        .warnings
+        .iter()
+        .filter_map(|w| match w {
+            Warning::BiasOwnRange { tensor } => Some(tensor.as_str()),
+            _ => None,
+        })
+        .collect();
     let mut tensors = Vec::new();
     for (name, encoding) in encodings.activations.iter().chain(&encodings.parameters) {
+        if own_range_biases.contains(name.as_str()) {
+            continue;
+        }
         let axis = match encoding {
             TensorEncoding::PerTensor(_) => None,
             TensorEncoding::PerChannel { axis, .. } => Some(*axis),

@@ -306,6 +306,16 @@ impl OnnxModel {
             .map_err(|source| self.tensor_error(named(source, name)))
     }
 
+    /// The value of a model-level `metadata_props` entry (e.g. the QDQ model's encodings
+    /// digest).
+    pub fn metadata_value(&self, key: &str) -> Option<&str> {
+        self.proto
+            .metadata_props
+            .iter()
+            .find(|entry| entry.key.as_deref() == Some(key))
+            .and_then(|entry| entry.value.as_deref())
+    }
+
     /// A copy of this model with the plan's QuantizeLinear/DequantizeLinear nodes (see the
     /// module docs for the layout). The original is left as it is.
     pub fn with_qdq(&self, plan: &QdqPlan) -> Result<OnnxModel, QdqError> {
