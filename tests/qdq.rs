@@ -429,3 +429,42 @@ fn unwritable_output_model_fails_without_leaving_a_file() {
     assert!(stderr.contains("cls.qdq.onnx"), "{stderr}");
     assert!(!missing.exists());
 }
+
+#[test]
+fn cls_per_channel_weights_run_in_onnxruntime() {
+    let Some(fixtures) = common::fixtures() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let float = fixtures.join("models/cls.prep.onnx");
+    let list = fixtures.join("cls/calib/input_list.txt");
+    let (encodings, qdq) = quantize(
+        dir.path(),
+        &float,
+        &list,
+        "cls_pc",
+        &["--use_per_channel_quantization", "--bias_bitwidth", "32"],
+    );
+    let structure = check_structure(&float, &qdq, &encodings);
+    // Per-channel DequantizeLinear needs opset 13; cls.prep is opset 11, so these are
+    // onnxruntime's contrib operators, each with the channel axis.
+    let per_channel: Vec<_> = structure
+        .qdq_model
+        .nodes
+        .iter()
+        .filter(|n| n.op_type == "DequantizeLinear")
+        .filter(|n| n.attributes.iter().any(|(name, _)| name == "axis"))
+        .collect();
+    assert!(per_channel.len() > 50, "{}", per_channel.len());
+    assert!(per_channel.iter().all(|n| n.domain == "com.microsoft"));
+
+    let Some(python) = python() else { return };
+    let report = onnxruntime_check(&python, &qdq, &list, &float, None);
+    assert_eq!(report["checker"], "ok");
+    let agreement = report["argmax_agreement"][0].as_u64().unwrap();
+    eprintln!(
+        "cls.prep W8A8 per-channel: argmax agreement {agreement}/32, SQNR {:.2} dB",
+        report["sqnr_db"][0].as_f64().unwrap()
+    );
+    assert!(agreement >= 30, "{agreement}/32");
+}
