@@ -125,11 +125,14 @@ impl Histogram {
                 }
                 self.extend(lo, hi);
             }
-            let scale = pow2(-self.exponent);
             if !scan.all_finite {
+                let scale = pow2(-self.exponent);
                 self.total += bin_finite_only(&mut self.counts, block, scale, self.start);
-            } else if use_lanes {
-                bin_lanes(&mut self.lanes, block, scale, self.start);
+                continue;
+            }
+            let binning = Binning::for_block(self.exponent, self.start, lo);
+            if use_lanes {
+                bin_lanes(&mut self.lanes, block, binning);
                 self.total += block.len() as u64;
                 since_flush += block.len();
                 if since_flush >= LANE_FLUSH {
@@ -137,7 +140,7 @@ impl Histogram {
                     since_flush = 0;
                 }
             } else {
-                bin_direct(&mut self.counts, block, scale, self.start);
+                bin_direct(&mut self.counts, block, binning);
                 self.total += block.len() as u64;
             }
         }
@@ -295,7 +298,8 @@ fn zeroed_counts() -> Box<[u64; BINS]> {
 }
 
 /// Window index of a finite value inside the window: `floor(x · 2^−e) − start`, exact.
-/// Truncation then a correction gives the floor without a libm call.
+/// Truncation then a correction gives the floor without a libm call. The scalar path, for the
+/// rare block holding NaN or ±∞.
 #[inline(always)]
 fn bin_index(x: f32, scale: f64, start: i64) -> usize {
     let scaled = f64::from(x) * scale;
@@ -307,9 +311,92 @@ fn bin_index(x: f32, scale: f64, start: i64) -> usize {
     index & (BINS - 1)
 }
 
-fn bin_direct(counts: &mut [u64; BINS], block: &[f32], scale: f64, start: i64) {
-    for &x in block {
-        counts[bin_index(x, scale, start)] += 1;
+/// `1.5·2^23`: for `|y| ≤ 2^22`, `y + ROUND_F32` lands in `[2^23, 2^24]`, where the spacing of
+/// `f32` is 1, so the sum is `y` rounded to the nearest integer, exactly, and its bit pattern is
+/// that integer plus a constant.
+const ROUND_F32: f32 = 12_582_912.0;
+
+/// `1.5·2^52`: the same trick in `f64`, for `|y| ≤ 2^51`.
+const ROUND_F64: f64 = 6_755_399_441_055_744.0;
+
+/// Window indices of finite values known to lie inside the window, by branch-free arithmetic
+/// that the compiler vectorizes. Both variants compute `floor(x · 2^−e) − start` exactly:
+/// - `x · 2^−e` is exact (see [`Binning::for_block`] for when `f32` suffices);
+/// - `r = y + ROUND` is `round(y)` exactly, `r − ROUND` too, and `floor(y)` is that minus one
+///   when it is above `y`;
+/// - the integer is read from `r`'s bits, so no float-to-integer conversion is needed, and
+///   `start` is subtracted in integers, never in floating point.
+#[derive(Debug, Clone, Copy)]
+enum Binning {
+    /// Four or eight values per instruction; the common case.
+    Single { scale: f32, offset: u32 },
+    /// Two or four values per instruction; any window.
+    Double { scale: f64, offset: u64 },
+}
+
+/// Values binned per round trip through the index buffer: small enough that the buffer is a
+/// few cache lines on the stack, large enough for the vectorized loop to run long.
+const STEP: usize = 256;
+
+impl Binning {
+    /// The binning for a block of finite values whose smallest is `lo`, in the window
+    /// `(exponent, start)`.
+    ///
+    /// `f32` is exact when the window's indices stay within `±2^22` and `x · 2^−e` is exact in
+    /// `f32`. The latter holds whenever `e ≤ 0` (every finite `f32` is a multiple of `2^−149`, so
+    /// scaling it up keeps it one). For `e > 0` a product below `2^−126` may round, but the
+    /// floor of a positive value in `[0, 1)` is 0 however it rounds, so blocks without negative
+    /// values are exact too; a tiny negative value could round to `−0.0` and lose its `−1`, so
+    /// such blocks take `f64`, where the product is always exact.
+    fn for_block(exponent: i32, start: i64, lo: f32) -> Binning {
+        const LIMIT: i64 = 1 << 22;
+        let scale_fits =
+            (-126..=0).contains(&exponent) || ((1..=126).contains(&exponent) && lo >= 0.0);
+        if scale_fits && start >= -LIMIT && start + BINS as i64 <= LIMIT {
+            Binning::Single {
+                scale: f32::from_bits(((127 - exponent) as u32) << 23),
+                offset: ROUND_F32.to_bits().wrapping_add(start as u32),
+            }
+        } else {
+            Binning::Double {
+                scale: pow2(-exponent),
+                offset: ROUND_F64.to_bits().wrapping_add(start as u64),
+            }
+        }
+    }
+
+    /// Fills `indices[..values.len()]`; `values.len() ≤ STEP`.
+    #[inline(always)]
+    fn indices(self, values: &[f32], indices: &mut [u16; STEP]) {
+        match self {
+            Binning::Single { scale, offset } => {
+                for (index, &x) in indices.iter_mut().zip(values) {
+                    let y = x * scale;
+                    let r = y + ROUND_F32;
+                    let below = u32::from(r - ROUND_F32 > y);
+                    *index = (r.to_bits().wrapping_sub(offset).wrapping_sub(below)) as u16;
+                }
+            }
+            Binning::Double { scale, offset } => {
+                for (index, &x) in indices.iter_mut().zip(values) {
+                    let y = f64::from(x) * scale;
+                    let r = y + ROUND_F64;
+                    let below = u64::from(r - ROUND_F64 > y);
+                    *index = (r.to_bits().wrapping_sub(offset).wrapping_sub(below)) as u16;
+                }
+            }
+        }
+    }
+}
+
+/// Counts a block of finite values, all inside the window, into `counts`.
+fn bin_direct(counts: &mut [u64; BINS], block: &[f32], binning: Binning) {
+    let mut indices = [0u16; STEP];
+    for step in block.chunks(STEP) {
+        binning.indices(step, &mut indices);
+        for &index in &indices[..step.len()] {
+            counts[usize::from(index) & (BINS - 1)] += 1;
+        }
     }
 }
 
@@ -324,7 +411,8 @@ fn bin_finite_only(counts: &mut [u64; BINS], block: &[f32], scale: f64, start: i
     binned
 }
 
-fn bin_lanes(lanes: &mut [u32], block: &[f32], scale: f64, start: i64) {
+/// [`bin_direct`] into the [`LANES`] interleaved `u32` sub-histograms.
+fn bin_lanes(lanes: &mut [u32], block: &[f32], binning: Binning) {
     let (l0, rest) = lanes.split_at_mut(BINS);
     let (l1, rest) = rest.split_at_mut(BINS);
     let (l2, l3) = rest.split_at_mut(BINS);
@@ -332,15 +420,20 @@ fn bin_lanes(lanes: &mut [u32], block: &[f32], scale: f64, start: i64) {
     let l1: &mut [u32; BINS] = l1.try_into().expect("lane length");
     let l2: &mut [u32; BINS] = l2.try_into().expect("lane length");
     let l3: &mut [u32; BINS] = l3.try_into().expect("lane length");
-    let mut quads = block.chunks_exact(4);
-    for q in &mut quads {
-        l0[bin_index(q[0], scale, start)] += 1;
-        l1[bin_index(q[1], scale, start)] += 1;
-        l2[bin_index(q[2], scale, start)] += 1;
-        l3[bin_index(q[3], scale, start)] += 1;
-    }
-    for &x in quads.remainder() {
-        l0[bin_index(x, scale, start)] += 1;
+    let at = |index: u16| usize::from(index) & (BINS - 1);
+    let mut indices = [0u16; STEP];
+    for step in block.chunks(STEP) {
+        binning.indices(step, &mut indices);
+        let mut quads = indices[..step.len()].chunks_exact(4);
+        for q in &mut quads {
+            l0[at(q[0])] += 1;
+            l1[at(q[1])] += 1;
+            l2[at(q[2])] += 1;
+            l3[at(q[3])] += 1;
+        }
+        for &index in quads.remainder() {
+            l0[at(index)] += 1;
+        }
     }
 }
 
