@@ -381,8 +381,20 @@ pub fn bias_encoding(
     Ok((TensorEncoding::PerTensor(encoding), warnings))
 }
 
+/// A float parameter's values and shape.
+pub fn parameter_values<'g>(
+    graph: &'g Graph,
+    name: &str,
+) -> Result<(&'g [f32], &'g [usize]), EncodeError> {
+    let missing = || EncodeError::ParameterData {
+        tensor: name.to_string(),
+    };
+    let data = graph.parameter(name).ok_or_else(missing)?;
+    Ok((data.as_f32().ok_or_else(missing)?, &data.shape))
+}
+
 /// The tensor a bias's op reads as input 0 and as weight (input 1).
-fn bias_partners<'g>(graph: &'g Graph, tensor: &Tensor) -> Option<(&'g str, &'g str)> {
+pub fn bias_partners<'g>(graph: &'g Graph, tensor: &Tensor) -> Option<(&'g str, &'g str)> {
     let consumer = tensor.consumers.first()?;
     let node = graph.node(consumer.node);
     let input = node.inputs.first()?.as_ref()?;
@@ -430,16 +442,9 @@ pub fn encode_model(
             biases.push(tensor);
             continue;
         }
-        let data = graph
-            .parameter(name)
-            .ok_or_else(|| EncodeError::ParameterData {
-                tensor: name.to_string(),
-            })?;
-        let values = data.as_f32().ok_or_else(|| EncodeError::ParameterData {
-            tensor: name.to_string(),
-        })?;
+        let (values, shape) = parameter_values(graph, name)?;
         let (encoding, warnings) =
-            encode_parameter(tensor, values, &data.shape, overrides.get(name), settings)?;
+            encode_parameter(tensor, values, shape, overrides.get(name), settings)?;
         warn(&mut out, warnings);
         if is_activation_like(tensor.role) {
             out.activations.insert(name.to_string(), encoding);
@@ -449,16 +454,16 @@ pub fn encode_model(
     }
     for tensor in biases {
         let name = tensor.name.as_str();
-        let data = graph
-            .parameter(name)
-            .ok_or_else(|| EncodeError::ParameterData {
-                tensor: name.to_string(),
-            })?;
-        let values = data.as_f32().ok_or_else(|| EncodeError::ParameterData {
-            tensor: name.to_string(),
-        })?;
+        let (values, _) = parameter_values(graph, name)?;
         let (input, weight) = match bias_partners(graph, tensor) {
-            Some((input, weight)) => (out.activations.get(input), out.parameters.get(weight)),
+            // A data-movement input (a Reshape before a Gemm) is encoded only at the end, as a
+            // copy of its source: look the source up instead.
+            Some((input, weight)) => (
+                graph
+                    .encoding_source(input)
+                    .and_then(|source| out.activations.get(source.as_str())),
+                out.parameters.get(weight),
+            ),
             None => (None, None),
         };
         let (encoding, warnings) =
@@ -484,9 +489,9 @@ pub fn encode_model(
     Ok(out)
 }
 
-/// Constant operands are listed with the activations (AIMET's convention): they are quantized
+/// Whether a parameter is listed with the activations. Constant operands are (AIMET's convention): they are quantized
 /// with the activation settings and are not any op's weight or bias.
-fn is_activation_like(role: Role) -> bool {
+pub fn is_activation_like(role: Role) -> bool {
     !matches!(
         role,
         Role::Weight { .. }
