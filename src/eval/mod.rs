@@ -30,7 +30,7 @@ use crate::onnx::{OnnxError, OnnxModel};
 use crate::overrides::{self, OverridesError};
 use crate::quantsim::{self, QuantSim, QuantSimError};
 use crate::run::{FloatRunner, RunError};
-use crate::stats::Histogram;
+use crate::stats::{Histogram, MinMax};
 
 /// Why an evaluation failed.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -171,7 +171,10 @@ pub struct TensorMetrics {
     pub elements: u64,
     /// Float values outside the encoding's `[min, max]`.
     pub clipped: u64,
-    /// The float values' distribution (exact min/max included).
+    /// Exact range of the float values (NaN/∞ counted aside).
+    pub range: MinMax,
+    /// Distribution of a strided subsample of the float values ([`HISTOGRAM_SAMPLE`] per tensor
+    /// and sample at most): enough for a picture, not for statistics.
     pub histogram: Histogram,
     /// Whether the simulation produced this tensor (false for tensors tract folded to constants).
     pub simulated: bool,
@@ -206,14 +209,46 @@ pub struct Evaluation {
     pub tensors: Vec<TensorMetrics>,
 }
 
+/// Values per tensor and sample that go into the histogram: a fixed stride through the tensor,
+/// so the picture costs the same for a 40-element and a 4-million-element tensor.
+pub const HISTOGRAM_SAMPLE: usize = 4096;
+
+/// One tensor's measurements over one sample.
+struct TensorSample {
+    signal: f64,
+    noise: f64,
+    elements: u64,
+    clipped: u64,
+    range: MinMax,
+    histogram: Histogram,
+}
+
 /// One sample's contribution, before it is added to the totals in list order.
 struct SampleResult {
     outputs: Vec<(f64, f64)>,
     float_correct: bool,
     quantized_correct: bool,
     classes: usize,
-    /// Per tensor: signal, noise, elements, clipped, histogram.
-    tensors: Vec<(f64, f64, u64, u64, Histogram)>,
+    tensors: Vec<TensorSample>,
+}
+
+/// Σf² and the count of values outside `[min, max]`, in one pass.
+fn power_and_clipped(data: &[f32], clip: Option<(f64, f64)>) -> (f64, u64) {
+    let mut power = 0.0f64;
+    let mut clipped = 0u64;
+    let (min, max) = clip.unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
+    for &x in data {
+        let x = f64::from(x);
+        power += x * x;
+        clipped += u64::from(x < min || x > max);
+    }
+    (power, clipped)
+}
+
+/// Every `ceil(len / HISTOGRAM_SAMPLE)`-th value, starting at the first.
+fn strided(data: &[f32]) -> impl Iterator<Item = f32> + '_ {
+    let stride = data.len().div_ceil(HISTOGRAM_SAMPLE).max(1);
+    data.iter().step_by(stride).copied()
 }
 
 /// Index of the largest value (the first one on ties); NaN never wins.
@@ -231,17 +266,16 @@ fn argmax(values: &[f32]) -> Option<usize> {
 }
 
 fn power(f: &[f32]) -> f64 {
-    f.iter().map(|&x| f64::from(x) * f64::from(x)).sum()
+    power_and_clipped(f, None).0
 }
 
 fn noise_power(f: &[f32], q: &[f32]) -> f64 {
-    f.iter()
-        .zip(q)
-        .map(|(&a, &b)| {
-            let d = f64::from(a) - f64::from(b);
-            d * d
-        })
-        .sum()
+    let mut noise = 0.0f64;
+    for (&a, &b) in f.iter().zip(q) {
+        let d = f64::from(a) - f64::from(b);
+        noise += d * d;
+    }
+    noise
 }
 
 /// The float model and its simulation, paired by activation name.
@@ -304,9 +338,17 @@ impl<'a> Evaluator<'a> {
         let loaded = list.load(sample, self.float.input_specs())?;
         let count = self.float.activation_names().len();
         let sim_count = self.sim.runner().activation_names().len();
-        let mut tensors: Vec<(f64, f64, u64, u64, Histogram)> = (0..count)
-            .map(|_| (0.0, 0.0, 0, 0, Histogram::new()))
+        let mut tensors: Vec<TensorSample> = (0..count)
+            .map(|_| TensorSample {
+                signal: 0.0,
+                noise: 0.0,
+                elements: 0,
+                clipped: 0,
+                range: MinMax::new(),
+                histogram: Histogram::new(),
+            })
             .collect();
+        let mut picked = Vec::with_capacity(HISTOGRAM_SAMPLE);
         // The float values of each activation, kept until the simulation produced its own.
         let mut held: Vec<Option<Vec<f32>>> = vec![None; sim_count];
         let run_error = |source| EvalError::Run {
@@ -317,15 +359,14 @@ impl<'a> Evaluator<'a> {
             .float
             .run(&loaded.tensors, |index, data, _shape| {
                 let entry = &mut tensors[index];
-                entry.0 += power(data);
-                entry.2 += data.len() as u64;
-                entry.4.observe(data);
-                if let Some((min, max)) = self.clip_ranges[index] {
-                    entry.3 += data
-                        .iter()
-                        .filter(|&&x| f64::from(x) < min || f64::from(x) > max)
-                        .count() as u64;
-                }
+                let (signal, clipped) = power_and_clipped(data, self.clip_ranges[index]);
+                entry.signal += signal;
+                entry.clipped += clipped;
+                entry.elements += data.len() as u64;
+                entry.range.observe(data);
+                picked.clear();
+                picked.extend(strided(data));
+                entry.histogram.observe(&picked);
                 if let Some(s) = self.to_sim[index] {
                     held[s] = Some(data.to_vec());
                 }
@@ -344,7 +385,7 @@ impl<'a> Evaluator<'a> {
             .map_err(run_error)?;
         for (index, entry) in tensors.iter_mut().enumerate() {
             match self.to_sim[index] {
-                Some(s) if seen[s] => entry.1 = noise[s],
+                Some(s) if seen[s] => entry.noise = noise[s],
                 // Not simulated: the float value stands, no noise is attributed to it.
                 _ => {}
             }
@@ -407,6 +448,7 @@ impl<'a> Evaluator<'a> {
                 noise: 0.0,
                 elements: 0,
                 clipped: 0,
+                range: MinMax::new(),
                 histogram: Histogram::new(),
                 simulated: false,
             })
@@ -452,14 +494,13 @@ impl<'a> Evaluator<'a> {
                     acc.quantized_correct += usize::from(result.quantized_correct);
                     acc.classes = result.classes;
                 }
-                for (t, (signal, noise, elements, clipped, histogram)) in
-                    tensors.iter_mut().zip(result.tensors)
-                {
-                    t.signal += signal;
-                    t.noise += noise;
-                    t.elements += elements;
-                    t.clipped += clipped;
-                    t.histogram.merge(&histogram);
+                for (t, sample) in tensors.iter_mut().zip(result.tensors) {
+                    t.signal += sample.signal;
+                    t.noise += sample.noise;
+                    t.elements += sample.elements;
+                    t.clipped += sample.clipped;
+                    t.range.merge(&sample.range);
+                    t.histogram.merge(&sample.histogram);
                 }
             }
         }
@@ -534,20 +575,26 @@ pub fn run_job(
     progress: impl Fn(usize, usize) + Sync,
 ) -> Result<EvalOutput, EvalError> {
     let mut model = OnnxModel::read(&job.model)?;
+    // A misspelt input is a usage error, reported before the model is touched.
+    let inputs: Vec<String> = model
+        .contents()?
+        .inputs
+        .iter()
+        .map(|i| i.name.clone())
+        .collect();
+    for (name, _) in &job.input_dims {
+        if !inputs.contains(name) {
+            return Err(EvalError::Usage(format!(
+                "--input_dim names `{name}`, which is not an input of {} (inputs: {})",
+                job.model.display(),
+                inputs.join(", ")
+            )));
+        }
+    }
     for (name, dims) in &job.input_dims {
         model.fix_input_dims(name, dims)?;
     }
     let graph = Graph::from_model(&model)?;
-    for (name, _) in &job.input_dims {
-        if !graph.inputs().iter().any(|i| i.as_str() == name) {
-            let known: Vec<&str> = graph.inputs().iter().map(|i| i.as_str()).collect();
-            return Err(EvalError::Usage(format!(
-                "--input_dim names `{name}`, which is not an input of {} (inputs: {})",
-                job.model.display(),
-                known.join(", ")
-            )));
-        }
-    }
     let parsed = overrides::read(&job.encodings)?;
     let mut warnings: Vec<String> = parsed.warnings.iter().map(|w| w.to_string()).collect();
     let (encodings, sim_warnings) = quantsim::encodings_from_overrides(&graph, &parsed.overrides);

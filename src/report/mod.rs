@@ -172,7 +172,8 @@ pub enum EncodingReport {
     },
 }
 
-/// [`REPORT_BINS`] equal bins over `[min, max]`.
+/// [`REPORT_BINS`] equal bins over `[min, max]` (the exact float range), counting a strided
+/// subsample of the values ([`crate::eval::HISTOGRAM_SAMPLE`] per tensor and sample at most).
 #[derive(Debug, Clone, Serialize)]
 pub struct HistogramReport {
     /// Left edge of the first bin.
@@ -205,7 +206,8 @@ fn encoding_report(encoding: &TensorEncoding) -> Option<EncodingReport> {
 /// bin goes whole to the report bin holding its midpoint.
 fn histogram_report(metrics: &TensorMetrics) -> Option<HistogramReport> {
     let h = &metrics.histogram;
-    let (lo, hi) = h.range()?;
+    h.range()?;
+    let (lo, hi) = metrics.range.range()?;
     let (lo, hi) = (f64::from(lo), f64::from(hi));
     let mut counts = vec![0u64; REPORT_BINS];
     let width = hi - lo;
@@ -273,7 +275,7 @@ impl Report {
                         max,
                         source: "calibration",
                     }),
-                    None => t.histogram.range().map(|(min, max)| Observed {
+                    None => t.range.range().map(|(min, max)| Observed {
                         min: f64::from(min),
                         max: f64::from(max),
                         source: "eval",
@@ -443,11 +445,13 @@ fn short(value: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::Histogram;
+    use crate::stats::{Histogram, MinMax};
 
     fn metrics(name: &str, values: &[f32], noise: f64) -> TensorMetrics {
         let mut histogram = Histogram::new();
         histogram.observe(values);
+        let mut range = MinMax::new();
+        range.observe(values);
         TensorMetrics {
             name: name.to_string(),
             producer_op: "Conv".to_string(),
@@ -456,6 +460,7 @@ mod tests {
             noise,
             elements: values.len() as u64,
             clipped: 0,
+            range,
             histogram,
             simulated: true,
         }
