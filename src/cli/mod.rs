@@ -4,10 +4,13 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod build;
+mod cache;
 mod encode;
 mod eval;
 mod inspect;
 mod quantize;
+mod watch;
 pub mod shell;
 
 /// Exit code for a build or data error.
@@ -28,6 +31,13 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Build every target of the manifests at PATH, incrementally.
+    Build(build::BuildArgs),
+    /// Store maintenance.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
+    /// Delete the store and the output folder of the manifests at PATH.
+    Clean(cache::CleanArgs),
     /// Compute one encoding from a range or from values.
     Encode(encode::EncodeArgs),
     /// Run an eval set through the float model and the simulated quantized one; report metrics.
@@ -36,6 +46,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Calibrate a model and write its AIMET encodings (qairt-quantizer's options).
     Quantize(quantize::QuantizeArgs),
+    /// Build, then rebuild on every change and print which encodings changed.
+    Watch(watch::WatchArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -49,6 +61,10 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Build(args) => build::run(args),
+        Command::Cache(command) => cache::run(command),
+        Command::Clean(args) => cache::run_clean(args),
+        Command::Watch(args) => watch::run(args),
         Command::Encode(args) => encode::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Inspect(args) => inspect::run(args),

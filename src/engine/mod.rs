@@ -58,7 +58,12 @@ pub mod build;
 pub mod db;
 pub mod files;
 pub mod lines;
+pub mod explain;
 pub mod oneshot;
+pub mod pipeline;
+pub mod queries;
+pub mod stored;
+pub mod summary;
 
 pub use build::Build;
 pub use db::{Database, Db, ExecutedQuery};

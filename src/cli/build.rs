@@ -1,0 +1,358 @@
+//! `quant build`: builds every target of the manifests at PATH, incrementally, and reports what
+//! was computed and what was reused. Also the setup `quant watch` shares: finding manifests,
+//! opening their stores, rendering a build's result.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Mutex;
+
+use clap::Args;
+use indicatif::ProgressBar;
+use serde_json::json;
+
+use super::shell::Shell;
+use super::{EXIT_FAILURE, EXIT_USAGE};
+use crate::engine::Database;
+use crate::engine::explain::Explanation;
+use crate::engine::pipeline::{self, BuildOptions, BuildReport, Progress, ProjectSpec};
+use crate::engine::queries::{BuildContext, WorkLog, display_path};
+use crate::manifest;
+use crate::store::Store;
+
+/// `quant build` options.
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// A quant.toml, a folder holding one, or a folder to search for them (default: `.`).
+    path: Option<PathBuf>,
+    /// Build only this target (repeatable).
+    #[arg(long = "target", short = 't', value_name = "TARGET")]
+    target: Vec<String>,
+    /// Build only this model (repeatable).
+    #[arg(long = "model", short = 'm', value_name = "MODEL")]
+    model: Vec<String>,
+    /// Calibration samples run in parallel (default: all cores).
+    #[arg(short = 'j', long = "jobs")]
+    jobs: Option<usize>,
+    /// Print one JSON summary on stdout instead of status lines.
+    #[arg(long)]
+    json: bool,
+    /// Print why each recomputation happened.
+    #[arg(long)]
+    explain: bool,
+}
+
+/// What went wrong before a build could start.
+pub(crate) enum SetupError {
+    /// Bad usage (exit 2): the message says what to fix.
+    Usage(String),
+    /// A manifest or store problem (exit 1).
+    Failure(miette::Report),
+}
+
+impl SetupError {
+    pub(crate) fn report(self, shell: &Shell) -> ExitCode {
+        match self {
+            SetupError::Usage(message) => {
+                shell.error(message);
+                ExitCode::from(EXIT_USAGE)
+            }
+            SetupError::Failure(report) => {
+                shell.diagnostic(report);
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
+    }
+}
+
+/// The manifests at `path` (see [`manifest::discover`]), each with the context of its store.
+/// Manifests sharing a store folder share one context; all share one work log.
+pub(crate) fn projects(db: &Database, path: &Path) -> Result<Vec<ProjectSpec>, SetupError> {
+    let manifests =
+        manifest::discover(path).map_err(|e| SetupError::Failure(miette::Report::new(e)))?;
+    if manifests.is_empty() {
+        return Err(SetupError::Usage(format!(
+            "no {} found in {}",
+            manifest::MANIFEST_FILE,
+            path.display()
+        )));
+    }
+    let log = WorkLog::default();
+    let mut contexts: Vec<(PathBuf, BuildContext)> = Vec::new();
+    let mut projects = Vec::new();
+    for manifest_path in manifests {
+        let absolute = std::path::absolute(&manifest_path).unwrap_or(manifest_path.clone());
+        let root = absolute.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let dir = Store::default_dir(&root);
+        let context = match contexts.iter().find(|(d, _)| *d == dir) {
+            Some((_, context)) => *context,
+            None => {
+                // Entries are verified on every read, so a torn entry after a power loss is
+                // recomputed; flushing each one would cost more than most computations.
+                let store = Store::open(&dir)
+                    .map_err(|e| SetupError::Failure(miette::Report::msg(format!("{e:#}"))))?
+                    .with_fsync(false);
+                let context = BuildContext::new(db, Some(store), log.clone());
+                contexts.push((dir, context));
+                context
+            }
+        };
+        projects.push(ProjectSpec {
+            shown_as: display_path(&absolute),
+            manifest: absolute,
+            context,
+        });
+    }
+    Ok(projects)
+}
+
+/// Progress callback printing cargo-like status lines and a bar while samples run.
+pub(crate) fn progress_printer(shell: Shell) -> impl Fn(Progress) + Send + Sync + 'static {
+    let bar: Mutex<Option<ProgressBar>> = Mutex::new(None);
+    move |event| {
+        let mut bar = bar
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match event {
+            Progress::Calibrating {
+                pipeline,
+                model,
+                targets,
+                samples,
+            } => {
+                if let Some(old) = bar.take() {
+                    old.finish_and_clear();
+                }
+                shell.status(
+                    "Calibrating",
+                    format!(
+                        "{pipeline}/{model} with {samples} sample{} (for {})",
+                        plural(samples),
+                        targets.join(", ")
+                    ),
+                );
+                *bar = Some(shell.progress("Calibrating", samples as u64));
+            }
+            Progress::SampleDone => {
+                if let Some(bar) = bar.as_ref() {
+                    bar.inc(1);
+                }
+            }
+            Progress::Encoding {
+                pipeline,
+                target,
+                model,
+            } => {
+                if let Some(old) = bar.take() {
+                    old.finish_and_clear();
+                }
+                shell.status("Encoding", format!("{pipeline}/{target}/{model}"));
+            }
+            Progress::Wrote { path } => shell.status("Writing", display_path(&path)),
+        }
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// Names, at most `limit` of them, then "and N more".
+pub(crate) fn list_names(names: &[String], limit: usize) -> String {
+    let mut text = names
+        .iter()
+        .take(limit)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > limit {
+        text.push_str(&format!(" and {} more", names.len() - limit));
+    }
+    text
+}
+
+/// The `--explain` line of one unit.
+pub(crate) fn explanation_line(explanation: &Explanation) -> Option<String> {
+    let mut work = Vec::new();
+    if !explanation.samples_run.is_empty() {
+        let files: Vec<String> = explanation
+            .samples_run
+            .iter()
+            .map(|files| files.join(" "))
+            .collect();
+        work.push(format!(
+            "{} sample{} calibrated: {}",
+            files.len(),
+            plural(files.len()),
+            list_names(&files, 5)
+        ));
+    }
+    if !explanation.tensors_encoded.is_empty() {
+        let n = explanation.tensors_encoded.len();
+        work.push(format!(
+            "{n} tensor{} re-encoded: {}",
+            plural(n),
+            list_names(&explanation.tensors_encoded, 5)
+        ));
+    }
+    let cause = if explanation.first_build {
+        "no record of an earlier build".to_string()
+    } else if explanation.changes.is_empty() {
+        if work.is_empty() {
+            return None;
+        }
+        "no input changed (the store lacked these entries)".to_string()
+    } else {
+        explanation
+            .changes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if work.is_empty() {
+        work.push("nothing recomputed (all reused from the store)".to_string());
+    }
+    Some(format!("{cause} → {}", work.join("; ")))
+}
+
+/// Prints warnings, diagnostics and (with `explain`) explanations of a finished build; returns
+/// the exit code it deserves.
+pub(crate) fn render(shell: &Shell, report: &BuildReport, explain: bool) -> ExitCode {
+    for corruption in &report.corruptions {
+        shell.warn(corruption);
+    }
+    for problem in &report.store_errors {
+        shell.warn(format!("store: {problem} (the build went on without it)"));
+    }
+    if !report.unknown.is_empty() {
+        for message in &report.unknown {
+            shell.error(message);
+        }
+        return ExitCode::from(EXIT_USAGE);
+    }
+    for unit in &report.units {
+        if let Ok(done) = &unit.result
+            && !done.written.is_empty()
+        {
+            for warning in &done.encodings.warnings {
+                shell.warn(format!("{}/{}: {warning}", unit.target, unit.model));
+            }
+        }
+    }
+    if explain {
+        let loud = Shell::new();
+        for unit in &report.units {
+            let name = format!("{}/{}/{}", unit.pipeline, unit.target, unit.model);
+            match &unit.result {
+                Ok(done) => match explanation_line(&done.explanation) {
+                    Some(line) => loud.status("Dirty", format!("{name}: {line}")),
+                    None => loud.status("Fresh", name),
+                },
+                Err(_) => loud.status("Failed", name),
+            }
+        }
+    }
+    let mut shown = Vec::new();
+    for error in report.errors() {
+        // Several units failing on one shared file report it once.
+        let text = error.to_string();
+        if !shown.contains(&text) {
+            shell.diagnostic(miette::Report::new(error.clone()));
+            shown.push(text);
+        }
+    }
+    if report.succeeded() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILURE)
+    }
+}
+
+/// The `Finished` line.
+pub(crate) fn finished_line(report: &BuildReport) -> String {
+    let c = &report.counts;
+    let ok = report.units.iter().filter(|u| u.result.is_ok()).count();
+    format!(
+        "{ok} target{} in {:.2}s ({} sample{} run, {} reused; {} tensor{} encoded, {} reused; {} file{} written)",
+        plural(ok),
+        report.wall_ms as f64 / 1000.0,
+        c.samples_run,
+        plural(c.samples_run),
+        c.samples_reused,
+        c.tensors_encoded,
+        plural(c.tensors_encoded),
+        c.tensors_reused,
+        c.artifacts_written,
+        plural(c.artifacts_written),
+    )
+}
+
+/// The `--json` summary.
+pub(crate) fn summary_json(report: &BuildReport) -> serde_json::Value {
+    let c = &report.counts;
+    let targets: Vec<serde_json::Value> = report
+        .units
+        .iter()
+        .map(|unit| match &unit.result {
+            Ok(done) => json!({
+                "pipeline": unit.pipeline,
+                "target": unit.target,
+                "model": unit.model,
+                "status": "ok",
+                "encodings": done.encodings_path.display().to_string(),
+                "activation_encodings": done.encodings.activations.len(),
+                "param_encodings": done.encodings.parameters.len(),
+                "written": done.written.len(),
+                "unchanged": done.unchanged.len(),
+                "tensors_encoded": done.explanation.tensors_encoded.len(),
+            }),
+            Err(error) => json!({
+                "pipeline": unit.pipeline,
+                "target": unit.target,
+                "model": unit.model,
+                "status": "error",
+                "error": error.to_string(),
+            }),
+        })
+        .collect();
+    json!({
+        "samples_run": c.samples_run,
+        "samples_reused": c.samples_reused,
+        "tensors_encoded": c.tensors_encoded,
+        "tensors_reused": c.tensors_reused,
+        "artifacts_written": c.artifacts_written,
+        "artifacts_unchanged": c.artifacts_unchanged,
+        "wall_ms": report.wall_ms,
+        "targets": targets,
+        "errors": report.errors().count() + report.unknown.len(),
+    })
+}
+
+/// Runs `quant build`.
+pub fn run(args: BuildArgs) -> ExitCode {
+    let shell = Shell::new().quiet(args.json);
+    if args.jobs == Some(0) {
+        shell.error("--jobs must be at least 1");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let path = args.path.clone().unwrap_or_else(|| PathBuf::from("."));
+    let db = Database::new();
+    let projects = match projects(&db, &path) {
+        Ok(projects) => projects,
+        Err(e) => return e.report(&shell),
+    };
+    let options = BuildOptions {
+        targets: args.target.clone(),
+        models: args.model.clone(),
+        jobs: args.jobs,
+    };
+    let progress = progress_printer(shell);
+    let report = pipeline::build(&db, &projects, &options, &progress);
+    let code = render(&shell, &report, args.explain);
+    if args.json {
+        println!("{}", summary_json(&report));
+    } else if report.succeeded() {
+        shell.status("Finished", finished_line(&report));
+    }
+    code
+}

@@ -1,0 +1,602 @@
+//! The build driver: from manifests to output files, one build at a time.
+//!
+//! It owns the order of a build: resolve every manifest, check the requested targets and
+//! models, run the calibration samples in parallel (rayon over database clones — never inside
+//! a query), then ask each unit for its artifacts and write the files that changed, atomically.
+//! It also counts what was computed versus reused, and keeps the build records `--explain`
+//! compares against. It must not print: progress goes to a callback and the result is a value
+//! the CLI renders.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use super::db::Database;
+use super::explain::{self, BUILD_RECORD, BuildRecord, Explanation};
+use super::files::source_file;
+use super::queries::{
+    self, BuildContext, BuildError, CalibrationKey, Project, SampleKey, Unit, UnitEncodings,
+    UnitPlan, WorkRecord, display_path,
+};
+use super::stored::stable_digest;
+use crate::manifest::ResolvedPipeline;
+use crate::store::{Corruption, GetOutcome};
+
+/// One manifest to build.
+#[derive(Debug, Clone)]
+pub struct ProjectSpec {
+    /// The `quant.toml` file.
+    pub manifest: PathBuf,
+    /// How diagnostics name it (as the user typed it, or relative to the working directory).
+    pub shown_as: String,
+    /// Its store and work log (see [`BuildContext`]).
+    pub context: BuildContext,
+}
+
+/// What to build.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Only these targets (all when empty).
+    pub targets: Vec<String>,
+    /// Only these models (all when empty).
+    pub models: Vec<String>,
+    /// Threads for calibration samples (`None`: all cores).
+    pub jobs: Option<usize>,
+}
+
+/// What the driver is doing, for progress display.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// A calibration starts: `samples` samples of `model`, shared by `targets`.
+    Calibrating {
+        /// `[pipeline] name`.
+        pipeline: String,
+        /// The model.
+        model: String,
+        /// The targets that use these statistics.
+        targets: Vec<String>,
+        /// How many samples (run or read back from the store).
+        samples: usize,
+    },
+    /// One more sample of the current calibration is done.
+    SampleDone,
+    /// A unit's encodings are being collected.
+    Encoding {
+        /// `[pipeline] name`.
+        pipeline: String,
+        /// The target.
+        target: String,
+        /// The model.
+        model: String,
+    },
+    /// An output file was written (its bytes changed).
+    Wrote {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// Work done versus reused in one build: the `--json` counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BuildCounts {
+    /// Samples run through the float model.
+    pub samples_run: usize,
+    /// Samples whose statistics were reused (memoized or from the store).
+    pub samples_reused: usize,
+    /// Tensors whose encoding was computed.
+    pub tensors_encoded: usize,
+    /// Tensors whose encoding was reused.
+    pub tensors_reused: usize,
+    /// Output files written because their bytes changed.
+    pub artifacts_written: usize,
+    /// Output files left alone because they already held the right bytes.
+    pub artifacts_unchanged: usize,
+}
+
+/// A unit built successfully.
+#[derive(Debug, Clone)]
+pub struct UnitDone {
+    /// Its encodings (for reporting what changed between builds).
+    pub encodings: Arc<UnitEncodings>,
+    /// `encodings.json`.
+    pub encodings_path: PathBuf,
+    /// Files written.
+    pub written: Vec<PathBuf>,
+    /// Files already up to date.
+    pub unchanged: Vec<PathBuf>,
+    /// Why it rebuilt, compared with the last build's record.
+    pub explanation: Explanation,
+}
+
+/// One unit's outcome.
+#[derive(Debug, Clone)]
+pub struct UnitOutcome {
+    /// `[pipeline] name`.
+    pub pipeline: String,
+    /// The target.
+    pub target: String,
+    /// The model.
+    pub model: String,
+    /// Its output folder.
+    pub out_dir: PathBuf,
+    /// The result.
+    pub result: Result<UnitDone, BuildError>,
+}
+
+/// The result of a build.
+#[derive(Debug, Clone, Default)]
+pub struct BuildReport {
+    /// Every unit built (or attempted), in manifest, target, model order.
+    pub units: Vec<UnitOutcome>,
+    /// Manifests that could not be resolved.
+    pub manifest_errors: Vec<BuildError>,
+    /// Requested target or model names no manifest declares (bad usage; nothing was built).
+    pub unknown: Vec<String>,
+    /// Work counts.
+    pub counts: BuildCounts,
+    /// Store entries that failed verification and were recomputed.
+    pub corruptions: Vec<Corruption>,
+    /// Other store failures (the build went on without the store for those entries).
+    pub store_errors: Vec<String>,
+    /// Wall time of the build, in milliseconds.
+    pub wall_ms: u128,
+}
+
+impl BuildReport {
+    /// Whether every manifest resolved and every unit built.
+    pub fn succeeded(&self) -> bool {
+        self.unknown.is_empty()
+            && self.manifest_errors.is_empty()
+            && self.units.iter().all(|u| u.result.is_ok())
+    }
+
+    /// Every error, manifests first.
+    pub fn errors(&self) -> impl Iterator<Item = &BuildError> {
+        self.manifest_errors
+            .iter()
+            .chain(self.units.iter().filter_map(|u| u.result.as_ref().err()))
+    }
+}
+
+/// Builds `projects` and writes their outputs. Runs on any database handle (the main one for
+/// `quant build`, a [`super::Build`] worker's clone for `quant watch`); a cancellation unwinds
+/// out of it and leaves nothing half-written.
+pub fn build(
+    db: &Database,
+    projects: &[ProjectSpec],
+    options: &BuildOptions,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> BuildReport {
+    let started = Instant::now();
+    let logs = distinct_logs(db, projects);
+    for log in &logs {
+        // Whatever a cancelled build left behind is not this build's work.
+        drop(log.take());
+    }
+    let mut report = BuildReport::default();
+
+    let mut resolved: Vec<(Project<'_>, Arc<ResolvedPipeline>)> = Vec::new();
+    for spec in projects {
+        let project = Project::new(
+            db,
+            source_file(db, &spec.manifest),
+            spec.shown_as.clone(),
+            spec.context,
+        );
+        match queries::pipeline(db, project) {
+            Ok(pipeline) => resolved.push((project, pipeline.clone())),
+            Err(e) => report.manifest_errors.push(e.clone()),
+        }
+    }
+    report.unknown = unknown_names(&resolved, options, report.manifest_errors.is_empty());
+    if !report.unknown.is_empty() {
+        report.wall_ms = started.elapsed().as_millis();
+        return report;
+    }
+
+    let units: Vec<Unit<'_>> = resolved
+        .iter()
+        .flat_map(|(project, pipeline)| {
+            pipeline
+                .targets
+                .values()
+                .filter(|t| options.targets.is_empty() || options.targets.contains(&t.name))
+                .flat_map(move |target| {
+                    target
+                        .models
+                        .iter()
+                        .filter(|m| options.models.is_empty() || options.models.contains(m))
+                        .map(move |model| {
+                            Unit::new(db, *project, target.name.clone(), model.clone())
+                        })
+                })
+        })
+        .collect();
+
+    // Calibrations, each once however many targets share it.
+    let mut calibrations: Vec<(CalibrationKey<'_>, Vec<Unit<'_>>)> = Vec::new();
+    for unit in &units {
+        if let Ok(Some(calibration)) = queries::unit_calibration(db, *unit) {
+            match calibrations.iter_mut().find(|(c, _)| *c == calibration) {
+                Some((_, users)) => users.push(*unit),
+                None => calibrations.push((calibration, vec![*unit])),
+            }
+        }
+    }
+    let pool = options.jobs.and_then(|jobs| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(jobs.max(1))
+            .build()
+            .ok()
+    });
+    let mut samples_total = 0;
+    for (calibration, users) in &calibrations {
+        let Ok(count) = queries::sample_count(db, *calibration) else {
+            continue;
+        };
+        samples_total += count;
+        let first = users[0];
+        progress(Progress::Calibrating {
+            pipeline: plan_of(db, first)
+                .map(|p| p.pipeline.clone())
+                .unwrap_or_default(),
+            model: first.model(db).clone(),
+            targets: users.iter().map(|u| u.target(db).clone()).collect(),
+            samples: count,
+        });
+        let calibration = *calibration;
+        let run = |db: &Database| {
+            (0..count)
+                .into_par_iter()
+                .map_with(db.clone(), |db, index| {
+                    let sample = SampleKey::new(&*db, calibration, index);
+                    let ok = queries::sample_statistics(&*db, sample).is_ok();
+                    progress(Progress::SampleDone);
+                    ok
+                })
+                .collect::<Vec<bool>>()
+        };
+        match &pool {
+            Some(pool) => {
+                let clone = db.clone();
+                pool.install(move || run(&clone));
+            }
+            None => {
+                run(db);
+            }
+        }
+    }
+
+    let mut tensors_total = 0;
+    for unit in &units {
+        let outcome = build_unit(db, *unit, progress);
+        if let (Ok(done), Ok(plan)) = (&outcome.result, plan_of(db, *unit))
+            && plan.settings().is_some()
+        {
+            tensors_total += done.encodings.computed_tensors;
+        }
+        report.units.push(outcome);
+    }
+
+    let mut work = WorkRecord::default();
+    for log in &logs {
+        let taken = log.take();
+        work.samples_run.extend(taken.samples_run);
+        work.tensors_encoded.extend(taken.tensors_encoded);
+        work.corruptions.extend(taken.corruptions);
+        work.store_errors.extend(taken.store_errors);
+    }
+    for outcome in &mut report.units {
+        let Ok(done) = &mut outcome.result else {
+            continue;
+        };
+        done.explanation.tensors_encoded = work
+            .tensors_encoded
+            .iter()
+            .filter(|t| {
+                t.pipeline == outcome.pipeline
+                    && t.target == outcome.target
+                    && t.model == outcome.model
+            })
+            .map(|t| t.tensor.clone())
+            .collect();
+    }
+    attach_samples(db, &units, &mut report, &work);
+
+    let written: usize = report
+        .units
+        .iter()
+        .filter_map(|u| u.result.as_ref().ok())
+        .map(|d| d.written.len())
+        .sum();
+    let unchanged: usize = report
+        .units
+        .iter()
+        .filter_map(|u| u.result.as_ref().ok())
+        .map(|d| d.unchanged.len())
+        .sum();
+    report.counts = BuildCounts {
+        samples_run: work.samples_run.len(),
+        samples_reused: samples_total.saturating_sub(work.samples_run.len()),
+        tensors_encoded: work.tensors_encoded.len(),
+        tensors_reused: tensors_total.saturating_sub(work.tensors_encoded.len()),
+        artifacts_written: written,
+        artifacts_unchanged: unchanged,
+    };
+    report.corruptions.extend(work.corruptions);
+    report.store_errors.extend(work.store_errors);
+    report.wall_ms = started.elapsed().as_millis();
+    report
+}
+
+/// Each context's log once (projects sharing a store share a context).
+fn distinct_logs(db: &Database, projects: &[ProjectSpec]) -> Vec<queries::WorkLog> {
+    let mut logs: Vec<queries::WorkLog> = Vec::new();
+    for spec in projects {
+        let log = spec.context.log(db);
+        if !logs.iter().any(|l| l.same_as(log)) {
+            logs.push(log.clone());
+        }
+    }
+    logs
+}
+
+/// Requested names that no resolved manifest declares. Only checked when every manifest
+/// resolved: a broken manifest may well declare the name.
+fn unknown_names(
+    resolved: &[(Project<'_>, Arc<ResolvedPipeline>)],
+    options: &BuildOptions,
+    all_resolved: bool,
+) -> Vec<String> {
+    if !all_resolved {
+        return Vec::new();
+    }
+    let targets: BTreeSet<&str> = resolved
+        .iter()
+        .flat_map(|(_, p)| p.targets.keys().map(String::as_str))
+        .collect();
+    let models: BTreeSet<&str> = resolved
+        .iter()
+        .flat_map(|(_, p)| p.models.keys().map(String::as_str))
+        .collect();
+    let mut unknown = Vec::new();
+    for name in &options.targets {
+        if !targets.contains(name.as_str()) {
+            unknown.push(format!(
+                "no manifest declares target `{name}` (targets: {})",
+                targets.iter().copied().collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    for name in &options.models {
+        if !models.contains(name.as_str()) {
+            unknown.push(format!(
+                "no manifest declares model `{name}` (models: {})",
+                models.iter().copied().collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    unknown
+}
+
+fn plan_of<'db>(db: &'db Database, unit: Unit<'db>) -> Result<&'db Arc<UnitPlan>, &'db BuildError> {
+    queries::unit_plan(db, unit).as_ref()
+}
+
+fn build_unit<'db>(
+    db: &'db Database,
+    unit: Unit<'db>,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> UnitOutcome {
+    let target = unit.target(db).clone();
+    let model = unit.model(db).clone();
+    let plan = match plan_of(db, unit) {
+        Ok(plan) => plan.clone(),
+        Err(e) => {
+            return UnitOutcome {
+                pipeline: String::new(),
+                target,
+                model,
+                out_dir: PathBuf::new(),
+                result: Err(e.clone()),
+            };
+        }
+    };
+    progress(Progress::Encoding {
+        pipeline: plan.pipeline.clone(),
+        target: target.clone(),
+        model: model.clone(),
+    });
+    let result = (|| {
+        let artifacts = queries::unit_artifacts(db, unit)
+            .as_ref()
+            .map_err(Clone::clone)?;
+        let encodings = queries::unit_encodings(db, unit)
+            .as_ref()
+            .map_err(Clone::clone)?
+            .clone();
+        let mut written = Vec::new();
+        let mut unchanged = Vec::new();
+        let encodings_path = plan.out_dir.join("encodings.json");
+        for (name, bytes) in [
+            ("encodings.json", &artifacts.encodings_json),
+            ("report.json", &artifacts.report_json),
+        ] {
+            let path = plan.out_dir.join(name);
+            let changed =
+                write_if_changed(&path, bytes.as_bytes()).map_err(|e| BuildError::Output {
+                    path: display_path(&path),
+                    message: e.to_string(),
+                })?;
+            if changed {
+                progress(Progress::Wrote { path: path.clone() });
+                written.push(path);
+            } else {
+                unchanged.push(path);
+            }
+        }
+        let explanation = record_and_explain(db, unit, &plan, &encodings);
+        Ok(UnitDone {
+            encodings,
+            encodings_path,
+            written,
+            unchanged,
+            explanation,
+        })
+    })();
+    UnitOutcome {
+        pipeline: plan.pipeline.clone(),
+        target,
+        model,
+        out_dir: plan.out_dir.clone(),
+        result,
+    }
+}
+
+/// Writes `bytes` to `path` unless it already holds them; atomically (a temp file in the same
+/// folder, renamed over the target), so a reader or a killed build never sees half a file.
+pub fn write_if_changed(path: &Path, bytes: &[u8]) -> io::Result<bool> {
+    if fs::read(path).is_ok_and(|existing| existing == bytes) {
+        return Ok(false);
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = fs::write(&temp, bytes).and_then(|()| fs::rename(&temp, path));
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result.map(|()| true)
+}
+
+/// The label of an input in records and explanations: relative to the manifest's folder.
+fn label(plan: &UnitPlan, path: &Path) -> String {
+    path.strip_prefix(&plan.root)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| display_path(path))
+}
+
+/// This build's record of a unit, compared with the stored one (which it then replaces).
+fn record_and_explain(
+    db: &Database,
+    unit: Unit<'_>,
+    plan: &UnitPlan,
+    encodings: &UnitEncodings,
+) -> Explanation {
+    let mut record = BuildRecord::default();
+    let mut add = |path: &Path| {
+        let digest = source_file(db, path)
+            .digest(db)
+            .map_or_else(|| "missing".to_string(), |d| d.to_hex());
+        record.inputs.insert(label(plan, path), digest);
+    };
+    let project = unit.project(db);
+    add(project.manifest(db).path(db));
+    add(&plan.model.path);
+    for path in &plan.overrides {
+        add(path);
+    }
+    if let Some(list) = &plan.input_list {
+        add(list);
+        if let Ok(parsed) = queries::input_list(db, source_file(db, list)) {
+            for sample in &parsed.samples {
+                for file in &sample.files {
+                    add(&file.path);
+                }
+            }
+        }
+    }
+    for (name, fixed) in encodings.activations.iter().chain(&encodings.parameters) {
+        record
+            .encodings
+            .insert(name.clone(), stable_digest(fixed).to_hex());
+    }
+
+    let context = project.context(db);
+    let Some(store) = context.store(db) else {
+        return explain::compare(None, &record);
+    };
+    let key = explain::record_key(&plan.pipeline, &plan.target.name, &plan.model.name);
+    let previous = match store.get_json::<BuildRecord>(BUILD_RECORD, &key) {
+        Ok(GetOutcome::Hit(previous)) => Some(previous),
+        Ok(GetOutcome::Miss) => None,
+        Ok(GetOutcome::Corrupt(corruption)) => {
+            context_log_corruption(db, context, corruption);
+            None
+        }
+        Err(_) => None,
+    };
+    let explanation = explain::compare(previous.as_ref(), &record);
+    if previous.as_ref() != Some(&record) {
+        // Best effort: a record only improves explanations.
+        let _ = store.put_json(BUILD_RECORD, &key, &record);
+    }
+    explanation
+}
+
+fn context_log_corruption(db: &Database, context: BuildContext, corruption: Corruption) {
+    let mut record = WorkRecord::default();
+    record.corruptions.push(corruption);
+    context.log(db).append(record);
+}
+
+/// Attaches the samples each calibration ran to the units using it.
+fn attach_samples(db: &Database, units: &[Unit<'_>], report: &mut BuildReport, work: &WorkRecord) {
+    if work.samples_run.is_empty() {
+        return;
+    }
+    // A sample belongs to a unit when its files are in that unit's input list.
+    let mut lists: BTreeMap<(String, String, String), BTreeSet<String>> = BTreeMap::new();
+    for unit in units {
+        let Ok(plan) = plan_of(db, *unit) else {
+            continue;
+        };
+        let Some(list) = &plan.input_list else {
+            continue;
+        };
+        let Ok(parsed) = queries::input_list(db, source_file(db, list)) else {
+            continue;
+        };
+        let files = parsed
+            .samples
+            .iter()
+            .flat_map(|s| s.files.iter().map(|f| display_path(&f.path)))
+            .collect();
+        lists.insert(
+            (
+                plan.pipeline.clone(),
+                plan.target.name.clone(),
+                plan.model.name.clone(),
+            ),
+            files,
+        );
+    }
+    for outcome in &mut report.units {
+        let Ok(done) = &mut outcome.result else {
+            continue;
+        };
+        let key = (
+            outcome.pipeline.clone(),
+            outcome.target.clone(),
+            outcome.model.clone(),
+        );
+        let Some(files) = lists.get(&key) else {
+            continue;
+        };
+        done.explanation.samples_run = work
+            .samples_run
+            .iter()
+            .filter(|s| s.files.iter().all(|f| files.contains(f)))
+            .map(|s| s.files.clone())
+            .collect();
+    }
+}
