@@ -299,7 +299,7 @@ pub(crate) fn summary_json(report: &BuildReport) -> serde_json::Value {
                 "target": unit.target,
                 "model": unit.model,
                 "status": "ok",
-                "encodings": done.encodings_path.display().to_string(),
+                "encodings": display_path(&done.encodings_path),
                 "activation_encodings": done.encodings.activations.len(),
                 "param_encodings": done.encodings.parameters.len(),
                 "written": done.written.len(),

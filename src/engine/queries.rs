@@ -1133,6 +1133,26 @@ fn parameter_values<'g>(
     Ok((values, &data.shape))
 }
 
+/// What of a tensor's statistics its encoding can depend on. Without a histogram that is the
+/// range and the non-finite counts (for the warning), not how many finite values were seen:
+/// so a new sample inside every tensor's range re-encodes nothing.
+fn statistics_digest(statistics: Option<&TensorStatistics>) -> Digest {
+    match statistics {
+        Some(s) if s.histogram.is_none() => {
+            let m = &s.min_max;
+            stable_digest(&(
+                "min-max",
+                m.min().map(f32::to_bits),
+                m.max().map(f32::to_bits),
+                m.nan_count(),
+                m.positive_infinity_count(),
+                m.negative_infinity_count(),
+            ))
+        }
+        other => stable_digest(&other),
+    }
+}
+
 fn values_digest(values: &[f32]) -> Digest {
     let mut hasher = blake3::Hasher::new();
     for value in values {
@@ -1142,8 +1162,7 @@ fn values_digest(values: &[f32]) -> Digest {
 }
 
 /// One tensor's encoding, computed exactly as [`quantizer::encode_model`] would, from the
-/// per-tensor projections only; looked up in the store first (except shared encodings, which
-/// are copies).
+/// per-tensor projections only; looked up in the store first.
 #[salsa::tracked(returns(ref))]
 pub fn tensor_encoding<'db>(
     db: &'db dyn Db,
@@ -1195,23 +1214,6 @@ pub fn tensor_encoding<'db>(
         Ok((encoded.section == section && encoded.encoding.is_some()).then(|| encoded.clone()))
     };
 
-    if job == TensorJob::Shared {
-        let encoding = match &ov {
-            Some(Override::Fixed(fixed)) => Some((fixed.clone(), 0)),
-            _ => match graph.encoding_source(name) {
-                Some(source) => {
-                    partner(source.as_str(), Section::Activations)?.and_then(|e| e.encoding.clone())
-                }
-                None => None,
-            },
-        };
-        return Ok(Arc::new(EncodedTensor {
-            section: Section::Activations,
-            encoding,
-            warnings: Vec::new(),
-        }));
-    }
-
     let key = KeyBuilder::new(Kind::ENCODINGS)
         .str("tensor", name)
         .digest("settings", &settings_digest(settings))
@@ -1224,7 +1226,7 @@ pub fn tensor_encoding<'db>(
             let statistics = tensor_statistics(db, tensor);
             let key = key
                 .str("role", "activation")
-                .digest("statistics", &stable_digest(&statistics));
+                .digest("statistics", &statistics_digest(statistics.as_ref()));
             (
                 key,
                 Box::new(move || {
@@ -1296,14 +1298,40 @@ pub fn tensor_encoding<'db>(
                 }),
             )
         }
-        TensorJob::Shared => unreachable!("shared encodings returned above"),
+        TensorJob::Shared => {
+            let source = match &ov {
+                Some(Override::Fixed(_)) => None,
+                _ => match graph.encoding_source(name) {
+                    Some(source) => partner(source.as_str(), Section::Activations)?
+                        .and_then(|e| e.encoding.clone()),
+                    None => None,
+                },
+            };
+            let key = key
+                .str("role", "shared")
+                .digest("source", &stable_digest(&source));
+            (
+                key,
+                Box::new(move || {
+                    let encoding = match ov {
+                        Some(Override::Fixed(fixed)) => Some((fixed.clone(), 0)),
+                        _ => source,
+                    };
+                    Ok(EncodedTensor {
+                        section: Section::Activations,
+                        encoding,
+                        warnings: Vec::new(),
+                    })
+                }),
+            )
+        }
     };
     let key = key.finish();
     let context = unit.project(db).context(db);
     let store = context.store(db);
     let log = context.log(db);
     let section_of = |job: TensorJob| match job {
-        TensorJob::Activation => Section::Activations,
+        TensorJob::Activation | TensorJob::Shared => Section::Activations,
         TensorJob::Bias => Section::Parameters,
         TensorJob::Parameter if is_activation_like(info.role) => Section::Activations,
         _ => Section::Parameters,
@@ -1396,7 +1424,7 @@ pub struct UnitEncodings {
     pub float: bool,
     /// Samples merged into the statistics (0 for float targets).
     pub samples: usize,
-    /// Tensors with an encoding computation of their own (shared copies excluded).
+    /// Tensors whose encoding was asked for (each one a computation or a reuse).
     pub computed_tensors: usize,
 }
 
@@ -1466,9 +1494,7 @@ pub fn unit_encodings<'db>(
                 let encoded = tensor_encoding(db, TensorKey::new(db, unit, name.clone()))
                     .as_ref()
                     .map_err(Clone::clone)?;
-                if tensors.jobs[name] != TensorJob::Shared {
-                    out.computed_tensors += 1;
-                }
+                out.computed_tensors += 1;
                 for warning in &encoded.warnings {
                     if !out.warnings.contains(warning) {
                         out.warnings.push(warning.clone());
