@@ -25,7 +25,7 @@ use super::oneshot::{model_tensors, quantizer_args};
 use super::stored::{
     StoredEncoding, StoredMinMax, StoredSampleStatistics, StoredTensorEntry, stable_digest,
 };
-use crate::calib::{CalibError, InputList};
+use crate::calib::{CalibError, InputList, Sample};
 use crate::encoding::tensor::FloatBitwidth as TensorFloatBitwidth;
 use crate::encoding::{Bitwidth, TensorEncoding};
 use crate::export::aimet::{AimetEncodings, EncodingVersion as AimetVersion, QuantizerArgs};
@@ -737,11 +737,16 @@ pub fn sample_count<'db>(
     Ok(list.samples.len())
 }
 
-/// One line of the input list as far as statistics care: its files (input name and path).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// One line of the input list as far as statistics care: its files (input name and path), and
+/// the parsed line itself for reading the sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SampleLine {
     /// The files in the order written.
     pub files: Vec<(Option<String>, PathBuf)>,
+    /// The line as parsed.
+    pub sample: Sample,
+    /// The list's path as given to the parser.
+    pub list_path: PathBuf,
 }
 
 /// The projection of the input list on one sample: adding a line re-runs this for every
@@ -758,6 +763,8 @@ pub fn sample_line<'db>(db: &'db dyn Db, sample: SampleKey<'db>) -> Option<Sampl
             .iter()
             .map(|f| (f.input.clone(), f.path.clone()))
             .collect(),
+        sample: line.clone(),
+        list_path: list.path.clone(),
     })
 }
 
@@ -831,18 +838,38 @@ pub fn sample_statistics<'db>(
     let runner = float_runner(db, calibration)
         .as_ref()
         .map_err(Clone::clone)?;
-    let list = input_list(db, calibration.list(db))
-        .as_ref()
-        .map_err(Clone::clone)?;
-    let entry = &list.samples[sample.index(db)];
-    let loaded = list
-        .load(entry, runner.input_specs())
-        .map_err(|e| BuildError::List(Arc::new(e)))?;
-    // The sample was read again from disk: it must be what the key describes, or the result
-    // would be stored under another sample's key.
-    let bound = list
-        .bind(entry, runner.input_specs())
-        .map_err(|e| BuildError::List(Arc::new(e)))?;
+    // Read through a one-line list built from the projection, not the whole parsed list: a
+    // dependency on the list would re-run every sample whenever a line is added.
+    let one = InputList {
+        path: line.list_path.clone(),
+        outputs: Default::default(),
+        samples: vec![line.sample.clone()],
+        source: Arc::from(""),
+    };
+    let entry = &one.samples[0];
+    let specs = runner.input_specs();
+    let (loaded, bound) = match one
+        .load(entry, specs)
+        .and_then(|loaded| Ok((loaded, one.bind(entry, specs)?)))
+    {
+        Ok(read) => read,
+        Err(_) => {
+            // Failed: the whole list's diagnostic points at the right line and span.
+            let list = input_list(db, calibration.list(db))
+                .as_ref()
+                .map_err(Clone::clone)?;
+            let error = match list.samples.get(sample.index(db)) {
+                Some(entry) => list.load(entry, specs).err(),
+                None => None,
+            };
+            return Err(match error {
+                Some(e) => BuildError::List(Arc::new(e)),
+                None => BuildError::Changed {
+                    path: display_path(&line.list_path),
+                },
+            });
+        }
+    };
     let mut expected = blake3::Hasher::new();
     for file in bound {
         let Ok(bytes) = source_file(db, &file.path).contents(db) else {
