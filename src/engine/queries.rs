@@ -848,12 +848,10 @@ pub fn sample_statistics<'db>(
     };
     let entry = &one.samples[0];
     let specs = runner.input_specs();
-    let (loaded, bound) = match one
-        .load(entry, specs)
-        .and_then(|loaded| Ok((loaded, one.bind(entry, specs)?)))
-    {
-        Ok(read) => read,
-        Err(_) => {
+    let read = one.load(entry, specs).ok().zip(one.bind(entry, specs).ok());
+    let (loaded, bound) = match read {
+        Some(read) => read,
+        None => {
             // Failed: the whole list's diagnostic points at the right line and span.
             let list = input_list(db, calibration.list(db))
                 .as_ref()
