@@ -13,6 +13,10 @@
 //!
 //! It must NOT write files or print: the report module renders an [`Evaluation`], the CLI prints.
 
+// Errors carry the list or labels text and a span so they render on their own; they are built
+// once, on the way out, so their size costs nothing worth boxing for.
+#![allow(clippy::result_large_err)]
+
 mod labels;
 
 pub use labels::{Label, Labels, LabelsError, in_range};
