@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use clap::Args;
 
 use super::EXIT_FAILURE;
-use super::build::{finished_line, list_names, progress_printer, projects, render};
+use super::build::{finished_line, progress_printer, projects, render};
 use super::shell::Shell;
 use crate::engine::Database;
 use crate::engine::pipeline::{self, BuildOptions, BuildReport};
-use crate::engine::queries::{UnitEncodings, display_path};
+use crate::engine::queries::UnitEncodings;
 use crate::overrides::FixedEncoding;
 use crate::watch::{WatchEvent, Watcher, rebuild_on_change};
 
@@ -59,6 +59,10 @@ fn catch_interrupt() {
         libc::signal(libc::SIGINT, handler as libc::sighandler_t);
         libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
     }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
 }
 
 /// One encoding, for a change line.
@@ -166,25 +170,35 @@ pub fn run(args: WatchArgs) -> ExitCode {
                         }
                         last.insert(name, done.encodings.clone());
                     }
+                    // On stderr with the status lines, so a reader sees them in order.
                     for line in lines.iter().take(CHANGE_LINES) {
-                        println!("{line}");
+                        shell.status("Changed", line);
                     }
                     if lines.len() > CHANGE_LINES {
-                        println!("… and {} more", lines.len() - CHANGE_LINES);
+                        shell.status(
+                            "Changed",
+                            format!("… and {} more", lines.len() - CHANGE_LINES),
+                        );
                     }
                     if report.succeeded() {
                         shell.status("Finished", finished_line(&report));
                     }
                     shell.status("Watching", "for changes (Ctrl-C to stop)");
                 }
-                WatchEvent::Restarted { changed } => {
-                    let names: Vec<String> = changed.iter().map(|p| display_path(p)).collect();
-                    shell.status("Restarting", format!("{} changed", list_names(&names, 5)));
-                }
-                WatchEvent::Changed { changed } => {
-                    let names: Vec<String> = changed.iter().map(|p| display_path(p)).collect();
-                    shell.status("Changed", list_names(&names, 5));
-                }
+                // Counts only: the build's own lines (diagnostics, `--explain`) name the files,
+                // so a file is named once, by what happened to it.
+                WatchEvent::Restarted { changed } => shell.status(
+                    "Restarting",
+                    format!(
+                        "{} file{} changed during the build",
+                        changed.len(),
+                        plural(changed.len())
+                    ),
+                ),
+                WatchEvent::Changed { changed } => shell.status(
+                    "Rebuilding",
+                    format!("{} file{} changed", changed.len(), plural(changed.len())),
+                ),
                 WatchEvent::Idle => {}
             }
             if INTERRUPTED.load(Ordering::SeqCst) {
