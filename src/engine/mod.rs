@@ -1,8 +1,11 @@
 //! The incremental build engine: a salsa database whose inputs are file contents and whose
 //! queries turn a manifest into encodings, recomputing only what an edit can affect.
 //!
-//! It owns the database ([`db`]), the source-file inputs ([`files`]), the build driver that
-//! makes builds cancellable ([`build`]) and the query chain. It must not format terminal output
+//! It owns the database ([`db`]), the source-file inputs ([`files`]), the build worker that
+//! makes builds cancellable ([`build`]), the query chain ([`queries`]), the driver that runs a
+//! build from manifests to written files ([`pipeline`]), the serialized forms kept in the
+//! persistent store ([`stored`]), `report.json` ([`summary`]) and `--explain`'s build records
+//! ([`explain`]). [`oneshot`] is the same work without a database, for `quant quantize`. It must not format terminal output
 //! (the CLI does), watch the file system (`watch` does, and hands over changed paths), or hold
 //! numeric logic of its own (that lives in `stats`, `encoding`, `overrides`, `export`).
 //!
@@ -25,6 +28,16 @@
 //! only on it are not re-executed. So editing one override re-encodes exactly one tensor, and
 //! the artifacts re-serialize once. [`lines`] is the same shape at toy scale, and the tests
 //! assert it through the execution log ([`Database::with_execution_log`]).
+//!
+//! # The persistent store
+//!
+//! Salsa memoizes within one process; the store (`crate::store`) carries results to the next
+//! one. Two queries consult it before computing: a sample's statistics and a tensor's
+//! encoding, each under a key made only of content digests and settings (the table in
+//! `book/src/cache.md`). The store is a cache of pure functions, so a query reading it stays
+//! deterministic. What was actually computed (a store miss) is reported through the
+//! [`queries::WorkLog`] of the build's [`queries::BuildContext`] — the `--json` counts — a side
+//! channel outside dependency tracking, because memoization is exactly what hides it.
 //!
 //! # Rules
 //!
