@@ -116,7 +116,6 @@ fn usage_errors_exit_2_with_a_message_naming_the_argument() {
 
 /// `--input_dim` naming an input the model does not have is a usage error.
 #[test]
-#[ignore = "exits 1: OnnxModel::fix_input_dims rejects the name before oneshot's usage check"]
 fn input_dim_naming_an_unknown_input_is_a_usage_error() {
     let Some(scratch) = Scratch::new(1) else {
         return;

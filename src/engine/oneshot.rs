@@ -190,20 +190,25 @@ pub fn quantize(
     progress: impl Fn(usize, usize) + Sync,
 ) -> Result<OneShotOutput, OneShotError> {
     let mut model = OnnxModel::read(&job.model)?;
+    // Names first: a misspelt `--input_dim` is a usage error, not a problem with the model.
+    let inputs: Vec<String> = Graph::from_model(&model)?
+        .inputs()
+        .iter()
+        .map(|i| i.as_str().to_string())
+        .collect();
+    for (name, _) in &job.input_dims {
+        if !inputs.iter().any(|i| i == name) {
+            return Err(OneShotError::Usage(format!(
+                "--input_dim names `{name}`, which is not an input of {} (inputs: {})",
+                job.model.display(),
+                inputs.join(", ")
+            )));
+        }
+    }
     for (name, dims) in &job.input_dims {
         model.fix_input_dims(name, dims)?;
     }
     let graph = Graph::from_model(&model)?;
-    for (name, _) in &job.input_dims {
-        if !graph.inputs().iter().any(|i| i.as_str() == name) {
-            let known: Vec<&str> = graph.inputs().iter().map(|i| i.as_str()).collect();
-            return Err(OneShotError::Usage(format!(
-                "--input_dim names `{name}`, which is not an input of {} (inputs: {})",
-                job.model.display(),
-                known.join(", ")
-            )));
-        }
-    }
     let mut warnings = Vec::new();
     let overrides = match &job.overrides {
         Some(path) => {
