@@ -6,14 +6,20 @@ model) in onnxruntime on the samples of a qairt input list, and print one JSON o
      "qdq_argmax": [[per output, per sample]], "float_argmax": [...],
      "argmax_agreement": [per output: samples whose argmax agrees],
      "sqnr_db": [per output: mean over samples of 10*log10(sum f^2 / sum (f-q)^2)],
-     "sqnr_db_per_sample": [[...]], "digest": "<quant.encodings_digest>"}
+     "sqnr_db_per_sample": [[...]], "digest": "<quant.encodings_digest>",
+     "optimization": "all" | "basic" | "disable"}
 
 Usage: check_qdq.py MODEL.qdq.onnx INPUT_LIST [--float FLOAT.onnx] [--input_dim NAME DIMS]...
+                    [--optimization all|basic|disable] [--dump_outputs DIR]
 
 Samples are raw little-endian float32 files (paths relative to the list's folder); a line is
 either one path (single-input models) or `name:=path name:=path`. `--input_dim x 1,3,48,192`
-gives the shape of an input the model leaves dynamic. Exits 1 with a message on stderr when the
-checker or a run fails.
+gives the shape of an input the model leaves dynamic. `--optimization` sets the session's graph
+optimization level: `all` (the default, as in SessionOptions) fuses Q/DQ pairs into integer
+kernels; `disable` runs every QuantizeLinear/DequantizeLinear as written around float operators,
+which is what a fake-quantizing simulation computes. `--dump_outputs DIR` writes each QDQ output
+of each sample as raw little-endian float32, `DIR/<sample index, 4 digits>_<output index>.raw`.
+Exits 1 with a message on stderr when the checker or a run fails.
 """
 
 import argparse
@@ -27,18 +33,28 @@ import onnx
 import onnxruntime as ort
 
 
+LEVELS = {
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+}
+
+
 def parse_args():
     parser = argparse.ArgumentParser()
     parser.add_argument("model")
     parser.add_argument("input_list")
     parser.add_argument("--float", dest="float_model")
     parser.add_argument("--input_dim", nargs=2, action="append", default=[])
+    parser.add_argument("--optimization", choices=sorted(LEVELS), default="all")
+    parser.add_argument("--dump_outputs", metavar="DIR")
     return parser.parse_args()
 
 
-def session(path):
+def session(path, optimization="all"):
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
+    options.graph_optimization_level = LEVELS[optimization]
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
@@ -94,7 +110,9 @@ def main():
         return 1
     digest = {p.key: p.value for p in model.metadata_props}.get("quant.encodings_digest")
     dims = {name: [int(d) for d in value.split(",")] for name, value in args.input_dim}
-    qdq = session(args.model)
+    qdq = session(args.model, args.optimization)
+    if args.dump_outputs:
+        os.makedirs(args.dump_outputs, exist_ok=True)
     shapes = input_shapes(qdq, dims)
     outputs = [o.name for o in qdq.get_outputs()]
     reference = session(args.float_model) if args.float_model else None
@@ -105,6 +123,10 @@ def main():
     for feed in samples(args.input_list, shapes):
         count += 1
         quantized = qdq.run(outputs, feed)
+        if args.dump_outputs:
+            for k, q in enumerate(quantized):
+                path = os.path.join(args.dump_outputs, f"{count - 1:04}_{k}.raw")
+                np.ascontiguousarray(q, dtype="<f4").tofile(path)
         for k, q in enumerate(quantized):
             qdq_argmax[k].append(int(np.argmax(q.reshape(q.shape[0], -1)[0])) if q.size else -1)
         if reference is not None:
@@ -118,6 +140,7 @@ def main():
         "outputs": outputs,
         "digest": digest,
         "qdq_argmax": qdq_argmax,
+        "optimization": args.optimization,
     }
     if reference is not None:
         result["float_argmax"] = float_argmax

@@ -1,0 +1,368 @@
+//! QuantSim against onnxruntime running our own QDQ export, on the real fixtures.
+//!
+//! `quant quantize` writes the encodings and the QDQ model from the same calibration; our
+//! evaluation (`eval::run_job`) simulates the encodings, onnxruntime runs the QDQ model
+//! (`tests/python/check_qdq.py`), and the two must agree: cls top-1 within a point on the 400
+//! labelled eval samples, det output SQNR within 0.5 dB on the 8 eval samples. Both are also set
+//! next to onnxruntime's own `quantize_static` MinMax figures in `reference/eval.json`.
+//!
+//! The quantize settings are the ones closest to onnxruntime's `quantize_static` defaults:
+//! min-max ranges, asymmetric 8-bit activations, symmetric 8-bit weights
+//! (`--param_quantizer_schema symmetric`) and int32 biases on the `input scale × weight scale`
+//! grid (`--bias_bitwidth 32`).
+//!
+//! onnxruntime runs with default session options, as the reference did: Q/DQ pairs are fused into
+//! integer kernels. The same model is also run with graph optimizations disabled (every
+//! QuantizeLinear/DequantizeLinear around float operators, which is what a fake-quantizing
+//! simulation computes), so a disagreement can be told apart: simulation vs export, or float
+//! simulation vs integer kernels.
+//!
+//! Skipped, with the reason printed, without the fixtures or without a Python that has
+//! onnxruntime (`$QUANT_PYTHON`, else `.venv/bin/python`; `.ci/run` provides both).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use quant::calib::InputList;
+use quant::eval::{self, EvalJob, EvalOutput};
+use quant::graph::Graph;
+use quant::onnx::OnnxModel;
+use quant::overrides;
+use quant::quantsim::{self, QuantSim};
+use serde_json::Value;
+
+/// `quant quantize` settings matching onnxruntime's `quantize_static` (u8 activations, s8
+/// symmetric weights, int32 biases).
+const ORT_LIKE: &[&str] = &[
+    "--param_quantizer_schema",
+    "symmetric",
+    "--bias_bitwidth",
+    "32",
+];
+
+/// A Python that imports onnxruntime, onnx and numpy: `$QUANT_PYTHON`, else the crate's `.venv`.
+fn python() -> Option<PathBuf> {
+    let candidates = std::env::var_os("QUANT_PYTHON")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")]);
+    for candidate in candidates {
+        let works = Command::new(&candidate)
+            .args(["-c", "import onnxruntime, onnx, numpy"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if works {
+            return Some(candidate);
+        }
+    }
+    eprintln!(
+        "skipped: no Python with onnxruntime, onnx and numpy \
+         (set QUANT_PYTHON or create .venv as .ci/run does)"
+    );
+    None
+}
+
+/// Runs `quant quantize` with `extra` and returns (encodings, QDQ model).
+fn quantize(dir: &Path, model: &Path, list: &Path, extra: &[&str]) -> (PathBuf, PathBuf) {
+    let encodings = dir.join("encodings.json");
+    let qdq = dir.join("model.qdq.onnx");
+    let out = Command::new(common::quant_bin())
+        .arg("quantize")
+        .arg("--input_network")
+        .arg(model)
+        .arg("--input_list")
+        .arg(list)
+        .arg("--output_encodings")
+        .arg(&encodings)
+        .arg("--output_model")
+        .arg(&qdq)
+        .args(extra)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "quant quantize failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (encodings, qdq)
+}
+
+/// Our evaluation of `encodings` on `list`.
+fn evaluate(model: &Path, encodings: &Path, list: &Path, labels: Option<&Path>) -> EvalOutput {
+    let job = EvalJob {
+        model: model.to_path_buf(),
+        encodings: encodings.to_path_buf(),
+        input_list: list.to_path_buf(),
+        labels: labels.map(Path::to_path_buf),
+        input_dims: Vec::new(),
+        jobs: None,
+    };
+    match eval::run_job(&job, |_, _| {}) {
+        Ok(output) => output,
+        Err(err) => panic!("evaluation failed: {err}"),
+    }
+}
+
+/// `check_qdq.py`'s JSON for `qdq` on `list` at an onnxruntime optimization level, with the
+/// float model's outputs as reference; QDQ outputs are written into `dump` when given.
+fn onnxruntime(
+    python: &Path,
+    qdq: &Path,
+    float: &Path,
+    list: &Path,
+    optimization: &str,
+    dump: Option<&Path>,
+) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/check_qdq.py");
+    let mut cmd = Command::new(python);
+    cmd.arg(script)
+        .arg(qdq)
+        .arg(list)
+        .arg("--float")
+        .arg(float)
+        .args(["--optimization", optimization]);
+    if let Some(dir) = dump {
+        cmd.arg("--dump_outputs").arg(dir);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "check_qdq.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["checker"], "ok");
+    assert_eq!(report["optimization"], optimization);
+    report
+}
+
+fn reference(fixtures: &Path) -> Value {
+    let text = std::fs::read_to_string(fixtures.join("reference/eval.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn labels(path: &Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.trim().parse().unwrap())
+        .collect()
+}
+
+/// Samples whose argmax (first output) equals the label.
+fn correct(argmax: &Value, labels: &[u64]) -> usize {
+    let argmax = argmax[0].as_array().unwrap();
+    assert_eq!(argmax.len(), labels.len());
+    argmax
+        .iter()
+        .zip(labels)
+        .filter(|(a, l)| a.as_u64() == Some(**l))
+        .count()
+}
+
+fn per_sample(report: &Value) -> Vec<f64> {
+    report["sqnr_db_per_sample"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len() as f64
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+fn sqnr_db(f: &[f32], q: &[f32]) -> f64 {
+    let signal: f64 = f.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+    let noise: f64 = f
+        .iter()
+        .zip(q)
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+        .sum();
+    10.0 * (signal / noise).log10()
+}
+
+fn fmt(values: &[f64]) -> String {
+    let parts: Vec<String> = values.iter().map(|v| format!("{v:.2}")).collect();
+    format!("[{}]", parts.join(", "))
+}
+
+#[test]
+fn cls_min_max_w8a8_top1_agrees_with_onnxruntime_on_our_qdq_export() {
+    let Some(fixtures) = common::fixtures() else {
+        return;
+    };
+    let Some(python) = python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let float = fixtures.join("models/cls.prep.onnx");
+    let (encodings, qdq) = quantize(
+        tmp.path(),
+        &float,
+        &fixtures.join("cls/calib/input_list.txt"),
+        ORT_LIKE,
+    );
+    let list = fixtures.join("cls/eval/input_list.txt");
+    let labels_path = fixtures.join("cls/eval/labels.txt");
+    let labels = labels(&labels_path);
+    assert_eq!(labels.len(), 400);
+
+    let started = Instant::now();
+    let ours = evaluate(&float, &encodings, &list, Some(&labels_path));
+    let eval_seconds = started.elapsed().as_secs_f64();
+    let accuracy = ours.evaluation.accuracy.unwrap();
+    assert_eq!(accuracy.samples, 400);
+
+    let started = Instant::now();
+    let integer = onnxruntime(&python, &qdq, &float, &list, "all", None);
+    let ort_seconds = started.elapsed().as_secs_f64();
+    let fake = onnxruntime(&python, &qdq, &float, &list, "disable", None);
+    let ort_float_correct = correct(&integer["float_argmax"], &labels);
+    let ort_integer_correct = correct(&integer["qdq_argmax"], &labels);
+    let ort_fake_correct = correct(&fake["qdq_argmax"], &labels);
+
+    let results = &reference(&fixtures)["cls"]["results"];
+    let reference_float = results["float models/cls.prep.onnx"]["correct_eval"]
+        .as_u64()
+        .unwrap() as usize;
+    let ort_minmax = results
+        ["ORT QDQ MinMax u8/s8 per-tensor (reference/ort/cls.minmax_pt_u8.qdq.onnx)"]
+        ["correct_eval"]
+        .as_u64()
+        .unwrap() as usize;
+
+    let ours_sqnr = &ours.evaluation.outputs[0].sqnr_db;
+    eprintln!(
+        "cls/eval, 400 samples, min-max W8A8 (s8 symmetric weights, int32 bias):\n\
+         \x20 float top-1:                          ours {}/400, onnxruntime {ort_float_correct}/400, reference {reference_float}/400\n\
+         \x20 quantsim top-1:                       {}/400 = {:.4}\n\
+         \x20 onnxruntime on our QDQ (integer):     {ort_integer_correct}/400 = {:.4}\n\
+         \x20 onnxruntime on our QDQ (float Q/DQ):  {ort_fake_correct}/400 = {:.4}\n\
+         \x20 onnxruntime quantize_static MinMax:   {ort_minmax}/400 = {:.4} (reference)\n\
+         \x20 output SQNR vs float, median of samples: quantsim {:.2} dB, onnxruntime integer {:.2} dB, float Q/DQ {:.2} dB\n\
+         \x20 time: our float + quantsim {eval_seconds:.1}s, onnxruntime QDQ + float {ort_seconds:.1}s",
+        accuracy.float_correct,
+        accuracy.quantized_correct,
+        accuracy.quantized_top1(),
+        ort_integer_correct as f64 / 400.0,
+        ort_fake_correct as f64 / 400.0,
+        ort_minmax as f64 / 400.0,
+        median(ours_sqnr),
+        median(&per_sample(&integer)),
+        median(&per_sample(&fake)),
+    );
+
+    assert_eq!(accuracy.float_correct, reference_float);
+    assert_eq!(
+        ort_float_correct, reference_float,
+        "samples or labels misread"
+    );
+    // One point of 400 samples is 4 samples.
+    let gap = accuracy.quantized_correct.abs_diff(ort_integer_correct);
+    assert!(
+        gap <= 4,
+        "quantsim {}/400 vs onnxruntime on our QDQ {ort_integer_correct}/400",
+        accuracy.quantized_correct
+    );
+    assert!(
+        accuracy.quantized_correct + 4 >= ort_minmax,
+        "quantsim {}/400 is more than a point below onnxruntime's own MinMax {ort_minmax}/400",
+        accuracy.quantized_correct
+    );
+}
+
+#[test]
+fn det_min_max_w8a8_output_sqnr_agrees_with_onnxruntime_on_our_qdq_export() {
+    let Some(fixtures) = common::fixtures() else {
+        return;
+    };
+    let Some(python) = python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let float = fixtures.join("models/det.prep.onnx");
+    let (encodings, qdq) = quantize(
+        tmp.path(),
+        &float,
+        &fixtures.join("det/calib/input_list.txt"),
+        ORT_LIKE,
+    );
+    let list = fixtures.join("det/eval/input_list.txt");
+
+    let started = Instant::now();
+    let ours = evaluate(&float, &encodings, &list, None);
+    let eval_seconds = started.elapsed().as_secs_f64();
+    let output = &ours.evaluation.outputs[0];
+    assert_eq!(output.name, "sigmoid_0.tmp_0");
+    assert_eq!(output.sqnr_db.len(), 8);
+
+    let integer_dump = tmp.path().join("ort_integer");
+    let fake_dump = tmp.path().join("ort_float_qdq");
+    let integer = onnxruntime(&python, &qdq, &float, &list, "all", Some(&integer_dump));
+    let fake = onnxruntime(&python, &qdq, &float, &list, "disable", Some(&fake_dump));
+
+    // Our simulated outputs next to onnxruntime's, sample by sample: how close the export
+    // reproduces the simulation, independent of how far both are from float.
+    let model = OnnxModel::read(&float).unwrap();
+    let graph = Graph::from_model(&model).unwrap();
+    let parsed = overrides::read(&encodings).unwrap();
+    let (model_encodings, _) = quantsim::encodings_from_overrides(&graph, &parsed.overrides);
+    let sim = QuantSim::new(&model, &graph, &model_encodings, &[]).unwrap();
+    let input_list = InputList::read(&list).unwrap();
+    let mut to_integer = Vec::new();
+    let mut to_fake = Vec::new();
+    for (index, sample) in input_list.samples.iter().enumerate() {
+        let loaded = input_list.load(sample, sim.runner().input_specs()).unwrap();
+        let outputs = sim.run(&loaded.tensors, |_, _, _| {}).unwrap();
+        let simulated: Vec<f32> = outputs[0].iter().copied().collect();
+        let read = |dir: &Path| -> Vec<f32> {
+            std::fs::read(dir.join(format!("{index:04}_0.raw")))
+                .unwrap()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        };
+        to_integer.push(sqnr_db(&simulated, &read(&integer_dump)));
+        to_fake.push(sqnr_db(&simulated, &read(&fake_dump)));
+    }
+
+    let ort_reference = &reference(&fixtures)["det"]["eval_sqnr_db"];
+    let ort_minmax_mean = ort_reference["mean"].as_f64().unwrap();
+    let ours_mean = output.mean_sqnr_db();
+    let integer_mean = integer["sqnr_db"][0].as_f64().unwrap();
+    let fake_mean = fake["sqnr_db"][0].as_f64().unwrap();
+    eprintln!(
+        "det/eval, 8 samples, min-max W8A8 (s8 symmetric weights, int32 bias), output SQNR vs float:\n\
+         \x20 quantsim:                            mean {ours_mean:.2} dB {}\n\
+         \x20 onnxruntime on our QDQ (integer):    mean {integer_mean:.2} dB {}\n\
+         \x20 onnxruntime on our QDQ (float Q/DQ): mean {fake_mean:.2} dB {}\n\
+         \x20 onnxruntime quantize_static MinMax:  mean {ort_minmax_mean:.2} dB (reference)\n\
+         \x20 quantsim output vs onnxruntime's: integer {} dB, float Q/DQ {} dB\n\
+         \x20 time: our float + quantsim {eval_seconds:.1}s",
+        fmt(&output.sqnr_db),
+        fmt(&per_sample(&integer)),
+        fmt(&per_sample(&fake)),
+        fmt(&to_integer),
+        fmt(&to_fake),
+    );
+
+    assert!(
+        (ours_mean - integer_mean).abs() <= 0.5,
+        "quantsim {ours_mean:.2} dB vs onnxruntime on our QDQ {integer_mean:.2} dB"
+    );
+    // The export reproduces the simulation more closely than either comes to float.
+    assert!(
+        mean(&to_fake) > ours_mean + 3.0,
+        "quantsim vs onnxruntime float Q/DQ {:.2} dB, quantization {ours_mean:.2} dB",
+        mean(&to_fake)
+    );
+}
