@@ -140,9 +140,14 @@ fn finished(line: &str) -> bool {
     line.contains("Finished")
 }
 
-/// A line that reports a failed build.
+/// A line that says the watcher waits for the next change.
+fn watching(line: &str) -> bool {
+    line.contains("Watching for changes")
+}
+
+/// A line that reports a failed build (miette's error marker).
 fn failed(line: &str) -> bool {
-    line.contains("error") || line.contains("×")
+    line.contains('×')
 }
 
 #[test]
@@ -153,6 +158,7 @@ fn watch_rebuilds_after_a_rename_save_and_after_a_sample_comes_back() {
     let store = TempDir::new().unwrap();
     let mut watch = Watch::start(&root, store.path());
     watch.wait_for("the first build", FIRST_BUILD, finished);
+    watch.wait_for("watching to start", REBUILD, watching);
     let encodings = root.join("quant-out/htp/cls/encodings.json");
     let before =
         fs::read_to_string(&encodings).expect("the first build wrote htp/cls/encodings.json");
@@ -178,6 +184,7 @@ fn watch_rebuilds_after_a_rename_save_and_after_a_sample_comes_back() {
         "the change line does not show the old and new scale: {change}"
     );
     watch.wait_for("the rebuild to finish", REBUILD, finished);
+    watch.wait_for("watching to resume", REBUILD, watching);
     let after = fs::read_to_string(&encodings).unwrap();
     assert_ne!(before, after, "encodings.json did not change on disk");
     let changed: Vec<_> = watch
@@ -194,10 +201,22 @@ fn watch_rebuilds_after_a_rename_save_and_after_a_sample_comes_back() {
     // watching goes on; when it is back, the next build succeeds again.
     let sample = root.join("calib/0003.raw");
     let bytes = fs::read(&sample).unwrap();
+    let failed_at = watch.transcript.len();
     fs::remove_file(&sample).unwrap();
     let diagnostic = watch.wait_for("a diagnostic for the missing sample", REBUILD, |line| {
         line.contains("0003.raw")
     });
+    watch.wait_for(
+        "watching to go on after the failed build",
+        REBUILD,
+        watching,
+    );
+    assert!(
+        !watch.since(failed_at).iter().any(|line| finished(line)),
+        "the build without {} finished:\n{}",
+        sample.display(),
+        watch.since(failed_at).join("\n")
+    );
     let mark = watch.transcript.len();
     fs::write(&sample, &bytes).unwrap();
     watch.wait_for("a build after the sample came back", REBUILD, finished);
