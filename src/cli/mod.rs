@@ -10,8 +10,8 @@ mod encode;
 mod eval;
 mod inspect;
 mod quantize;
-mod watch;
 pub mod shell;
+mod watch;
 
 /// Exit code for a build or data error.
 pub const EXIT_FAILURE: u8 = 1;
@@ -54,11 +54,7 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(err) => {
-            let code = if err.use_stderr() { EXIT_USAGE } else { 0 };
-            let _ = err.print();
-            return ExitCode::from(code);
-        }
+        Err(err) => return usage_error(&err),
     };
     match cli.command {
         Command::Build(args) => build::run(args),
@@ -70,4 +66,26 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Quantize(args) => quantize::run(args),
     }
+}
+
+/// Prints a clap error and returns its exit code. Help and version go out whole; a usage
+/// error becomes its one `error: ...` line naming the argument (the usage block clap appends
+/// repeats what `--help` says and buries the message in scripts' logs).
+fn usage_error(err: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if !err.use_stderr() {
+        let _ = err.print();
+        return ExitCode::SUCCESS;
+    }
+    if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let _ = err.print();
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let rendered = err.render().to_string();
+    let line = rendered
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("error: invalid arguments");
+    eprintln!("{line} (see --help)");
+    ExitCode::from(EXIT_USAGE)
 }
