@@ -23,7 +23,8 @@ use super::db::Db;
 use super::files::{FileError, SourceFile, source_file};
 use super::oneshot::{model_tensors, quantizer_args};
 use super::stored::{
-    StoredEncoding, StoredMinMax, StoredSampleStatistics, StoredTensorEntry, stable_digest,
+    StoredEncoding, StoredTensorEntry, decode_sample_statistics, encode_sample_statistics,
+    stable_digest,
 };
 use crate::calib::{CalibError, InputList, Sample};
 use crate::encoding::tensor::FloatBitwidth as TensorFloatBitwidth;
@@ -819,19 +820,13 @@ pub fn sample_statistics<'db>(
     let store = context.store(db);
     let log = context.log(db);
     if let Some(store) = store
-        && let Some(hit) = lookup::<StoredSampleStatistics>(store, log, Kind::STATISTICS, &key)
+        && let Some((names, tensors)) = lookup_bytes(store, log, Kind::STATISTICS, &key)
+            .and_then(|bytes| decode_sample_statistics(&bytes))
     {
-        let tensors: Option<Vec<TensorStatistics>> = hit
-            .tensors
-            .iter()
-            .map(StoredMinMax::to_statistics)
-            .collect();
-        if let Some(tensors) = tensors.filter(|t| t.len() == hit.names.len()) {
-            return Ok(Arc::new(SampleStats {
-                names: Arc::new(hit.names),
-                tensors,
-            }));
-        }
+        return Ok(Arc::new(SampleStats {
+            names: Arc::new(names),
+            tensors,
+        }));
     }
 
     db.unwind_if_revision_cancelled();
@@ -893,19 +888,9 @@ pub fn sample_statistics<'db>(
     .map_err(|e| BuildError::Calibration(Arc::new(e)))?;
     let names: Vec<String> = runner.activation_names().to_vec();
     if let Some(store) = store {
-        let stored: Option<Vec<StoredMinMax>> = statistics
-            .tensors
-            .iter()
-            .map(StoredMinMax::from_statistics)
-            .collect();
-        if let Some(tensors) = stored {
-            let entry = StoredSampleStatistics {
-                names: names.clone(),
-                tensors,
-            };
-            if let Err(e) = store.put_json(Kind::STATISTICS, &key, &entry) {
-                log.with(|r| r.store_errors.push(format!("{e:#}")));
-            }
+        let bytes = encode_sample_statistics(&names, &statistics.tensors);
+        if let Err(e) = store.put(Kind::STATISTICS, &key, &bytes) {
+            log.with(|r| r.store_errors.push(format!("{e:#}")));
         }
     }
     log.with(|r| {
@@ -949,6 +934,22 @@ fn missing_sample(db: &dyn Db, sample: SampleKey<'_>, path: &Path, file: SourceF
 }
 
 /// Looks an entry up, recording corruption and store errors in the log; `None` unless a hit.
+/// A raw store read; corruption and store errors are logged and count as a miss.
+fn lookup_bytes(store: &Store, log: &WorkLog, kind: Kind, key: &Digest) -> Option<Vec<u8>> {
+    match store.get(kind, key) {
+        Ok(GetOutcome::Hit(bytes)) => Some(bytes),
+        Ok(GetOutcome::Miss) => None,
+        Ok(GetOutcome::Corrupt(corruption)) => {
+            log.with(|r| r.corruptions.push(corruption));
+            None
+        }
+        Err(e) => {
+            log.with(|r| r.store_errors.push(format!("{e:#}")));
+            None
+        }
+    }
+}
+
 fn lookup<T: serde::de::DeserializeOwned>(
     store: &Store,
     log: &WorkLog,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::encoding::tensor::FloatBitwidth;
 use crate::encoding::{Bitwidth, Encoding, Schema};
 use crate::overrides::FixedEncoding;
-use crate::stats::{MinMax, TensorStatistics};
+use crate::stats::TensorStatistics;
 use crate::store::Digest;
 
 /// A `Hasher` that feeds blake3 with fixed-width little-endian integers, so a value's digest is
@@ -71,95 +71,48 @@ pub fn stable_digest<T: Hash + ?Sized>(value: &T) -> Digest {
     Digest::from(hasher.0.finalize())
 }
 
-/// One tensor's min/max statistics as stored: the bounds' `f32` bits and every count, which is
-/// all a [`MinMax`] holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredMinMax {
-    /// Smallest finite value's bits, when any finite value was seen.
-    pub min: Option<u32>,
-    /// Largest finite value's bits, when any finite value was seen.
-    pub max: Option<u32>,
-    /// Finite values seen.
-    pub finite: u64,
-    /// NaNs seen.
-    pub nan: u64,
-    /// +∞ seen.
-    pub positive_infinity: u64,
-    /// −∞ seen.
-    pub negative_infinity: u64,
+/// One sample's statistics as stored: the activation names in the runner's order, then the
+/// statistics in `stats`' exact byte codec (histograms included, so every calibration method's
+/// statistics survive the process).
+///
+/// Layout: name count (u64 LE), each name as length (u64 LE) + UTF-8 bytes, then
+/// [`crate::stats::encode_all`] of the statistics.
+pub fn encode_sample_statistics(names: &[String], statistics: &[TensorStatistics]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(names.len() as u64).to_le_bytes());
+    for name in names {
+        out.extend_from_slice(&(name.len() as u64).to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+    }
+    out.extend_from_slice(&crate::stats::encode_all(statistics));
+    out
 }
 
-impl StoredMinMax {
-    /// The stored form, or `None` for statistics with a histogram, which has no serialized form
-    /// yet (such statistics are recomputed by each new process instead of stored).
-    pub fn from_statistics(statistics: &TensorStatistics) -> Option<StoredMinMax> {
-        if statistics.histogram.is_some() {
+/// Reads [`encode_sample_statistics`]' bytes back; `None` when they are not exactly that (a
+/// damaged or foreign payload counts as a miss and is recomputed).
+pub fn decode_sample_statistics(bytes: &[u8]) -> Option<(Vec<String>, Vec<TensorStatistics>)> {
+    fn take_u64(bytes: &mut &[u8]) -> Option<u64> {
+        let (head, rest) = bytes.split_first_chunk::<8>()?;
+        *bytes = rest;
+        Some(u64::from_le_bytes(*head))
+    }
+    let mut rest = bytes;
+    let count = usize::try_from(take_u64(&mut rest)?).ok()?;
+    if count > rest.len() / 8 {
+        return None;
+    }
+    let mut names = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = usize::try_from(take_u64(&mut rest)?).ok()?;
+        if len > rest.len() {
             return None;
         }
-        let m = &statistics.min_max;
-        Some(StoredMinMax {
-            min: m.min().map(f32::to_bits),
-            max: m.max().map(f32::to_bits),
-            finite: m.finite_count(),
-            nan: m.nan_count(),
-            positive_infinity: m.positive_infinity_count(),
-            negative_infinity: m.negative_infinity_count(),
-        })
+        let (name, tail) = rest.split_at(len);
+        names.push(String::from_utf8(name.to_vec()).ok()?);
+        rest = tail;
     }
-
-    /// Rebuilds the exact [`MinMax`] through its public operations: observing the bounds, then
-    /// merging copies of one-value statistics by repeated doubling to reach every count (a
-    /// merge adds counts), so the result compares equal to the original bit for bit.
-    pub fn to_statistics(&self) -> Option<TensorStatistics> {
-        let mut min_max = MinMax::new();
-        match (self.min, self.max, self.finite) {
-            (None, None, 0) => {}
-            (Some(min), Some(max), 1) if min == max => min_max.observe(&[f32::from_bits(min)]),
-            (Some(min), Some(max), finite) if finite >= 2 => {
-                let (min, max) = (f32::from_bits(min), f32::from_bits(max));
-                if !(min.is_finite() && max.is_finite() && min <= max) {
-                    return None;
-                }
-                min_max.observe(&[min, max]);
-                min_max.merge(&repeated(min, finite - 2));
-            }
-            _ => return None,
-        }
-        min_max.merge(&repeated(f32::NAN, self.nan));
-        min_max.merge(&repeated(f32::INFINITY, self.positive_infinity));
-        min_max.merge(&repeated(f32::NEG_INFINITY, self.negative_infinity));
-        Some(TensorStatistics {
-            min_max,
-            histogram: None,
-        })
-    }
-}
-
-/// Min/max statistics of `value` observed `count` times, in O(log count) merges.
-fn repeated(value: f32, count: u64) -> MinMax {
-    let mut total = MinMax::new();
-    let mut power = MinMax::new();
-    power.observe(&[value]);
-    let mut remaining = count;
-    while remaining > 0 {
-        if remaining & 1 == 1 {
-            total.merge(&power);
-        }
-        let copy = power;
-        power.merge(&copy);
-        remaining >>= 1;
-    }
-    total
-}
-
-/// One sample's statistics as stored: the activation names in the runner's order and one
-/// min/max per activation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredSampleStatistics {
-    /// Activation names, in the runner's activation order.
-    pub names: Vec<String>,
-    /// One entry per name.
-    pub tensors: Vec<StoredMinMax>,
+    let statistics = TensorStatistics::decode_all(rest)?;
+    (statistics.len() == names.len()).then_some((names, statistics))
 }
 
 /// One integer encoding as stored: floats by their bits, so the round trip is exact.
@@ -273,54 +226,24 @@ pub struct StoredTensorEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::StatisticsSettings;
-
-    fn round_trip(values: &[f32]) {
-        let mut statistics = TensorStatistics::new(StatisticsSettings::MIN_MAX);
-        statistics.observe(values);
-        let stored = StoredMinMax::from_statistics(&statistics).unwrap();
-        let json = serde_json::to_string(&stored).unwrap();
-        let back: StoredMinMax = serde_json::from_str(&json).unwrap();
-        assert_eq!(back.to_statistics(), Some(statistics), "values {values:?}");
-    }
 
     #[test]
-    fn min_max_statistics_round_trip_exactly() {
-        round_trip(&[]);
-        round_trip(&[3.5]);
-        round_trip(&[-0.0, 0.0]);
-        round_trip(&[
-            1.0,
-            -2.0,
-            7.25,
-            f32::NAN,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            f32::NAN,
-        ]);
-        let many: Vec<f32> = (0..100_003).map(|i| (i as f32 * 0.37).sin()).collect();
-        round_trip(&many);
-        round_trip(&[f32::NAN; 5]);
-    }
-
-    #[test]
-    fn histograms_are_not_stored() {
-        let mut statistics = TensorStatistics::new(StatisticsSettings::WITH_HISTOGRAM);
-        statistics.observe(&[1.0, 2.0]);
-        assert_eq!(StoredMinMax::from_statistics(&statistics), None);
-    }
-
-    #[test]
-    fn inconsistent_payloads_are_rejected() {
-        let stored = StoredMinMax {
-            min: Some(2.0f32.to_bits()),
-            max: Some(1.0f32.to_bits()),
-            finite: 3,
-            nan: 0,
-            positive_infinity: 0,
-            negative_infinity: 0,
-        };
-        assert_eq!(stored.to_statistics(), None);
+    fn sample_statistics_round_trip_exactly_with_histograms() {
+        use crate::stats::StatisticsSettings;
+        let mut a = TensorStatistics::new(StatisticsSettings::WITH_HISTOGRAM);
+        a.observe(&[-1.5, 0.0, 2.25, f32::NAN]);
+        let mut b = TensorStatistics::new(StatisticsSettings::MIN_MAX);
+        b.observe(&[3.0]);
+        let names = vec!["x".to_string(), "conv/out:0".to_string()];
+        let bytes = encode_sample_statistics(&names, &[a.clone(), b.clone()]);
+        assert_eq!(decode_sample_statistics(&bytes), Some((names, vec![a, b])));
+        for cut in 0..bytes.len() {
+            assert_eq!(
+                decode_sample_statistics(&bytes[..cut]),
+                None,
+                "cut at {cut}"
+            );
+        }
     }
 
     #[test]

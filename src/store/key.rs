@@ -45,7 +45,7 @@ pub struct Kind {
 
 impl Kind {
     /// Statistics of one calibration sample over one set of tensors of one model.
-    pub const STATISTICS: Kind = Kind::new("statistics", 1);
+    pub const STATISTICS: Kind = Kind::new("statistics", 2);
     /// Statistics merged over all samples of a calibration set.
     pub const MERGED_STATISTICS: Kind = Kind::new("merged-statistics", 1);
     /// The encoding (bitwidth, scale, offset, ...) chosen for one tensor.
