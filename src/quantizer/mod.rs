@@ -18,8 +18,8 @@ pub use calibrate::{
     CalibrationError, SampleStatistics, calibration_model, merge_statistics, sample_statistics,
 };
 pub use tensor::{
-    EncodeError, ModelEncodings, Warning, bias_encoding, encode_activation, encode_model,
-    encode_parameter, statistics_settings,
+    EncodeError, ModelEncodings, Warning, bias_encoding, bias_partners, encode_activation,
+    encode_model, encode_parameter, is_activation_like, parameter_values, statistics_settings,
 };
 
 use crate::encoding::SymmetricConvention;
