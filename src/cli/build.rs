@@ -305,6 +305,7 @@ pub(crate) fn summary_json(report: &BuildReport) -> serde_json::Value {
                 "written": done.written.len(),
                 "unchanged": done.unchanged.len(),
                 "tensors_encoded": done.explanation.tensors_encoded.len(),
+                "evaluation": done.evaluation.as_ref().map(|e| e.headline()),
             }),
             Err(error) => json!({
                 "pipeline": unit.pipeline,
@@ -322,10 +323,40 @@ pub(crate) fn summary_json(report: &BuildReport) -> serde_json::Value {
         "tensors_reused": c.tensors_reused,
         "artifacts_written": c.artifacts_written,
         "artifacts_unchanged": c.artifacts_unchanged,
+        "evaluations_run": c.evaluations_run,
         "wall_ms": report.wall_ms,
         "targets": targets,
         "errors": report.errors().count() + report.unknown.len(),
     })
+}
+
+/// Prints each evaluated unit's summary (float vs quantized metrics, the worst tensors by SQNR)
+/// as status lines, so `--json` silences it like any other status.
+pub(crate) fn print_evaluations(shell: &Shell, report: &BuildReport) {
+    for unit in &report.units {
+        let Some(evaluation) = unit
+            .result
+            .as_ref()
+            .ok()
+            .and_then(|d| d.evaluation.as_ref())
+        else {
+            continue;
+        };
+        let mut lines = evaluation.summary.lines();
+        // The summary opens with "<model> on N samples"; the unit's full name says more.
+        let first = lines.next().unwrap_or_default();
+        let samples = first.rsplit_once(" on ").map_or(first, |(_, n)| n);
+        shell.status(
+            "Evaluated",
+            format!(
+                "{}/{}/{} on {samples}",
+                unit.pipeline, unit.target, unit.model
+            ),
+        );
+        for line in lines {
+            shell.status("", line);
+        }
+    }
 }
 
 /// Runs `quant build`.
@@ -349,6 +380,7 @@ pub fn run(args: BuildArgs) -> ExitCode {
     let progress = progress_printer(shell);
     let report = pipeline::build(&db, &projects, &options, &progress);
     let code = render(&shell, &report, args.explain);
+    print_evaluations(&shell, &report);
     if args.json {
         println!("{}", summary_json(&report));
     } else if report.succeeded() {

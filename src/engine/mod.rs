@@ -4,7 +4,8 @@
 //! It owns the database ([`db`]), the source-file inputs ([`files`]), the build worker that
 //! makes builds cancellable ([`build`]), the query chain ([`queries`]), the driver that runs a
 //! build from manifests to written files ([`pipeline`]), the serialized forms kept in the
-//! persistent store ([`stored`]), `report.json` ([`summary`]) and `--explain`'s build records
+//! persistent store ([`stored`]), `report.json` ([`summary`]), the QDQ model and the
+//! evaluation ([`evaluate`]) and `--explain`'s build records
 //! ([`explain`]). [`oneshot`] is the same work without a database, for `quant quantize`. It must not format terminal output
 //! (the CLI does), watch the file system (`watch` does, and hands over changed paths), or hold
 //! numeric logic of its own (that lives in `stats`, `encoding`, `overrides`, `export`).
@@ -69,6 +70,7 @@
 
 pub mod build;
 pub mod db;
+pub mod evaluate;
 pub mod files;
 pub mod lines;
 pub mod explain;

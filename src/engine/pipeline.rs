@@ -17,6 +17,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::db::Database;
+use super::evaluate::UnitEvaluation;
 use super::explain::{self, BUILD_RECORD, BuildRecord, Explanation};
 use super::files::source_file;
 use super::queries::{
@@ -96,6 +97,8 @@ pub struct BuildCounts {
     pub artifacts_written: usize,
     /// Output files left alone because they already held the right bytes.
     pub artifacts_unchanged: usize,
+    /// Evaluations run (the others were reused from the store or the database).
+    pub evaluations_run: usize,
 }
 
 /// A unit built successfully.
@@ -111,6 +114,8 @@ pub struct UnitDone {
     pub unchanged: Vec<PathBuf>,
     /// Why it rebuilt, compared with the last build's record.
     pub explanation: Explanation,
+    /// Its evaluation, when the target has `evaluate`.
+    pub evaluation: Option<Arc<UnitEvaluation>>,
 }
 
 /// One unit's outcome.
@@ -290,6 +295,7 @@ pub fn build(
         work.tensors_encoded.extend(taken.tensors_encoded);
         work.corruptions.extend(taken.corruptions);
         work.store_errors.extend(taken.store_errors);
+        work.evaluations_run.extend(taken.evaluations_run);
     }
     for outcome in &mut report.units {
         let Ok(done) = &mut outcome.result else {
@@ -327,6 +333,7 @@ pub fn build(
         tensors_reused: tensors_total.saturating_sub(work.tensors_encoded.len()),
         artifacts_written: written,
         artifacts_unchanged: unchanged,
+        evaluations_run: work.evaluations_run.len(),
     };
     report.corruptions.extend(work.corruptions);
     report.store_errors.extend(work.store_errors);
@@ -423,16 +430,31 @@ fn build_unit<'db>(
         let mut written = Vec::new();
         let mut unchanged = Vec::new();
         let encodings_path = plan.out_dir.join("encodings.json");
-        for (name, bytes) in [
-            ("encodings.json", &artifacts.encodings_json),
-            ("report.json", &artifacts.report_json),
-        ] {
+        let evaluation = artifacts.evaluation.clone();
+        let files: [(&str, Option<&[u8]>); 4] = [
+            ("encodings.json", Some(artifacts.encodings_json.as_bytes())),
+            ("report.json", Some(artifacts.report_json.as_bytes())),
+            ("model.qdq.onnx", artifacts.qdq_model.as_deref()),
+            (
+                "report.html",
+                evaluation.as_ref().map(|e| e.html.as_bytes()),
+            ),
+        ];
+        for (name, bytes) in files {
             let path = plan.out_dir.join(name);
-            let changed =
-                write_if_changed(&path, bytes.as_bytes()).map_err(|e| BuildError::Output {
-                    path: display_path(&path),
-                    message: e.to_string(),
-                })?;
+            let output_error = |e: io::Error| BuildError::Output {
+                path: display_path(&path),
+                message: e.to_string(),
+            };
+            let Some(bytes) = bytes else {
+                // A file this unit no longer produces (the target lost `evaluate`, or became
+                // float) must not outlive it: a clean build would not have it.
+                match fs::remove_file(&path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(output_error(e)),
+                    _ => continue,
+                }
+            };
+            let changed = write_if_changed(&path, bytes).map_err(output_error)?;
             if changed {
                 progress(Progress::Wrote { path: path.clone() });
                 written.push(path);
@@ -447,6 +469,7 @@ fn build_unit<'db>(
             written,
             unchanged,
             explanation,
+            evaluation,
         })
     })();
     UnitOutcome {

@@ -50,7 +50,7 @@ use crate::store::{Corruption, Digest, GetOutcome, KeyBuilder, Kind, Store};
 pub use keys::{BuildContext, CalibrationKey, Project, SampleKey, TensorKey, Unit};
 
 /// The float runtime whose behaviour statistics depend on; part of every statistics key.
-const RUNTIME: &str = "tract-onnx 0.23";
+pub(super) const RUNTIME: &str = "tract-onnx 0.23";
 
 // Salsa generates constructors and getters without docs; the fields are documented.
 #[allow(missing_docs)]
@@ -153,7 +153,7 @@ mod keys {
     }
 }
 
-use keys::ModelKey;
+pub use keys::ModelKey;
 
 // ---------------------------------------------------------------------------------------------
 // The work log.
@@ -189,6 +189,8 @@ pub struct WorkRecord {
     pub corruptions: Vec<Corruption>,
     /// Store reads or writes that failed for another reason (the build went on without them).
     pub store_errors: Vec<String>,
+    /// Units evaluated (a store miss), as `pipeline/target/model`.
+    pub evaluations_run: Vec<String>,
 }
 
 /// A shared, append-only [`WorkRecord`]: the side channel through which queries report work.
@@ -215,6 +217,7 @@ impl WorkLog {
             r.tensors_encoded.extend(other.tensors_encoded);
             r.corruptions.extend(other.corruptions);
             r.store_errors.extend(other.store_errors);
+            r.evaluations_run.extend(other.evaluations_run);
         });
     }
 
@@ -283,6 +286,17 @@ pub enum BuildError {
         /// What the operating system said.
         message: String,
     },
+    /// The evaluation could not run (labels that do not fit, a model it cannot simulate).
+    #[error(transparent)]
+    Evaluation(Arc<crate::eval::EvalError>),
+    /// The QDQ model could not be made.
+    #[error("cannot export `{path}`: {message}")]
+    Export {
+        /// The output file as shown.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
     /// A file changed while it was being read; the next build sees the new contents.
     #[error("`{path}` changed while it was being read; build again")]
     Changed {
@@ -299,6 +313,7 @@ impl BuildError {
             BuildError::Overrides(e) => Some(e.as_ref()),
             BuildError::OverridesInvalid(e) => Some(e.as_ref()),
             BuildError::Calibration(e) => Some(e.as_ref()),
+            BuildError::Evaluation(e) => Some(e.as_ref()),
             _ => None,
         }
     }
@@ -331,6 +346,7 @@ impl Diagnostic for BuildError {
                 BuildError::Runner { .. } => "quant::build::run",
                 BuildError::Encode(_) => "quant::build::encode",
                 BuildError::Output { .. } => "quant::build::output",
+                BuildError::Export { .. } => "quant::build::export",
                 _ => "quant::build::changed",
             })),
         }
@@ -513,7 +529,8 @@ pub struct LoadedModel {
     pub tensors: ModelTensors,
 }
 
-fn model_key<'db>(db: &'db dyn Db, plan: &UnitPlan) -> ModelKey<'db> {
+/// The key of a unit's model: its file with the unit's input dims.
+pub fn model_key<'db>(db: &'db dyn Db, plan: &UnitPlan) -> ModelKey<'db> {
     let dims: Vec<(String, Vec<u64>)> = plan
         .model
         .input_dims
@@ -1547,6 +1564,10 @@ pub struct Artifacts {
     pub encodings_json: String,
     /// `report.json`.
     pub report_json: String,
+    /// `model.qdq.onnx` (quantized targets).
+    pub qdq_model: Option<Arc<[u8]>>,
+    /// The evaluation (targets with `evaluate`): `report.html` and the terminal summary.
+    pub evaluation: Option<Arc<super::evaluate::UnitEvaluation>>,
 }
 
 /// The AIMET layout for a manifest's `encoding_version`.
@@ -1557,21 +1578,37 @@ pub fn aimet_version(version: EncodingVersion) -> AimetVersion {
     }
 }
 
-/// A unit's output files. Pure function of the encodings and the plan: no paths, times or
-/// thread counts, so equal inputs give equal bytes on any machine.
-#[salsa::tracked(returns(ref))]
-pub fn unit_artifacts<'db>(db: &'db dyn Db, unit: Unit<'db>) -> Result<Arc<Artifacts>, BuildError> {
-    let plan = unit_plan(db, unit).as_ref().map_err(Clone::clone)?;
-    let encodings = unit_encodings(db, unit).as_ref().map_err(Clone::clone)?;
+/// `encodings.json` of a unit: its encodings in the manifest's AIMET layout.
+pub fn encodings_json(plan: &UnitPlan, encodings: &UnitEncodings) -> String {
     let aimet = AimetEncodings {
         activations: encodings.activations.clone(),
         parameters: encodings.parameters.clone(),
         quantizer_args: encodings.quantizer_args.clone(),
     };
-    let encodings_json = aimet.to_json(aimet_version(plan.encoding_version));
-    let report_json = super::summary::unit_report(plan, encodings);
+    aimet.to_json(aimet_version(plan.encoding_version))
+}
+
+/// A unit's output files. Pure function of the encodings, the evaluation and the plan: no
+/// paths, times or thread counts, so equal inputs give equal bytes on any machine.
+#[salsa::tracked(returns(ref))]
+pub fn unit_artifacts<'db>(db: &'db dyn Db, unit: Unit<'db>) -> Result<Arc<Artifacts>, BuildError> {
+    let plan = unit_plan(db, unit).as_ref().map_err(Clone::clone)?;
+    let encodings = unit_encodings(db, unit).as_ref().map_err(Clone::clone)?;
+    let encodings_json = encodings_json(plan, encodings);
+    let qdq_model = super::evaluate::unit_qdq_model(db, unit)
+        .as_ref()
+        .map_err(Clone::clone)?
+        .clone();
+    let evaluation = super::evaluate::unit_evaluation(db, unit)
+        .as_ref()
+        .map_err(Clone::clone)?
+        .clone();
+    let report_json =
+        super::summary::unit_report(plan, encodings, evaluation.as_ref().map(|e| &e.report));
     Ok(Arc::new(Artifacts {
         encodings_json,
         report_json,
+        qdq_model,
+        evaluation,
     }))
 }

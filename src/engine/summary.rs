@@ -4,7 +4,9 @@
 //! It owns the report's layout. It must not hold anything that differs between two builds of
 //! the same inputs — no paths, times, thread counts, nor what the cache reused (those go to
 //! `quant build --json`) — because an incremental build must write the bytes a clean one does.
-//! Evaluation results (quantsim vs float) are meant to be added here by the evaluation step.
+//! A target with `evaluate = "NAME"` gets its evaluation ([`crate::report::Report`]: float vs
+//! QuantSim metrics and the per-tensor table) under `evaluation`; other targets have no such
+//! field.
 
 use serde_json::{Map, Value, json};
 
@@ -12,7 +14,7 @@ use super::queries::{UnitEncodings, UnitPlan};
 use crate::overrides::FixedEncoding;
 
 /// Layout version of `report.json`; bump when fields change meaning.
-pub const REPORT_VERSION: u32 = 1;
+pub const REPORT_VERSION: u32 = 2;
 
 fn entry(fixed: &FixedEncoding) -> Value {
     match fixed {
@@ -40,8 +42,13 @@ fn entry(fixed: &FixedEncoding) -> Value {
     }
 }
 
-/// The report of one unit, pretty-printed JSON with a trailing newline.
-pub fn unit_report(plan: &UnitPlan, encodings: &UnitEncodings) -> String {
+/// The report of one unit, pretty-printed JSON with a trailing newline; `evaluation` is the
+/// evaluation's report as a JSON value, when the target is evaluated.
+pub fn unit_report(
+    plan: &UnitPlan,
+    encodings: &UnitEncodings,
+    evaluation: Option<&Value>,
+) -> String {
     let section = |map: &std::collections::BTreeMap<String, FixedEncoding>| {
         Value::Object(
             map.iter()
@@ -49,7 +56,7 @@ pub fn unit_report(plan: &UnitPlan, encodings: &UnitEncodings) -> String {
                 .collect::<Map<String, Value>>(),
         )
     };
-    let report = json!({
+    let mut report = json!({
         "report_version": REPORT_VERSION,
         "pipeline": plan.pipeline,
         "target": plan.target.name,
@@ -66,6 +73,9 @@ pub fn unit_report(plan: &UnitPlan, encodings: &UnitEncodings) -> String {
         "activation_encodings": section(&encodings.activations),
         "param_encodings": section(&encodings.parameters),
     });
+    if let (Some(evaluation), Value::Object(fields)) = (evaluation, &mut report) {
+        fields.insert("evaluation".to_string(), evaluation.clone());
+    }
     let mut text = serde_json::to_string_pretty(&report).unwrap_or_default();
     text.push('\n');
     text

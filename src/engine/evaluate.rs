@@ -1,0 +1,459 @@
+//! The outputs that apply a unit's encodings to its model: `model.qdq.onnx` (the QDQ export)
+//! and the evaluation behind `report.json` and `report.html` (float vs QuantSim on the target's
+//! eval set, `evaluate = "NAME"`).
+//!
+//! It owns the queries [`unit_qdq_model`] and [`unit_evaluation`], the projection of a target's
+//! eval set out of the manifest, and the store entry that carries a finished evaluation to the
+//! next process. An evaluation runs every eval sample twice, so it is looked up in the store
+//! first, under a key made of the digests of everything it reads: the model file and its
+//! input dims, the unit's `encodings.json`, the eval list, every sample file, the labels file,
+//! the calibration ranges the report shows, the names the report prints, and
+//! [`EVALUATION_VERSION`]. Every file is read through [`source_file`], so `quant watch` follows
+//! the eval set like any other input.
+//!
+//! It must not write files or print (the driver writes, the CLI prints), and it holds no
+//! numeric logic: [`crate::eval`] measures, [`crate::report`] renders, [`crate::export::qdq`]
+//! rewrites the model.
+//!
+//! The evaluation runs its samples with rayon inside the query (each sample's float and
+//! simulated runs are independent and read no database state); it therefore cannot be
+//! cancelled between samples, only before it starts.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::db::Db;
+use super::files::{FileError, FileSnapshot, SourceFile, source_file};
+use super::queries::{
+    self, BuildError, ModelKey, RUNTIME, Section, TensorJob, TensorKey, Unit, UnitPlan, WorkRecord,
+    display_path, encodings_json, model_graph, model_key, unit_plan,
+};
+use super::stored::stable_digest;
+use crate::calib::{CalibError, InputList};
+use crate::eval::{EvalError, Evaluator, Labels, declared_classes};
+use crate::export::qdq;
+use crate::manifest::ResolvedEval;
+use crate::quantizer::{ModelEncodings, Warning};
+use crate::quantsim::QuantSim;
+use crate::report::{Report, ReportContext};
+use crate::run::FloatRunner;
+use crate::store::{Digest, GetOutcome, KeyBuilder, Kind};
+
+/// Version of what an evaluation computes and how its store entry is laid out; bump when
+/// either changes, so older entries are never read back.
+pub const EVALUATION_VERSION: u32 = 1;
+
+/// Store kind of finished evaluations.
+const EVALUATIONS: Kind = Kind::new("evaluations", EVALUATION_VERSION);
+
+/// A finished evaluation of one unit, as its output files and the terminal show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitEvaluation {
+    /// The [`Report`] as a JSON value: `report.json`'s `evaluation` field.
+    pub report: Value,
+    /// `report.html`.
+    pub html: String,
+    /// The terminal summary (overall metrics, then the worst tensors by SQNR).
+    pub summary: String,
+}
+
+impl UnitEvaluation {
+    /// The headline metrics for `quant build --json`: top-1 of the float and the quantized
+    /// model (`null` without labels) and the mean output SQNR in dB (the mean over outputs of
+    /// each output's per-sample mean; `null` when not finite).
+    pub fn headline(&self) -> Value {
+        let metrics = &self.report["metrics"];
+        let top1 = &metrics["top1"];
+        let means: Vec<f64> = metrics["outputs"]
+            .as_array()
+            .map(|outputs| {
+                outputs
+                    .iter()
+                    .filter_map(|o| o["sqnr_db_mean"].as_f64())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mean = (!means.is_empty()).then(|| means.iter().sum::<f64>() / means.len() as f64);
+        serde_json::json!({
+            "samples": self.report["samples"],
+            "top1_float": top1["float"]["accuracy"],
+            "top1_quantized": top1["quantized"]["accuracy"],
+            "output_sqnr_db_mean": mean,
+        })
+    }
+}
+
+/// The unit's encodings as the library's [`ModelEncodings`]: channel axes from the per-tensor
+/// queries, and the one warning the QDQ export acts on (a bias encoded from its own range).
+pub fn model_encodings(db: &dyn Db, unit: Unit<'_>) -> Result<ModelEncodings, BuildError> {
+    let tensors = queries::unit_tensors(db, unit)
+        .as_ref()
+        .map_err(Clone::clone)?;
+    let mut out = ModelEncodings::default();
+    for name in &tensors.order {
+        db.unwind_if_revision_cancelled();
+        let encoded = queries::tensor_encoding(db, TensorKey::new(db, unit, name.clone()))
+            .as_ref()
+            .map_err(Clone::clone)?;
+        let Some(encoding) = encoded.tensor_encoding() else {
+            continue;
+        };
+        match encoded.section {
+            Section::Activations => out.activations.insert(name.clone(), encoding),
+            Section::Parameters => out.parameters.insert(name.clone(), encoding),
+        };
+        if tensors.jobs.get(name) == Some(&TensorJob::Bias) {
+            let own_range = Warning::BiasOwnRange {
+                tensor: name.clone(),
+            };
+            if encoded.warnings.contains(&own_range.to_string()) {
+                out.warnings.push(own_range);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `model.qdq.onnx` of a quantized unit: the model (input dims fixed) with its encodings as
+/// QuantizeLinear/DequantizeLinear, the digest of `encodings.json` in its metadata. `None` for
+/// float targets.
+#[salsa::tracked(returns(ref))]
+pub fn unit_qdq_model<'db>(
+    db: &'db dyn Db,
+    unit: Unit<'db>,
+) -> Result<Option<Arc<[u8]>>, BuildError> {
+    let plan = unit_plan(db, unit).as_ref().map_err(Clone::clone)?;
+    if plan.settings().is_none() {
+        return Ok(None);
+    }
+    let encodings = queries::unit_encodings(db, unit)
+        .as_ref()
+        .map_err(Clone::clone)?;
+    let digest = qdq::encodings_digest(encodings_json(plan, encodings).as_bytes());
+    let model = model_graph(db, model_key(db, plan))
+        .as_ref()
+        .map_err(Clone::clone)?;
+    let exported = qdq::export(&model.onnx, &model_encodings(db, unit)?, &digest).map_err(|e| {
+        BuildError::Export {
+            path: display_path(&plan.out_dir.join("model.qdq.onnx")),
+            message: e.to_string(),
+        }
+    })?;
+    Ok(Some(exported.to_bytes().into()))
+}
+
+/// The eval set a unit is evaluated on: the projection of the manifest that spares the
+/// evaluation when another part of the manifest changes.
+#[salsa::tracked]
+pub fn unit_eval_set<'db>(db: &'db dyn Db, unit: Unit<'db>) -> Option<ResolvedEval> {
+    let pipeline = queries::pipeline(db, unit.project(db)).as_ref().ok()?;
+    let target = pipeline.targets.get(unit.target(db))?;
+    pipeline.eval.get(target.evaluate.as_ref()?).cloned()
+}
+
+/// The float model an evaluation compares against, loaded once per model and input dims
+/// however many targets evaluate it (and only when some evaluation misses the store).
+#[salsa::tracked(returns(ref), no_eq)]
+pub fn evaluation_float_runner<'db>(
+    db: &'db dyn Db,
+    model: ModelKey<'db>,
+) -> Result<Arc<FloatRunner>, BuildError> {
+    let loaded = model_graph(db, model).as_ref().map_err(Clone::clone)?;
+    FloatRunner::new(&loaded.onnx.to_bytes(), &runner_dims(model.input_dims(db)))
+        .map(Arc::new)
+        .map_err(|e| BuildError::Runner {
+            path: display_path(model.file(db).path(db)),
+            message: e.to_string(),
+        })
+}
+
+fn runner_dims(dims: &[(String, Vec<u64>)]) -> Vec<(String, Vec<usize>)> {
+    dims.iter()
+        .map(|(name, dims)| (name.clone(), dims.iter().map(|&d| d as usize).collect()))
+        .collect()
+}
+
+fn eval_error(error: impl Into<EvalError>) -> BuildError {
+    BuildError::Evaluation(Arc::new(error.into()))
+}
+
+/// A path as the report names it: relative to the manifest's folder, so the report reads the
+/// same wherever the project lives.
+fn project_label(plan: &UnitPlan, path: &Path) -> String {
+    path.strip_prefix(&plan.root)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| display_path(path))
+}
+
+/// The input list's own diagnostic for an eval sample file that cannot be read.
+fn unreadable_sample(list: &InputList, index: usize, path: &Path, file: &FileError) -> BuildError {
+    let entry = &list.samples[index];
+    let span = entry
+        .files
+        .iter()
+        .find(|f| f.path == path)
+        .map_or(entry.span, |f| f.span);
+    BuildError::List(Arc::new(CalibError::ReadSample {
+        line: entry.line,
+        path: PathBuf::from(display_path(path)),
+        list_dir: list.dir(),
+        reason: file.to_string(),
+        src: list.named_source(),
+        span,
+    }))
+}
+
+/// The labels file, parsed, with its digest.
+fn read_labels(db: &dyn Db, file: SourceFile) -> Result<(Labels, Digest), BuildError> {
+    let path = file.path(db);
+    let shown = display_path(path);
+    let not_readable = |error: &FileError| BuildError::File {
+        what: "labels file",
+        path: shown.clone(),
+        error: error.clone(),
+    };
+    let bytes = file.contents(db).as_ref().map_err(not_readable)?;
+    let text = std::str::from_utf8(bytes).map_err(|_| {
+        not_readable(&FileError::Unreadable {
+            kind: std::io::ErrorKind::InvalidData,
+            message: "not UTF-8 text".to_string(),
+        })
+    })?;
+    let labels = Labels::parse(Path::new(&shown), text).map_err(eval_error)?;
+    Ok((labels, Digest::of(bytes)))
+}
+
+/// Each activation's calibration range (what the report shows as observed), by name.
+fn calibration_ranges(
+    db: &dyn Db,
+    unit: Unit<'_>,
+) -> Result<BTreeMap<String, (f64, f64)>, BuildError> {
+    let Some(calibration) = queries::unit_calibration(db, unit)? else {
+        return Ok(BTreeMap::new());
+    };
+    let merged = queries::merged_statistics(db, calibration)
+        .as_ref()
+        .map_err(Clone::clone)?;
+    Ok(merged
+        .by_name
+        .iter()
+        .filter_map(|(name, statistics)| {
+            let (min, max) = statistics.min_max.range()?;
+            Some((name.clone(), (f64::from(min), f64::from(max))))
+        })
+        .collect())
+}
+
+/// The evaluation of a unit whose target says `evaluate = "NAME"`: float vs QuantSim on the eval
+/// set, rendered. `None` for float targets and targets without `evaluate`. Read back from the
+/// store when an entry has the same inputs; otherwise run (and stored).
+#[salsa::tracked(returns(ref))]
+pub fn unit_evaluation<'db>(
+    db: &'db dyn Db,
+    unit: Unit<'db>,
+) -> Result<Option<Arc<UnitEvaluation>>, BuildError> {
+    let plan = unit_plan(db, unit).as_ref().map_err(Clone::clone)?;
+    if plan.settings().is_none() {
+        return Ok(None);
+    }
+    let Some(set) = unit_eval_set(db, unit) else {
+        return Ok(None);
+    };
+    // The encodings' own errors come first: they are the ones to fix.
+    let encodings = queries::unit_encodings(db, unit)
+        .as_ref()
+        .map_err(Clone::clone)?;
+    let encodings_digest = Digest::of(encodings_json(plan, encodings).as_bytes());
+    let model = model_key(db, plan);
+    let loaded = model_graph(db, model).as_ref().map_err(Clone::clone)?;
+    let Some(model_digest) = model.file(db).digest(db) else {
+        return Err(BuildError::Changed {
+            path: display_path(&plan.model.path),
+        });
+    };
+
+    let list_file = source_file(db, &set.input_list);
+    let list = queries::input_list(db, list_file)
+        .as_ref()
+        .map_err(Clone::clone)?;
+    let mut samples: Vec<(PathBuf, Digest)> = Vec::new();
+    for (index, sample) in list.samples.iter().enumerate() {
+        for file in &sample.files {
+            let source = source_file(db, &file.path);
+            match (source.digest(db), source.contents(db)) {
+                (Some(digest), _) => samples.push((file.path.clone(), digest)),
+                (None, Err(error)) => {
+                    return Err(unreadable_sample(list, index, &file.path, error));
+                }
+                (None, Ok(_)) => {
+                    return Err(BuildError::Changed {
+                        path: display_path(&file.path),
+                    });
+                }
+            }
+        }
+    }
+    let labels = match &set.labels {
+        Some(path) => Some(read_labels(db, source_file(db, path))?),
+        None => None,
+    };
+    if let Some((labels, _)) = &labels {
+        labels
+            .check_count(&list.path, list.samples.len())
+            .map_err(eval_error)?;
+        if let Some(output) = loaded.graph.outputs().first()
+            && let Some(classes) = declared_classes(&loaded.graph, output.as_str())
+        {
+            labels
+                .check_range(classes, output.as_str())
+                .map_err(eval_error)?;
+        }
+    }
+    let ranges = calibration_ranges(db, unit)?;
+    let context = ReportContext {
+        target: Some(plan.target.name.clone()),
+        model: plan.model.name.clone(),
+        encodings: Some("encodings.json".to_string()),
+        input_list: project_label(plan, &set.input_list),
+        labels: set.labels.as_deref().map(|p| project_label(plan, p)),
+    };
+
+    let range_bits: Vec<(&str, u64, u64)> = ranges
+        .iter()
+        .map(|(name, (min, max))| (name.as_str(), min.to_bits(), max.to_bits()))
+        .collect();
+    let mut key = KeyBuilder::new(EVALUATIONS)
+        .u64("version", u64::from(EVALUATION_VERSION))
+        .str("runtime", RUNTIME)
+        .digest("model", &model_digest)
+        .digest("input_dims", &stable_digest(model.input_dims(db)))
+        .digest("encodings", &encodings_digest)
+        .digest(
+            "list",
+            &list_file.digest(db).unwrap_or_else(|| Digest::of(b"")),
+        );
+    for (_, digest) in &samples {
+        key = key.digest("sample", digest);
+    }
+    let key = key
+        .digest(
+            "labels",
+            &stable_digest(&labels.as_ref().map(|(_, d)| *d.as_bytes())),
+        )
+        .digest("calibration_ranges", &stable_digest(&range_bits))
+        .digest(
+            "context",
+            &stable_digest(&(
+                &context.target,
+                &context.model,
+                &context.encodings,
+                &context.input_list,
+                &context.labels,
+            )),
+        )
+        .finish();
+
+    let store_and_log = unit.project(db).context(db);
+    let log = store_and_log.log(db);
+    if let Some(store) = store_and_log.store(db) {
+        match store.get_json::<UnitEvaluation>(EVALUATIONS, &key) {
+            Ok(GetOutcome::Hit(hit)) => return Ok(Some(Arc::new(hit))),
+            Ok(GetOutcome::Miss) => {}
+            Ok(GetOutcome::Corrupt(corruption)) => {
+                let mut record = WorkRecord::default();
+                record.corruptions.push(corruption);
+                log.append(record);
+            }
+            Err(e) => {
+                let mut record = WorkRecord::default();
+                record.store_errors.push(format!("{e:#}"));
+                log.append(record);
+            }
+        }
+    }
+
+    db.unwind_if_revision_cancelled();
+    let float = evaluation_float_runner(db, model)
+        .as_ref()
+        .map_err(Clone::clone)?;
+    list.check(float.input_specs())
+        .map_err(|e| BuildError::List(Arc::new(e)))?;
+    let sim = QuantSim::new(
+        &loaded.onnx,
+        &loaded.graph,
+        &model_encodings(db, unit)?,
+        &runner_dims(model.input_dims(db)),
+    )
+    .map_err(eval_error)?;
+    db.unwind_if_revision_cancelled();
+    let evaluation = Evaluator::new(float, &sim, &loaded.graph)
+        .evaluate(list, labels.as_ref().map(|(l, _)| l), |_, _| {})
+        .map_err(eval_error)?;
+    // The evaluator read the samples from disk itself: a file that changed since its digest
+    // was taken would put this result under the wrong key.
+    for (path, digest) in &samples {
+        if FileSnapshot::read(path).digest != Some(*digest) {
+            return Err(BuildError::Changed {
+                path: display_path(path),
+            });
+        }
+    }
+    let report = Report::new(&evaluation, &context, Some(&ranges));
+    let computed = UnitEvaluation {
+        report: serde_json::to_value(&report).unwrap_or(Value::Null),
+        html: report.to_html(),
+        summary: report.summary(),
+    };
+    // What the next process reads back is exactly this JSON, so this one reads it too: a
+    // clean and an incremental build then render the same bytes.
+    let payload = serde_json::to_vec(&computed).unwrap_or_default();
+    let evaluated: UnitEvaluation = serde_json::from_slice(&payload).unwrap_or(computed);
+    let mut record = WorkRecord::default();
+    if let Some(store) = store_and_log.store(db)
+        && let Err(e) = store.put(EVALUATIONS, &key, &payload)
+    {
+        record.store_errors.push(format!("{e:#}"));
+    }
+    record.evaluations_run.push(format!(
+        "{}/{}/{}",
+        plan.pipeline, plan.target.name, plan.model.name
+    ));
+    log.append(record);
+    Ok(Some(Arc::new(evaluated)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headline_reads_top1_and_averages_output_means() {
+        let evaluation = UnitEvaluation {
+            report: serde_json::json!({
+                "samples": 4,
+                "metrics": {
+                    "top1": { "float": { "accuracy": 0.75 }, "quantized": { "accuracy": 0.5 } },
+                    "outputs": [ { "sqnr_db_mean": 20.0 }, { "sqnr_db_mean": 30.0 } ],
+                },
+            }),
+            html: String::new(),
+            summary: String::new(),
+        };
+        let headline = evaluation.headline();
+        assert_eq!(headline["top1_float"], 0.75);
+        assert_eq!(headline["top1_quantized"], 0.5);
+        assert_eq!(headline["output_sqnr_db_mean"], 25.0);
+
+        let unlabelled = UnitEvaluation {
+            report: serde_json::json!({ "samples": 1, "metrics": { "top1": null, "outputs": [] } }),
+            ..evaluation
+        };
+        let headline = unlabelled.headline();
+        assert!(headline["top1_float"].is_null());
+        assert!(headline["output_sqnr_db_mean"].is_null());
+    }
+}
