@@ -10,7 +10,7 @@ model) in onnxruntime on the samples of a qairt input list, and print one JSON o
      "optimization": "all" | "basic" | "disable"}
 
 Usage: check_qdq.py MODEL.qdq.onnx INPUT_LIST [--float FLOAT.onnx] [--input_dim NAME DIMS]...
-                    [--optimization all|basic|disable] [--dump_outputs DIR]
+                    [--optimization all|basic|disable] [--dump_outputs DIR] [--nudge EPS]
 
 Samples are raw little-endian float32 files (paths relative to the list's folder); a line is
 either one path (single-input models) or `name:=path name:=path`. `--input_dim x 1,3,48,192`
@@ -19,7 +19,9 @@ optimization level: `all` (the default, as in SessionOptions) fuses Q/DQ pairs i
 kernels; `disable` runs every QuantizeLinear/DequantizeLinear as written around float operators,
 which is what a fake-quantizing simulation computes. `--dump_outputs DIR` writes each QDQ output
 of each sample as raw little-endian float32, `DIR/<sample index, 4 digits>_<output index>.raw`.
-Exits 1 with a message on stderr when the checker or a run fails.
+`--nudge 1e-6` multiplies every input element by 1 + EPS or 1 - EPS (alternating, in memory
+order) before running, to measure how far a float difference far below any quantization step moves
+the quantized model. Exits 1 with a message on stderr when the checker or a run fails.
 """
 
 import argparse
@@ -48,6 +50,7 @@ def parse_args():
     parser.add_argument("--input_dim", nargs=2, action="append", default=[])
     parser.add_argument("--optimization", choices=sorted(LEVELS), default="all")
     parser.add_argument("--dump_outputs", metavar="DIR")
+    parser.add_argument("--nudge", type=float, default=0.0, metavar="EPS")
     return parser.parse_args()
 
 
@@ -89,6 +92,11 @@ def samples(list_path, shapes):
             yield feed
 
 
+def nudged(x, eps):
+    factor = np.where(np.arange(x.size) % 2 == 0, 1.0 + eps, 1.0 - eps).astype(np.float32)
+    return (x.reshape(-1) * factor).reshape(x.shape).astype(np.float32)
+
+
 def sqnr_db(f, q):
     f = f.astype(np.float64)
     noise = float(np.sum((f - q.astype(np.float64)) ** 2))
@@ -122,6 +130,8 @@ def main():
     count = 0
     for feed in samples(args.input_list, shapes):
         count += 1
+        if args.nudge:
+            feed = {name: nudged(x, args.nudge) for name, x in feed.items()}
         quantized = qdq.run(outputs, feed)
         if args.dump_outputs:
             for k, q in enumerate(quantized):
