@@ -676,6 +676,101 @@ mod tests {
         assert_eq!(c, h);
     }
 
+    /// `floor(x / w) − start` by the definition: an exact division by a power of two, `floor`
+    /// from libm, the window start subtracted in integers.
+    fn reference_index(x: f32, exponent: i32, start: i64) -> i64 {
+        (f64::from(x) / pow2(exponent)).floor() as i64 - start
+    }
+
+    /// The fast path's indices for `block`, as `i64` for comparison with [`reference_index`].
+    fn fast_indices(block: &[f32], exponent: i32, start: i64) -> Vec<i64> {
+        let lo = block.iter().fold(f32::INFINITY, |m, &x| m.min(x));
+        let binning = Binning::for_block(exponent, start, canonical_zero(lo));
+        let mut out = Vec::new();
+        let mut indices = [0u16; STEP];
+        for step in block.chunks(STEP) {
+            binning.indices(step, &mut indices);
+            out.extend(indices[..step.len()].iter().map(|&i| i64::from(i)));
+        }
+        out
+    }
+
+    fn next_up(x: f32) -> f32 {
+        match x {
+            0.0 => f32::from_bits(1),
+            _ if x > 0.0 => f32::from_bits(x.to_bits() + 1),
+            _ => f32::from_bits(x.to_bits() - 1),
+        }
+    }
+
+    fn next_down(x: f32) -> f32 {
+        -next_up(-x)
+    }
+
+    /// Finite values from every corner of `f32`: any bit pattern, subnormals, zeros of both
+    /// signs, powers of two and their neighbours (bin edges at every exponent), the extremes.
+    fn extreme_value() -> impl Strategy<Value = f32> {
+        let edge = (-149i32..=127, 1u32..64, 0u8..3, any::<bool>())
+            .prop_map(|(e, k, side, neg)| {
+                let x = (k as f64 * 2f64.powi(e)).min(f64::from(f32::MAX)) as f32;
+                let x = [x, next_up(x), next_down(x)][usize::from(side)];
+                if neg { -x } else { x }
+            })
+            // `next_up(f32::MAX)` is ∞, which never reaches the fast path.
+            .prop_filter("finite", |x| x.is_finite());
+        prop_oneof![
+            4 => any::<u32>().prop_map(f32::from_bits).prop_filter("finite", |x| x.is_finite()),
+            4 => edge,
+            2 => (-1000i32..1000).prop_map(|k| k as f32 * f32::from_bits(1)),
+            4 => -10.0f32..10.0,
+            1 => Just(0.0f32),
+            1 => Just(-0.0f32),
+            1 => prop_oneof![Just(f32::MAX), Just(f32::MIN), Just(f32::MIN_POSITIVE), Just(-f32::MIN_POSITIVE)],
+        ]
+    }
+
+    #[test]
+    fn both_fast_variants_are_chosen_and_exact() {
+        // Activation-like data at a fine width: f32.
+        let usual = [-3.5f32, -1.0e-30, 0.0, -0.0, 2.75, 7.0];
+        let (e, start) = fit(MIN_EXPONENT, -3.5, 7.0);
+        assert!(matches!(
+            Binning::for_block(e, start, -3.5),
+            Binning::Single { .. }
+        ));
+        let expected: Vec<i64> = usual
+            .iter()
+            .map(|&x| reference_index(x, e, start))
+            .collect();
+        assert_eq!(fast_indices(&usual, e, start), expected);
+        // Bins wider than 1 and a tiny negative value: f32 could round it to −0.0; f64 is used.
+        let wide = [-1.0e-40f32, 5000.0, -3000.0, 1.0e-45];
+        let (e, start) = fit(MIN_EXPONENT, -3000.0, 5000.0);
+        assert!(e > 0);
+        assert!(matches!(
+            Binning::for_block(e, start, -3000.0),
+            Binning::Double { .. }
+        ));
+        let expected: Vec<i64> = wide.iter().map(|&x| reference_index(x, e, start)).collect();
+        assert_eq!(expected[0], -1 - start);
+        assert_eq!(fast_indices(&wide, e, start), expected);
+        // The same width with no negative value stays in f32.
+        assert!(matches!(
+            Binning::for_block(e, start, 0.0),
+            Binning::Single { .. }
+        ));
+        // A window far from zero (indices beyond 2^22): f64.
+        let far = [1.0e9f32, 1.0e9 + 64.0];
+        let (e, start) = fit(MIN_EXPONENT, far[0], far[1]);
+        assert!(start > 1 << 22);
+        assert!(matches!(
+            Binning::for_block(e, start, far[0]),
+            Binning::Double { .. }
+        ));
+        let expected: Vec<i64> = far.iter().map(|&x| reference_index(x, e, start)).collect();
+        assert_eq!(fast_indices(&far, e, start), expected);
+    }
+
     fn value() -> impl Strategy<Value = f32> {
         prop_oneof![
             10 => -10.0f32..10.0,
@@ -714,6 +809,47 @@ mod tests {
             for k in [1, 2, 4, 8] {
                 prop_assert_eq!(&chunked(&values, k), &whole);
             }
+        }
+
+        /// The vectorized binning against the definition, on any window a histogram can be in:
+        /// the canonical one of the block's range widened by values seen before (`context`).
+        #[test]
+        fn fast_binning_matches_the_definition(
+            block in prop::collection::vec(extreme_value(), 1..600),
+            context in prop::collection::vec(extreme_value(), 0..3),
+        ) {
+            let lo = block.iter().chain(&context).fold(f32::INFINITY, |m, &x| m.min(x));
+            let hi = block.iter().chain(&context).fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let (exponent, start) = fit(MIN_EXPONENT, canonical_zero(lo), canonical_zero(hi));
+            let expected: Vec<i64> =
+                block.iter().map(|&x| reference_index(x, exponent, start)).collect();
+            prop_assert!(expected.iter().all(|&i| (0..BINS as i64).contains(&i)));
+            prop_assert_eq!(fast_indices(&block, exponent, start), expected);
+        }
+
+        /// Whole histograms (both counter layouts, NaN/∞ blocks included) against the
+        /// definition, on values from every corner of `f32`.
+        #[test]
+        fn extreme_values_are_binned_by_the_definition(
+            values in prop::collection::vec(
+                prop_oneof![
+                    20 => extreme_value(),
+                    1 => Just(f32::NAN),
+                    1 => Just(f32::INFINITY),
+                    1 => Just(f32::NEG_INFINITY),
+                ],
+                0..3000,
+            ),
+            repeat in 1usize..4,
+        ) {
+            // Repeating reaches the lane path (long chunks) as well as the direct one.
+            let values: Vec<f32> = values.repeat(if repeat == 3 { 4 } else { repeat });
+            let mut h = Histogram::new();
+            h.observe(&values);
+            prop_assert_eq!(h.counts(), &reference_counts(&values, &h)[..]);
+            let mut with_min_max = Histogram::new();
+            with_min_max.observe_with_min_max(&values, &mut MinMax::new());
+            prop_assert_eq!(&with_min_max, &h);
         }
     }
 }
