@@ -540,6 +540,14 @@ pub fn model_key<'db>(db: &'db dyn Db, plan: &UnitPlan) -> ModelKey<'db> {
     ModelKey::new(db, source_file(db, &plan.model.path), dims)
 }
 
+/// [`model_key`] of a unit, memoized: making one normalizes the model's path (system calls),
+/// which the per-tensor queries must not repeat for every tensor.
+#[salsa::tracked]
+fn unit_model_key<'db>(db: &'db dyn Db, unit: Unit<'db>) -> Option<ModelKey<'db>> {
+    let plan = unit_plan(db, unit).as_ref().ok()?;
+    Some(model_key(db, plan))
+}
+
 /// The model's graph. Not compared for equality (a graph holds float attributes): a changed
 /// model file re-runs everything that reads it, which it has to anyway.
 #[salsa::tracked(returns(ref), no_eq)]
@@ -1197,9 +1205,15 @@ fn statistics_digest(statistics: Option<&TensorStatistics>) -> Digest {
 }
 
 fn values_digest(values: &[f32]) -> Digest {
+    // The same bytes as hashing each value's little-endian bytes in turn, fed in blocks: one
+    // `update` per value costs more than the hashing itself on a model's worth of weights.
     let mut hasher = blake3::Hasher::new();
-    for value in values {
-        hasher.update(&value.to_le_bytes());
+    let mut block = [0u8; 4096];
+    for chunk in values.chunks(block.len() / 4) {
+        for (bytes, value) in block.chunks_exact_mut(4).zip(chunk) {
+            bytes.copy_from_slice(&value.to_le_bytes());
+        }
+        hasher.update(&block[..chunk.len() * 4]);
     }
     Digest::from(hasher.finalize())
 }
@@ -1221,7 +1235,8 @@ pub fn tensor_encoding<'db>(
         });
     };
     let tensors = unit_tensors(db, unit).as_ref().map_err(Clone::clone)?;
-    let model = model_graph(db, model_key(db, plan))
+    let model_key = unit_model_key(db, unit).unwrap_or_else(|| model_key(db, plan));
+    let model = model_graph(db, model_key)
         .as_ref()
         .map_err(Clone::clone)?;
     let graph = &model.graph;
