@@ -14,8 +14,11 @@
 //!   the very bits one histogram over all the data would have: merge is associative and
 //!   commutative, and results never depend on how data was split across threads.
 //!
-//! `x/w` is computed as `f64(x) · 2^−exponent`, which is exact for every finite `f32` in the
-//! exponent range used, and the floor is taken in integers, so binning has no rounding at all.
+//! `x/w` is computed as `x · 2^−exponent`, which is exact (in `f64` always, in `f32` where
+//! [`Binning::for_block`] says so), and the floor and the window start are taken exactly (in
+//! integers, or by the round-to-integer constant trick of [`Binning`]), so binning has no
+//! rounding at all. The vectorized [`Binning`] and the scalar `bin_index` agree with the
+//! definition bit for bit; the tests compare both with it.
 
 use super::min_max::{BLOCK, MinMax, scan_block};
 
