@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Cold build vs one-override edit vs no-op rebuild, with the release binary, on
+#   - the bundled example (pipelines/text-orientation: cls, 8 calibration samples, 3 targets), and
+#   - det (det.prep.onnx with its 16 calibration samples from ../shared/fixtures; skipped when
+#     the fixtures are absent).
+# Each pipeline is copied to a temporary folder with its own empty store (QUANT_CACHE_DIR).
+# Wall time is measured around the whole process, as a user sees it. The cold build runs once;
+# the edit and the no-op run REPEAT times each (default 5) and their median is reported.
+#
+# Usage: benches/build.sh            (builds the release binary first)
+#        QUANT=path/to/quant benches/build.sh
+# Goals: no-op < 50 ms, one-override edit < 100 ms and >= 100x faster than the cold build.
+set -euo pipefail
+
+crate="$(cd "$(dirname "$0")/.." && pwd)"
+repeat="${REPEAT:-5}"
+if [[ -z "${QUANT:-}" ]]; then
+    cargo build --release --quiet --manifest-path "$crate/Cargo.toml"
+    QUANT="$crate/target/release/quant"
+fi
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+now_ns() { date +%s%N; }
+
+# Runs one build of $1 with store $2; prints its wall time in ms (3 decimals) and keeps its
+# --json summary in $work/summary.json.
+timed_build() {
+    local start end
+    start=$(now_ns)
+    if ! QUANT_CACHE_DIR="$2" "$QUANT" build "$1" --json >"$work/summary.json" 2>"$work/stderr"; then
+        echo "quant build $1 failed:" >&2
+        cat "$work/stderr" >&2
+        exit 1
+    fi
+    end=$(now_ns)
+    awk -v ns=$((end - start)) 'BEGIN { printf "%.3f", ns / 1e6 }'
+}
+
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+# Reads one top-level count from the last build's --json summary (jq if present; otherwise the
+# first occurrence of the key, which is the top-level one unless per-target counts come first).
+summary_count() {
+    if command -v jq >/dev/null; then
+        jq -r ".$1" "$work/summary.json"
+    else
+        grep -o "\"$1\": *[0-9]*" "$work/summary.json" | head -1 | grep -o '[0-9]*$'
+    fi
+}
+
+# bench NAME ROOT OVERRIDES_FILE TENSOR
+bench() {
+    local name=$1 root=$2 overrides=$3 tensor=$4 store="$work/store-$1"
+    local cold noop edit noops=() edits=() i
+    cold=$(timed_build "$root" "$store")
+    local cold_samples; cold_samples=$(summary_count samples_run)
+    local cold_tensors; cold_tensors=$(summary_count tensors_encoded)
+    for ((i = 0; i < repeat; i++)); do
+        noops+=("$(timed_build "$root" "$store")")
+        [[ $(summary_count samples_run) == 0 && $(summary_count tensors_encoded) == 0 ]] ||
+            { echo "$name: a no-op build did work: $(cat "$work/summary.json")" >&2; exit 1; }
+        # A different max each time, saved like an editor saves (write, rename over).
+        printf '{"activation_encodings": {"%s": [{"bitwidth": 8, "dtype": "int", "is_symmetric": "False", "max": %s, "min": 0.0}]}, "param_encodings": {}}\n' \
+            "$tensor" "0.$((9 - i))" >"$overrides.tmp"
+        mv "$overrides.tmp" "$overrides"
+        edits+=("$(timed_build "$root" "$store")")
+        edit_samples=$(summary_count samples_run)
+        edit_tensors=$(summary_count tensors_encoded)
+    done
+    noop=$(median "${noops[@]}")
+    edit=$(median "${edits[@]}")
+    printf '%-26s cold %9.1f ms (%s samples run, %s tensors encoded)\n' "$name" "$cold" "$cold_samples" "$cold_tensors"
+    printf '%-26s edit %9.1f ms (median of %d; last: %s samples run, %s tensors encoded)  cold/edit = %.0fx\n' \
+        "" "$edit" "$repeat" "$edit_samples" "$edit_tensors" "$(awk -v c="$cold" -v e="$edit" 'BEGIN { print c / e }')"
+    printf '%-26s no-op %8.1f ms (median of %d)  cold/no-op = %.0fx\n' \
+        "" "$noop" "$repeat" "$(awk -v c="$cold" -v n="$noop" 'BEGIN { print c / n }')"
+    awk -v e="$edit" -v n="$noop" -v c="$cold" -v name="$name" 'BEGIN {
+        printf "%-26s goals: no-op < 50 ms %s, edit < 100 ms %s, cold/edit >= 100x %s\n", "",
+            (n < 50 ? "met" : "MISSED"), (e < 100 ? "met" : "MISSED"), (c / e >= 100 ? "met" : "MISSED") }'
+}
+
+# watch_bench NAME ROOT OVERRIDES_FILE TENSOR: the same edit under `quant watch`, whose database
+# stays in memory between builds. Reports the time from the save to the "Finished" line (this
+# includes the watcher's 50 ms debounce and this script's 5 ms polling) and the build time the
+# line itself states.
+watch_bench() {
+    local name=$1 root=$2 overrides=$3 tensor=$4 log="$work/watch-$1.log" pid i n start end
+    local waits=() builds=()
+: >"$log"
+    QUANT_CACHE_DIR="$work/store-$name" "$QUANT" watch "$root" 2>"$log" >/dev/null &
+    pid=$!
+    wait_lines() { # wait until the log has at least $1 lines matching $2 (60 s at most)
+        local deadline=$((SECONDS + 60))
+        until [[ $(grep -c "$2" "$log") -ge $1 ]]; do
+            ((SECONDS < deadline)) || { echo "$name: quant watch printed no '$2'" >&2; cat "$log" >&2; kill "$pid"; exit 1; }
+            sleep 0.005
+        done
+    }
+    wait_lines 1 "Watching for changes"
+    for ((i = 0; i < repeat; i++)); do
+        n=$(grep -c "Finished" "$log")
+        printf '{"activation_encodings": {"%s": [{"bitwidth": 8, "dtype": "int", "is_symmetric": "False", "max": %s, "min": 0.0}]}, "param_encodings": {}}\n' \
+            "$tensor" "0.$((5 + i))5" >"$overrides.tmp"
+        start=$(now_ns)
+        mv "$overrides.tmp" "$overrides"
+        wait_lines $((n + 1)) "Finished"
+        end=$(now_ns)
+        waits+=("$(awk -v ns=$((end - start)) 'BEGIN { printf "%.3f", ns / 1e6 }')")
+        builds+=("$(grep "Finished" "$log" | tail -1 | sed -E 's/.* in ([0-9.]+)(m?s).*/\1 \2/' |
+            awk '{ printf "%.3f", ($2 == "s" ? $1 * 1000 : $1) }')")
+        wait_lines $((n + 1)) "Watching for changes"
+    done
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    printf '%-26s watch edit: save → Finished %.1f ms, build %.1f ms as printed (medians of %d)\n' \
+        "" "$(median "${waits[@]}")" "$(median "${builds[@]}")" "$repeat"
+}
+
+echo "quant: $("$QUANT" --version)   machine: $(nproc) cores"
+
+example="$work/text-orientation"
+mkdir -p "$example"
+(cd "$crate/pipelines/text-orientation" && tar --exclude=quant-out --exclude=.quant -cf - .) | (cd "$example" && tar -xf -)
+bench text-orientation "$example" "$example/overrides/head.json" "save_infer_model/scale_0.tmp_1"
+watch_bench text-orientation "$example" "$example/overrides/head.json" "save_infer_model/scale_0.tmp_1"
+
+# The same pipeline without `evaluate`: the example re-evaluates quantized vs float on every
+# edit of an encoding, which is most of an edit's cost; this separates that from the rest.
+noeval="$work/text-orientation-no-eval"
+cp -r "$example" "$noeval"
+rm -rf "$noeval/quant-out"
+sed -i '/^evaluate *=/d' "$noeval/quant.toml"
+bench text-orientation-no-eval "$noeval" "$noeval/overrides/head.json" "save_infer_model/scale_0.tmp_1"
+watch_bench text-orientation-no-eval "$noeval" "$noeval/overrides/head.json" "save_infer_model/scale_0.tmp_1"
+
+fixtures="$crate/../shared/fixtures"
+if [[ -f "$fixtures/models/det.prep.onnx" && -f "$fixtures/det/calib/input_list.txt" ]]; then
+    det="$work/det"
+    mkdir -p "$det/models" "$det/calib" "$det/overrides"
+    cp "$fixtures/models/det.prep.onnx" "$det/models/det.onnx"
+    cp "$fixtures/det/calib/"* "$det/calib/"
+    echo '{"activation_encodings": {}, "param_encodings": {}}' >"$det/overrides/head.json"
+    cat >"$det/quant.toml" <<'EOF'
+[pipeline]
+name = "det"
+
+[models.det]
+path = "models/det.onnx"
+
+[calibration.pages]
+input_list = "calib/input_list.txt"
+
+[overrides.head]
+path = "overrides/head.json"
+
+[targets.htp]
+backend = "htp"
+calibration = "pages"
+overrides = ["head"]
+act_bitwidth = 8
+weights_bitwidth = 8
+bias_bitwidth = 32
+param_quantizer_schema = "symmetric"
+use_per_channel_quantization = true
+
+[targets.htp-a16]
+extends = "htp"
+act_bitwidth = 16
+EOF
+    bench det "$det" "$det/overrides/head.json" "sigmoid_0.tmp_0"
+    watch_bench det "$det" "$det/overrides/head.json" "sigmoid_0.tmp_0"
+else
+    echo "det: skipped (fixtures not found at $fixtures)"
+fi
