@@ -24,9 +24,9 @@ use super::queries::{
     self, BuildContext, BuildError, CalibrationKey, Project, SampleKey, Unit, UnitEncodings,
     UnitPlan, WorkRecord, display_path,
 };
-use super::stored::stable_digest;
+use super::stored::{StoredUnitState, stable_digest};
 use crate::manifest::ResolvedPipeline;
-use crate::store::{Corruption, GetOutcome};
+use crate::store::{Corruption, Digest, GetOutcome, KeyBuilder, Kind};
 
 /// One manifest to build.
 #[derive(Debug, Clone)]
@@ -223,13 +223,21 @@ pub fn build(
         })
         .collect();
 
-    // Calibrations, each once however many targets share it.
-    let mut calibrations: Vec<(CalibrationKey<'_>, Vec<Unit<'_>>)> = Vec::new();
-    for unit in &units {
+    // Units whose inputs and output files are exactly those of their last build are done.
+    let mut fresh: Vec<Option<UnitDone>> = units.iter().map(|u| fresh_unit(db, *u)).collect();
+
+    // Calibrations, each once however many targets share it (and not at all when every
+    // target using it is fresh).
+    let mut calibrations: Vec<(CalibrationKey<'_>, Vec<Unit<'_>>, bool)> = Vec::new();
+    for (unit, done) in units.iter().zip(&fresh) {
         if let Ok(Some(calibration)) = queries::unit_calibration(db, *unit) {
-            match calibrations.iter_mut().find(|(c, _)| *c == calibration) {
-                Some((_, users)) => users.push(*unit),
-                None => calibrations.push((calibration, vec![*unit])),
+            let stale = done.is_none();
+            match calibrations.iter_mut().find(|(c, _, _)| *c == calibration) {
+                Some((_, users, any_stale)) => {
+                    users.push(*unit);
+                    *any_stale |= stale;
+                }
+                None => calibrations.push((calibration, vec![*unit], stale)),
             }
         }
     }
@@ -240,11 +248,14 @@ pub fn build(
             .ok()
     });
     let mut samples_total = 0;
-    for (calibration, users) in &calibrations {
+    for (calibration, users, stale) in &calibrations {
         let Ok(count) = queries::sample_count(db, *calibration) else {
             continue;
         };
         samples_total += count;
+        if !stale {
+            continue;
+        }
         let first = users[0];
         progress(Progress::Calibrating {
             pipeline: plan_of(db, first)
@@ -278,8 +289,11 @@ pub fn build(
     }
 
     let mut tensors_total = 0;
-    for unit in &units {
-        let outcome = build_unit(db, *unit, progress);
+    for (unit, done) in units.iter().zip(&mut fresh) {
+        let outcome = match done.take() {
+            Some(done) => reuse_unit(db, *unit, done, progress),
+            None => build_unit(db, *unit, progress),
+        };
         if let (Ok(done), Ok(plan)) = (&outcome.result, plan_of(db, *unit))
             && plan.settings().is_some()
         {
@@ -463,6 +477,11 @@ fn build_unit<'db>(
             }
         }
         let explanation = record_and_explain(db, unit, &plan, &encodings);
+        let outputs = files
+            .iter()
+            .map(|(name, bytes)| (name.to_string(), bytes.map(Digest::of)))
+            .collect();
+        save_unit_state(db, unit, &plan, outputs, &encodings, evaluation.as_deref());
         Ok(UnitDone {
             encodings,
             encodings_path,
@@ -479,6 +498,155 @@ fn build_unit<'db>(
         out_dir: plan.out_dir.clone(),
         result,
     }
+}
+
+/// The store kind of [`StoredUnitState`]: one entry per unit (keyed by its names), replaced by
+/// each successful build of the unit. Bump its version when the fingerprint's contents or the
+/// entry's layout change, or when an output file's bytes would change for the same inputs.
+const UNIT_STATE: Kind = Kind::new("unit-state", 1);
+
+fn unit_state_key(plan: &UnitPlan) -> Digest {
+    KeyBuilder::new(UNIT_STATE)
+        .str("pipeline", &plan.pipeline)
+        .str("target", &plan.target.name)
+        .str("model", &plan.model.name)
+        .finish()
+}
+
+/// The digest of everything a unit's output files depend on: its plan and eval set (the
+/// manifest as it concerns the unit), the digest of every file it reads (model, overrides,
+/// input lists and their samples, labels), the working directory (diagnostics show paths
+/// relative to it) and the versions of the code that computes the outputs. `None` when a file
+/// cannot be read: the ordinary build reports it.
+///
+/// Unlike store keys it holds paths: it decides whether *this* checkout's outputs are current,
+/// like cargo's fingerprints, and a moved project just builds once from the store.
+fn unit_fingerprint(db: &Database, unit: Unit<'_>, plan: &UnitPlan) -> Option<Digest> {
+    let mut files: Vec<PathBuf> = vec![plan.model.path.clone()];
+    files.extend(plan.overrides.iter().cloned());
+    let eval = super::evaluate::unit_eval_set(db, unit);
+    let mut lists: Vec<&Path> = plan.input_list.iter().map(PathBuf::as_path).collect();
+    if let Some(set) = &eval {
+        lists.push(&set.input_list);
+        files.extend(set.labels.iter().cloned());
+    }
+    for list in lists {
+        let parsed = queries::input_list(db, source_file(db, list))
+            .as_ref()
+            .ok()?;
+        files.push(list.to_path_buf());
+        for sample in &parsed.samples {
+            files.extend(sample.files.iter().map(|f| f.path.clone()));
+        }
+    }
+    let digests = files
+        .iter()
+        .map(|path| Some((path.as_path(), source_file(db, path).digest(db)?)))
+        .collect::<Option<Vec<_>>>()?;
+    let versions = (
+        env!("CARGO_PKG_VERSION"),
+        UNIT_STATE.version(),
+        Kind::ENCODINGS.version(),
+        Kind::STATISTICS.version(),
+        super::evaluate::EVALUATION_VERSION,
+    );
+    let cwd = std::env::current_dir().ok();
+    Some(stable_digest(&(versions, cwd, plan, &eval, digests)))
+}
+
+/// The unit, finished, when its last build had the same fingerprint and every output file
+/// still holds exactly the bytes that build wrote (and the files it did not write are absent).
+fn fresh_unit(db: &Database, unit: Unit<'_>) -> Option<UnitDone> {
+    let plan = plan_of(db, unit).ok()?;
+    let context = unit.project(db).context(db);
+    let store = context.store(db).as_ref()?;
+    let state = match store.get(UNIT_STATE, &unit_state_key(plan)) {
+        Ok(GetOutcome::Hit(bytes)) => StoredUnitState::decode(&bytes)?,
+        Ok(GetOutcome::Corrupt(corruption)) => {
+            context_log_corruption(db, context, corruption);
+            return None;
+        }
+        Ok(GetOutcome::Miss) | Err(_) => return None,
+    };
+    if state.fingerprint != unit_fingerprint(db, unit, plan)? {
+        return None;
+    }
+    let mut unchanged = Vec::new();
+    for (name, digest) in &state.outputs {
+        let path = plan.out_dir.join(name);
+        match digest {
+            Some(digest) if Digest::of(&fs::read(&path).ok()?) == *digest => unchanged.push(path),
+            None if fs::symlink_metadata(&path).is_err() => {}
+            _ => return None,
+        }
+    }
+    let evaluation = match &state.evaluation {
+        Some(json) => Some(Arc::new(serde_json::from_str(json).ok()?)),
+        None => None,
+    };
+    Some(UnitDone {
+        encodings: Arc::new(state.encodings),
+        encodings_path: plan.out_dir.join("encodings.json"),
+        written: Vec::new(),
+        unchanged,
+        explanation: Explanation::default(),
+        evaluation,
+    })
+}
+
+/// A fresh unit's outcome: nothing computed or written, its build record compared as usual.
+fn reuse_unit<'db>(
+    db: &'db Database,
+    unit: Unit<'db>,
+    mut done: UnitDone,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> UnitOutcome {
+    let (target, model) = (unit.target(db).clone(), unit.model(db).clone());
+    let plan = match plan_of(db, unit) {
+        Ok(plan) => plan.clone(),
+        Err(_) => return build_unit(db, unit, progress),
+    };
+    progress(Progress::Encoding {
+        pipeline: plan.pipeline.clone(),
+        target: target.clone(),
+        model: model.clone(),
+    });
+    done.explanation = record_and_explain(db, unit, &plan, &done.encodings);
+    UnitOutcome {
+        pipeline: plan.pipeline.clone(),
+        target,
+        model,
+        out_dir: plan.out_dir.clone(),
+        result: Ok(done),
+    }
+}
+
+/// Records a unit's successful build for [`fresh_unit`]. Best effort: without the entry the
+/// next build is an ordinary one.
+fn save_unit_state(
+    db: &Database,
+    unit: Unit<'_>,
+    plan: &UnitPlan,
+    outputs: Vec<(String, Option<Digest>)>,
+    encodings: &UnitEncodings,
+    evaluation: Option<&UnitEvaluation>,
+) {
+    let Some(store) = unit.project(db).context(db).store(db) else {
+        return;
+    };
+    let Some(fingerprint) = unit_fingerprint(db, unit, plan) else {
+        return;
+    };
+    let Some(evaluation) = evaluation.map(serde_json::to_string).transpose().ok() else {
+        return;
+    };
+    let state = StoredUnitState {
+        fingerprint,
+        outputs,
+        encodings: encodings.clone(),
+        evaluation,
+    };
+    let _ = store.put(UNIT_STATE, &unit_state_key(plan), &state.encode());
 }
 
 /// Writes `bytes` to `path` unless it already holds them; atomically (a temp file in the same

@@ -1236,9 +1236,7 @@ pub fn tensor_encoding<'db>(
     };
     let tensors = unit_tensors(db, unit).as_ref().map_err(Clone::clone)?;
     let model_key = unit_model_key(db, unit).unwrap_or_else(|| model_key(db, plan));
-    let model = model_graph(db, model_key)
-        .as_ref()
-        .map_err(Clone::clone)?;
+    let model = model_graph(db, model_key).as_ref().map_err(Clone::clone)?;
     let graph = &model.graph;
     let Some(job) = tensors.jobs.get(name).copied() else {
         return Err(BuildError::Encode(EncodeError::ParameterData {
