@@ -924,8 +924,8 @@ fn assert_sqnr_at_least_tf_enhanced(model: &str, samples: usize) {
 fn cls_sqnr_against_tf_enhanced_holds_its_measured_state() {
     let floor = SqnrFloor {
         compared: 166,
-        within_tenth: 149,
-        worst_margin_db: -0.5,
+        within_tenth: 154,
+        worst_margin_db: -0.25,
     };
     assert_sqnr_floor("cls", 32, floor);
 }
@@ -934,15 +934,18 @@ fn cls_sqnr_against_tf_enhanced_holds_its_measured_state() {
 fn det_sqnr_against_tf_enhanced_holds_its_measured_state() {
     let floor = SqnrFloor {
         compared: 318,
-        within_tenth: 272,
-        worst_margin_db: -4.1,
+        within_tenth: 286,
+        worst_margin_db: -0.9,
     };
     assert_sqnr_floor("det", 16, floor);
 }
 
 /// The acceptance criterion itself: on every activation, ours ≥ tf_enhanced − 0.1 dB. Not met
-/// yet (cls: 17 of 166 activations below, worst −0.49 dB; det: 46 of 318, worst −4.07 dB on the
-/// input `x`): the sqnr search optimises its own histogram cost, not the SQNR of the samples.
+/// (cls: 12 of 166 activations below, worst −0.22 dB; det: 32 of 318, worst −0.84 dB). On 41
+/// of those 44 our grid has the *lower* γ = 3 cost measured on these very activations (by
+/// 0.7–31 %): tf_enhanced's coarser histogram lands it on narrower ranges that are worse by its
+/// own cost but better in SQNR, which weighs clipping like rounding. With γ = 1 the same search
+/// passes on all but det's `sigmoid_0.tmp_0`.
 #[test]
 #[ignore = "acceptance criterion not met yet; run with --ignored"]
 fn cls_sqnr_is_at_least_tf_enhanced_on_every_activation() {

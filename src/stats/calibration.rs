@@ -10,7 +10,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::{Histogram, StatisticsSettings, TensorStatistics};
+use super::{BINS, Histogram, StatisticsSettings, TensorStatistics};
 use crate::encoding::{Bitwidth, MIN_RANGE, Schema};
 
 /// Weight of clipping noise against rounding noise in the `sqnr` cost (AIMET's tf_enhanced `GAMMA`).
@@ -213,12 +213,42 @@ fn percentile(h: &Histogram, p: f64, min: f64, max: f64) -> (f64, f64) {
     (lower, upper)
 }
 
-/// Expected noise of candidate grids over a histogram, with prefix sums so that each candidate
-/// costs two binary searches instead of a pass over the bins.
+/// One occupied histogram bin as the noise model reads it: the bin's interval clamped to the
+/// observed range (so the bins holding `min` and `max` shrink towards them) and its share of
+/// the values.
+#[derive(Debug, Clone, Copy)]
+struct Bin {
+    left: f64,
+    right: f64,
+    share: f64,
+}
+
+/// A candidate asymmetric grid as `from_range` builds it: `scale` and the integer `offset`.
+#[derive(Debug, Clone, Copy)]
+struct Grid {
+    scale: f64,
+    offset: f64,
+}
+
+/// How many screened candidates get the exact cost (besides the min-max range and AIMET's
+/// family, which always do).
+const SCREENED: usize = 24;
+
+/// Halvings of the refinement step, from one grid step down to `2^−REFINE_LEVELS` of a step.
+const REFINE_LEVELS: i32 = 6;
+
+/// Expected noise of candidate grids over a histogram, with two cost models.
 ///
-/// Each occupied bin stands for its values at its midpoint (clamped to the observed range).
-/// Clipping noise of clamping to `[lo, hi]` is `Σ p·(m − clamp(m))²`; rounding noise inside is the
-/// uniform-error `δ²/12` per value.
+/// - *Screening* (cheap, only to rank the wide candidate grid): each bin's values at its
+///   midpoint; clipping noise `Σ p·(m − clamp(m))²` from prefix sums, rounding noise `δ²/12`
+///   per value inside. Two binary searches per candidate.
+/// - *Exact* (the cost the choice is made on): each bin's values spread evenly over its
+///   interval, and the squared error of fake-quantizing them on the very grid `from_range`
+///   will build (zero on the grid, offset rounded), integrated in closed form. Clipping, the
+///   part of the interval outside `[lo_g, hi_g]`, is weighted by `γ`; inside, the error is the
+///   sawtooth `x − δ·round(x/δ)`, so values that sit on grid points cost nothing and the
+///   alignment of the grid with clustered values is seen, which `δ²/12` cannot see. Bins
+///   wholly outside the grid come from prefix sums; the ones it covers cost a few flops each.
 struct NoiseSearch {
     min: f64,
     max: f64,
@@ -227,11 +257,15 @@ struct NoiseSearch {
     symmetric: bool,
     /// Offset subtracted from midpoints so the prefix sums of squares do not cancel.
     center: f64,
+    bins: Vec<Bin>,
+    /// Centered midpoints of `bins`.
     mids: Vec<f64>,
-    /// Prefix sums over occupied bins of `p`, `p·m`, `p·m²` (centered `m`), length `mids + 1`.
+    /// Prefix sums over `bins` of `p`, `p·m`, `p·m²` (centered `m`) and `p·w²/12` (the spread
+    /// of a bin's values about its midpoint), length `bins + 1`.
     mass: Vec<f64>,
     first: Vec<f64>,
     second: Vec<f64>,
+    spread: Vec<f64>,
 }
 
 impl NoiseSearch {
@@ -245,31 +279,38 @@ impl NoiseSearch {
             half: bitwidth.half(),
             symmetric: schema.is_symmetric(),
             center,
+            bins: Vec::new(),
             mids: Vec::new(),
             mass: vec![0.0],
             first: vec![0.0],
             second: vec![0.0],
+            spread: vec![0.0],
         };
-        let (mut mass, mut first, mut second) = (0.0, 0.0, 0.0);
+        let (mut mass, mut first, mut second, mut spread) = (0.0, 0.0, 0.0, 0.0);
         for (k, &count) in h.counts().iter().enumerate() {
             if count == 0 {
                 continue;
             }
             let (left, right) = h.bin_edges(k);
-            let m = ((left + right) / 2.0).clamp(min, max) - center;
-            let p = count as f64 / total;
-            mass += p;
-            first += p * m;
-            second += p * m * m;
+            let (left, right) = (left.clamp(min, max), right.clamp(min, max));
+            let share = count as f64 / total;
+            let m = (left + right) / 2.0 - center;
+            let width = right - left;
+            mass += share;
+            first += share * m;
+            second += share * m * m;
+            spread += share * width * width / 12.0;
+            search.bins.push(Bin { left, right, share });
             search.mids.push(m);
             search.mass.push(mass);
             search.first.push(first);
             search.second.push(second);
+            search.spread.push(spread);
         }
         search
     }
 
-    /// `Σ p·(m − a)²` over occupied bins `i..j`, `a` centered.
+    /// `Σ p·(m − a)²` over bins `i..j`, `a` centered.
     fn moment(&self, i: usize, j: usize, a: f64) -> f64 {
         let mass = self.mass[j] - self.mass[i];
         let first = self.first[j] - self.first[i];
@@ -277,8 +318,8 @@ impl NoiseSearch {
         (second - 2.0 * a * first + a * a * mass).max(0.0)
     }
 
-    /// `γ`·clipping noise + rounding noise of the grid `[lo, hi]` with step `delta`.
-    fn cost(&self, lo: f64, hi: f64, delta: f64, gamma: f64) -> f64 {
+    /// Screening cost of the grid `[lo, hi]` with step `delta`.
+    fn screening_cost(&self, lo: f64, hi: f64, delta: f64, gamma: f64) -> f64 {
         let (lo, hi) = (lo - self.center, hi - self.center);
         let below = self.mids.partition_point(|&m| m < lo);
         let above = self.mids.partition_point(|&m| m <= hi);
@@ -288,50 +329,230 @@ impl NoiseSearch {
         gamma * clipping + inside * delta * delta / 12.0
     }
 
-    /// The candidate range of lowest cost (the first one on ties, so the result is deterministic).
-    ///
-    /// Candidates shrink each side of the observed range by a fraction from [`shrink_fractions`];
-    /// the cost is measured on the grid `Encoding::from_range` will actually build from them
-    /// (zero-aligned, or symmetric).
+    /// Exact cost of `grid`: `γ`·clipping noise + rounding noise, per value.
+    fn exact_cost(&self, grid: Grid, gamma: f64) -> f64 {
+        let lo = grid.offset * grid.scale;
+        let hi = (grid.offset + self.steps) * grid.scale;
+        let n = self.bins.len();
+        let below = self.bins.partition_point(|b| b.right <= lo);
+        let above = below + self.bins[below..].partition_point(|b| b.left < hi);
+        let outside = self.moment(0, below, lo - self.center)
+            + self.moment(above, n, hi - self.center)
+            + (self.spread[below] - self.spread[0])
+            + (self.spread[n] - self.spread[above]);
+        let mut cost = gamma * outside;
+        for bin in &self.bins[below..above] {
+            cost += bin.share * bin_noise(bin, lo, hi, grid.scale, gamma);
+        }
+        cost
+    }
+
+    /// The asymmetric grid `Encoding::from_range` builds from `[lo, hi]`, or `None` below the
+    /// minimum range (such candidates are skipped).
+    fn grid(&self, lo: f64, hi: f64) -> Option<Grid> {
+        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+        if hi - lo < MIN_RANGE {
+            return None;
+        }
+        let scale = (hi - lo) / self.steps;
+        Some(Grid {
+            scale,
+            offset: (lo / scale).round(),
+        })
+    }
+
+    /// The candidate range of lowest exact cost (the first one on ties, so the result is
+    /// deterministic).
     fn best(&self, gamma: f64) -> (f64, f64) {
-        let fractions = shrink_fractions();
-        let mut best = (f64::INFINITY, self.min, self.max);
         if self.symmetric {
-            let absmax = self.min.abs().max(self.max.abs());
-            for &f in &fractions {
-                let a = absmax * f;
-                if 2.0 * a < MIN_RANGE {
-                    continue;
-                }
-                let delta = a / (self.half - 1.0);
-                let cost = self.cost(-self.half * delta, a, delta, gamma);
-                if cost < best.0 {
-                    best = (cost, -a, a);
-                }
-            }
-            return (best.1, best.2);
+            return self.best_symmetric(gamma);
         }
         let mn = self.min.min(0.0);
         let mx = self.max.max(0.0);
-        // A side that is exactly zero has nothing to shrink.
-        let lows: &[f64] = if mn == 0.0 { &[1.0] } else { &fractions };
-        let highs: &[f64] = if mx == 0.0 { &[1.0] } else { &fractions };
-        for &a in lows {
-            for &b in highs {
-                let (lo, hi) = (mn * a, mx * b);
-                if hi - lo < MIN_RANGE {
-                    continue;
+        let mut best = Best::new(mn, mx);
+        let consider = |best: &mut Best, lo: f64, hi: f64| {
+            let (lo, hi) = (lo.clamp(mn, 0.0), hi.clamp(0.0, mx));
+            if let Some(grid) = self.grid(lo, hi) {
+                best.offer(self.exact_cost(grid, gamma), lo, hi, grid.scale);
+            }
+        };
+        consider(&mut best, mn, mx);
+        for (lo, hi) in self.screened(gamma, mn, mx) {
+            consider(&mut best, lo, hi);
+        }
+        // AIMET tf_enhanced's own candidates: 17 steps × 21 offsets, clamped to the observed
+        // range (which is what `from_range` of the clamped range gives).
+        let base = (mx - mn) / self.steps;
+        for k in 1..=17 {
+            let delta = base * f64::from(k) / 16.0;
+            for i in 0..=20 {
+                let offset = -self.steps + (self.steps * f64::from(i) / 20.0).round();
+                consider(&mut best, offset * delta, (offset + self.steps) * delta);
+            }
+        }
+        // Pattern search around the winner: move either end, or both, by a fraction of a step.
+        let mut evaluations = 0;
+        for level in 0..=REFINE_LEVELS {
+            let step = best.scale * 2f64.powi(-level);
+            loop {
+                let (lo, hi, before) = (best.lo, best.hi, best.cost);
+                for (dl, dh) in [
+                    (-1.0, 0.0),
+                    (1.0, 0.0),
+                    (0.0, -1.0),
+                    (0.0, 1.0),
+                    (-1.0, -1.0),
+                    (1.0, 1.0),
+                ] {
+                    consider(&mut best, lo + dl * step, hi + dh * step);
+                    evaluations += 1;
                 }
-                let delta = (hi - lo) / self.steps;
-                let offset = (lo / delta).round();
-                let cost = self.cost(offset * delta, (offset + self.steps) * delta, delta, gamma);
-                if cost < best.0 {
-                    best = (cost, lo.max(self.min), hi.min(self.max));
+                if best.cost >= before || evaluations > 400 {
+                    break;
                 }
             }
         }
-        (best.1, best.2)
+        (best.lo.max(self.min), best.hi.min(self.max))
     }
+
+    /// The `SCREENED` ranges of lowest screening cost among both sides of `[mn, mx]` shrunk
+    /// by every pair of [`shrink_fractions`] (one side only when the other is exactly zero).
+    fn screened(&self, gamma: f64, mn: f64, mx: f64) -> Vec<(f64, f64)> {
+        let fractions = shrink_fractions();
+        let lows: &[f64] = if mn == 0.0 { &[1.0] } else { &fractions };
+        let highs: &[f64] = if mx == 0.0 { &[1.0] } else { &fractions };
+        let mut ranked = Vec::with_capacity(lows.len() * highs.len());
+        for &a in lows {
+            for &b in highs {
+                let (lo, hi) = (mn * a, mx * b);
+                let Some(grid) = self.grid(lo, hi) else {
+                    continue;
+                };
+                let cost = self.screening_cost(
+                    grid.offset * grid.scale,
+                    (grid.offset + self.steps) * grid.scale,
+                    grid.scale,
+                    gamma,
+                );
+                ranked.push((cost, ranked.len(), lo, hi));
+            }
+        }
+        let keep = SCREENED.min(ranked.len());
+        if keep > 0 && keep < ranked.len() {
+            ranked.select_nth_unstable_by(keep - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        }
+        ranked.truncate(keep);
+        ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        ranked.into_iter().map(|(_, _, lo, hi)| (lo, hi)).collect()
+    }
+
+    /// Symmetric grids `δ = a/(2^(bw−1) − 1)` over `[−2^(bw−1)·δ, a]`: `a` from
+    /// [`shrink_fractions`] and AIMET's 1 % steps of the absolute maximum, then refined.
+    fn best_symmetric(&self, gamma: f64) -> (f64, f64) {
+        let absmax = self.min.abs().max(self.max.abs());
+        let mut best = Best::new(-absmax, absmax);
+        let consider = |best: &mut Best, a: f64| {
+            let a = a.min(absmax);
+            if 2.0 * a < MIN_RANGE {
+                return;
+            }
+            let scale = a / (self.half - 1.0);
+            let grid = Grid {
+                scale,
+                offset: -self.half,
+            };
+            best.offer(self.exact_cost(grid, gamma), -a, a, scale);
+        };
+        for f in shrink_fractions() {
+            consider(&mut best, absmax * f);
+        }
+        for k in 1..=100 {
+            consider(&mut best, absmax * f64::from(k) / 100.0);
+        }
+        for level in 0..=REFINE_LEVELS {
+            let step = best.scale * 2f64.powi(-level);
+            for _ in 0..32 {
+                let (a, before) = (best.hi, best.cost);
+                consider(&mut best, a - step);
+                consider(&mut best, a + step);
+                if best.cost >= before {
+                    break;
+                }
+            }
+        }
+        (best.lo, best.hi)
+    }
+}
+
+/// The lowest-cost candidate so far; a later candidate must be strictly better.
+struct Best {
+    cost: f64,
+    lo: f64,
+    hi: f64,
+    scale: f64,
+}
+
+impl Best {
+    fn new(lo: f64, hi: f64) -> Self {
+        Best {
+            cost: f64::INFINITY,
+            lo,
+            hi,
+            scale: (hi - lo).max(MIN_RANGE),
+        }
+    }
+
+    fn offer(&mut self, cost: f64, lo: f64, hi: f64, scale: f64) {
+        if cost < self.cost {
+            *self = Best {
+                cost,
+                lo,
+                hi,
+                scale,
+            };
+        }
+    }
+}
+
+/// Mean noise of one bin's values on the grid `[lo, hi]` with step `scale` (grid points at
+/// integer multiples of `scale`): `γ·(x − lo)²` below, `γ·(x − hi)²` above, the sawtooth
+/// inside, averaged over the bin's interval (at its single point when it has no width).
+fn bin_noise(bin: &Bin, lo: f64, hi: f64, scale: f64, gamma: f64) -> f64 {
+    let width = bin.right - bin.left;
+    if width <= scale * 1e-9 {
+        let x = (bin.left + bin.right) / 2.0;
+        return if x < lo {
+            gamma * (x - lo) * (x - lo)
+        } else if x > hi {
+            gamma * (x - hi) * (x - hi)
+        } else {
+            let t = x / scale;
+            let u = t - t.round();
+            u * u * scale * scale
+        };
+    }
+    let mut total = 0.0;
+    if bin.left < lo {
+        let end = bin.right.min(lo);
+        total += gamma * ((lo - bin.left).powi(3) - (lo - end).powi(3)) / 3.0;
+    }
+    if bin.right > hi {
+        let start = bin.left.max(hi);
+        total += gamma * ((bin.right - hi).powi(3) - (start - hi).powi(3)) / 3.0;
+    }
+    let (a, b) = (bin.left.max(lo), bin.right.min(hi));
+    if b > a {
+        total += scale.powi(3) * sawtooth(a / scale, b / scale);
+    }
+    total / width
+}
+
+/// `∫ (t − round(t))² dt` from `ta` to `tb`: whole periods contribute 1/12 each, counted in
+/// integers so that long intervals (16-bit grids) keep their precision.
+fn sawtooth(ta: f64, tb: f64) -> f64 {
+    let (na, nb) = (ta.round(), tb.round());
+    let (ua, ub) = (ta - na, tb - nb);
+    (nb - na) / 12.0 + (ub.powi(3) - ua.powi(3)) / 3.0
 }
 
 /// Fractions of the observed extent tried by the noise searches: 1 % steps from 1 down to 0.2,
@@ -364,12 +585,21 @@ fn entropy(h: &Histogram, min: f64, max: f64, bitwidth: Bitwidth, schema: Schema
         bitwidth.half()
     };
     // Fold the signed histogram onto |x|: absolute bin a ≥ 0 stays, a < 0 becomes −a − 1.
+    // A window far from zero (absolute bin indices up to 2^40) is first coarsened by `shift`
+    // halvings, exactly as the histogram itself grows, so that `folded` stays small.
+    let farthest = h
+        .start()
+        .unsigned_abs()
+        .max((h.start() + BINS as i64).unsigned_abs());
+    let shift = (farthest / (2 * BINS as u64))
+        .checked_ilog2()
+        .map_or(0, |d| d + 1);
     let mut folded: Vec<f64> = Vec::new();
     for (k, &count) in h.counts().iter().enumerate() {
         if count == 0 {
             continue;
         }
-        let a = h.start() + k as i64;
+        let a = (h.start() + k as i64) >> shift;
         let index = if a >= 0 { a } else { -a - 1 } as usize;
         if folded.len() <= index {
             folded.resize(index + 1, 0.0);
@@ -397,7 +627,7 @@ fn entropy(h: &Histogram, min: f64, max: f64, bitwidth: Bitwidth, schema: Schema
             best = (divergence, i);
         }
     }
-    let threshold = best.1 as f64 * h.bin_width();
+    let threshold = best.1 as f64 * h.bin_width() * 2f64.powi(shift as i32);
     let lower = min.max(-threshold);
     let upper = max.min(threshold).max(lower);
     (lower, upper)
@@ -627,7 +857,7 @@ mod tests {
         let (min, max) = stats.min_max.range().unwrap();
         let (min, max) = (f64::from(min), f64::from(max));
         // Rounding noise matters more the fewer the bits, so fewer bits clip more.
-        for (bits, kept) in [(8, 0.95), (4, 0.5)] {
+        for (bits, kept) in [(8, 0.97), (4, 0.9)] {
             let bitwidth = Bitwidth::new(bits).unwrap();
             let (lo, hi) = select_range(&stats, Calibration::Sqnr, bitwidth, Schema::Asymmetric);
             assert!(
