@@ -71,9 +71,9 @@
 pub mod build;
 pub mod db;
 pub mod evaluate;
+pub mod explain;
 pub mod files;
 pub mod lines;
-pub mod explain;
 pub mod oneshot;
 pub mod pipeline;
 pub mod queries;
