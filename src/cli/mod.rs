@@ -81,11 +81,20 @@ fn usage_error(err: &clap::Error) -> ExitCode {
         let _ = err.print();
         return ExitCode::from(EXIT_USAGE);
     }
+    // The message is everything before clap's first blank line (a list of missing arguments
+    // continues on indented lines); joined, it stays one line.
     let rendered = err.render().to_string();
-    let line = rendered
+    let message: Vec<&str> = rendered
         .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("error: invalid arguments");
+        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let line = if message.is_empty() {
+        "error: invalid arguments".to_string()
+    } else {
+        message.join(" ")
+    };
     eprintln!("{line} (see --help)");
     ExitCode::from(EXIT_USAGE)
 }

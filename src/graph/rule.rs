@@ -40,6 +40,11 @@ pub enum NotQuantizedReason {
     Empty,
     /// The model does not say its element type and it cannot be inferred.
     UnknownType,
+    /// A BatchNormalization mean or variance: the converter folds batch norm into the
+    /// preceding convolution before quantizing, so these never exist as integer tensors on the
+    /// target (onnxruntime and AIMET leave them float too). Quantizing a variance per tensor would even round
+    /// small channels to zero and blow the normalization up.
+    BatchNormStatistic,
 }
 
 impl fmt::Display for NotQuantizedReason {
@@ -49,6 +54,9 @@ impl fmt::Display for NotQuantizedReason {
             NotQuantizedReason::Unused => "unused",
             NotQuantizedReason::Empty => "no elements",
             NotQuantizedReason::UnknownType => "unknown type",
+            NotQuantizedReason::BatchNormStatistic => {
+                "batch-norm statistic (folded by the converter)"
+            }
         })
     }
 }
@@ -69,6 +77,9 @@ pub(super) fn parameter_rule(role: Role, elements: Option<usize>) -> EncodingRul
     match role {
         Role::ShapeOperand => EncodingRule::NotQuantized(NotQuantizedReason::ShapeOperand),
         Role::Unused => EncodingRule::NotQuantized(NotQuantizedReason::Unused),
+        Role::BatchNormMean | Role::BatchNormVariance => {
+            EncodingRule::NotQuantized(NotQuantizedReason::BatchNormStatistic)
+        }
         _ if elements == Some(0) => EncodingRule::NotQuantized(NotQuantizedReason::Empty),
         _ => EncodingRule::Own,
     }
