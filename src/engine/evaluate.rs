@@ -30,7 +30,7 @@ use super::db::Db;
 use super::files::{FileError, FileSnapshot, SourceFile, source_file};
 use super::queries::{
     self, BuildError, ModelKey, RUNTIME, Section, TensorJob, TensorKey, Unit, UnitPlan, WorkRecord,
-    display_path, encodings_json, model_graph, model_key, unit_plan,
+    display_path, model_graph, model_key, unit_plan,
 };
 use super::stored::stable_digest;
 use crate::calib::{CalibError, InputList};
@@ -130,10 +130,10 @@ pub fn unit_qdq_model<'db>(
     if plan.settings().is_none() {
         return Ok(None);
     }
-    let encodings = queries::unit_encodings(db, unit)
+    let json = queries::unit_encodings_json(db, unit)
         .as_ref()
         .map_err(Clone::clone)?;
-    let digest = qdq::encodings_digest(encodings_json(plan, encodings).as_bytes());
+    let digest = qdq::encodings_digest(json.as_bytes());
     let model = model_graph(db, model_key(db, plan))
         .as_ref()
         .map_err(Clone::clone)?;
@@ -264,10 +264,10 @@ pub fn unit_evaluation<'db>(
         return Ok(None);
     };
     // The encodings' own errors come first: they are the ones to fix.
-    let encodings = queries::unit_encodings(db, unit)
+    let json = queries::unit_encodings_json(db, unit)
         .as_ref()
         .map_err(Clone::clone)?;
-    let encodings_digest = Digest::of(encodings_json(plan, encodings).as_bytes());
+    let encodings_digest = Digest::of(json.as_bytes());
     let model = model_key(db, plan);
     let loaded = model_graph(db, model).as_ref().map_err(Clone::clone)?;
     let Some(model_digest) = model.file(db).digest(db) else {

@@ -1601,13 +1601,26 @@ pub fn encodings_json(plan: &UnitPlan, encodings: &UnitEncodings) -> String {
     aimet.to_json(aimet_version(plan.encoding_version))
 }
 
+/// The unit's `encodings.json` bytes, serialized once per revision: the file itself, the QDQ
+/// model's metadata digest and the evaluation's store key all read this one value (a large
+/// model's file is megabytes of JSON, and serializing it three times dominated an edit).
+#[salsa::tracked(returns(ref))]
+pub fn unit_encodings_json<'db>(db: &'db dyn Db, unit: Unit<'db>) -> Result<Arc<str>, BuildError> {
+    let plan = unit_plan(db, unit).as_ref().map_err(Clone::clone)?;
+    let encodings = unit_encodings(db, unit).as_ref().map_err(Clone::clone)?;
+    Ok(Arc::from(encodings_json(plan, encodings)))
+}
+
 /// A unit's output files. Pure function of the encodings, the evaluation and the plan: no
 /// paths, times or thread counts, so equal inputs give equal bytes on any machine.
 #[salsa::tracked(returns(ref))]
 pub fn unit_artifacts<'db>(db: &'db dyn Db, unit: Unit<'db>) -> Result<Arc<Artifacts>, BuildError> {
     let plan = unit_plan(db, unit).as_ref().map_err(Clone::clone)?;
     let encodings = unit_encodings(db, unit).as_ref().map_err(Clone::clone)?;
-    let encodings_json = encodings_json(plan, encodings);
+    let encodings_json = unit_encodings_json(db, unit)
+        .as_ref()
+        .map_err(Clone::clone)?
+        .to_string();
     let qdq_model = super::evaluate::unit_qdq_model(db, unit)
         .as_ref()
         .map_err(Clone::clone)?
