@@ -921,40 +921,27 @@ fn assert_sqnr_at_least_tf_enhanced(model: &str, samples: usize) {
 }
 
 #[test]
-fn cls_sqnr_against_tf_enhanced_holds_its_measured_state() {
-    let floor = SqnrFloor {
-        compared: 166,
-        within_tenth: 154,
-        worst_margin_db: -0.25,
-    };
-    assert_sqnr_floor("cls", 32, floor);
-}
-
-#[test]
 fn det_sqnr_against_tf_enhanced_holds_its_measured_state() {
     let floor = SqnrFloor {
         compared: 318,
-        within_tenth: 286,
-        worst_margin_db: -0.9,
+        within_tenth: 317,
+        worst_margin_db: -0.85,
     };
     assert_sqnr_floor("det", 16, floor);
 }
 
-/// The acceptance criterion itself: on every activation, ours ≥ tf_enhanced − 0.1 dB. Not met
-/// (cls: 12 of 166 activations below, worst −0.22 dB; det: 32 of 318, worst −0.84 dB). On 41
-/// of those 44 our grid has the *lower* γ = 3 cost measured on these very activations (by
-/// 0.7–31 %): tf_enhanced's coarser histogram lands it on narrower ranges that are worse by its
-/// own cost but better in SQNR, which weighs clipping like rounding. With γ = 1 the same search
-/// passes on all but det's `sigmoid_0.tmp_0`.
+/// The acceptance criterion itself: on every activation, ours ≥ tf_enhanced − 0.1 dB.
 #[test]
-#[ignore = "acceptance criterion not met yet; run with --ignored"]
 fn cls_sqnr_is_at_least_tf_enhanced_on_every_activation() {
     assert_sqnr_at_least_tf_enhanced("cls", 32);
 }
 
-/// As above, on det.
+/// As above, on det. Not met on one of 318 activations: `sigmoid_0.tmp_0` (65.75 dB vs 66.57 dB)
+/// holds 73 841 values exactly at its maximum 1.0 and 1.5 M near 0; the histogram reads the top
+/// bin's values as spread over the bin, so the search cannot see that a grid point on 1.0 makes
+/// that pile exact. `det_sqnr_against_tf_enhanced_holds_its_measured_state` asserts the rest.
 #[test]
-#[ignore = "acceptance criterion not met yet; run with --ignored"]
+#[ignore = "one det activation below tf_enhanced − 0.1 dB; run with --ignored"]
 fn det_sqnr_is_at_least_tf_enhanced_on_every_activation() {
     assert_sqnr_at_least_tf_enhanced("det", 16);
 }
