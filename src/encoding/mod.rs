@@ -133,12 +133,14 @@ impl Bitwidth {
 
     /// `2^bw - 1`, the number of steps of the unsigned grid.
     pub fn steps(self) -> f64 {
-        (2f64).powi(self.bits() as i32) - 1.0
+        // A shift, not `powi`: this sits in per-value loops and `powi` is a libcall. Exact:
+        // bitwidths are at most 32, so `2^bw - 1` fits a `u64` and an `f64` mantissa.
+        ((1u64 << self.bits()) - 1) as f64
     }
 
     /// `2^(bw-1)`, the shift between the unsigned and the signed grid.
     pub fn half(self) -> f64 {
-        (2f64).powi(self.bits() as i32 - 1)
+        (1u64 << (self.bits() - 1)) as f64
     }
 }
 

@@ -34,6 +34,7 @@ use super::queries::{
 };
 use super::stored::stable_digest;
 use crate::calib::{CalibError, InputList};
+use crate::encoding::TensorEncoding;
 use crate::eval::{EvalError, Evaluator, Labels, declared_classes};
 use crate::export::qdq;
 use crate::manifest::ResolvedEval;
@@ -116,6 +117,97 @@ pub fn model_encodings(db: &dyn Db, unit: Unit<'_>) -> Result<ModelEncodings, Bu
         }
     }
     Ok(out)
+}
+
+/// The parameter encodings of a simulation ([`crate::quantsim::simulated_parameters`]),
+/// compared by a digest of their values: equal parameters give one interned [`SimModel`] however
+/// many targets (or revisions) produce them.
+#[derive(Clone, Debug)]
+pub struct SimParameters {
+    digest: Digest,
+    encodings: Arc<ModelEncodings>,
+}
+
+impl SimParameters {
+    /// `encodings`' parameters that the simulation of `graph` applies.
+    pub fn of(graph: &crate::graph::Graph, encodings: &ModelEncodings) -> SimParameters {
+        let parameters = crate::quantsim::simulated_parameters(graph, encodings);
+        let mut hasher = blake3::Hasher::new();
+        for (name, encoding) in &parameters.parameters {
+            hasher.update(&(name.len() as u64).to_le_bytes());
+            hasher.update(name.as_bytes());
+            let (tag, axis, float) = match encoding {
+                TensorEncoding::PerTensor(_) => (0u8, 0u64, 0u32),
+                TensorEncoding::PerChannel { axis, .. } => (1, *axis as u64, 0),
+                TensorEncoding::Float { bitwidth } => (2, 0, bitwidth.bits()),
+            };
+            hasher.update(&[tag]);
+            hasher.update(&axis.to_le_bytes());
+            hasher.update(&float.to_le_bytes());
+            hasher.update(&(encoding.encodings().len() as u64).to_le_bytes());
+            for e in encoding.encodings() {
+                hasher.update(&e.bitwidth.bits().to_le_bytes());
+                hasher.update(e.schema.as_str().as_bytes());
+                for x in [e.min, e.max, e.scale] {
+                    hasher.update(&x.to_bits().to_le_bytes());
+                }
+                hasher.update(&e.offset.to_le_bytes());
+            }
+        }
+        SimParameters {
+            digest: Digest::from(hasher.finalize()),
+            encodings: Arc::new(parameters),
+        }
+    }
+}
+
+impl PartialEq for SimParameters {
+    fn eq(&self, other: &Self) -> bool {
+        self.digest == other.digest
+    }
+}
+
+impl Eq for SimParameters {}
+
+impl std::hash::Hash for SimParameters {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.digest.hash(state);
+    }
+}
+
+#[allow(missing_docs)]
+mod sim_key {
+    use super::{ModelKey, SimParameters};
+
+    /// A model with a set of parameter encodings: what a simulation runner is built from.
+    #[salsa::interned(debug)]
+    pub struct SimModel<'db> {
+        #[returns(copy)]
+        pub model: ModelKey<'db>,
+        #[returns(ref)]
+        pub parameters: SimParameters,
+    }
+}
+pub use sim_key::SimModel;
+
+/// The simulation runner of a model with fake-quantized parameters, shared by every unit whose
+/// parameter encodings are equal (`htp` and `htp-a16` differ only in activations) and kept
+/// across activation edits in `quant watch`.
+#[salsa::tracked(returns(ref), no_eq)]
+pub fn sim_runner<'db>(
+    db: &'db dyn Db,
+    key: SimModel<'db>,
+) -> Result<Arc<FloatRunner>, BuildError> {
+    let model = key.model(db);
+    let loaded = model_graph(db, model).as_ref().map_err(Clone::clone)?;
+    crate::quantsim::parameters_runner(
+        &loaded.onnx,
+        &loaded.graph,
+        &key.parameters(db).encodings,
+        &runner_dims(model.input_dims(db)),
+    )
+    .map(Arc::new)
+    .map_err(eval_error)
 }
 
 /// `model.qdq.onnx` of a quantized unit: the model (input dims fixed) with its encodings as
@@ -382,13 +474,13 @@ pub fn unit_evaluation<'db>(
         .map_err(Clone::clone)?;
     list.check(float.input_specs())
         .map_err(|e| BuildError::List(Arc::new(e)))?;
-    let sim = QuantSim::new(
-        &loaded.onnx,
-        &loaded.graph,
-        &model_encodings(db, unit)?,
-        &runner_dims(model.input_dims(db)),
-    )
-    .map_err(eval_error)?;
+    let encodings = model_encodings(db, unit)?;
+    let parameters = SimParameters::of(&loaded.graph, &encodings);
+    let runner = sim_runner(db, SimModel::new(db, model, parameters))
+        .as_ref()
+        .map_err(Clone::clone)?
+        .clone();
+    let sim = QuantSim::with_runner(runner, &loaded.graph, &encodings).map_err(eval_error)?;
     db.unwind_if_revision_cancelled();
     let evaluation = Evaluator::new(float, &sim, &loaded.graph)
         .evaluate(list, labels.as_ref().map(|(l, _)| l), |_, _| {})

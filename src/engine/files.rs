@@ -150,12 +150,55 @@ impl Files {
     }
 }
 
+/// Reads and digests every file of `paths` not loaded yet, in parallel, so that the
+/// [`source_file`] calls that follow find them loaded.
+pub fn prefetch(db: &dyn Db, paths: &[PathBuf]) {
+    use rayon::prelude::*;
+    let missing: Vec<PathBuf> = {
+        let files = db.files().lock();
+        let mut missing: Vec<PathBuf> = paths
+            .iter()
+            .map(|p| normalize_path(p))
+            .filter(|p| !files.contains_key(p))
+            .collect();
+        missing.sort();
+        missing.dedup();
+        missing
+    };
+    let snapshots: Vec<(PathBuf, FileSnapshot)> = missing
+        .into_par_iter()
+        .map(|path| {
+            let snapshot = FileSnapshot::read(&path);
+            (path, snapshot)
+        })
+        .collect();
+    let mut files = db.files().lock();
+    for (path, snapshot) in snapshots {
+        // A file another thread loaded meanwhile keeps that value: one path, one input.
+        if let std::collections::hash_map::Entry::Vacant(entry) = files.entry(path) {
+            let path = entry.key().clone();
+            entry.insert(SourceFile::new(
+                db,
+                path,
+                snapshot.digest,
+                snapshot.contents,
+            ));
+        }
+    }
+}
+
 /// The input for `path`, read from disk the first time it is asked for.
 ///
 /// Safe to call from inside a query (the lazy-input pattern): it never changes an existing
 /// input, so it cannot invalidate the revision the query runs in. Later changes to the file
 /// reach the database only through [`Database::load`] or [`Database::refresh`].
 pub fn source_file(db: &dyn Db, path: &Path) -> SourceFile {
+    // Keys are normalized paths, and normalizing one gives it back: a path that is a key needs
+    // none of the system calls `normalize_path` makes (queries ask for the model's file once
+    // per tensor).
+    if let Some(file) = db.files().lock().get(path) {
+        return *file;
+    }
     let path = normalize_path(path);
     // Held across the read so two threads asking for a new file create one input, not two.
     let mut files = db.files().lock();

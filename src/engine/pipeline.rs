@@ -25,7 +25,7 @@ use super::queries::{
     UnitPlan, WorkRecord, display_path,
 };
 use super::stored::{StoredUnitState, stable_digest};
-use crate::manifest::ResolvedPipeline;
+use crate::manifest::{ResolvedEval, ResolvedPipeline};
 use crate::store::{Corruption, Digest, GetOutcome, KeyBuilder, Kind};
 
 /// One manifest to build.
@@ -223,8 +223,21 @@ pub fn build(
         })
         .collect();
 
+    // Every input file is read and digested before anything looks at it, in parallel (a fresh
+    // process otherwise reads a model and its samples one after the other).
+    let inputs: Vec<PathBuf> = units
+        .iter()
+        .filter_map(|unit| {
+            let plan = plan_of(db, *unit).ok()?;
+            let eval = super::evaluate::unit_eval_set(db, *unit);
+            unit_inputs(db, plan, eval.as_ref())
+        })
+        .flatten()
+        .collect();
+    super::files::prefetch(db, &inputs);
+
     // Units whose inputs and output files are exactly those of their last build are done.
-    let mut fresh: Vec<Option<UnitDone>> = units.iter().map(|u| fresh_unit(db, *u)).collect();
+    let fresh: Vec<Option<UnitDone>> = units.iter().map(|u| fresh_unit(db, *u)).collect();
 
     // Calibrations, each once however many targets share it (and not at all when every
     // target using it is fresh).
@@ -253,7 +266,7 @@ pub fn build(
             continue;
         };
         samples_total += count;
-        if !stale {
+        if !stale || queries::merged_statistics_stored(db, *calibration) {
             continue;
         }
         let first = users[0];
@@ -288,12 +301,26 @@ pub fn build(
         }
     }
 
+    // Units are independent (their own outputs, shared queries memoized once), so they build
+    // side by side; an edit that touches every target of a model costs one unit's time per core.
+    let jobs: Vec<(Unit<'_>, Option<UnitDone>)> = units.iter().copied().zip(fresh).collect();
+    let run_units = |db: &Database| -> Vec<UnitOutcome> {
+        jobs.into_par_iter()
+            .map_with(db.clone(), |db, (unit, done)| match done {
+                Some(done) => reuse_unit(db, unit, done, progress),
+                None => build_unit(db, unit, progress),
+            })
+            .collect()
+    };
+    let outcomes = match &pool {
+        Some(pool) => {
+            let clone = db.clone();
+            pool.install(move || run_units(&clone))
+        }
+        None => run_units(db),
+    };
     let mut tensors_total = 0;
-    for (unit, done) in units.iter().zip(&mut fresh) {
-        let outcome = match done.take() {
-            Some(done) => reuse_unit(db, *unit, done, progress),
-            None => build_unit(db, *unit, progress),
-        };
+    for (unit, outcome) in units.iter().zip(outcomes) {
         if let (Ok(done), Ok(plan)) = (&outcome.result, plan_of(db, *unit))
             && plan.settings().is_some()
         {
@@ -522,23 +549,8 @@ fn unit_state_key(plan: &UnitPlan) -> Digest {
 /// Unlike store keys it holds paths: it decides whether *this* checkout's outputs are current,
 /// like cargo's fingerprints, and a moved project just builds once from the store.
 fn unit_fingerprint(db: &Database, unit: Unit<'_>, plan: &UnitPlan) -> Option<Digest> {
-    let mut files: Vec<PathBuf> = vec![plan.model.path.clone()];
-    files.extend(plan.overrides.iter().cloned());
     let eval = super::evaluate::unit_eval_set(db, unit);
-    let mut lists: Vec<&Path> = plan.input_list.iter().map(PathBuf::as_path).collect();
-    if let Some(set) = &eval {
-        lists.push(&set.input_list);
-        files.extend(set.labels.iter().cloned());
-    }
-    for list in lists {
-        let parsed = queries::input_list(db, source_file(db, list))
-            .as_ref()
-            .ok()?;
-        files.push(list.to_path_buf());
-        for sample in &parsed.samples {
-            files.extend(sample.files.iter().map(|f| f.path.clone()));
-        }
-    }
+    let files = unit_inputs(db, plan, eval.as_ref())?;
     let digests = files
         .iter()
         .map(|path| Some((path.as_path(), source_file(db, path).digest(db)?)))
@@ -552,6 +564,32 @@ fn unit_fingerprint(db: &Database, unit: Unit<'_>, plan: &UnitPlan) -> Option<Di
     );
     let cwd = std::env::current_dir().ok();
     Some(stable_digest(&(versions, cwd, plan, &eval, digests)))
+}
+
+/// Every file a unit reads: model, overrides, input lists and their samples, the eval set's
+/// list, samples and labels. `None` when an input list cannot be parsed.
+fn unit_inputs(
+    db: &Database,
+    plan: &UnitPlan,
+    eval: Option<&ResolvedEval>,
+) -> Option<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = vec![plan.model.path.clone()];
+    files.extend(plan.overrides.iter().cloned());
+    let mut lists: Vec<&Path> = plan.input_list.iter().map(PathBuf::as_path).collect();
+    if let Some(set) = eval {
+        lists.push(&set.input_list);
+        files.extend(set.labels.iter().cloned());
+    }
+    for list in lists {
+        let parsed = queries::input_list(db, source_file(db, list))
+            .as_ref()
+            .ok()?;
+        files.push(list.to_path_buf());
+        for sample in &parsed.samples {
+            files.extend(sample.files.iter().map(|f| f.path.clone()));
+        }
+    }
+    Some(files)
 }
 
 /// The unit, finished, when its last build had the same fingerprint and every output file

@@ -821,27 +821,7 @@ pub fn sample_statistics<'db>(
             path: display_path(calibration.list(db).path(db)),
         });
     };
-    let mut files = Vec::with_capacity(line.files.len());
-    for (input, path) in &line.files {
-        let file = source_file(db, path);
-        match file.digest(db) {
-            Some(digest) => files.push((input.clone(), file, digest)),
-            None => return Err(missing_sample(db, sample, path, file)),
-        }
-    }
-    let model = calibration_model(db, calibration)
-        .as_ref()
-        .map_err(Clone::clone)?;
-    let mut key = KeyBuilder::new(Kind::STATISTICS)
-        .digest("model", &model.digest)
-        .str("runtime", RUNTIME)
-        .bool("histogram", calibration.histogram(db));
-    for (input, _, digest) in &files {
-        key = key
-            .str("input", input.as_deref().unwrap_or(""))
-            .digest("file", digest);
-    }
-    let key = key.finish();
+    let key = sample_statistics_key(db, sample, line)?;
     let store = context.store(db);
     let log = context.log(db);
     if let Some(store) = store
@@ -929,6 +909,75 @@ pub fn sample_statistics<'db>(
     }))
 }
 
+/// The store key of one sample's statistics: the calibration model, the runtime, the
+/// statistics settings and each input file's name and digest. Fails as the sample would: a
+/// missing file is the list's diagnostic.
+fn sample_statistics_key(
+    db: &dyn Db,
+    sample: SampleKey<'_>,
+    line: &SampleLine,
+) -> Result<Digest, BuildError> {
+    let calibration = sample.calibration(db);
+    let mut digests = Vec::with_capacity(line.files.len());
+    for (input, path) in &line.files {
+        let file = source_file(db, path);
+        match file.digest(db) {
+            Some(digest) => digests.push((input, digest)),
+            None => return Err(missing_sample(db, sample, path, file)),
+        }
+    }
+    let model = calibration_model(db, calibration)
+        .as_ref()
+        .map_err(Clone::clone)?;
+    let mut key = KeyBuilder::new(Kind::STATISTICS)
+        .digest("model", &model.digest)
+        .str("runtime", RUNTIME)
+        .bool("histogram", calibration.histogram(db));
+    for (input, digest) in &digests {
+        key = key
+            .str("input", input.as_deref().unwrap_or(""))
+            .digest("file", digest);
+    }
+    Ok(key.finish())
+}
+
+/// The store key of a calibration's merged statistics: its samples' keys in list order (so
+/// it changes exactly when some sample's statistics would, or when samples are added, removed
+/// or reordered).
+#[salsa::tracked(returns(ref))]
+pub fn merged_statistics_key<'db>(
+    db: &'db dyn Db,
+    calibration: CalibrationKey<'db>,
+) -> Result<Digest, BuildError> {
+    let count = sample_count(db, calibration)?;
+    let mut key = KeyBuilder::new(Kind::MERGED_STATISTICS).u64("samples", count as u64);
+    for index in 0..count {
+        let sample = SampleKey::new(db, calibration, index);
+        let Some(line) = sample_line(db, sample) else {
+            input_list(db, calibration.list(db))
+                .as_ref()
+                .map_err(Clone::clone)?;
+            return Err(BuildError::Changed {
+                path: display_path(calibration.list(db).path(db)),
+            });
+        };
+        key = key.digest("sample", &sample_statistics_key(db, sample, line)?);
+    }
+    Ok(key.finish())
+}
+
+/// Whether a calibration's merged statistics are in the store, so that the driver need not
+/// read (or run) its samples at all.
+pub fn merged_statistics_stored(db: &dyn Db, calibration: CalibrationKey<'_>) -> bool {
+    let Some(store) = calibration.context(db).store(db) else {
+        return false;
+    };
+    match merged_statistics_key(db, calibration) {
+        Ok(key) => store.contains(Kind::MERGED_STATISTICS, key),
+        Err(_) => false,
+    }
+}
+
 /// The input list's own diagnostic for a sample file that cannot be read.
 fn missing_sample(db: &dyn Db, sample: SampleKey<'_>, path: &Path, file: SourceFile) -> BuildError {
     let reason = match file.contents(db) {
@@ -1012,6 +1061,20 @@ pub fn merged_statistics<'db>(
     calibration: CalibrationKey<'db>,
 ) -> Result<Arc<MergedStatistics>, BuildError> {
     let count = sample_count(db, calibration)?;
+    let key = *merged_statistics_key(db, calibration)
+        .as_ref()
+        .map_err(Clone::clone)?;
+    let context = calibration.context(db);
+    if let Some(store) = context.store(db)
+        && let Some((names, tensors)) =
+            lookup_bytes(store, context.log(db), Kind::MERGED_STATISTICS, &key)
+                .and_then(|bytes| decode_sample_statistics(&bytes))
+    {
+        return Ok(Arc::new(MergedStatistics {
+            by_name: names.into_iter().zip(tensors).collect(),
+            samples: count,
+        }));
+    }
     let mut total = SampleStatistics {
         tensors: Vec::new(),
     };
@@ -1035,9 +1098,19 @@ pub fn merged_statistics<'db>(
             },
         );
     }
-    let by_name = names
-        .map(|names| names.iter().cloned().zip(total.tensors).collect())
-        .unwrap_or_default();
+    let names = names.map(|n| n.to_vec()).unwrap_or_default();
+    if let Some(store) = context.store(db)
+        && let Err(e) = store.put(
+            Kind::MERGED_STATISTICS,
+            &key,
+            &encode_sample_statistics(&names, &total.tensors),
+        )
+    {
+        context
+            .log(db)
+            .with(|r| r.store_errors.push(format!("{e:#}")));
+    }
+    let by_name = names.into_iter().zip(total.tensors).collect();
     Ok(Arc::new(MergedStatistics {
         by_name,
         samples: count,

@@ -12,8 +12,7 @@ use std::fmt;
 use std::io::Write;
 use std::path::Path;
 
-use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 
 use crate::encoding::{Bitwidth, Encoding};
 use crate::overrides::{FixedEncoding, TensorName};
@@ -105,44 +104,21 @@ pub struct AimetEncodings {
 
 impl AimetEncodings {
     /// The file's text (no trailing newline, as AIMET). Equal values give equal bytes.
+    ///
+    /// Streams straight into the output through `Serialize` views of the encodings: a
+    /// per-channel model's file is megabytes, and building a `serde_json::Value` tree first cost
+    /// more than the formatting itself.
     pub fn to_json(&self, version: EncodingVersion) -> String {
-        let section = |map: &BTreeMap<TensorName, FixedEncoding>| match version {
-            EncodingVersion::V0_6_1 => Value::Object(
-                map.iter()
-                    .map(|(name, fixed)| (name.clone(), dictionary_entries(fixed)))
-                    .collect(),
-            ),
-            EncodingVersion::V1_0_0 => Value::Array(
-                map.iter()
-                    .map(|(name, fixed)| list_entry(name, fixed))
-                    .collect(),
-            ),
-        };
-        let args = &self.quantizer_args;
-        // `json!` builds maps in the order written here (serde_json's preserve_order):
-        // alphabetical, as AIMET's sort_keys.
-        let top = json!({
-            "activation_encodings": section(&self.activations),
-            "param_encodings": section(&self.parameters),
-            "producer": {
-                "package": "quant",
-                "version": env!("CARGO_PKG_VERSION"),
-            },
-            "quantizer_args": {
-                "activation_bitwidth": args.activation_bitwidth.bits(),
-                "dtype": "int",
-                "is_symmetric": args.is_symmetric,
-                "param_bitwidth": args.param_bitwidth.bits(),
-                "per_channel_quantization": args.per_channel_quantization,
-                "quant_scheme": args.quant_scheme,
-            },
-            "version": version.as_str(),
-        });
-        let mut out = Vec::new();
+        let entries = self.activations.len() + self.parameters.len();
+        let mut out = Vec::with_capacity(512 + 256 * entries);
         let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
         let mut serializer = serde_json::Serializer::with_formatter(&mut out, formatter);
-        top.serialize(&mut serializer)
-            .expect("a JSON value always serializes to memory");
+        File {
+            encodings: self,
+            version,
+        }
+        .serialize(&mut serializer)
+        .expect("serializing to memory cannot fail");
         String::from_utf8(out).expect("serde_json writes UTF-8")
     }
 
@@ -167,11 +143,87 @@ impl AimetEncodings {
     }
 }
 
+/// The whole file. Keys are written in alphabetical order, as AIMET's `sort_keys`.
+struct File<'a> {
+    encodings: &'a AimetEncodings,
+    version: EncodingVersion,
+}
+
+impl Serialize for File<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let section = |tensors| Section {
+            tensors,
+            version: self.version,
+        };
+        let mut map = serializer.serialize_map(Some(6))?;
+        map.serialize_entry(
+            "activation_encodings",
+            &section(&self.encodings.activations),
+        )?;
+        map.serialize_entry("param_encodings", &section(&self.encodings.parameters))?;
+        map.serialize_entry("producer", &Producer)?;
+        map.serialize_entry("quantizer_args", &Args(&self.encodings.quantizer_args))?;
+        map.serialize_entry("version", self.version.as_str())?;
+        map.end()
+    }
+}
+
+struct Producer;
+
+impl Serialize for Producer {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("package", "quant")?;
+        map.serialize_entry("version", env!("CARGO_PKG_VERSION"))?;
+        map.end()
+    }
+}
+
+struct Args<'a>(&'a QuantizerArgs);
+
+impl Serialize for Args<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let args = self.0;
+        let mut map = serializer.serialize_map(Some(6))?;
+        map.serialize_entry("activation_bitwidth", &args.activation_bitwidth.bits())?;
+        map.serialize_entry("dtype", "int")?;
+        map.serialize_entry("is_symmetric", &args.is_symmetric)?;
+        map.serialize_entry("param_bitwidth", &args.param_bitwidth.bits())?;
+        map.serialize_entry("per_channel_quantization", &args.per_channel_quantization)?;
+        map.serialize_entry("quant_scheme", &args.quant_scheme)?;
+        map.end()
+    }
+}
+
+/// `activation_encodings` or `param_encodings`: a dictionary by name (0.6.1) or a list of named
+/// entries (1.0.0).
+struct Section<'a> {
+    tensors: &'a BTreeMap<TensorName, FixedEncoding>,
+    version: EncodingVersion,
+}
+
+impl Serialize for Section<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.version {
+            EncodingVersion::V0_6_1 => serializer.collect_map(
+                self.tensors
+                    .iter()
+                    .map(|(name, fixed)| (name, DictionaryEntries(fixed))),
+            ),
+            EncodingVersion::V1_0_0 => serializer.collect_seq(
+                self.tensors
+                    .iter()
+                    .map(|(name, fixed)| ListEntry { name, fixed }),
+            ),
+        }
+    }
+}
+
 /// A float that JSON can hold; encodings are finite by construction, this keeps a stray NaN
 /// from becoming `null` silently in release builds' eyes.
-fn number(x: f64) -> Value {
+fn number(x: f64) -> f64 {
     debug_assert!(x.is_finite(), "non-finite value in an encoding: {x}");
-    Value::from(x)
+    x
 }
 
 fn python_bool(b: bool) -> &'static str {
@@ -179,57 +231,94 @@ fn python_bool(b: bool) -> &'static str {
 }
 
 /// 0.6.1: the list of entries of one tensor.
-fn dictionary_entries(fixed: &FixedEncoding) -> Value {
-    match fixed {
-        FixedEncoding::Float(bits) => json!([{ "bitwidth": bits.bits(), "dtype": "float" }]),
-        _ => Value::Array(fixed.encodings().iter().map(dictionary_entry).collect()),
+struct DictionaryEntries<'a>(&'a FixedEncoding);
+
+impl Serialize for DictionaryEntries<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            FixedEncoding::Float(bits) => {
+                let mut seq = serializer.serialize_seq(Some(1))?;
+                seq.serialize_element(&FloatEntry(bits.bits()))?;
+                seq.end()
+            }
+            fixed => serializer.collect_seq(fixed.encodings().iter().map(DictionaryEntry)),
+        }
     }
 }
 
-fn dictionary_entry(e: &Encoding) -> Value {
-    json!({
-        "bitwidth": e.bitwidth.bits(),
-        "dtype": "int",
-        "is_symmetric": python_bool(e.schema.is_symmetric()),
-        "max": number(e.max),
-        "min": number(e.min),
-        "offset": number(e.offset as f64),
-        "scale": number(e.scale),
-    })
+struct FloatEntry(u32);
+
+impl Serialize for FloatEntry {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("bitwidth", &self.0)?;
+        map.serialize_entry("dtype", "float")?;
+        map.end()
+    }
+}
+
+struct DictionaryEntry<'a>(&'a Encoding);
+
+impl Serialize for DictionaryEntry<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let e = self.0;
+        let mut map = serializer.serialize_map(Some(7))?;
+        map.serialize_entry("bitwidth", &e.bitwidth.bits())?;
+        map.serialize_entry("dtype", "int")?;
+        map.serialize_entry("is_symmetric", python_bool(e.schema.is_symmetric()))?;
+        map.serialize_entry("max", &number(e.max))?;
+        map.serialize_entry("min", &number(e.min))?;
+        map.serialize_entry("offset", &number(e.offset as f64))?;
+        map.serialize_entry("scale", &number(e.scale))?;
+        map.end()
+    }
 }
 
 /// 1.0.0: one named entry.
-fn list_entry(name: &str, fixed: &FixedEncoding) -> Value {
-    let encodings = match fixed {
-        FixedEncoding::Float(bits) => {
-            return json!({
-                "bw": bits.bits(),
-                "dtype": "FLOAT",
-                "enc_type": "PER_TENSOR",
-                "name": name,
-            });
-        }
-        _ => fixed.encodings(),
-    };
-    let enc_type = match fixed {
-        FixedEncoding::PerChannel(_) => "PER_CHANNEL",
-        _ => "PER_TENSOR",
-    };
-    let mut entry = Map::new();
-    entry.insert("bw".into(), encodings[0].bitwidth.bits().into());
-    entry.insert("dtype".into(), "INT".into());
-    entry.insert("enc_type".into(), enc_type.into());
-    entry.insert("is_sym".into(), encodings[0].schema.is_symmetric().into());
-    entry.insert("name".into(), name.into());
-    entry.insert(
-        "offset".into(),
-        encodings.iter().map(|e| number(e.offset as f64)).collect(),
-    );
-    entry.insert(
-        "scale".into(),
-        encodings.iter().map(|e| number(e.scale)).collect(),
-    );
-    Value::Object(entry)
+struct ListEntry<'a> {
+    name: &'a str,
+    fixed: &'a FixedEncoding,
+}
+
+impl Serialize for ListEntry<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let encodings = match self.fixed {
+            FixedEncoding::Float(bits) => {
+                let mut map = serializer.serialize_map(Some(4))?;
+                map.serialize_entry("bw", &bits.bits())?;
+                map.serialize_entry("dtype", "FLOAT")?;
+                map.serialize_entry("enc_type", "PER_TENSOR")?;
+                map.serialize_entry("name", self.name)?;
+                return map.end();
+            }
+            fixed => fixed.encodings(),
+        };
+        let enc_type = match self.fixed {
+            FixedEncoding::PerChannel(_) => "PER_CHANNEL",
+            _ => "PER_TENSOR",
+        };
+        let mut map = serializer.serialize_map(Some(7))?;
+        map.serialize_entry("bw", &encodings[0].bitwidth.bits())?;
+        map.serialize_entry("dtype", "INT")?;
+        map.serialize_entry("enc_type", enc_type)?;
+        map.serialize_entry("is_sym", &encodings[0].schema.is_symmetric())?;
+        map.serialize_entry("name", self.name)?;
+        map.serialize_entry(
+            "offset",
+            &Numbers(encodings.iter().map(|e| number(e.offset as f64))),
+        )?;
+        map.serialize_entry("scale", &Numbers(encodings.iter().map(|e| number(e.scale))))?;
+        map.end()
+    }
+}
+
+/// A list of floats produced on the fly.
+struct Numbers<I>(I);
+
+impl<I: Iterator<Item = f64> + Clone> Serialize for Numbers<I> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.clone())
+    }
 }
 
 #[cfg(test)]
@@ -277,7 +366,7 @@ mod tests {
         let text = out.to_json(EncodingVersion::V0_6_1);
         assert!(text.contains("\"offset\": 0.0,"), "{text}");
         assert!(text.contains("\"scale\": 1.1920928955078125e-7"), "{text}");
-        let back: Value = serde_json::from_str(&text).unwrap();
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
         let scale = back["activation_encodings"]["c"][0]["scale"]
             .as_f64()
             .unwrap();

@@ -161,9 +161,11 @@ fn quantize_values(
     encoding: &TensorEncoding,
     shift: i64,
 ) -> Result<Vec<i64>, QdqExportError> {
-    let quantize = |x: f32, e: &Encoding| e.quantize_value(f64::from(x)) - shift;
     match encoding {
-        TensorEncoding::PerTensor(e) => Ok(values.iter().map(|&x| quantize(x, e)).collect()),
+        TensorEncoding::PerTensor(e) => {
+            let grid = Grid::new(e, shift);
+            Ok(values.iter().map(|&x| grid.quantize(x)).collect())
+        }
         TensorEncoding::PerChannel { axis, channels } => {
             let shape: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
             let shape_error = |message: String| QdqExportError::Shape {
@@ -179,14 +181,51 @@ fn quantize_values(
                     layout.channels
                 )));
             }
+            let grids: Vec<Grid> = channels.iter().map(|e| Grid::new(e, shift)).collect();
             let mut out = Vec::with_capacity(values.len());
-            for (i, &x) in values.iter().enumerate() {
-                let channel = (i / layout.inner.max(1)) % layout.channels.max(1);
-                out.push(quantize(x, &channels[channel]));
+            // Row-major: runs of `inner` values share a channel, and the channels cycle.
+            for (run, chunk) in values.chunks(layout.inner.max(1)).enumerate() {
+                let grid = &grids[run % grids.len().max(1)];
+                out.extend(chunk.iter().map(|&x| grid.quantize(x)));
             }
             Ok(out)
         }
         TensorEncoding::Float { .. } => Ok(Vec::new()),
+    }
+}
+
+/// [`Encoding::quantize_value`] minus `shift`, with the per-encoding constants worked out once:
+/// weights are millions of values, and recomputing `2^bw` and the signed shift per value
+/// dominated the export.
+struct Grid {
+    scale: f64,
+    offset: f64,
+    steps: f64,
+    shift: i64,
+}
+
+impl Grid {
+    fn new(encoding: &Encoding, shift: i64) -> Grid {
+        let (low, _) = encoding.integer_range();
+        Grid {
+            scale: encoding.scale,
+            offset: encoding.offset as f64,
+            steps: encoding.bitwidth.steps(),
+            shift: shift - low,
+        }
+    }
+
+    /// The same arithmetic as [`Encoding::quantize_value`], in the same order, so the result
+    /// is bit for bit the same.
+    #[inline]
+    fn quantize(&self, x: f32) -> i64 {
+        let grid = (f64::from(x) / self.scale - self.offset).round_ties_even();
+        let grid = if grid.is_nan() {
+            0.0
+        } else {
+            grid.clamp(0.0, self.steps)
+        };
+        grid as i64 - self.shift
     }
 }
 
@@ -236,6 +275,25 @@ mod tests {
         assert_eq!(p.dtype, QuantizedType::Int32);
         // Shifted into int32, the zero point still dequantizes 0.0 exactly.
         assert_eq!(p.zero_points[0] + shift, own.zero_point());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn grid_equals_quantize_value(
+            x in proptest::num::f32::ANY,
+            lo in -100.0f64..0.0,
+            hi in 0.0f64..100.0,
+            bits in proptest::sample::select(vec![4u32, 8, 16, 32]),
+            schema in proptest::sample::select(vec![Schema::Asymmetric, Schema::Symmetric, Schema::SignedAsymmetric]),
+        ) {
+            let e = Encoding::from_range(lo, hi, Bitwidth::new(bits).unwrap(), schema).unwrap();
+            for shift in [0, 1 << 31] {
+                proptest::prop_assert_eq!(
+                    Grid::new(&e, shift).quantize(x),
+                    e.quantize_value(f64::from(x)) - shift
+                );
+            }
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! given ([`ModelEncodings`]) and hands each simulated activation to the caller.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use ndarray::ArrayD;
 
@@ -140,6 +141,32 @@ fn lookup<'e>(encodings: &'e ModelEncodings, name: &str) -> Option<&'e TensorEnc
         .or_else(|| encodings.activations.get(name))
 }
 
+/// The encodings a simulation's parameters take: each float parameter's, from either section
+/// (AIMET lists constant operands as activations). [`parameters_runner`] depends on nothing
+/// else of the encodings.
+pub fn simulated_parameters(graph: &Graph, encodings: &ModelEncodings) -> ModelEncodings {
+    let mut out = ModelEncodings::default();
+    for tensor in graph.float_parameters() {
+        let name = tensor.name.as_str();
+        if let Some(encoding) = lookup(encodings, name) {
+            out.parameters.insert(name.to_string(), encoding.clone());
+        }
+    }
+    out
+}
+
+/// The runner of `model` with its encoded parameters fake-quantized (the costly part of a
+/// [`QuantSim`]: tract loads and optimizes the rewritten model).
+pub fn parameters_runner(
+    model: &OnnxModel,
+    graph: &Graph,
+    encodings: &ModelEncodings,
+    input_dims: &[(String, Vec<usize>)],
+) -> Result<FloatRunner, QuantSimError> {
+    let quantized = quantized_parameters_model(model, graph, encodings)?;
+    Ok(FloatRunner::new(&quantized.to_bytes(), input_dims)?)
+}
+
 /// A copy of `model` whose encoded parameters hold their fake-quantized values.
 pub fn quantized_parameters_model(
     model: &OnnxModel,
@@ -203,7 +230,7 @@ fn check_fits(
 /// A model ready to run as the target computes it.
 #[derive(Debug, Clone)]
 pub struct QuantSim {
-    runner: FloatRunner,
+    runner: Arc<FloatRunner>,
     /// Per activation index of `runner`: the encoding applied in the hook.
     activation_encodings: Vec<Option<TensorEncoding>>,
     warnings: Vec<QuantSimWarning>,
@@ -219,8 +246,18 @@ impl QuantSim {
         encodings: &ModelEncodings,
         input_dims: &[(String, Vec<usize>)],
     ) -> Result<QuantSim, QuantSimError> {
-        let quantized = quantized_parameters_model(model, graph, encodings)?;
-        let runner = FloatRunner::new(&quantized.to_bytes(), input_dims)?;
+        let runner = parameters_runner(model, graph, encodings, input_dims)?;
+        QuantSim::with_runner(Arc::new(runner), graph, encodings)
+    }
+
+    /// As [`QuantSim::new`] with the runner already built by [`parameters_runner`] from the
+    /// same parameter encodings ([`simulated_parameters`] of `encodings`): targets that differ
+    /// only in activation encodings share one runner, and an activation edit rebuilds none.
+    pub fn with_runner(
+        runner: Arc<FloatRunner>,
+        graph: &Graph,
+        encodings: &ModelEncodings,
+    ) -> Result<QuantSim, QuantSimError> {
         let mut activation_encodings = Vec::with_capacity(runner.activation_names().len());
         for name in runner.activation_names() {
             let own = encodings.activations.get(name.as_str());

@@ -237,6 +237,11 @@ impl Store {
         }
     }
 
+    /// Whether an entry exists under `key` (not verified: [`Store::get`] still checks it).
+    pub fn contains(&self, kind: Kind, key: &Digest) -> bool {
+        self.entry_path(kind, key).is_file()
+    }
+
     /// Stores `payload` under `key`, atomically: concurrent readers see the previous entry or
     /// this one, never a mix, and a crash mid-write leaves only a stale temp file. Store only
     /// finished results — never a value from a failed or cancelled computation.
