@@ -690,7 +690,7 @@ fn save_unit_state(
 /// Writes `bytes` to `path` unless it already holds them; atomically (a temp file in the same
 /// folder, renamed over the target), so a reader or a killed build never sees half a file.
 pub fn write_if_changed(path: &Path, bytes: &[u8]) -> io::Result<bool> {
-    if fs::read(path).is_ok_and(|existing| existing == bytes) {
+    if holds(path, bytes) {
         return Ok(false);
     }
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -705,6 +705,33 @@ pub fn write_if_changed(path: &Path, bytes: &[u8]) -> io::Result<bool> {
         let _ = fs::remove_file(&temp);
     }
     result.map(|()| true)
+}
+
+/// Whether the file at `path` holds exactly `bytes`. Compares the length first and then reads
+/// in blocks, stopping at the first difference: an edited output differs from the old one
+/// somewhere, and reading a whole multi-megabyte file to find out cost more than writing it.
+fn holds(path: &Path, bytes: &[u8]) -> bool {
+    use std::io::Read;
+    const BLOCK: usize = 1 << 16;
+    let Ok(mut file) = fs::File::open(path) else {
+        return false;
+    };
+    if file.metadata().map(|m| m.len()).ok() != Some(bytes.len() as u64) {
+        return false;
+    }
+    let mut buffer = vec![0u8; BLOCK];
+    let mut rest = bytes;
+    loop {
+        let want = rest.len().min(BLOCK);
+        if want == 0 {
+            // Nothing may follow (the file could have grown since the length was read).
+            return matches!(file.read(&mut buffer[..1]), Ok(0));
+        }
+        if file.read_exact(&mut buffer[..want]).is_err() || buffer[..want] != rest[..want] {
+            return false;
+        }
+        rest = &rest[want..];
+    }
 }
 
 /// The label of an input in records and explanations: relative to the manifest's folder.
@@ -827,5 +854,29 @@ fn attach_samples(db: &Database, units: &[Unit<'_>], report: &mut BuildReport, w
             .filter(|s| s.files.iter().all(|f| files.contains(f)))
             .map(|s| s.files.clone())
             .collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_compares_whole_contents_across_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.json");
+        assert!(!holds(&path, b""), "a missing file holds nothing");
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        fs::write(&path, &big).unwrap();
+        assert!(holds(&path, &big));
+        let mut late = big.clone();
+        *late.last_mut().unwrap() ^= 1;
+        assert!(!holds(&path, &late), "a difference in the last block");
+        assert!(!holds(&path, &big[..big.len() - 1]), "a shorter buffer");
+        fs::write(&path, b"").unwrap();
+        assert!(holds(&path, b""));
+        assert!(write_if_changed(&path, b"x").unwrap());
+        assert!(!write_if_changed(&path, b"x").unwrap());
+        assert_eq!(fs::read(&path).unwrap(), b"x");
     }
 }

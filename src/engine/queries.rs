@@ -691,9 +691,11 @@ pub fn input_list(db: &dyn Db, list: SourceFile) -> Result<Arc<InputList>, Build
 /// The model bytes calibration runs and their digest (the statistics key's model field).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CalibrationModel {
-    /// ONNX bytes with `input_dims` applied, weights fake-quantized when asked for.
-    pub bytes: Arc<[u8]>,
-    /// blake3 of `bytes`.
+    /// The ONNX bytes when weights are fake-quantized; `None` runs the model as loaded (with
+    /// `input_dims` applied), whose bytes are only serialized if a sample must run.
+    pub rewritten: Option<Arc<[u8]>>,
+    /// Identifies the bytes calibration runs: blake3 of `rewritten`, or of the model file's
+    /// digest and the `input_dims` (the loaded model is a function of both).
     pub digest: Digest,
 }
 
@@ -723,9 +725,29 @@ pub fn calibration_model<'db>(
         }
         None => None,
     };
-    let bytes: Arc<[u8]> = rewritten.as_ref().unwrap_or(&model.onnx).to_bytes().into();
-    let digest = Digest::of(&bytes);
-    Ok(Arc::new(CalibrationModel { bytes, digest }))
+    let key = calibration.model(db);
+    Ok(Arc::new(match rewritten {
+        Some(rewritten) => {
+            let bytes: Arc<[u8]> = rewritten.to_bytes().into();
+            CalibrationModel {
+                digest: Digest::of(&bytes),
+                rewritten: Some(bytes),
+            }
+        }
+        // Re-serializing a large model only to digest it cost more than the rest of an edit's
+        // calibration lookups; the file digest and the dims name the same bytes.
+        None => CalibrationModel {
+            rewritten: None,
+            digest: KeyBuilder::new(Kind::STATISTICS)
+                .str("loaded model", "onnx file and input_dims")
+                .digest(
+                    "file",
+                    &key.file(db).digest(db).unwrap_or_else(|| Digest::of(b"")),
+                )
+                .digest("input_dims", &stable_digest(key.input_dims(db)))
+                .finish(),
+        },
+    }))
 }
 
 /// The float runner of a calibration: built only when some sample misses the store (loading
@@ -744,7 +766,15 @@ pub fn float_runner<'db>(
         .iter()
         .map(|(name, dims)| (name.clone(), dims.iter().map(|&d| d as usize).collect()))
         .collect();
-    FloatRunner::new(&model.bytes, &dims)
+    let bytes = match &model.rewritten {
+        Some(bytes) => bytes.to_vec(),
+        None => model_graph(db, calibration.model(db))
+            .as_ref()
+            .map_err(Clone::clone)?
+            .onnx
+            .to_bytes(),
+    };
+    FloatRunner::new(&bytes, &dims)
         .map(Arc::new)
         .map_err(|e| BuildError::Runner {
             path: display_path(calibration.model(db).file(db).path(db)),

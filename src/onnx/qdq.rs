@@ -319,9 +319,64 @@ impl OnnxModel {
     /// A copy of this model with the plan's QuantizeLinear/DequantizeLinear nodes (see the
     /// module docs for the layout). The original is left as it is.
     pub fn with_qdq(&self, plan: &QdqPlan) -> Result<OnnxModel, QdqError> {
-        let mut model = self.clone();
+        let replaced: HashSet<&str> = plan
+            .tensors
+            .iter()
+            .filter_map(|t| match t {
+                QdqTensor::Parameter { name, .. } => Some(name.as_str()),
+                QdqTensor::Activation { .. } => None,
+            })
+            .collect();
+        let mut model = OnnxModel {
+            proto: copy_without_data(&self.proto, &replaced),
+            origin: self.origin.clone(),
+        };
         rewrite(&mut model.proto, plan)?;
         Ok(model)
+    }
+}
+
+/// A copy of `proto` in which the initializers named in `replaced` keep their name, type and
+/// dims but not their values: the rewrite replaces them with integers anyway, and copying a
+/// large model's float weights only to drop them cost more than the rewrite.
+fn copy_without_data(proto: &proto::ModelProto, replaced: &HashSet<&str>) -> proto::ModelProto {
+    let graph = proto.graph.as_ref().map(|g| proto::GraphProto {
+        node: g.node.clone(),
+        name: g.name.clone(),
+        initializer: g
+            .initializer
+            .iter()
+            .map(|t| match t.name.as_deref() {
+                Some(name) if replaced.contains(name) => TensorProto {
+                    name: t.name.clone(),
+                    data_type: t.data_type,
+                    dims: t.dims.clone(),
+                    ..Default::default()
+                },
+                _ => t.clone(),
+            })
+            .collect(),
+        sparse_initializer: g.sparse_initializer.clone(),
+        doc_string: g.doc_string.clone(),
+        input: g.input.clone(),
+        output: g.output.clone(),
+        value_info: g.value_info.clone(),
+        quantization_annotation: g.quantization_annotation.clone(),
+        metadata_props: g.metadata_props.clone(),
+    });
+    proto::ModelProto {
+        ir_version: proto.ir_version,
+        opset_import: proto.opset_import.clone(),
+        producer_name: proto.producer_name.clone(),
+        producer_version: proto.producer_version.clone(),
+        domain: proto.domain.clone(),
+        model_version: proto.model_version,
+        doc_string: proto.doc_string.clone(),
+        graph,
+        metadata_props: proto.metadata_props.clone(),
+        training_info: proto.training_info.clone(),
+        functions: proto.functions.clone(),
+        configuration: proto.configuration.clone(),
     }
 }
 
