@@ -268,14 +268,24 @@ pub(crate) fn render(shell: &Shell, report: &BuildReport, explain: bool) -> Exit
     }
 }
 
+/// A build's wall time: milliseconds under a second (watch-mode rebuilds live there, and
+/// "0.04s" hides what a tuning session cares about), seconds with two decimals above.
+fn duration(ms: u128) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else {
+        format!("{:.2}s", ms as f64 / 1000.0)
+    }
+}
+
 /// The `Finished` line.
 pub(crate) fn finished_line(report: &BuildReport) -> String {
     let c = &report.counts;
     let ok = report.units.iter().filter(|u| u.result.is_ok()).count();
     format!(
-        "{ok} target{} in {:.2}s ({} sample{} run, {} reused; {} tensor{} encoded, {} reused; {} file{} written)",
+        "{ok} target{} in {} ({} sample{} run, {} reused; {} tensor{} encoded, {} reused; {} file{} written)",
         plural(ok),
-        report.wall_ms as f64 / 1000.0,
+        duration(report.wall_ms),
         c.samples_run,
         plural(c.samples_run),
         c.samples_reused,

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use notify_debouncer_full::notify::event::{AccessKind, AccessMode, EventKind};
 use notify_debouncer_full::notify::{RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 
@@ -51,6 +52,18 @@ impl Seen {
             digest: snapshot.digest,
             error: snapshot.contents.err(),
         }
+    }
+}
+
+/// Whether an event of this kind can leave a file with other contents. Opening, reading and
+/// closing a file unwritten cannot; skipping them matters, because the digest gate itself opens
+/// and reads the candidates: counting those reads as changes would make every gate schedule the
+/// next one, and an idle watcher would re-read its tracked files forever.
+fn may_change_contents(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
     }
 }
 
@@ -187,6 +200,9 @@ impl Watcher {
                 candidates.extend(self.tracked.keys().cloned());
                 continue;
             }
+            if !may_change_contents(&event.kind) {
+                continue;
+            }
             for path in &event.paths {
                 let path = normalize_path(path);
                 if self.tracked.contains_key(&path) {
@@ -259,5 +275,33 @@ impl Watcher {
             })
             .cloned()
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify_debouncer_full::notify::event::{CreateKind, ModifyKind, RemoveKind, RenameMode};
+
+    #[test]
+    fn reads_are_not_changes_and_writes_renames_and_removals_are() {
+        for kind in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+        ] {
+            assert!(!may_change_contents(&kind), "{kind:?}");
+        }
+        for kind in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Modify(ModifyKind::Any),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+            EventKind::Other,
+        ] {
+            assert!(may_change_contents(&kind), "{kind:?}");
+        }
     }
 }
