@@ -7,6 +7,8 @@
 # Wall time is measured around the whole process, as a user sees it. The cold build runs once;
 # the edit and the no-op run REPEAT times each (default 5) and their median is reported.
 #
+#   - det again with `sqnr` calibration (histograms and a range search per activation).
+# Cold builds run COLD_REPEAT times (default 3), each with an empty store, and report the median.
 # Usage: benches/build.sh            (builds the release binary first)
 #        QUANT=path/to/quant benches/build.sh
 # Goals: no-op < 50 ms, one-override edit < 100 ms and >= 100x faster than the cold build.
@@ -37,6 +39,8 @@ timed_build() {
     awk -v ns=$((end - start)) 'BEGIN { printf "%.3f", ns / 1e6 }'
 }
 
+declare -A cold_ms
+
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 # Reads one top-level count from the last build's --json summary (jq if present; otherwise the
@@ -52,8 +56,15 @@ summary_count() {
 # bench NAME ROOT OVERRIDES_FILE TENSOR
 bench() {
     local name=$1 root=$2 overrides=$3 tensor=$4 store="$work/store-$1"
-    local cold noop edit noops=() edits=() i
-    cold=$(timed_build "$root" "$store")
+    local cold noop edit colds=() noops=() edits=() i
+    # Cold builds: COLD_REPEAT (default 3) times with an empty store and no outputs; the median
+    # counts. The last one leaves the store the edits below start from.
+    for ((i = 0; i < ${COLD_REPEAT:-3}; i++)); do
+        rm -rf "$store" "$root/quant-out"
+        colds+=("$(timed_build "$root" "$store")")
+    done
+    cold=$(median "${colds[@]}")
+    cold_ms[$name]=$cold
     local cold_samples; cold_samples=$(summary_count samples_run)
     local cold_tensors; cold_tensors=$(summary_count tensors_encoded)
     for ((i = 0; i < repeat; i++)); do
@@ -70,7 +81,7 @@ bench() {
     done
     noop=$(median "${noops[@]}")
     edit=$(median "${edits[@]}")
-    printf '%-26s cold %9.1f ms (%s samples run, %s tensors encoded)\n' "$name" "$cold" "$cold_samples" "$cold_tensors"
+    printf '%-26s cold %9.1f ms (median of %d; %s samples run, %s tensors encoded)\n' "$name" "$cold" "${#colds[@]}" "$cold_samples" "$cold_tensors"
     printf '%-26s edit %9.1f ms (median of %d; last: %s samples run, %s tensors encoded)  cold/edit = %.0fx\n' \
         "" "$edit" "$repeat" "$edit_samples" "$edit_tensors" "$(awk -v c="$cold" -v e="$edit" 'BEGIN { print c / e }')"
     printf '%-26s no-op %8.1f ms (median of %d)  cold/no-op = %.0fx\n' \
@@ -112,8 +123,9 @@ watch_bench() {
         wait_lines $((n + 1)) "Watching for changes"
     done
     kill "$pid"; wait "$pid" 2>/dev/null || true
-    printf '%-26s watch edit: save → Finished %.1f ms, build %.1f ms as printed (medians of %d)\n' \
-        "" "$(median "${waits[@]}")" "$(median "${builds[@]}")" "$repeat"
+    local build; build=$(median "${builds[@]}")
+    printf '%-26s watch edit: save → Finished %.1f ms, build %.1f ms as printed (medians of %d)  cold/watch build = %.0fx\n' \
+        "" "$(median "${waits[@]}")" "$build" "$repeat" "$(awk -v c="${cold_ms[$name]}" -v b="$build" 'BEGIN { print c / b }')"
 }
 
 echo "quant: $("$QUANT" --version)   machine: $(nproc) cores"
@@ -169,6 +181,16 @@ act_bitwidth = 16
 EOF
     bench det "$det" "$det/overrides/head.json" "sigmoid_0.tmp_0"
     watch_bench det "$det" "$det/overrides/head.json" "sigmoid_0.tmp_0"
+
+    # The same with `sqnr` calibration: histograms of every activation and a range search per
+    # tensor, what a cold build costs when accuracy matters; an edit costs the same as above.
+    sqnr="$work/det-sqnr"
+    cp -r "$det" "$sqnr"
+    rm -rf "$sqnr/quant-out"
+    sed -i 's/^use_per_channel_quantization = true$/&\nact_quantizer_calibration = "sqnr"/' "$sqnr/quant.toml"
+    grep -q '^act_quantizer_calibration = "sqnr"$' "$sqnr/quant.toml"
+    bench det-sqnr "$sqnr" "$sqnr/overrides/head.json" "sigmoid_0.tmp_0"
+    watch_bench det-sqnr "$sqnr" "$sqnr/overrides/head.json" "sigmoid_0.tmp_0"
 else
     echo "det: skipped (fixtures not found at $fixtures)"
 fi

@@ -345,3 +345,37 @@ fn one_override_edit_re_executes_one_tensor_encoding() {
     assert_eq!(report.counts.samples_run, 1);
     assert_eq!(report.counts.samples_reused, 8);
 }
+
+/// A later build trusts a settled file's stamp (size, times, inode) for its digest instead of
+/// reading it; any write changes the stamp, even one that keeps the size and puts the
+/// modification time back.
+#[test]
+fn stamps_vouch_only_for_untouched_files() {
+    let example = Example::new();
+    example.build(&[]);
+    // The copies are seconds old only now: stamps taken earlier were too close to the
+    // files' last change to be trusted, so this build reads them again and records them.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (noop, _) = example.build(&[]);
+    assert_eq!(count(&noop, "samples_run"), 0, "{noop}");
+    let index = example.store.join("objects/file-stamps");
+    assert!(index.is_dir(), "no stamp index in the store");
+
+    // Rewrite one sample with other bytes of the same length, then restore its mtime: only
+    // the change time (which no user call can set back) and the content differ.
+    let sample = example.root.join("calib/0003.raw");
+    let modified = fs::metadata(&sample).unwrap().modified().unwrap();
+    let mut bytes = fs::read(&sample).unwrap();
+    for byte in bytes.iter_mut().step_by(4096) {
+        *byte ^= 0x5a;
+    }
+    fs::write(&sample, &bytes).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&sample)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+    let (edited, _) = example.build(&[]);
+    assert_eq!(count(&edited, "samples_run"), 1, "{edited}");
+}

@@ -169,9 +169,7 @@ fn slow_byte_count(db: &dyn Db, file: SourceFile) -> u64 {
         db.unwind_if_revision_cancelled();
         std::thread::sleep(Duration::from_millis(1));
     }
-    file.contents(db)
-        .as_ref()
-        .map_or(0, |bytes| bytes.len() as u64)
+    file.bytes(db).map_or(0, |bytes| bytes.len() as u64)
 }
 
 #[test]

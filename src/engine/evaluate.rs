@@ -308,7 +308,7 @@ fn read_labels(db: &dyn Db, file: SourceFile) -> Result<(Labels, Digest), BuildE
         path: shown.clone(),
         error: error.clone(),
     };
-    let bytes = file.contents(db).as_ref().map_err(not_readable)?;
+    let bytes = file.bytes(db).map_err(|e| not_readable(&e))?;
     let text = std::str::from_utf8(bytes).map_err(|_| {
         not_readable(&FileError::Unreadable {
             kind: std::io::ErrorKind::InvalidData,

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use salsa::Setter;
 
@@ -22,9 +22,8 @@ pub use source::SourceFile;
 #[allow(missing_docs)]
 mod source {
     use std::path::PathBuf;
-    use std::sync::Arc;
 
-    use super::FileError;
+    use super::{FileContents, FileError};
     use crate::store::Digest;
 
     /// One file the build depends on, as a salsa input.
@@ -40,9 +39,10 @@ mod source {
         /// The blake3 digest of the contents, or `None` when the file could not be read.
         #[returns(copy)]
         pub digest: Option<Digest>,
-        /// The file's bytes, or why they could not be read.
+        /// The file's bytes (read now, or on first use when its stamp vouched for its digest),
+        /// or why they could not be read.
         #[returns(ref)]
-        pub contents: Result<Arc<[u8]>, FileError>,
+        pub contents: Result<FileContents, FileError>,
     }
 }
 
@@ -61,6 +61,10 @@ pub enum FileError {
         /// The operating system's message.
         message: String,
     },
+    /// The file was taken as unchanged from its stamp (size, times, inode), but by the time its
+    /// bytes were needed they no longer had the recorded digest.
+    #[error("file changed while the build was running")]
+    Changed,
 }
 
 impl From<io::Error> for FileError {
@@ -75,28 +79,201 @@ impl From<io::Error> for FileError {
     }
 }
 
+/// A file's bytes, compared by digest. Either read with the digest, or *vouched for*: a stamp
+/// recorded by an earlier build matched, so the digest is known and the bytes are read only if
+/// something asks for them (a no-op build or an override edit needs no sample's bytes, only
+/// their digests).
+#[derive(Clone)]
+pub struct FileContents(Arc<ContentsInner>);
+
+struct ContentsInner {
+    path: PathBuf,
+    digest: Digest,
+    bytes: OnceLock<Result<Arc<[u8]>, FileError>>,
+}
+
+impl FileContents {
+    fn read(path: &Path, bytes: Arc<[u8]>, digest: Digest) -> FileContents {
+        FileContents(Arc::new(ContentsInner {
+            path: path.to_path_buf(),
+            digest,
+            bytes: OnceLock::from(Ok(bytes)),
+        }))
+    }
+
+    fn vouched(path: &Path, digest: Digest) -> FileContents {
+        FileContents(Arc::new(ContentsInner {
+            path: path.to_path_buf(),
+            digest,
+            bytes: OnceLock::new(),
+        }))
+    }
+
+    /// The bytes, read from disk now if they were only vouched for; [`FileError::Changed`]
+    /// when the file no longer has the digest it was taken with.
+    pub fn bytes(&self) -> Result<&Arc<[u8]>, FileError> {
+        self.0
+            .bytes
+            .get_or_init(|| {
+                let bytes = std::fs::read(&self.0.path)?;
+                if Digest::of(&bytes) == self.0.digest {
+                    Ok(bytes.into())
+                } else {
+                    Err(FileError::Changed)
+                }
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+impl PartialEq for FileContents {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.digest == other.0.digest
+    }
+}
+
+impl Eq for FileContents {}
+
+impl std::fmt::Debug for FileContents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileContents")
+            .field("digest", &self.0.digest)
+            .field("read", &self.0.bytes.get().is_some())
+            .finish()
+    }
+}
+
+impl SourceFile {
+    /// The file's bytes (see [`FileContents::bytes`]).
+    pub fn bytes(self, db: &dyn Db) -> Result<&Arc<[u8]>, FileError> {
+        match self.contents(db) {
+            Ok(contents) => contents.bytes(),
+            Err(error) => Err(error.clone()),
+        }
+    }
+}
+
+/// What identifies one version of a file without reading it: size, modification and change
+/// times, inode and device (what git's index and make compare). Unix only; elsewhere every
+/// file is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stamp {
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    ino: u64,
+    dev: u64,
+}
+
+impl Stamp {
+    #[cfg(unix)]
+    fn of(metadata: &std::fs::Metadata) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |secs: i64, nanos: i64| i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+        Some(Stamp {
+            len: metadata.len(),
+            mtime_ns: ns(metadata.mtime(), metadata.mtime_nsec()),
+            ctime_ns: ns(metadata.ctime(), metadata.ctime_nsec()),
+            ino: metadata.ino(),
+            dev: metadata.dev(),
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn of(_metadata: &std::fs::Metadata) -> Option<Stamp> {
+        None
+    }
+
+    /// The stamp of `path` now.
+    pub fn of_path(path: &Path) -> Option<Stamp> {
+        Stamp::of(&std::fs::metadata(path).ok()?)
+    }
+}
+
+/// A stamp recorded when a file was read, with the digest of what was read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StampedDigest {
+    /// The file's stamp, equal before and after the read.
+    pub stamp: Stamp,
+    /// The blake3 digest of the bytes read.
+    pub digest: Digest,
+    /// When the read began, in nanoseconds since the Unix epoch.
+    pub read_at_ns: i128,
+}
+
+/// How long before a read a file must have last changed for its stamp to vouch for it later. A
+/// file written in the same timestamp tick as (or just before) the read could change again
+/// without its stamp changing; two seconds is far above any file system's tick.
+const RACY_NS: i128 = 2_000_000_000;
+
+impl StampedDigest {
+    /// Whether this record vouches for the file that has `stamp` now: same stamp, and the file
+    /// had settled well before the recorded read (the racy case that git's index also guards).
+    pub fn vouches_for(&self, stamp: &Stamp) -> bool {
+        self.stamp == *stamp
+            && self.stamp.mtime_ns < self.read_at_ns - RACY_NS
+            && self.stamp.ctime_ns < self.read_at_ns - RACY_NS
+    }
+}
+
 /// What one read of a file found: its digest and bytes, or the error.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileSnapshot {
     /// The blake3 digest of `contents`, `None` when the read failed.
     pub digest: Option<Digest>,
     /// The bytes read, or why they could not be.
-    pub contents: Result<Arc<[u8]>, FileError>,
+    pub contents: Result<FileContents, FileError>,
+    /// The file's stamp, when it was the same before and after the read.
+    pub stamped: Option<StampedDigest>,
+}
+
+fn now_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
 }
 
 impl FileSnapshot {
     /// Reads `path` now.
     pub fn read(path: &Path) -> FileSnapshot {
+        let read_at_ns = now_ns();
+        let before = Stamp::of_path(path);
         match std::fs::read(path) {
-            Ok(bytes) => FileSnapshot {
-                digest: Some(Digest::of(&bytes)),
-                contents: Ok(bytes.into()),
-            },
+            Ok(bytes) => {
+                let digest = Digest::of(&bytes);
+                let after = Stamp::of_path(path);
+                let stamped = match (before, after) {
+                    (Some(stamp), Some(after)) if stamp == after => Some(StampedDigest {
+                        stamp,
+                        digest,
+                        read_at_ns,
+                    }),
+                    _ => None,
+                };
+                FileSnapshot {
+                    digest: Some(digest),
+                    contents: Ok(FileContents::read(path, bytes.into(), digest)),
+                    stamped,
+                }
+            }
             Err(error) => FileSnapshot {
                 digest: None,
                 contents: Err(error.into()),
+                stamped: None,
             },
         }
+    }
+
+    /// The file at `path` as `record` vouches for it, without reading it; `None` when the
+    /// record does not vouch for what is on disk now.
+    pub fn vouched(path: &Path, record: &StampedDigest) -> Option<FileSnapshot> {
+        let stamp = Stamp::of_path(path)?;
+        record.vouches_for(&stamp).then(|| FileSnapshot {
+            digest: Some(record.digest),
+            contents: Ok(FileContents::vouched(path, record.digest)),
+            stamped: Some(*record),
+        })
     }
 
     /// Whether two reads saw the same thing: equal digests, or the same error.
@@ -127,10 +304,13 @@ pub fn normalize_path(path: &Path) -> PathBuf {
     }
 }
 
-/// The path → [`SourceFile`] registry. Cheap to clone; clones share the same registry, so a
-/// file created on one database clone is known to all of them.
+/// The path → [`SourceFile`] registry, and the stamps that vouch for files' digests. Cheap to
+/// clone; clones share both, so a file created on one database clone is known to all of them.
 #[derive(Clone, Default)]
-pub struct Files(Arc<Mutex<HashMap<PathBuf, SourceFile>>>);
+pub struct Files {
+    inputs: Arc<Mutex<HashMap<PathBuf, SourceFile>>>,
+    stamps: Arc<Mutex<HashMap<PathBuf, StampedDigest>>>,
+}
 
 impl Files {
     /// The input for an already tracked path, if any.
@@ -145,13 +325,57 @@ impl Files {
         paths
     }
 
+    /// Adds stamp records from an earlier build (see [`StampedDigest`]); a record this process
+    /// made itself is newer and stays.
+    pub fn add_stamps(&self, records: impl IntoIterator<Item = (PathBuf, StampedDigest)>) {
+        let mut stamps = self.stamps_lock();
+        for (path, record) in records {
+            stamps.entry(path).or_insert(record);
+        }
+    }
+
+    /// Every stamp record known, by path, sorted: what the next build may trust.
+    pub fn stamps(&self) -> Vec<(PathBuf, StampedDigest)> {
+        let mut stamps: Vec<(PathBuf, StampedDigest)> = self
+            .stamps_lock()
+            .iter()
+            .map(|(p, r)| (p.clone(), *r))
+            .collect();
+        stamps.sort_by(|a, b| a.0.cmp(&b.0));
+        stamps
+    }
+
+    /// Reads `path` (normalized), or takes it from a stamp record that vouches for it, and
+    /// keeps the record of what was read for the next build.
+    fn snapshot(&self, path: &Path) -> FileSnapshot {
+        let known = self.stamps_lock().get(path).copied();
+        if let Some(snapshot) = known.and_then(|record| FileSnapshot::vouched(path, &record)) {
+            return snapshot;
+        }
+        let snapshot = FileSnapshot::read(path);
+        self.remember(path, &snapshot);
+        snapshot
+    }
+
+    fn remember(&self, path: &Path, snapshot: &FileSnapshot) {
+        let mut stamps = self.stamps_lock();
+        match snapshot.stamped {
+            Some(record) => stamps.insert(path.to_path_buf(), record),
+            None => stamps.remove(path),
+        };
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, SourceFile>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inputs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn stamps_lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, StampedDigest>> {
+        self.stamps.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// Reads and digests every file of `paths` not loaded yet, in parallel, so that the
-/// [`source_file`] calls that follow find them loaded.
+/// Reads and digests every file of `paths` not loaded yet, in parallel (or takes it from a stamp
+/// record that vouches for it), so that the [`source_file`] calls that follow find them loaded.
 pub fn prefetch(db: &dyn Db, paths: &[PathBuf]) {
     use rayon::prelude::*;
     let missing: Vec<PathBuf> = {
@@ -165,10 +389,11 @@ pub fn prefetch(db: &dyn Db, paths: &[PathBuf]) {
         missing.dedup();
         missing
     };
+    let registry = db.files();
     let snapshots: Vec<(PathBuf, FileSnapshot)> = missing
         .into_par_iter()
         .map(|path| {
-            let snapshot = FileSnapshot::read(&path);
+            let snapshot = registry.snapshot(&path);
             (path, snapshot)
         })
         .collect();
@@ -187,7 +412,8 @@ pub fn prefetch(db: &dyn Db, paths: &[PathBuf]) {
     }
 }
 
-/// The input for `path`, read from disk the first time it is asked for.
+/// The input for `path`, read from disk the first time it is asked for (or taken from a stamp
+/// record that vouches for it).
 ///
 /// Safe to call from inside a query (the lazy-input pattern): it never changes an existing
 /// input, so it cannot invalidate the revision the query runs in. Later changes to the file
@@ -205,7 +431,7 @@ pub fn source_file(db: &dyn Db, path: &Path) -> SourceFile {
     if let Some(file) = files.get(&path) {
         return *file;
     }
-    let snapshot = FileSnapshot::read(&path);
+    let snapshot = db.files().snapshot(&path);
     let file = SourceFile::new(db, path.clone(), snapshot.digest, snapshot.contents);
     files.insert(path, file);
     file
@@ -224,7 +450,9 @@ impl Database {
     /// [`Database::load`], also telling whether the input changed (a new file counts).
     fn load_and_compare(&mut self, path: &Path) -> (SourceFile, bool) {
         let path = normalize_path(path);
+        // An explicit (re)load always reads: it is how a watcher's change reaches the database.
         let snapshot = FileSnapshot::read(&path);
+        self.files().remember(&path, &snapshot);
         let Some(file) = self.files().get(&path) else {
             let file = SourceFile::new(self, path.clone(), snapshot.digest, snapshot.contents);
             self.files().lock().insert(path, file);
@@ -254,5 +482,72 @@ impl Database {
             }
         }
         changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(mtime_ns: i128, ctime_ns: i128, read_at_ns: i128) -> StampedDigest {
+        StampedDigest {
+            stamp: Stamp {
+                len: 10,
+                mtime_ns,
+                ctime_ns,
+                ino: 7,
+                dev: 1,
+            },
+            digest: Digest::of(b"0123456789"),
+            read_at_ns,
+        }
+    }
+
+    #[test]
+    fn only_files_settled_before_the_read_are_vouched_for() {
+        let second = 1_000_000_000;
+        let settled = record(0, 0, 10 * second);
+        assert!(settled.vouches_for(&settled.stamp));
+        // Changed within the racy window before the read: a later write in the same tick
+        // could keep the stamp, so the record proves nothing.
+        let racy = record(9 * second, 9 * second, 10 * second);
+        assert!(!racy.vouches_for(&racy.stamp));
+        let ctime_racy = record(0, 9 * second, 10 * second);
+        assert!(!ctime_racy.vouches_for(&ctime_racy.stamp));
+        for other in [
+            Stamp {
+                len: 11,
+                ..settled.stamp
+            },
+            Stamp {
+                mtime_ns: 1,
+                ..settled.stamp
+            },
+            Stamp {
+                ctime_ns: 1,
+                ..settled.stamp
+            },
+            Stamp {
+                ino: 8,
+                ..settled.stamp
+            },
+            Stamp {
+                dev: 2,
+                ..settled.stamp
+            },
+        ] {
+            assert!(!settled.vouches_for(&other), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn vouched_contents_are_checked_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sample.raw");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let good = FileContents::vouched(&path, Digest::of(b"0123456789"));
+        assert_eq!(&good.bytes().unwrap()[..], b"0123456789");
+        let stale = FileContents::vouched(&path, Digest::of(b"something else"));
+        assert_eq!(stale.bytes().unwrap_err(), FileError::Changed);
     }
 }

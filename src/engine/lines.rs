@@ -30,7 +30,7 @@ mod line {
 /// The file's lines (the coarse query: re-runs whenever any byte of the file changes).
 #[salsa::tracked(returns(ref))]
 pub fn parsed_lines(db: &dyn Db, file: SourceFile) -> Result<Vec<String>, FileError> {
-    let bytes = file.contents(db).as_ref().map_err(Clone::clone)?;
+    let bytes = file.bytes(db)?;
     Ok(String::from_utf8_lossy(bytes)
         .lines()
         .map(str::to_owned)

@@ -16,10 +16,10 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use super::db::Database;
+use super::db::{Database, Db};
 use super::evaluate::UnitEvaluation;
 use super::explain::{self, BUILD_RECORD, BuildRecord, Explanation};
-use super::files::source_file;
+use super::files::{StampedDigest, source_file};
 use super::queries::{
     self, BuildContext, BuildError, CalibrationKey, Project, SampleKey, Unit, UnitEncodings,
     UnitPlan, WorkRecord, display_path,
@@ -183,6 +183,8 @@ pub fn build(
         // Whatever a cancelled build left behind is not this build's work.
         drop(log.take());
     }
+    let stores = distinct_stores(db, projects);
+    load_stamps(db, &stores);
     let mut report = BuildReport::default();
 
     let mut resolved: Vec<(Project<'_>, Arc<ResolvedPipeline>)> = Vec::new();
@@ -378,8 +380,81 @@ pub fn build(
     };
     report.corruptions.extend(work.corruptions);
     report.store_errors.extend(work.store_errors);
+    save_stamps(db, &stores);
     report.wall_ms = started.elapsed().as_millis();
     report
+}
+
+/// The store kind of the stamp index: for every file a build read, its [`StampedDigest`] (size,
+/// times and inode when read, and the digest of what was read). One entry per store, replaced
+/// by each build. Like `unit-state` it describes this machine's files, not content: paths are
+/// its very subject. A later build takes a file whose stamp is unchanged (and which had settled
+/// before it was read) at its recorded digest without reading it, as git's index does; the
+/// bytes are read only if something needs them, and checked against the digest then.
+const FILE_STAMPS: Kind = Kind::new("file-stamps", 1);
+
+/// Most records the index keeps: this build's, then earlier ones by path.
+const MAX_STAMPS: usize = 100_000;
+
+fn stamps_key() -> Digest {
+    KeyBuilder::new(FILE_STAMPS)
+        .str("index", "files read by this store's builds")
+        .finish()
+}
+
+/// Each distinct store of the projects (projects sharing a store share a context).
+fn distinct_stores(
+    db: &Database,
+    projects: &[ProjectSpec],
+) -> Vec<(crate::store::Store, BuildContext)> {
+    let mut stores: Vec<(crate::store::Store, BuildContext)> = Vec::new();
+    for spec in projects {
+        if let Some(store) = spec.context.store(db)
+            && !stores.iter().any(|(s, _)| s.dir() == store.dir())
+        {
+            stores.push((store.clone(), spec.context));
+        }
+    }
+    stores
+}
+
+type StampIndex = Vec<(PathBuf, StampedDigest)>;
+
+/// Best effort: a missing or unreadable index only means files are read; a corrupt one is
+/// reported like any damaged entry.
+fn load_stamps(db: &Database, stores: &[(crate::store::Store, BuildContext)]) {
+    for (store, context) in stores {
+        match store.get_json::<StampIndex>(FILE_STAMPS, &stamps_key()) {
+            Ok(GetOutcome::Hit(records)) => db.files().add_stamps(records),
+            Ok(GetOutcome::Corrupt(corruption)) => context_log_corruption(db, *context, corruption),
+            Ok(GetOutcome::Miss) | Err(_) => {}
+        }
+    }
+}
+
+/// Writes this build's stamp records into each store's index, unless it holds them already.
+fn save_stamps(db: &Database, stores: &[(crate::store::Store, BuildContext)]) {
+    let ours = db.files().stamps();
+    for (store, _) in stores {
+        let previous = match store.get_json::<StampIndex>(FILE_STAMPS, &stamps_key()) {
+            Ok(GetOutcome::Hit(records)) => records,
+            _ => Vec::new(),
+        };
+        let mut merged: BTreeMap<PathBuf, StampedDigest> = previous.iter().cloned().collect();
+        for (path, record) in &ours {
+            merged.insert(path.clone(), *record);
+        }
+        let mut index: StampIndex = merged.into_iter().collect();
+        if index.len() > MAX_STAMPS {
+            let ours: BTreeSet<&PathBuf> = ours.iter().map(|(p, _)| p).collect();
+            index.sort_by_key(|(p, _)| !ours.contains(p));
+            index.truncate(MAX_STAMPS);
+            index.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        if index != previous {
+            let _ = store.put_json(FILE_STAMPS, &stamps_key(), &index);
+        }
+    }
 }
 
 /// Each context's log once (projects sharing a store share a context).
@@ -472,6 +547,7 @@ fn build_unit<'db>(
         let mut unchanged = Vec::new();
         let encodings_path = plan.out_dir.join("encodings.json");
         let evaluation = artifacts.evaluation.clone();
+        remove_stale_temporaries(&plan.out_dir);
         let files: [(&str, Option<&[u8]>); 4] = [
             ("encodings.json", Some(artifacts.encodings_json.as_bytes())),
             ("report.json", Some(artifacts.report_json.as_bytes())),
@@ -707,6 +783,33 @@ pub fn write_if_changed(path: &Path, bytes: &[u8]) -> io::Result<bool> {
     result.map(|()| true)
 }
 
+/// Removes the temporary files a killed build left in `dir` (see [`write_if_changed`]): they
+/// name their writer's process, and one that no longer runs will never rename them. Where
+/// processes cannot be checked (no `/proc`), they are left alone.
+fn remove_stale_temporaries(dir: &Path) {
+    let proc = Path::new("/proc");
+    if !proc.is_dir() {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.starts_with('.'))
+            .and_then(|n| n.rsplit_once(".tmp-"))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !proc.join(pid.to_string()).exists() {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Whether the file at `path` holds exactly `bytes`. Compares the length first and then reads
 /// in blocks, stopping at the first difference: an edited output differs from the old one
 /// somewhere, and reading a whole multi-megabyte file to find out cost more than writing it.
@@ -860,6 +963,23 @@ fn attach_samples(db: &Database, units: &[Unit<'_>], report: &mut BuildReport, w
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temporaries_of_dead_writers_are_removed_and_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // No process has this id (above the kernel's pid_max).
+        let dead = dir.path().join(".encodings.json.tmp-4294967295");
+        let ours = dir
+            .path()
+            .join(format!(".encodings.json.tmp-{}", std::process::id()));
+        let output = dir.path().join("encodings.json");
+        for path in [&dead, &ours, &output] {
+            fs::write(path, b"{}").unwrap();
+        }
+        remove_stale_temporaries(dir.path());
+        assert_eq!(dead.exists(), !Path::new("/proc").is_dir());
+        assert!(ours.exists() && output.exists());
+    }
 
     #[test]
     fn holds_compares_whole_contents_across_blocks() {

@@ -398,9 +398,8 @@ fn text_of<'a>(
     what: &'static str,
 ) -> Result<&'a str, BuildError> {
     let bytes = file
-        .contents(db)
-        .as_ref()
-        .map_err(|e| BuildError::file(what, file.path(db), e))?;
+        .bytes(db)
+        .map_err(|e| BuildError::file(what, file.path(db), &e))?;
     std::str::from_utf8(bytes).map_err(|_| BuildError::File {
         what,
         path: display_path(file.path(db)),
@@ -422,7 +421,7 @@ pub fn pipeline<'db>(
     project: Project<'db>,
 ) -> Result<Arc<ResolvedPipeline>, BuildError> {
     let file = project.manifest(db);
-    let text = match file.contents(db) {
+    let text = match file.bytes(db) {
         Ok(bytes) => String::from_utf8_lossy(bytes).into_owned(),
         Err(error) => {
             return Err(BuildError::Manifest(Arc::new(ManifestError::Read {
@@ -430,7 +429,8 @@ pub fn pipeline<'db>(
                 source: std::io::Error::new(
                     match error {
                         FileError::NotFound => std::io::ErrorKind::NotFound,
-                        FileError::Unreadable { kind, .. } => *kind,
+                        FileError::Unreadable { kind, .. } => kind,
+                        FileError::Changed => std::io::ErrorKind::Other,
                     },
                     error.to_string(),
                 ),
@@ -558,9 +558,8 @@ pub fn model_graph<'db>(
     let file = model.file(db);
     let path = file.path(db);
     let bytes = file
-        .contents(db)
-        .as_ref()
-        .map_err(|e| BuildError::file("model", path, e))?;
+        .bytes(db)
+        .map_err(|e| BuildError::file("model", path, &e))?;
     let failed = |message: String| BuildError::Model {
         path: display_path(path),
         message,
@@ -900,7 +899,7 @@ pub fn sample_statistics<'db>(
     };
     let mut expected = blake3::Hasher::new();
     for file in bound {
-        let Ok(bytes) = source_file(db, &file.path).contents(db) else {
+        let Ok(bytes) = source_file(db, &file.path).bytes(db) else {
             return Err(BuildError::Changed {
                 path: display_path(&file.path),
             });
