@@ -183,8 +183,11 @@ fn build_writes_the_encodings_quantize_writes() {
     let example = Example::new();
     example.build(&["--target", "htp", "-j", "1"]);
     let reference = example.root.join("reference.json");
+    let reference_model = example.root.join("reference.qdq.onnx");
     let output = example.quant(&[
         "quantize",
+        "--output_model",
+        reference_model.to_str().unwrap(),
         "--input_network",
         "models/cls.onnx",
         "--input_list",
@@ -216,6 +219,13 @@ fn build_writes_the_encodings_quantize_writes() {
     assert!(
         built == fs::read(&reference).unwrap(),
         "quant build and quant quantize disagree"
+    );
+    // The build plans its QDQ model tensor by tensor and keeps each part; `quantize` plans it
+    // in one pass. Both must give the same bytes.
+    let built_model = fs::read(example.root.join("quant-out/htp/cls/model.qdq.onnx")).unwrap();
+    assert!(
+        built_model == fs::read(&reference_model).unwrap(),
+        "quant build and quant quantize write different QDQ models"
     );
 }
 

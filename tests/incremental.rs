@@ -632,11 +632,12 @@ fn builds_killed_at_random_moments_leave_a_usable_store() {
     let reference = clean_outputs_of(&root);
     let cold = started.elapsed();
 
-    // Fixed extremes plus moments spread over a cold build's duration on this machine, so kills
-    // land in every phase (startup, calibration, encoding, writing) whatever its speed.
+    // A kill at startup plus moments spread over a cold build's duration on this machine, so
+    // kills land in every phase (startup, calibration, encoding, writing) whatever its speed.
+    // The second kill of a round comes 1.25× later, so none is scheduled past the cold build.
     let mut rng = Rng::new(0x5EED);
-    let mut delays = vec![Duration::from_millis(5), Duration::from_millis(400)];
-    delays.extend((0..4).map(|_| cold.mul_f64(0.05 + 0.9 * rng.unit())));
+    let mut delays = vec![Duration::from_millis(5), cold.mul_f64(0.7)];
+    delays.extend((0..4).map(|_| cold.mul_f64(0.05 + 0.7 * rng.unit())));
 
     let mut killed_mid_build = 0;
     for (round, delay) in delays.iter().enumerate() {
@@ -644,7 +645,7 @@ fn builds_killed_at_random_moments_leave_a_usable_store() {
         let _ = fs::remove_dir_all(root.join(OUT_DIR));
         // Two kills on the same store, so the second build starts from the first's leftovers.
         for kill in 0..2 {
-            let delay = delay.mul_f64(1.0 + kill as f64 * 0.5);
+            let delay = delay.mul_f64(1.0 + kill as f64 * 0.25);
             if kill_build_after(&root, store.path(), delay) {
                 killed_mid_build += 1;
             }

@@ -38,6 +38,7 @@ use crate::encoding::TensorEncoding;
 use crate::eval::{EvalError, Evaluator, Labels, declared_classes};
 use crate::export::qdq;
 use crate::manifest::ResolvedEval;
+use crate::onnx::qdq::QdqTensor;
 use crate::quantizer::{ModelEncodings, Warning};
 use crate::quantsim::QuantSim;
 use crate::report::{Report, ReportContext};
@@ -229,13 +230,64 @@ pub fn unit_qdq_model<'db>(
     let model = model_graph(db, model_key(db, plan))
         .as_ref()
         .map_err(Clone::clone)?;
-    let exported = qdq::export(&model.onnx, &model_encodings(db, unit)?, &digest).map_err(|e| {
-        BuildError::Export {
-            path: display_path(&plan.out_dir.join("model.qdq.onnx")),
-            message: e.to_string(),
-        }
-    })?;
+    let export_error = |message: String| BuildError::Export {
+        path: display_path(&plan.out_dir.join("model.qdq.onnx")),
+        message,
+    };
+    // The order of `qdq::plan`: activations, then parameters, each by name.
+    let encodings = model_encodings(db, unit)?;
+    let mut tensors = Vec::new();
+    for name in encodings
+        .activations
+        .keys()
+        .chain(encodings.parameters.keys())
+    {
+        let planned = qdq_tensor(db, TensorKey::new(db, unit, name.clone()))
+            .as_ref()
+            .map_err(Clone::clone)?;
+        tensors.extend(planned.iter().cloned());
+    }
+    let exported = model
+        .onnx
+        .with_qdq(&qdq::assemble(tensors, &digest))
+        .map_err(|e| export_error(qdq::QdqExportError::from(e).to_string()))?;
     Ok(Some(exported.to_bytes().into()))
+}
+
+/// One tensor's part of its unit's QDQ model ([`qdq::plan_tensor`]), kept per tensor: after an
+/// edit of one encoding, only that tensor is planned again (a weight's integers are most of an
+/// export's work).
+#[salsa::tracked(returns(ref), no_eq)]
+pub fn qdq_tensor<'db>(
+    db: &'db dyn Db,
+    tensor: TensorKey<'db>,
+) -> Result<Option<QdqTensor>, BuildError> {
+    let unit = tensor.unit(db);
+    let plan = unit_plan(db, unit).as_ref().map_err(Clone::clone)?;
+    let name = tensor.name(db);
+    let encoded = queries::tensor_encoding(db, tensor)
+        .as_ref()
+        .map_err(Clone::clone)?;
+    let Some(encoding) = encoded.tensor_encoding() else {
+        return Ok(None);
+    };
+    let tensors = queries::unit_tensors(db, unit)
+        .as_ref()
+        .map_err(Clone::clone)?;
+    let own_range = tensors.jobs.get(name) == Some(&TensorJob::Bias)
+        && encoded.warnings.contains(
+            &Warning::BiasOwnRange {
+                tensor: name.clone(),
+            }
+            .to_string(),
+        );
+    let model = model_graph(db, model_key(db, plan))
+        .as_ref()
+        .map_err(Clone::clone)?;
+    qdq::plan_tensor(&model.onnx, name, &encoding, own_range).map_err(|e| BuildError::Export {
+        path: display_path(&plan.out_dir.join("model.qdq.onnx")),
+        message: e.to_string(),
+    })
 }
 
 /// The eval set a unit is evaluated on: the projection of the manifest that spares the

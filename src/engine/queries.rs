@@ -1705,12 +1705,62 @@ pub fn encodings_json(plan: &UnitPlan, encodings: &UnitEncodings) -> String {
 
 /// The unit's `encodings.json` bytes, serialized once per revision: the file itself, the QDQ
 /// model's metadata digest and the evaluation's store key all read this one value (a large
-/// model's file is megabytes of JSON, and serializing it three times dominated an edit).
+/// model's file is megabytes of JSON). A quantized unit's file is assembled from each tensor's
+/// kept [`tensor_json_fragment`], so an edit formats only the tensors it changed.
 #[salsa::tracked(returns(ref))]
 pub fn unit_encodings_json<'db>(db: &'db dyn Db, unit: Unit<'db>) -> Result<Arc<str>, BuildError> {
     let plan = unit_plan(db, unit).as_ref().map_err(Clone::clone)?;
+    // The unit's own errors (overrides, calibration) come first, as everywhere.
     let encodings = unit_encodings(db, unit).as_ref().map_err(Clone::clone)?;
-    Ok(Arc::from(encodings_json(plan, encodings)))
+    if encodings.float {
+        return Ok(Arc::from(encodings_json(plan, encodings)));
+    }
+    let tensors = unit_tensors(db, unit).as_ref().map_err(Clone::clone)?;
+    let mut activations: BTreeMap<&str, Arc<str>> = BTreeMap::new();
+    let mut parameters: BTreeMap<&str, Arc<str>> = BTreeMap::new();
+    for name in &tensors.order {
+        let fragment = tensor_json_fragment(db, TensorKey::new(db, unit, name.clone()))
+            .as_ref()
+            .map_err(Clone::clone)?;
+        if let Some((section, text)) = fragment {
+            let map = match section {
+                Section::Activations => &mut activations,
+                Section::Parameters => &mut parameters,
+            };
+            map.insert(name.as_str(), text.clone());
+        }
+    }
+    // Name order in each section, as the whole-file writer lists them.
+    let activations: Vec<Arc<str>> = activations.into_values().collect();
+    let parameters: Vec<Arc<str>> = parameters.into_values().collect();
+    Ok(Arc::from(crate::export::aimet::assemble(
+        &activations,
+        &parameters,
+        &encodings.quantizer_args,
+        aimet_version(plan.encoding_version),
+    )))
+}
+
+/// One tensor's entry in its unit's `encodings.json`, formatted for its place in the file
+/// ([`crate::export::aimet::entry_fragment`]); `None` when the tensor is not listed.
+#[salsa::tracked(returns(ref))]
+pub fn tensor_json_fragment<'db>(
+    db: &'db dyn Db,
+    tensor: TensorKey<'db>,
+) -> Result<Option<(Section, Arc<str>)>, BuildError> {
+    let plan = unit_plan(db, tensor.unit(db))
+        .as_ref()
+        .map_err(Clone::clone)?;
+    let encoded = tensor_encoding(db, tensor).as_ref().map_err(Clone::clone)?;
+    let Some((fixed, _)) = &encoded.encoding else {
+        return Ok(None);
+    };
+    let text = crate::export::aimet::entry_fragment(
+        tensor.name(db),
+        fixed,
+        aimet_version(plan.encoding_version),
+    );
+    Ok(Some((encoded.section, Arc::from(text))))
 }
 
 /// A unit's output files. Pure function of the encodings, the evaluation and the plan: no

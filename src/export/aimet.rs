@@ -105,21 +105,21 @@ pub struct AimetEncodings {
 impl AimetEncodings {
     /// The file's text (no trailing newline, as AIMET). Equal values give equal bytes.
     ///
-    /// Streams straight into the output through `Serialize` views of the encodings: a
-    /// per-channel model's file is megabytes, and building a `serde_json::Value` tree first cost
-    /// more than the formatting itself.
+    /// Each tensor's entry is formatted on its own ([`entry_fragment`]) and the file assembled
+    /// around them ([`assemble`]): a build keeps every tensor's fragment and, after an edit,
+    /// formats only the tensors that changed.
     pub fn to_json(&self, version: EncodingVersion) -> String {
-        let entries = self.activations.len() + self.parameters.len();
-        let mut out = Vec::with_capacity(512 + 256 * entries);
-        let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
-        let mut serializer = serde_json::Serializer::with_formatter(&mut out, formatter);
-        File {
-            encodings: self,
+        let fragments = |map: &BTreeMap<TensorName, FixedEncoding>| -> Vec<String> {
+            map.iter()
+                .map(|(name, fixed)| entry_fragment(name, fixed, version))
+                .collect()
+        };
+        assemble(
+            &fragments(&self.activations),
+            &fragments(&self.parameters),
+            &self.quantizer_args,
             version,
-        }
-        .serialize(&mut serializer)
-        .expect("serializing to memory cannot fail");
-        String::from_utf8(out).expect("serde_json writes UTF-8")
+        )
     }
 
     /// Writes [`AimetEncodings::to_json`] to `path` through a temporary file in the same folder
@@ -143,26 +143,115 @@ impl AimetEncodings {
     }
 }
 
-/// The whole file. Keys are written in alphabetical order, as AIMET's `sort_keys`.
-struct File<'a> {
-    encodings: &'a AimetEncodings,
+/// Pretty-prints `value` with AIMET's 4-space indent.
+fn pretty<T: Serialize + ?Sized>(value: &T, capacity: usize) -> String {
+    let mut out = Vec::with_capacity(capacity);
+    let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, formatter);
+    value
+        .serialize(&mut serializer)
+        .expect("serializing to memory cannot fail");
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
+/// The lines of a pretty-printed one-element container, without its opening and closing lines
+/// and indented one level deeper: the element as it reads inside a section of the file. JSON
+/// text never holds a raw line break inside a string, so lines are safe to split on.
+fn inner_lines(text: &str) -> String {
+    let body = text
+        .split_once('\n')
+        .and_then(|(_, rest)| rest.rsplit_once('\n'))
+        .map_or("", |(body, _)| body);
+    let mut out = String::with_capacity(body.len() + body.len() / 8);
+    for (i, line) in body.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str("    ");
+        out.push_str(line);
+    }
+    out
+}
+
+/// One tensor's entry as it sits in its section of the file: `"name": [ ... ]` (0.6.1) or the
+/// named object (1.0.0), indented, without a separator. [`assemble`] joins them.
+pub fn entry_fragment(name: &str, fixed: &FixedEncoding, version: EncodingVersion) -> String {
+    let capacity = 256 * fixed.encodings().len().max(1);
+    let text = match version {
+        EncodingVersion::V0_6_1 => pretty(&SingleEntry(name, DictionaryEntries(fixed)), capacity),
+        EncodingVersion::V1_0_0 => pretty(&[ListEntry { name, fixed }], capacity),
+    };
+    inner_lines(&text)
+}
+
+/// A map of one entry.
+struct SingleEntry<'a, V>(&'a str, V);
+
+impl<V: Serialize> Serialize for SingleEntry<'_, V> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(1))?;
+        map.serialize_entry(self.0, &self.1)?;
+        map.end()
+    }
+}
+
+/// The file from its sections' [`entry_fragment`]s, each section in name order: byte for byte
+/// what serializing the whole file at once gives.
+pub fn assemble<F: AsRef<str>>(
+    activations: &[F],
+    parameters: &[F],
+    args: &QuantizerArgs,
+    version: EncodingVersion,
+) -> String {
+    let (open, close, empty) = match version {
+        EncodingVersion::V0_6_1 => ("{", "}", "{}"),
+        EncodingVersion::V1_0_0 => ("[", "]", "[]"),
+    };
+    let size: usize = activations
+        .iter()
+        .chain(parameters)
+        .map(|f| f.as_ref().len() + 2)
+        .sum();
+    let mut out = String::with_capacity(size + 1024);
+    out.push_str("{\n");
+    for (key, fragments) in [
+        ("activation_encodings", activations),
+        ("param_encodings", parameters),
+    ] {
+        out.push_str("    \"");
+        out.push_str(key);
+        out.push_str("\": ");
+        if fragments.is_empty() {
+            out.push_str(empty);
+        } else {
+            out.push_str(open);
+            for (i, fragment) in fragments.iter().enumerate() {
+                out.push_str(if i == 0 { "\n" } else { ",\n" });
+                out.push_str(fragment.as_ref());
+            }
+            out.push_str("\n    ");
+            out.push_str(close);
+        }
+        out.push_str(",\n");
+    }
+    // The rest of the file, from a map of the remaining keys: without its opening line it is
+    // exactly the file's tail.
+    let tail = pretty(&Tail { args, version }, 512);
+    out.push_str(tail.split_once('\n').map_or("", |(_, rest)| rest));
+    out
+}
+
+/// The keys after the two sections, in the file's (alphabetical) order.
+struct Tail<'a> {
+    args: &'a QuantizerArgs,
     version: EncodingVersion,
 }
 
-impl Serialize for File<'_> {
+impl Serialize for Tail<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let section = |tensors| Section {
-            tensors,
-            version: self.version,
-        };
-        let mut map = serializer.serialize_map(Some(6))?;
-        map.serialize_entry(
-            "activation_encodings",
-            &section(&self.encodings.activations),
-        )?;
-        map.serialize_entry("param_encodings", &section(&self.encodings.parameters))?;
+        let mut map = serializer.serialize_map(Some(3))?;
         map.serialize_entry("producer", &Producer)?;
-        map.serialize_entry("quantizer_args", &Args(&self.encodings.quantizer_args))?;
+        map.serialize_entry("quantizer_args", &Args(self.args))?;
         map.serialize_entry("version", self.version.as_str())?;
         map.end()
     }
@@ -192,30 +281,6 @@ impl Serialize for Args<'_> {
         map.serialize_entry("per_channel_quantization", &args.per_channel_quantization)?;
         map.serialize_entry("quant_scheme", &args.quant_scheme)?;
         map.end()
-    }
-}
-
-/// `activation_encodings` or `param_encodings`: a dictionary by name (0.6.1) or a list of named
-/// entries (1.0.0).
-struct Section<'a> {
-    tensors: &'a BTreeMap<TensorName, FixedEncoding>,
-    version: EncodingVersion,
-}
-
-impl Serialize for Section<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self.version {
-            EncodingVersion::V0_6_1 => serializer.collect_map(
-                self.tensors
-                    .iter()
-                    .map(|(name, fixed)| (name, DictionaryEntries(fixed))),
-            ),
-            EncodingVersion::V1_0_0 => serializer.collect_seq(
-                self.tensors
-                    .iter()
-                    .map(|(name, fixed)| ListEntry { name, fixed }),
-            ),
-        }
     }
 }
 
@@ -371,6 +436,22 @@ mod tests {
             .as_f64()
             .unwrap();
         assert_eq!(scale.to_bits(), tiny.scale.to_bits());
+    }
+
+    /// The assembled text is exactly what pretty-printing the whole document at once gives
+    /// (parsed back and printed again with the same formatter), empty sections included.
+    #[test]
+    fn assembled_fragments_equal_the_whole_document_printed_at_once() {
+        let empty = AimetEncodings::default();
+        let mut only_params = sample();
+        only_params.activations.clear();
+        for encodings in [sample(), empty, only_params] {
+            for version in EncodingVersion::ALL {
+                let text = encodings.to_json(version);
+                let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(text, pretty(&value, 0), "{version}");
+            }
+        }
     }
 
     #[test]

@@ -100,58 +100,84 @@ pub fn plan(
     encodings: &ModelEncodings,
     digest: &str,
 ) -> Result<QdqPlan, QdqExportError> {
-    // onnxruntime's fused integer kernels (QLinearConv, QGemm) read an int32 bias as if its
-    // scale were input scale × weight scale, whatever its DequantizeLinear says; a bias the
-    // quantizer had to encode from its own range would be misread, so it stays in float (its
-    // 32-bit grid is finer than float32 rounding anyway).
-    let own_range_biases: HashSet<&str> = encodings
+    let own_range_biases = own_range_biases(encodings);
+    let mut tensors = Vec::new();
+    for (name, encoding) in encodings.activations.iter().chain(&encodings.parameters) {
+        let own_range = own_range_biases.contains(name.as_str());
+        if let Some(tensor) = plan_tensor(model, name, encoding, own_range)? {
+            tensors.push(tensor);
+        }
+    }
+    Ok(assemble(tensors, digest))
+}
+
+/// The biases the quantizer had to encode from their own range ([`Warning::BiasOwnRange`]).
+pub fn own_range_biases(encodings: &ModelEncodings) -> HashSet<&str> {
+    encodings
         .warnings
         .iter()
         .filter_map(|w| match w {
             Warning::BiasOwnRange { tensor } => Some(tensor.as_str()),
             _ => None,
         })
-        .collect();
-    let mut tensors = Vec::new();
-    for (name, encoding) in encodings.activations.iter().chain(&encodings.parameters) {
-        if own_range_biases.contains(name.as_str()) {
-            continue;
-        }
-        let axis = match encoding {
-            TensorEncoding::PerTensor(_) => None,
-            TensorEncoding::PerChannel { axis, .. } => Some(*axis),
-            TensorEncoding::Float { .. } => continue,
-        };
-        let Some((params, shift)) = params(encoding.encodings(), axis) else {
-            continue;
-        };
-        // Constants AIMET lists as activations are stored quantized too: the model holds them.
-        match model.parameter_values(name)? {
-            Some(stored) => {
-                let values = quantize_values(name, &stored.values, &stored.dims, encoding, shift)?;
-                tensors.push(QdqTensor::Parameter {
-                    name: name.clone(),
-                    params,
-                    values,
-                });
-            }
-            None => {
-                if params.dtype == QuantizedType::Int32 {
-                    return Err(QdqExportError::Int32Activation {
-                        tensor: name.clone(),
-                    });
-                }
-                tensors.push(QdqTensor::Activation {
-                    name: name.clone(),
-                    params,
-                });
-            }
-        }
-    }
-    Ok(QdqPlan {
+        .collect()
+}
+
+/// The plan of the tensors [`plan_tensor`] made, in the order of [`plan`], with `digest` in
+/// its metadata.
+pub fn assemble(tensors: Vec<QdqTensor>, digest: &str) -> QdqPlan {
+    QdqPlan {
         tensors,
         metadata: vec![(DIGEST_KEY.to_string(), digest.to_string())],
-    })
+    }
+}
+
+/// One tensor's part of [`plan`]: `None` when it stays float. `own_range_bias` marks a bias the
+/// quantizer encoded from its own range. A parameter's integers are computed here, which is
+/// most of an export's work, so a build keeps the result per tensor.
+pub fn plan_tensor(
+    model: &OnnxModel,
+    name: &str,
+    encoding: &TensorEncoding,
+    own_range_bias: bool,
+) -> Result<Option<QdqTensor>, QdqExportError> {
+    // onnxruntime's fused integer kernels (QLinearConv, QGemm) read an int32 bias as if its
+    // scale were input scale × weight scale, whatever its DequantizeLinear says; a bias the
+    // quantizer had to encode from its own range would be misread, so it stays in float (its
+    // 32-bit grid is finer than float32 rounding anyway).
+    if own_range_bias {
+        return Ok(None);
+    }
+    let axis = match encoding {
+        TensorEncoding::PerTensor(_) => None,
+        TensorEncoding::PerChannel { axis, .. } => Some(*axis),
+        TensorEncoding::Float { .. } => return Ok(None),
+    };
+    let Some((params, shift)) = params(encoding.encodings(), axis) else {
+        return Ok(None);
+    };
+    // Constants AIMET lists as activations are stored quantized too: the model holds them.
+    match model.parameter_values(name)? {
+        Some(stored) => {
+            let values = quantize_values(name, &stored.values, &stored.dims, encoding, shift)?;
+            Ok(Some(QdqTensor::Parameter {
+                name: name.to_string(),
+                params,
+                values: values.into(),
+            }))
+        }
+        None => {
+            if params.dtype == QuantizedType::Int32 {
+                return Err(QdqExportError::Int32Activation {
+                    tensor: name.to_string(),
+                });
+            }
+            Ok(Some(QdqTensor::Activation {
+                name: name.to_string(),
+                params,
+            }))
+        }
+    }
 }
 
 fn quantize_values(

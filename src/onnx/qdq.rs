@@ -114,8 +114,9 @@ pub enum QdqTensor {
         name: String,
         /// Its quantization.
         params: QdqParams,
-        /// The integers to store, row-major, in the parameter's shape.
-        values: Vec<i64>,
+        /// The integers to store, row-major, in the parameter's shape (shared: a build keeps
+        /// each parameter's integers between revisions).
+        values: std::sync::Arc<[i64]>,
     },
 }
 
@@ -889,7 +890,7 @@ mod tests {
                         zero_points: vec![0],
                         axis: None,
                     },
-                    values: vec![64, -127],
+                    values: vec![64, -127].into(),
                 },
             ],
             metadata: vec![("quant.encodings_digest".into(), "abc".into())],
@@ -1014,7 +1015,7 @@ mod tests {
             .with_qdq(&plan(QdqTensor::Parameter {
                 name: "w".into(),
                 params: u8_params(0.1, 0),
-                values: vec![1, 2, 3],
+                values: vec![1, 2, 3].into(),
             }))
             .unwrap_err();
         assert!(err.to_string().contains("3 stored values"), "{err}");
