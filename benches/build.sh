@@ -7,7 +7,8 @@
 # Wall time is measured around the whole process, as a user sees it. The cold build runs once;
 # the edit and the no-op run REPEAT times each (default 5) and their median is reported.
 #
-#   - det again with `sqnr` calibration (histograms and a range search per activation).
+#   - det again with `sqnr` calibration (histograms and a range search per activation), with its
+#     16 samples and with 160 (each sample and 9 flipped or shifted variants; needs python3).
 # Cold builds run COLD_REPEAT times (default 3), each with an empty store, and report the median.
 # Usage: benches/build.sh            (builds the release binary first)
 #        QUANT=path/to/quant benches/build.sh
@@ -191,6 +192,43 @@ EOF
     grep -q '^act_quantizer_calibration = "sqnr"$' "$sqnr/quant.toml"
     bench det-sqnr "$sqnr" "$sqnr/overrides/head.json" "sigmoid_0.tmp_0"
     watch_bench det-sqnr "$sqnr" "$sqnr/overrides/head.json" "sigmoid_0.tmp_0"
+
+    # det-sqnr with 160 calibration samples, the size of a real calibration set: the 16
+    # fixture samples and 9 variants of each (flipped, and rolled sideways by 8..48 pixels), so
+    # every sample has other content. A cold build grows with the samples; an edit does not.
+    big="$work/det-sqnr-160"
+    cp -r "$sqnr" "$big"
+    rm -rf "$big/quant-out"
+    python3 - "$big/calib" <<'PY'
+import array, pathlib, sys
+calib = pathlib.Path(sys.argv[1])
+names = [l.strip() for l in (calib / "input_list.txt").read_text().splitlines() if l.strip() and not l.startswith(("#", "%"))]
+C, H, W = 3, 320, 320
+def rows(a):
+    return [a[i * W:(i + 1) * W] for i in range(C * H)]
+def join(rs):
+    out = array.array("f")
+    for r in rs:
+        out.extend(r)
+    return out
+lines = []
+for name in names:
+    a = array.array("f", (calib / name).read_bytes())
+    assert len(a) == C * H * W, name
+    rs = rows(a)
+    variants = [a,
+                join(r[::-1] for r in rs),
+                join(rs[c * H:(c + 1) * H][::-1][i] for c in range(C) for i in range(H)),
+                join(r[::-1] for r in (rs[c * H:(c + 1) * H][::-1][i] for c in range(C) for i in range(H)))]
+    variants += [join(r[-k:] + r[:-k] for r in rs) for k in (8, 16, 24, 32, 40, 48)]
+    for v, data in enumerate(variants):
+        out = f"{pathlib.Path(name).stem}_{v}.raw"
+        (calib / out).write_bytes(data.tobytes())
+        lines.append(out)
+(calib / "input_list.txt").write_text("\n".join(lines) + "\n")
+PY
+    bench det-sqnr-160 "$big" "$big/overrides/head.json" "sigmoid_0.tmp_0"
+    watch_bench det-sqnr-160 "$big" "$big/overrides/head.json" "sigmoid_0.tmp_0"
 else
     echo "det: skipped (fixtures not found at $fixtures)"
 fi
