@@ -284,7 +284,19 @@ pub fn qdq_tensor<'db>(
     let model = model_graph(db, model_key(db, plan))
         .as_ref()
         .map_err(Clone::clone)?;
-    qdq::plan_tensor(&model.onnx, name, &encoding, own_range).map_err(|e| BuildError::Export {
+    // The graph holds every float parameter decoded already; anything else (an activation, a
+    // parameter of another type) goes through the model as `quant quantize` does.
+    let decoded = model.graph.parameter(name).and_then(|data| {
+        let dims: Vec<u64> = data.shape.iter().map(|&d| d as u64).collect();
+        data.as_f32().map(|values| (values, dims))
+    });
+    match &decoded {
+        Some((values, dims)) => {
+            qdq::plan_tensor_with(name, &encoding, own_range, Some((values, dims)))
+        }
+        None => qdq::plan_tensor(&model.onnx, name, &encoding, own_range),
+    }
+    .map_err(|e| BuildError::Export {
         path: display_path(&plan.out_dir.join("model.qdq.onnx")),
         message: e.to_string(),
     })

@@ -303,6 +303,51 @@ pub fn build(
         }
     }
 
+    // Every stale unit starts by loading its model and its merged statistics, and they would
+    // load one after the other inside the first unit to ask; loading them side by side here
+    // takes one of the two off an edit's critical path.
+    let mut models: Vec<queries::ModelKey<'_>> = Vec::new();
+    let mut merged: Vec<CalibrationKey<'_>> = Vec::new();
+    for (unit, done) in units.iter().zip(&fresh) {
+        if done.is_some() {
+            continue;
+        }
+        if let Ok(plan) = plan_of(db, *unit) {
+            let model = queries::model_key(db, plan);
+            if !models.contains(&model) {
+                models.push(model);
+            }
+        }
+        if let Ok(Some(calibration)) = queries::unit_calibration(db, *unit)
+            && !merged.contains(&calibration)
+        {
+            merged.push(calibration);
+        }
+    }
+    let warm = |db: &Database| {
+        let (for_models, for_merged) = (db.clone(), db.clone());
+        let (models, merged) = (&models, &merged);
+        rayon::join(
+            move || {
+                for model in models {
+                    let _ = queries::model_graph(&for_models, *model);
+                }
+            },
+            move || {
+                for calibration in merged {
+                    let _ = queries::merged_statistics(&for_merged, *calibration);
+                }
+            },
+        );
+    };
+    match &pool {
+        Some(pool) => {
+            let clone = db.clone();
+            pool.install(move || warm(&clone));
+        }
+        None => warm(db),
+    }
+
     // Units are independent (their own outputs, shared queries memoized once), so they build
     // side by side; an edit that touches every target of a model costs one unit's time per core.
     let jobs: Vec<(Unit<'_>, Option<UnitDone>)> = units.iter().copied().zip(fresh).collect();

@@ -704,11 +704,14 @@ pub fn calibration_model<'db>(
     db: &'db dyn Db,
     calibration: CalibrationKey<'db>,
 ) -> Result<Arc<CalibrationModel>, BuildError> {
-    let model = model_graph(db, calibration.model(db))
-        .as_ref()
-        .map_err(Clone::clone)?;
+    let key = calibration.model(db);
+    if key.file(db).digest(db).is_none() {
+        // The model's own diagnostic (missing, unreadable).
+        model_graph(db, key).as_ref().map_err(Clone::clone)?;
+    }
     let rewritten = match calibration.quantized_weights(db) {
         Some(unit) => {
+            let model = model_graph(db, key).as_ref().map_err(Clone::clone)?;
             let plan = unit_plan(db, unit).as_ref().map_err(Clone::clone)?;
             let overrides = unit_overrides(db, unit).as_ref().map_err(Clone::clone)?;
             match plan.settings() {
@@ -724,7 +727,6 @@ pub fn calibration_model<'db>(
         }
         None => None,
     };
-    let key = calibration.model(db);
     Ok(Arc::new(match rewritten {
         Some(rewritten) => {
             let bytes: Arc<[u8]> = rewritten.to_bytes().into();
@@ -1675,8 +1677,8 @@ pub fn unit_encodings<'db>(
 /// The bytes of a unit's output files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Artifacts {
-    /// `encodings.json`.
-    pub encodings_json: String,
+    /// `encodings.json` (the same bytes as [`unit_encodings_json`], shared, not copied).
+    pub encodings_json: Arc<str>,
     /// `report.json`.
     pub report_json: String,
     /// `model.qdq.onnx` (quantized targets).
@@ -1772,7 +1774,7 @@ pub fn unit_artifacts<'db>(db: &'db dyn Db, unit: Unit<'db>) -> Result<Arc<Artif
     let encodings_json = unit_encodings_json(db, unit)
         .as_ref()
         .map_err(Clone::clone)?
-        .to_string();
+        .clone();
     let qdq_model = super::evaluate::unit_qdq_model(db, unit)
         .as_ref()
         .map_err(Clone::clone)?

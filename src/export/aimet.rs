@@ -154,45 +154,131 @@ fn pretty<T: Serialize + ?Sized>(value: &T, capacity: usize) -> String {
     String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
-/// The lines of a pretty-printed one-element container, without its opening and closing lines
-/// and indented one level deeper: the element as it reads inside a section of the file. JSON
-/// text never holds a raw line break inside a string, so lines are safe to split on.
-fn inner_lines(text: &str) -> String {
-    let body = text
-        .split_once('\n')
-        .and_then(|(_, rest)| rest.rsplit_once('\n'))
-        .map_or("", |(body, _)| body);
-    let mut out = String::with_capacity(body.len() + body.len() / 8);
-    for (i, line) in body.split('\n').enumerate() {
-        if i > 0 {
-            out.push('\n');
+/// serde_json's pretty layout (4-space indent) starting `level` levels deep: how a tensor's
+/// entry is written straight into its place in the file.
+struct Nested {
+    level: usize,
+    has_value: bool,
+}
+
+impl Nested {
+    fn indent<W: ?Sized + std::io::Write>(&self, writer: &mut W) -> std::io::Result<()> {
+        for _ in 0..self.level {
+            writer.write_all(b"    ")?;
         }
-        out.push_str("    ");
-        out.push_str(line);
+        Ok(())
     }
-    out
+
+    fn open<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        bracket: &[u8],
+    ) -> std::io::Result<()> {
+        self.level += 1;
+        self.has_value = false;
+        writer.write_all(bracket)
+    }
+
+    fn close<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        bracket: &[u8],
+    ) -> std::io::Result<()> {
+        self.level -= 1;
+        if self.has_value {
+            writer.write_all(b"\n")?;
+            self.indent(writer)?;
+        }
+        writer.write_all(bracket)
+    }
+
+    fn item<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        writer.write_all(if first { b"\n" } else { b",\n" })?;
+        self.indent(writer)
+    }
+}
+
+impl serde_json::ser::Formatter for Nested {
+    fn begin_array<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.open(writer, b"[")
+    }
+
+    fn end_array<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.close(writer, b"]")
+    }
+
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.item(writer, first)
+    }
+
+    fn end_array_value<W: ?Sized + std::io::Write>(&mut self, _: &mut W) -> std::io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
+
+    fn begin_object<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.open(writer, b"{")
+    }
+
+    fn end_object<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.close(writer, b"}")
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.item(writer, first)
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        writer.write_all(b": ")
+    }
+
+    fn end_object_value<W: ?Sized + std::io::Write>(&mut self, _: &mut W) -> std::io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
+}
+
+/// Writes `value` into `out` as it reads two levels deep (inside a section of the file).
+fn nested<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    let formatter = Nested {
+        level: 2,
+        has_value: false,
+    };
+    let mut serializer = serde_json::Serializer::with_formatter(out, formatter);
+    value
+        .serialize(&mut serializer)
+        .expect("serializing to memory cannot fail");
 }
 
 /// One tensor's entry as it sits in its section of the file: `"name": [ ... ]` (0.6.1) or the
 /// named object (1.0.0), indented, without a separator. [`assemble`] joins them.
 pub fn entry_fragment(name: &str, fixed: &FixedEncoding, version: EncodingVersion) -> String {
-    let capacity = 256 * fixed.encodings().len().max(1);
-    let text = match version {
-        EncodingVersion::V0_6_1 => pretty(&SingleEntry(name, DictionaryEntries(fixed)), capacity),
-        EncodingVersion::V1_0_0 => pretty(&[ListEntry { name, fixed }], capacity),
-    };
-    inner_lines(&text)
-}
-
-/// A map of one entry.
-struct SingleEntry<'a, V>(&'a str, V);
-
-impl<V: Serialize> Serialize for SingleEntry<'_, V> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(1))?;
-        map.serialize_entry(self.0, &self.1)?;
-        map.end()
+    let mut out = Vec::with_capacity(256 * fixed.encodings().len().max(1));
+    out.extend_from_slice(b"        ");
+    match version {
+        EncodingVersion::V0_6_1 => {
+            serde_json::to_writer(&mut out, name).expect("a string always serializes");
+            out.extend_from_slice(b": ");
+            nested(&mut out, &DictionaryEntries(fixed));
+        }
+        EncodingVersion::V1_0_0 => nested(&mut out, &ListEntry { name, fixed }),
     }
+    String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
 /// The file from its sections' [`entry_fragment`]s, each section in name order: byte for byte
@@ -445,7 +531,12 @@ mod tests {
         let empty = AimetEncodings::default();
         let mut only_params = sample();
         only_params.activations.clear();
-        for encodings in [sample(), empty, only_params] {
+        let mut escaped = sample();
+        escaped.activations.insert(
+            "odd \"name\"\\ é/1\t".into(),
+            FixedEncoding::Float(FloatBitwidth::F32),
+        );
+        for encodings in [sample(), empty, only_params, escaped] {
             for version in EncodingVersion::ALL {
                 let text = encodings.to_json(version);
                 let value: serde_json::Value = serde_json::from_str(&text).unwrap();

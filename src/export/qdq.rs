@@ -27,7 +27,7 @@
 
 use crate::encoding::tensor::ChannelLayout;
 use crate::encoding::{Encoding, TensorEncoding};
-use crate::onnx::qdq::{QdqError, QdqParams, QdqPlan, QdqTensor, QuantizedType};
+use crate::onnx::qdq::{QdqError, QdqParams, QdqPlan, QdqTensor, QdqValues, QuantizedType};
 use crate::onnx::{OnnxError, OnnxModel};
 use std::collections::HashSet;
 
@@ -141,6 +141,23 @@ pub fn plan_tensor(
     encoding: &TensorEncoding,
     own_range_bias: bool,
 ) -> Result<Option<QdqTensor>, QdqExportError> {
+    let stored = model.parameter_values(name)?;
+    plan_tensor_with(
+        name,
+        encoding,
+        own_range_bias,
+        stored.as_ref().map(|p| (&p.values[..], &p.dims[..])),
+    )
+}
+
+/// [`plan_tensor`] with the parameter's values and dims already at hand (`None`: the tensor is
+/// an activation).
+pub fn plan_tensor_with(
+    name: &str,
+    encoding: &TensorEncoding,
+    own_range_bias: bool,
+    stored: Option<(&[f32], &[u64])>,
+) -> Result<Option<QdqTensor>, QdqExportError> {
     // onnxruntime's fused integer kernels (QLinearConv, QGemm) read an int32 bias as if its
     // scale were input scale × weight scale, whatever its DequantizeLinear says; a bias the
     // quantizer had to encode from its own range would be misread, so it stays in float (its
@@ -157,13 +174,13 @@ pub fn plan_tensor(
         return Ok(None);
     };
     // Constants AIMET lists as activations are stored quantized too: the model holds them.
-    match model.parameter_values(name)? {
-        Some(stored) => {
-            let values = quantize_values(name, &stored.values, &stored.dims, encoding, shift)?;
+    match stored {
+        Some((values, dims)) => {
+            let values = quantize_values(name, values, dims, encoding, params.dtype, shift)?;
             Ok(Some(QdqTensor::Parameter {
                 name: name.to_string(),
                 params,
-                values: values.into(),
+                values,
             }))
         }
         None => {
@@ -185,12 +202,19 @@ fn quantize_values(
     values: &[f32],
     dims: &[u64],
     encoding: &TensorEncoding,
+    dtype: QuantizedType,
     shift: i64,
-) -> Result<Vec<i64>, QdqExportError> {
+) -> Result<QdqValues, QdqExportError> {
+    let out_of_range = |bad: i64| {
+        QdqExportError::Rewrite(QdqError::Plan {
+            name: name.to_string(),
+            message: format!("stored value {bad} does not fit {dtype:?}"),
+        })
+    };
     match encoding {
         TensorEncoding::PerTensor(e) => {
             let grid = Grid::new(e, shift);
-            Ok(values.iter().map(|&x| grid.quantize(x)).collect())
+            QdqValues::new(dtype, values.iter().map(|&x| grid.quantize(x))).map_err(out_of_range)
         }
         TensorEncoding::PerChannel { axis, channels } => {
             let shape: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
@@ -208,15 +232,18 @@ fn quantize_values(
                 )));
             }
             let grids: Vec<Grid> = channels.iter().map(|e| Grid::new(e, shift)).collect();
-            let mut out = Vec::with_capacity(values.len());
             // Row-major: runs of `inner` values share a channel, and the channels cycle.
-            for (run, chunk) in values.chunks(layout.inner.max(1)).enumerate() {
-                let grid = &grids[run % grids.len().max(1)];
-                out.extend(chunk.iter().map(|&x| grid.quantize(x)));
-            }
-            Ok(out)
+            let quantized =
+                values
+                    .chunks(layout.inner.max(1))
+                    .enumerate()
+                    .flat_map(|(run, chunk)| {
+                        let grid = &grids[run % grids.len().max(1)];
+                        chunk.iter().map(move |&x| grid.quantize(x))
+                    });
+            QdqValues::new(dtype, quantized).map_err(out_of_range)
         }
-        TensorEncoding::Float { .. } => Ok(Vec::new()),
+        TensorEncoding::Float { .. } => Ok(QdqValues::new(dtype, []).map_err(out_of_range)?),
     }
 }
 
@@ -330,9 +357,13 @@ mod tests {
         ];
         let encoding = TensorEncoding::PerChannel { axis: 1, channels };
         // dims [2, 2]: columns are channels.
-        let q = quantize_values("w", &[1.27, 1.3, -0.5, 2.54], &[2, 2], &encoding, 0).unwrap();
-        assert_eq!(q, [127, 65, -50, 127]);
-        let err = quantize_values("w", &[1.0; 6], &[2, 3], &encoding, 0).unwrap_err();
+        let int8 = QuantizedType::Int8;
+        let q = quantize_values("w", &[1.27, 1.3, -0.5, 2.54], &[2, 2], &encoding, int8, 0);
+        assert_eq!(
+            q.unwrap(),
+            QdqValues::new(int8, [127, 65, -50, 127]).unwrap()
+        );
+        let err = quantize_values("w", &[1.0; 6], &[2, 3], &encoding, int8, 0).unwrap_err();
         assert!(
             err.to_string().contains("2 per-channel encodings for 3"),
             "{err}"

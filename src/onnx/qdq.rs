@@ -69,19 +69,74 @@ impl QuantizedType {
         matches!(self, QuantizedType::Uint16 | QuantizedType::Int16)
     }
 
+    /// `values` little-endian in this type's width; they were checked against [`Self::range`].
     fn little_endian(self, values: &[i64]) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(values.len() * 4);
+        let mut bytes = Vec::with_capacity(values.len() * self.width());
         for &v in values {
-            // Values were checked against `range()` by the plan's validation.
-            match self {
-                QuantizedType::Uint8 => bytes.push(v as u8),
-                QuantizedType::Int8 => bytes.push(v as i8 as u8),
-                QuantizedType::Uint16 => bytes.extend((v as u16).to_le_bytes()),
-                QuantizedType::Int16 => bytes.extend((v as i16).to_le_bytes()),
-                QuantizedType::Int32 => bytes.extend((v as i32).to_le_bytes()),
-            }
+            self.push(&mut bytes, v);
         }
         bytes
+    }
+
+    /// Bytes per stored value.
+    pub fn width(self) -> usize {
+        match self {
+            QuantizedType::Uint8 | QuantizedType::Int8 => 1,
+            QuantizedType::Uint16 | QuantizedType::Int16 => 2,
+            QuantizedType::Int32 => 4,
+        }
+    }
+
+    fn push(self, bytes: &mut Vec<u8>, v: i64) {
+        match self {
+            QuantizedType::Uint8 => bytes.push(v as u8),
+            QuantizedType::Int8 => bytes.push(v as i8 as u8),
+            QuantizedType::Uint16 => bytes.extend((v as u16).to_le_bytes()),
+            QuantizedType::Int16 => bytes.extend((v as i16).to_le_bytes()),
+            QuantizedType::Int32 => bytes.extend((v as i32).to_le_bytes()),
+        }
+    }
+}
+
+/// A parameter's stored integers, as the initializer holds them: little-endian, in the width of
+/// their type (a million int8 weights take a megabyte, not eight). Cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QdqValues {
+    dtype: QuantizedType,
+    bytes: std::sync::Arc<[u8]>,
+}
+
+impl QdqValues {
+    /// `values` stored as `dtype`; `Err` with the first value outside the type's range.
+    pub fn new(dtype: QuantizedType, values: impl IntoIterator<Item = i64>) -> Result<Self, i64> {
+        let (lo, hi) = dtype.range();
+        let values = values.into_iter();
+        let mut bytes = Vec::with_capacity(values.size_hint().0 * dtype.width());
+        for v in values {
+            if !(lo..=hi).contains(&v) {
+                return Err(v);
+            }
+            dtype.push(&mut bytes, v);
+        }
+        Ok(QdqValues {
+            dtype,
+            bytes: bytes.into(),
+        })
+    }
+
+    /// The stored type.
+    pub fn dtype(&self) -> QuantizedType {
+        self.dtype
+    }
+
+    /// How many values.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / self.dtype.width()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
     }
 }
 
@@ -114,9 +169,9 @@ pub enum QdqTensor {
         name: String,
         /// Its quantization.
         params: QdqParams,
-        /// The integers to store, row-major, in the parameter's shape (shared: a build keeps
-        /// each parameter's integers between revisions).
-        values: std::sync::Arc<[i64]>,
+        /// The integers to store, row-major, in the parameter's shape, of `params.dtype`
+        /// (shared: a build keeps each parameter's integers between revisions).
+        values: QdqValues,
     },
 }
 
@@ -602,11 +657,14 @@ fn rewrite(model: &mut proto::ModelProto, plan: &QdqPlan) -> Result<(), QdqError
                         },
                     );
                 }
-                let (lo, hi) = params.dtype.range();
-                if let Some(bad) = values.iter().find(|v| !(lo..=hi).contains(*v)) {
+                if values.dtype() != params.dtype {
                     return Err(QdqError::Plan {
                         name: name.to_owned(),
-                        message: format!("stored value {bad} does not fit {:?}", params.dtype),
+                        message: format!(
+                            "values stored as {:?} for a {:?} parameter",
+                            values.dtype(),
+                            params.dtype
+                        ),
                     });
                 }
                 let dims = parameter_dims(graph, name).ok_or_else(|| QdqError::Plan {
@@ -640,7 +698,7 @@ fn rewrite(model: &mut proto::ModelProto, plan: &QdqPlan) -> Result<(), QdqError
                     quantized.clone(),
                     params.dtype.onnx_code(),
                     dims,
-                    params.dtype.little_endian(values),
+                    values.bytes.to_vec(),
                 ));
                 let (scale, zero_point) =
                     push_params(&mut new_initializers, &mut names, name, params);
@@ -890,7 +948,7 @@ mod tests {
                         zero_points: vec![0],
                         axis: None,
                     },
-                    values: vec![64, -127].into(),
+                    values: QdqValues::new(QuantizedType::Int8, [64, -127]).unwrap(),
                 },
             ],
             metadata: vec![("quant.encodings_digest".into(), "abc".into())],
@@ -1015,7 +1073,7 @@ mod tests {
             .with_qdq(&plan(QdqTensor::Parameter {
                 name: "w".into(),
                 params: u8_params(0.1, 0),
-                values: vec![1, 2, 3].into(),
+                values: QdqValues::new(QuantizedType::Uint8, [1, 2, 3]).unwrap(),
             }))
             .unwrap_err();
         assert!(err.to_string().contains("3 stored values"), "{err}");
