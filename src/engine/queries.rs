@@ -825,6 +825,26 @@ pub fn sample_line<'db>(db: &'db dyn Db, sample: SampleKey<'db>) -> Option<Sampl
     })
 }
 
+/// [`sample_line`], or the reason there is none: the list's own error when it failed to parse,
+/// or that it changed (shrank) under the build.
+fn listed_sample<'db>(
+    db: &'db dyn Db,
+    sample: SampleKey<'db>,
+) -> Result<&'db SampleLine, BuildError> {
+    match sample_line(db, sample) {
+        Some(line) => Ok(line),
+        None => {
+            let calibration = sample.calibration(db);
+            input_list(db, calibration.list(db))
+                .as_ref()
+                .map_err(Clone::clone)?;
+            Err(BuildError::Changed {
+                path: display_path(calibration.list(db).path(db)),
+            })
+        }
+    }
+}
+
 /// The statistics of one sample: every captured activation (by name) and its statistics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SampleStats {
@@ -843,15 +863,7 @@ pub fn sample_statistics<'db>(
 ) -> Result<Arc<SampleStats>, BuildError> {
     let calibration = sample.calibration(db);
     let context = calibration.context(db);
-    let Some(line) = sample_line(db, sample) else {
-        // The list failed to parse (or shrank): report the list's own error.
-        input_list(db, calibration.list(db))
-            .as_ref()
-            .map_err(Clone::clone)?;
-        return Err(BuildError::Changed {
-            path: display_path(calibration.list(db).path(db)),
-        });
-    };
+    let line = listed_sample(db, sample)?;
     let key = sample_statistics_key(db, sample, line)?;
     let store = context.store(db);
     let log = context.log(db);
@@ -984,14 +996,7 @@ pub fn merged_statistics_key<'db>(
     let mut key = KeyBuilder::new(Kind::MERGED_STATISTICS).u64("samples", count as u64);
     for index in 0..count {
         let sample = SampleKey::new(db, calibration, index);
-        let Some(line) = sample_line(db, sample) else {
-            input_list(db, calibration.list(db))
-                .as_ref()
-                .map_err(Clone::clone)?;
-            return Err(BuildError::Changed {
-                path: display_path(calibration.list(db).path(db)),
-            });
-        };
+        let line = listed_sample(db, sample)?;
         key = key.digest("sample", &sample_statistics_key(db, sample, line)?);
     }
     Ok(key.finish())

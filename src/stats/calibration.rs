@@ -294,28 +294,51 @@ impl NoiseSearch {
             second: vec![0.0],
             spread: vec![0.0],
         };
-        let (mut mass, mut first, mut second, mut spread) = (0.0, 0.0, 0.0, 0.0);
-        for (k, &count) in h.counts().iter().enumerate() {
-            if count == 0 {
-                continue;
-            }
+        // The values exactly at the extremes are points, not spread over their bins: a pile at
+        // the maximum (a saturated sigmoid's ones) costs nothing on a grid point there, which a
+        // bin read as uniform cannot show.
+        let (at_min, at_max) = h.extreme_counts();
+        let occupied: Vec<usize> = (0..BINS).filter(|&k| h.counts()[k] != 0).collect();
+        let (first_bin, last_bin) = (occupied.first().copied(), occupied.last().copied());
+        let mut sums = (0.0, 0.0, 0.0, 0.0);
+        for &k in &occupied {
             let (left, right) = h.bin_edges(k);
             let (left, right) = (left.clamp(min, max), right.clamp(min, max));
-            let share = count as f64 / total;
-            let m = (left + right) / 2.0 - center;
-            let width = right - left;
-            mass += share;
-            first += share * m;
-            second += share * m * m;
-            spread += share * width * width / 12.0;
-            search.bins.push(Bin { left, right, share });
-            search.mids.push(m);
-            search.mass.push(mass);
-            search.first.push(first);
-            search.second.push(second);
-            search.spread.push(spread);
+            let mut count = h.counts()[k];
+            let mut points_after = 0;
+            if Some(k) == first_bin && at_min > 0 {
+                search.push(min, min, at_min as f64 / total, &mut sums);
+                count -= at_min.min(count);
+            }
+            if Some(k) == last_bin && at_max > 0 && max > min {
+                points_after = at_max.min(count);
+                count -= points_after;
+            }
+            if count > 0 {
+                search.push(left, right, count as f64 / total, &mut sums);
+            }
+            if points_after > 0 {
+                search.push(max, max, points_after as f64 / total, &mut sums);
+            }
         }
         search
+    }
+
+    /// Appends a bin of `share` of the values spread over `[left, right]` (a point when equal),
+    /// with the running prefix sums `(p, p·m, p·m², p·w²/12)`.
+    fn push(&mut self, left: f64, right: f64, share: f64, sums: &mut (f64, f64, f64, f64)) {
+        let m = (left + right) / 2.0 - self.center;
+        let width = right - left;
+        sums.0 += share;
+        sums.1 += share * m;
+        sums.2 += share * m * m;
+        sums.3 += share * width * width / 12.0;
+        self.bins.push(Bin { left, right, share });
+        self.mids.push(m);
+        self.mass.push(sums.0);
+        self.first.push(sums.1);
+        self.second.push(sums.2);
+        self.spread.push(sums.3);
     }
 
     /// `Σ p·(m − a)²` over bins `i..j`, `a` centered.

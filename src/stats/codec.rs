@@ -10,7 +10,7 @@ use super::min_max::MinMax;
 use super::{BINS, TensorStatistics};
 
 /// Bumped whenever the layout below changes.
-pub const CODEC_VERSION: u8 = 1;
+pub const CODEC_VERSION: u8 = 2;
 
 fn put_u32(out: &mut Vec<u8>, v: u32) {
     out.extend_from_slice(&v.to_le_bytes());
@@ -64,12 +64,14 @@ impl MinMax {
 
 impl Histogram {
     fn encode(&self, out: &mut Vec<u8>) {
-        let (exponent, start, min, max, total, counts) = self.raw_parts();
+        let (exponent, start, min, max, total, (at_min, at_max), counts) = self.raw_parts();
         put_u32(out, exponent as u32);
         put_u64(out, start as u64);
         put_u32(out, min);
         put_u32(out, max);
         put_u64(out, total);
+        put_u64(out, at_min);
+        put_u64(out, at_max);
         let first = counts.iter().position(|&c| c != 0).unwrap_or(0);
         let last = counts.iter().rposition(|&c| c != 0).map_or(0, |i| i + 1);
         let run = &counts[first..last.max(first)];
@@ -86,6 +88,7 @@ impl Histogram {
         let min = r.u32()?;
         let max = r.u32()?;
         let total = r.u64()?;
+        let extremes = (r.u64()?, r.u64()?);
         let first = r.u32()? as usize;
         let len = r.u32()? as usize;
         if first.checked_add(len)? > BINS {
@@ -95,7 +98,7 @@ impl Histogram {
         for slot in &mut counts[first..first + len] {
             *slot = r.u64()?;
         }
-        Histogram::from_raw_parts(exponent, start, min, max, total, &counts)
+        Histogram::from_raw_parts(exponent, start, min, max, total, extremes, &counts)
     }
 }
 

@@ -13,6 +13,9 @@
 //! - Hence merging two histograms (grow both to the union's canonical exponent, add counts) gives
 //!   the very bits one histogram over all the data would have: merge is associative and
 //!   commutative, and results never depend on how data was split across threads.
+//! - The counts of values exactly at the minimum and at the maximum are kept too (a bin cannot
+//!   say where inside it its values sit, and values pile up at the extremes); they merge by the
+//!   same rule as the bounds, so they are split-invariant as well.
 //!
 //! `x/w` is computed as `x · 2^−exponent`, which is exact (in `f64` always, in `f32` where
 //! [`Binning::for_block`] says so), and the floor and the window start are taken exactly (in
@@ -64,6 +67,10 @@ pub struct Histogram {
     min: u32,
     max: u32,
     total: u64,
+    /// How many values equal `min` and `max` exactly: values often pile up there (a ReLU's
+    /// zeros, a saturated sigmoid's ones), and a bin cannot say where inside it they sit.
+    at_min: u64,
+    at_max: u64,
     counts: Box<[u64; BINS]>,
     /// Scratch for [`LANES`] `u32` sub-histograms; all zero between calls, kept to avoid
     /// allocating per call.
@@ -79,6 +86,8 @@ impl Histogram {
             min: f32::INFINITY.to_bits(),
             max: f32::NEG_INFINITY.to_bits(),
             total: 0,
+            at_min: 0,
+            at_max: 0,
             counts: zeroed_counts(),
             lanes: Vec::new(),
         }
@@ -121,6 +130,7 @@ impl Histogram {
                 continue; // no finite value in this block
             }
             let (lo, hi) = (canonical_zero(lo), canonical_zero(hi));
+            self.count_extremes(block, lo, hi);
             if self.total == 0 || lo < self.min_f32() || hi > self.max_f32() {
                 if use_lanes {
                     self.flush_lanes();
@@ -158,6 +168,7 @@ impl Histogram {
         if other.total == 0 {
             return;
         }
+        self.merge_extremes(other.min_f32(), other.at_min, other.max_f32(), other.at_max);
         let lo = self.min_f32().min(other.min_f32());
         let hi = self.max_f32().max(other.max_f32());
         let (exponent, start) = fit(self.exponent.max(other.exponent), lo, hi);
@@ -172,6 +183,48 @@ impl Histogram {
         self.min = lo.to_bits();
         self.max = hi.to_bits();
         self.total += other.total;
+    }
+
+    /// Counts the values of `block` (finite range `[lo, hi]`) at its extremes and folds them
+    /// into the counts at this histogram's extremes. Called before `min`/`max` take the block in.
+    fn count_extremes(&mut self, block: &[f32], lo: f32, hi: f32) {
+        let at_lo = block.iter().filter(|&&x| x == lo).count() as u64;
+        let at_hi = if hi == lo {
+            at_lo
+        } else {
+            block.iter().filter(|&&x| x == hi).count() as u64
+        };
+        self.merge_extremes(lo, at_lo, hi, at_hi);
+    }
+
+    /// Folds another set of values' extremes and their counts into this one's: the smaller
+    /// minimum wins, equal ones add up (likewise the maxima). Associative and commutative, so
+    /// merges in any grouping agree. Called before `min`/`max` change.
+    fn merge_extremes(&mut self, lo: f32, at_lo: u64, hi: f32, at_hi: u64) {
+        if self.total == 0 {
+            (self.at_min, self.at_max) = (at_lo, at_hi);
+            return;
+        }
+        let (min, max) = (self.min_f32(), self.max_f32());
+        self.at_min = if lo < min {
+            at_lo
+        } else if lo == min {
+            self.at_min + at_lo
+        } else {
+            self.at_min
+        };
+        self.at_max = if hi > max {
+            at_hi
+        } else if hi == max {
+            self.at_max + at_hi
+        } else {
+            self.at_max
+        };
+    }
+
+    /// How many values equal the smallest and the largest exactly (`(0, 0)` when empty).
+    pub fn extreme_counts(&self) -> (u64, u64) {
+        (self.at_min, self.at_max)
     }
 
     /// Grows the window (and coarsens the bins if needed) to cover `[lo, hi]` as well.
@@ -448,13 +501,14 @@ impl Default for Histogram {
 
 impl Histogram {
     /// Every field of the statistic, for the byte codec.
-    pub(super) fn raw_parts(&self) -> (i32, i64, u32, u32, u64, &[u64]) {
+    pub(super) fn raw_parts(&self) -> (i32, i64, u32, u32, u64, (u64, u64), &[u64]) {
         (
             self.exponent,
             self.start,
             self.min,
             self.max,
             self.total,
+            (self.at_min, self.at_max),
             &self.counts[..],
         )
     }
@@ -467,11 +521,14 @@ impl Histogram {
         min: u32,
         max: u32,
         total: u64,
+        (at_min, at_max): (u64, u64),
         counts: &[u64],
     ) -> Option<Histogram> {
         if counts.len() != BINS
             || !(MIN_EXPONENT..=1023).contains(&exponent)
             || counts.iter().try_fold(0u64, |sum, &c| sum.checked_add(c)) != Some(total)
+            || at_min > total
+            || at_max > total
         {
             return None;
         }
@@ -481,6 +538,7 @@ impl Histogram {
         histogram.min = min;
         histogram.max = max;
         histogram.total = total;
+        (histogram.at_min, histogram.at_max) = (at_min, at_max);
         histogram.counts.copy_from_slice(counts);
         Some(histogram)
     }
@@ -495,6 +553,8 @@ impl Clone for Histogram {
             min: self.min,
             max: self.max,
             total: self.total,
+            at_min: self.at_min,
+            at_max: self.at_max,
             counts: self.counts.clone(),
             lanes: Vec::new(),
         }
@@ -508,6 +568,7 @@ impl PartialEq for Histogram {
             && self.min == other.min
             && self.max == other.max
             && self.total == other.total
+            && (self.at_min, self.at_max) == (other.at_min, other.at_max)
             && self.counts == other.counts
     }
 }
@@ -517,6 +578,7 @@ impl Eq for Histogram {}
 impl std::hash::Hash for Histogram {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         (self.exponent, self.start, self.min, self.max, self.total).hash(state);
+        (self.at_min, self.at_max).hash(state);
         self.counts[..].hash(state);
     }
 }
@@ -536,6 +598,34 @@ impl std::fmt::Debug for Histogram {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn values_at_the_extremes_are_counted_across_chunks_and_merges() {
+        let values = [0.0f32, -0.0, 0.5, 1.0, 0.25, 0.0, 1.0, f32::NAN, 0.75];
+        let mut whole = Histogram::new();
+        whole.observe(&values);
+        // 0.0 and -0.0 are the same minimum; NaN is no value at all.
+        assert_eq!(whole.extreme_counts(), (3, 2));
+        for split in 0..=values.len() {
+            let (a, b) = values.split_at(split);
+            let (mut left, mut right) = (Histogram::new(), Histogram::new());
+            left.observe(a);
+            right.observe(b);
+            let mut merged = right.clone();
+            merged.merge(&left);
+            left.merge(&right);
+            assert_eq!(left.extreme_counts(), (3, 2), "split {split}");
+            assert_eq!(merged.extreme_counts(), (3, 2), "split {split}");
+        }
+        let mut lower = Histogram::new();
+        lower.observe(&[-2.0, -2.0, 1.0]);
+        whole.merge(&lower);
+        assert_eq!(
+            whole.extreme_counts(),
+            (2, 3),
+            "a smaller minimum replaces the count"
+        );
+    }
+
     use super::*;
     use proptest::prelude::*;
 
