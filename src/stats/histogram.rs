@@ -188,11 +188,17 @@ impl Histogram {
     /// Counts the values of `block` (finite range `[lo, hi]`) at its extremes and folds them
     /// into the counts at this histogram's extremes. Called before `min`/`max` take the block in.
     fn count_extremes(&mut self, block: &[f32], lo: f32, hi: f32) {
-        let at_lo = block.iter().filter(|&&x| x == lo).count() as u64;
-        let at_hi = if hi == lo {
-            at_lo
-        } else {
-            block.iter().filter(|&&x| x == hi).count() as u64
+        // Only a block that reaches this histogram's extremes can change their counts; once the
+        // extremes are established most blocks do not, and are not scanned again.
+        let empty = self.total == 0;
+        let need_lo = empty || lo <= self.min_f32();
+        let need_hi = empty || hi >= self.max_f32();
+        let count = |v: f32| block.iter().filter(|&&x| x == v).count() as u64;
+        let at_lo = if need_lo { count(lo) } else { 0 };
+        let at_hi = match (need_hi, hi == lo) {
+            (false, _) => 0,
+            (true, true) => at_lo,
+            (true, false) => count(hi),
         };
         self.merge_extremes(lo, at_lo, hi, at_hi);
     }
