@@ -8,7 +8,8 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
-fixtures="${1:-$root/../shared/fixtures}"
+# Absolute: the lists below name sample files relative to their own (temporary) folder.
+fixtures="$(cd "${1:-$root/../shared/fixtures}" && pwd)"
 calibration="${2:-min-max}"
 quant="$root/target/release/quant"
 out="$(mktemp -d)"
