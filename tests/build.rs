@@ -14,23 +14,8 @@ use quant::engine::{Database, Db};
 use serde_json::Value;
 use tempfile::TempDir;
 
-const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/text-orientation");
+use common::{EXAMPLE, copy_tree};
 const HEAD_TENSOR: &str = "save_infer_model/scale_0.tmp_1";
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            if entry.file_name() != "quant-out" && entry.file_name() != ".quant" {
-                copy_tree(&entry.path(), &target);
-            }
-        } else {
-            fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
 
 /// A copy of the example pipeline and an empty store beside it.
 struct Example {

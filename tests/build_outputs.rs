@@ -17,25 +17,10 @@ use quant::onnx::OnnxModel;
 use serde_json::Value;
 use tempfile::TempDir;
 
-const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/text-orientation");
+use common::{EXAMPLE, copy_tree};
 /// Quantized targets of the example (both evaluate `textlines`) and its float target.
 const QUANTIZED: [&str; 2] = ["htp", "htp-a16"];
 const FLOAT: &str = "gpu";
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            if entry.file_name() != "quant-out" && entry.file_name() != ".quant" {
-                copy_tree(&entry.path(), &target);
-            }
-        } else {
-            fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
 
 /// A copy of the example pipeline with its own empty store.
 struct Example {

@@ -19,7 +19,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 /// The example pipeline shipped with the crate.
-const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/text-orientation");
+use common::{EXAMPLE, copy_tree};
 /// The tensor `overrides/head.json` pins (the classifier's softmax output).
 const HEAD_TENSOR: &str = "save_infer_model/scale_0.tmp_1";
 /// One cls input, 1×3×48×192 little-endian f32.
@@ -166,25 +166,6 @@ impl PipelineState {
 /// Copies the example (without outputs or a store) to `to`.
 fn copy_example(to: &Path) {
     copy_tree(Path::new(EXAMPLE), to);
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if name == OUT_DIR || name == ".quant" {
-            continue;
-        }
-        let (source, target) = (entry.path(), to.join(&name));
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&source, &target);
-        } else {
-            // Written fresh rather than `fs::copy`d: the shipped samples are read-only, and a
-            // test that deletes and rewrites them should not trip over copied permissions.
-            fs::write(&target, fs::read(&source).unwrap()).unwrap();
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,30 +13,13 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/text-orientation");
+use common::{EXAMPLE, copy_tree};
 /// The tensor `overrides/head.json` pins.
 const HEAD_TENSOR: &str = "save_infer_model/scale_0.tmp_1";
 /// A cold build of the example in a debug binary on a loaded 2-core machine, with margin.
 const FIRST_BUILD: Duration = Duration::from_secs(120);
 /// A rebuild after one edit, with margin for the debounce and a loaded machine.
 const REBUILD: Duration = Duration::from_secs(60);
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if name == "quant-out" || name == ".quant" {
-            continue;
-        }
-        let (source, target) = (entry.path(), to.join(&name));
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&source, &target);
-        } else {
-            fs::write(&target, fs::read(&source).unwrap()).unwrap();
-        }
-    }
-}
 
 /// Saves the way editors do: a temporary file beside the target, renamed over it.
 fn save_atomically(path: &Path, bytes: &[u8]) {

@@ -108,16 +108,29 @@ pub fn model_encodings(db: &dyn Db, unit: Unit<'_>) -> Result<ModelEncodings, Bu
             Section::Activations => out.activations.insert(name.clone(), encoding),
             Section::Parameters => out.parameters.insert(name.clone(), encoding),
         };
-        if tensors.jobs.get(name) == Some(&TensorJob::Bias) {
-            let own_range = Warning::BiasOwnRange {
+        if encoded_from_own_range(tensors, name, encoded) {
+            out.warnings.push(Warning::BiasOwnRange {
                 tensor: name.clone(),
-            };
-            if encoded.warnings.contains(&own_range.to_string()) {
-                out.warnings.push(own_range);
-            }
+            });
         }
     }
     Ok(out)
+}
+
+/// Whether `name` is a bias the quantizer had to encode from its own range (its input or
+/// weight had no integer encoding): the one warning the QDQ export acts on.
+fn encoded_from_own_range(
+    tensors: &queries::TensorPlan,
+    name: &str,
+    encoded: &queries::EncodedTensor,
+) -> bool {
+    tensors.jobs.get(name) == Some(&TensorJob::Bias)
+        && encoded.warnings.contains(
+            &Warning::BiasOwnRange {
+                tensor: name.to_string(),
+            }
+            .to_string(),
+        )
 }
 
 /// The parameter encodings of a simulation ([`crate::quantsim::simulated_parameters`]),
@@ -234,8 +247,11 @@ pub fn unit_qdq_model<'db>(
         path: display_path(&plan.out_dir.join("model.qdq.onnx")),
         message,
     };
-    // The order of `qdq::plan`: activations, then parameters, each by name.
-    let encodings = model_encodings(db, unit)?;
+    // The order of `qdq::plan`: activations, then parameters, each by name (the unit's
+    // memoized encodings list exactly the tensors that have one, in that order).
+    let encodings = queries::unit_encodings(db, unit)
+        .as_ref()
+        .map_err(Clone::clone)?;
     let mut tensors = Vec::new();
     for name in encodings
         .activations
@@ -274,13 +290,7 @@ pub fn qdq_tensor<'db>(
     let tensors = queries::unit_tensors(db, unit)
         .as_ref()
         .map_err(Clone::clone)?;
-    let own_range = tensors.jobs.get(name) == Some(&TensorJob::Bias)
-        && encoded.warnings.contains(
-            &Warning::BiasOwnRange {
-                tensor: name.clone(),
-            }
-            .to_string(),
-        );
+    let own_range = encoded_from_own_range(tensors, name, encoded);
     let model = model_graph(db, model_key(db, plan))
         .as_ref()
         .map_err(Clone::clone)?;
