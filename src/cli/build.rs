@@ -334,6 +334,8 @@ pub(crate) fn summary_json(report: &BuildReport) -> serde_json::Value {
         "artifacts_written": c.artifacts_written,
         "artifacts_unchanged": c.artifacts_unchanged,
         "evaluations_run": c.evaluations_run,
+        "eval_samples_run": c.eval_samples_run,
+        "eval_samples_reused": c.eval_samples_reused,
         "wall_ms": report.wall_ms,
         "targets": targets,
         "errors": report.errors().count() + report.unknown.len(),

@@ -29,21 +29,22 @@ use serde_json::Value;
 use super::db::Db;
 use super::files::{FileError, FileSnapshot, SourceFile, source_file};
 use super::queries::{
-    self, BuildError, ModelKey, RUNTIME, Section, TensorJob, TensorKey, Unit, UnitPlan, WorkRecord,
+    self, BuildContext, BuildError, ModelKey, RUNTIME, Section, TensorJob, TensorKey, Unit, UnitPlan, WorkRecord,
     display_path, model_graph, model_key, unit_plan,
 };
 use super::stored::stable_digest;
 use crate::calib::{CalibError, InputList};
-use crate::encoding::TensorEncoding;
-use crate::eval::{EvalError, Evaluator, Labels, declared_classes};
+use crate::eval::{
+    EvalError, Evaluator, FloatTrace, Labels, Runners, SimTrace, TraceStore, declared_classes,
+};
 use crate::export::qdq;
 use crate::manifest::ResolvedEval;
 use crate::onnx::qdq::QdqTensor;
 use crate::quantizer::{ModelEncodings, Warning};
 use crate::quantsim::QuantSim;
 use crate::report::{Report, ReportContext};
-use crate::run::FloatRunner;
-use crate::store::{Digest, GetOutcome, KeyBuilder, Kind};
+use crate::run::{FloatRunner, RunStructure};
+use crate::store::{Digest, GetOutcome, KeyBuilder, Kind, Store};
 
 /// Version of what an evaluation computes and how its store entry is laid out; bump when
 /// either changes, so older entries are never read back.
@@ -51,6 +52,127 @@ pub const EVALUATION_VERSION: u32 = 1;
 
 /// Store kind of finished evaluations.
 const EVALUATIONS: Kind = Kind::new("evaluations", EVALUATION_VERSION);
+
+/// Store kind of per-sample float traces ([`crate::eval::FloatTrace`]).
+const FLOAT_TRACES: Kind = Kind::new("eval-float-traces", 1);
+
+/// Store kind of per-sample simulation traces ([`crate::eval::SimTrace`]).
+const SIM_TRACES: Kind = Kind::new("eval-sim-traces", 1);
+
+/// Store kind of run structures ([`RunStructure`]).
+const RUN_STRUCTURES: Kind = Kind::new("run-structures", 1);
+
+/// The traces of one unit's eval samples in the store, under keys made of the model, the
+/// sample's files, and for simulations the parameter encodings and the unit.
+struct StoredTraces<'a> {
+    store: Option<&'a Store>,
+    /// Per sample: (float trace key, simulation trace key).
+    samples: Vec<(Digest, Digest)>,
+    /// Store failures, reported with the build's other store errors.
+    errors: std::sync::Mutex<Vec<String>>,
+}
+
+impl StoredTraces<'_> {
+    fn read(&self, kind: Kind, key: Option<&Digest>) -> Option<Vec<u8>> {
+        let (store, key) = (self.store?, key?);
+        match store.get(kind, key) {
+            Ok(GetOutcome::Hit(bytes)) => Some(bytes),
+            // A damaged trace is only a miss: the sample runs and its trace is rewritten.
+            Ok(_) => None,
+            Err(e) => {
+                self.error(format!("{e:#}"));
+                None
+            }
+        }
+    }
+
+    fn write(&self, kind: Kind, key: Option<&Digest>, bytes: &[u8]) {
+        if let (Some(store), Some(key)) = (self.store, key)
+            && let Err(e) = store.put(kind, key, bytes)
+        {
+            self.error(format!("{e:#}"));
+        }
+    }
+
+    fn error(&self, message: String) {
+        self.errors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(message);
+    }
+}
+
+impl TraceStore for StoredTraces<'_> {
+    fn float(&self, index: usize) -> Option<FloatTrace> {
+        let key = self.samples.get(index).map(|k| &k.0);
+        FloatTrace::decode(&self.read(FLOAT_TRACES, key)?)
+    }
+
+    fn has_float(&self, index: usize) -> bool {
+        match (self.store, self.samples.get(index)) {
+            (Some(store), Some((key, _))) => store.contains(FLOAT_TRACES, key),
+            _ => false,
+        }
+    }
+
+    fn sim(&self, index: usize) -> Option<SimTrace> {
+        let key = self.samples.get(index).map(|k| &k.1);
+        SimTrace::decode(&self.read(SIM_TRACES, key)?)
+    }
+
+    fn keep(&self, index: usize, float: Option<&FloatTrace>, sim: Option<&SimTrace>) {
+        let keys = self.samples.get(index);
+        if let Some(float) = float {
+            self.write(FLOAT_TRACES, keys.map(|k| &k.0), &float.encode());
+        }
+        if let Some(sim) = sim {
+            self.write(SIM_TRACES, keys.map(|k| &k.1), &sim.encode());
+        }
+    }
+}
+
+/// How the float model (`sim: None`) or a simulation runner of `model` depends on its hooks:
+/// read from the store when kept, otherwise taken from the runner (built for it) and stored,
+/// so an evaluation served from traces loads no model into tract.
+#[salsa::tracked(returns(ref), no_eq)]
+pub fn run_structure<'db>(
+    db: &'db dyn Db,
+    model: ModelKey<'db>,
+    sim: Option<SimModel<'db>>,
+    context: BuildContext,
+) -> Result<Arc<RunStructure>, BuildError> {
+    let Some(model_digest) = model.file(db).digest(db) else {
+        return Err(BuildError::Changed {
+            path: display_path(model.file(db).path(db)),
+        });
+    };
+    let mut key = KeyBuilder::new(RUN_STRUCTURES)
+        .str("runtime", RUNTIME)
+        .digest("model", &model_digest)
+        .digest("input_dims", &stable_digest(model.input_dims(db)));
+    if let Some(sim) = sim {
+        key = key.digest("parameters", &sim.parameters(db).digest);
+    }
+    let key = key.finish();
+    let store = context.store(db).as_ref();
+    if let Some(store) = store
+        && let Ok(GetOutcome::Hit(structure)) = store.get_json::<RunStructure>(RUN_STRUCTURES, &key)
+    {
+        return Ok(Arc::new(structure));
+    }
+    let runner = match sim {
+        Some(sim) => sim_runner(db, sim),
+        None => evaluation_float_runner(db, model),
+    }
+    .as_ref()
+    .map_err(Clone::clone)?;
+    let structure = runner.structure();
+    if let Some(store) = store {
+        // Only a cache: a failed write costs the next process a model load.
+        let _ = store.put_json(RUN_STRUCTURES, &key, &structure);
+    }
+    Ok(Arc::new(structure))
+}
 
 /// A finished evaluation of one unit, as its output files and the terminal show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,23 +272,7 @@ impl SimParameters {
         for (name, encoding) in &parameters.parameters {
             hasher.update(&(name.len() as u64).to_le_bytes());
             hasher.update(name.as_bytes());
-            let (tag, axis, float) = match encoding {
-                TensorEncoding::PerTensor(_) => (0u8, 0u64, 0u32),
-                TensorEncoding::PerChannel { axis, .. } => (1, *axis as u64, 0),
-                TensorEncoding::Float { bitwidth } => (2, 0, bitwidth.bits()),
-            };
-            hasher.update(&[tag]);
-            hasher.update(&axis.to_le_bytes());
-            hasher.update(&float.to_le_bytes());
-            hasher.update(&(encoding.encodings().len() as u64).to_le_bytes());
-            for e in encoding.encodings() {
-                hasher.update(&e.bitwidth.bits().to_le_bytes());
-                hasher.update(e.schema.as_str().as_bytes());
-                for x in [e.min, e.max, e.scale] {
-                    hasher.update(&x.to_bits().to_le_bytes());
-                }
-                hasher.update(&e.offset.to_le_bytes());
-            }
+            crate::eval::trace::hash_encoding(&mut hasher, Some(encoding));
         }
         SimParameters {
             digest: Digest::from(hasher.finalize()),
@@ -543,22 +649,111 @@ pub fn unit_evaluation<'db>(
     }
 
     db.unwind_if_revision_cancelled();
-    let float = evaluation_float_runner(db, model)
-        .as_ref()
-        .map_err(Clone::clone)?;
-    list.check(float.input_specs())
-        .map_err(|e| BuildError::List(Arc::new(e)))?;
     let encodings = model_encodings(db, unit)?;
     let parameters = SimParameters::of(&loaded.graph, &encodings);
-    let runner = sim_runner(db, SimModel::new(db, model, parameters))
+    let sim_model = SimModel::new(db, model, parameters);
+    let float_structure = run_structure(db, model, None, store_and_log)
         .as_ref()
         .map_err(Clone::clone)?
         .clone();
-    let sim = QuantSim::with_runner(runner, &loaded.graph, &encodings).map_err(eval_error)?;
-    db.unwind_if_revision_cancelled();
-    let evaluation = Evaluator::new(float, &sim, &loaded.graph)
-        .evaluate(list, labels.as_ref().map(|(l, _)| l), |_, _| {})
+    let sim_structure = run_structure(db, model, Some(sim_model), store_and_log)
+        .as_ref()
+        .map_err(Clone::clone)?
+        .clone();
+    let hooked = crate::quantsim::hooked_encodings(&sim_structure.names, &loaded.graph, &encodings)
         .map_err(eval_error)?;
+    let evaluator = Evaluator::new(
+        Arc::unwrap_or_clone(float_structure),
+        Arc::unwrap_or_clone(sim_structure),
+        hooked,
+        &loaded.graph,
+    );
+    let traces = StoredTraces {
+        store: store_and_log.store(db).as_ref(),
+        samples: list
+            .samples
+            .iter()
+            .map(|sample| {
+                let mut key = KeyBuilder::new(FLOAT_TRACES)
+                    .str("runtime", RUNTIME)
+                    .digest("model", &model_digest)
+                    .digest("input_dims", &stable_digest(model.input_dims(db)));
+                for file in &sample.files {
+                    let digest = source_file(db, &file.path)
+                        .digest(db)
+                        .unwrap_or_else(|| Digest::of(b""));
+                    key = key
+                        .str("input", file.input.as_deref().unwrap_or(""))
+                        .digest("file", &digest);
+                }
+                let float = key.finish();
+                let sim = KeyBuilder::new(SIM_TRACES)
+                    .digest("float", &float)
+                    .digest("parameters", &sim_model.parameters(db).digest)
+                    .str("pipeline", &plan.pipeline)
+                    .str("target", &plan.target.name)
+                    .str("model", &plan.model.name)
+                    .finish();
+                (float, sim)
+            })
+            .collect(),
+        errors: std::sync::Mutex::new(Vec::new()),
+    };
+    let labels = labels.as_ref().map(|(l, _)| l);
+    let mut evaluation_plan = evaluator.plan(&traces, list.samples.len());
+    let mut attempt = 0;
+    let evaluation = loop {
+        attempt += 1;
+        let (samples_run, samples_reused) = evaluation_plan.counts();
+        let runners = if evaluation_plan.needs_run() {
+            let float = evaluation_float_runner(db, model)
+                .as_ref()
+                .map_err(Clone::clone)?
+                .clone();
+            list.check(float.input_specs())
+                .map_err(|e| BuildError::List(Arc::new(e)))?;
+            let runner = sim_runner(db, sim_model)
+                .as_ref()
+                .map_err(Clone::clone)?
+                .clone();
+            let sim = QuantSim::with_runner(runner, &loaded.graph, &encodings)
+                .map_err(eval_error)?;
+            Some((float, sim))
+        } else {
+            None
+        };
+        db.unwind_if_revision_cancelled();
+        let result = evaluator.evaluate(
+            evaluation_plan,
+            runners.as_ref().map(|(float, sim)| Runners {
+                float: float.as_ref(),
+                sim,
+            }),
+            list,
+            labels,
+            &traces,
+            |_, _| {},
+        );
+        match result {
+            Ok(evaluation) => {
+                let mut record = WorkRecord::default();
+                record.eval_samples_run += samples_run;
+                record.eval_samples_reused += samples_reused;
+                log.append(record);
+                break evaluation;
+            }
+            // A trace went missing between planning and reading it: run every sample.
+            Err(EvalError::TracesChanged) if attempt == 1 => {
+                evaluation_plan = evaluator.plan(&crate::eval::NoTraces, list.samples.len());
+            }
+            Err(error) => return Err(eval_error(error)),
+        }
+    };
+    let mut record = WorkRecord::default();
+    record
+        .store_errors
+        .extend(traces.errors.into_inner().unwrap_or_default());
+    log.append(record);
     // The evaluator read the samples from disk itself: a file that changed since its digest
     // was taken would put this result under the wrong key.
     for (path, digest) in &samples {

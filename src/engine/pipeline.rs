@@ -99,6 +99,10 @@ pub struct BuildCounts {
     pub artifacts_unchanged: usize,
     /// Evaluations run (the others were reused from the store or the database).
     pub evaluations_run: usize,
+    /// Eval samples those evaluations ran (float model and simulation).
+    pub eval_samples_run: usize,
+    /// Eval samples those evaluations served from stored traces without running.
+    pub eval_samples_reused: usize,
 }
 
 /// A unit built successfully.
@@ -384,6 +388,8 @@ pub fn build(
         work.corruptions.extend(taken.corruptions);
         work.store_errors.extend(taken.store_errors);
         work.evaluations_run.extend(taken.evaluations_run);
+        work.eval_samples_run += taken.eval_samples_run;
+        work.eval_samples_reused += taken.eval_samples_reused;
     }
     for outcome in &mut report.units {
         let Ok(done) = &mut outcome.result else {
@@ -422,6 +428,8 @@ pub fn build(
         artifacts_written: written,
         artifacts_unchanged: unchanged,
         evaluations_run: work.evaluations_run.len(),
+        eval_samples_run: work.eval_samples_run,
+        eval_samples_reused: work.eval_samples_reused,
     };
     report.corruptions.extend(work.corruptions);
     report.store_errors.extend(work.store_errors);

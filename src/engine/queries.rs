@@ -191,6 +191,10 @@ pub struct WorkRecord {
     pub store_errors: Vec<String>,
     /// Units evaluated (a store miss), as `pipeline/target/model`.
     pub evaluations_run: Vec<String>,
+    /// Eval samples those evaluations ran through the float model and the simulation.
+    pub eval_samples_run: usize,
+    /// Eval samples served from their traces (reused, or terminal tensors re-quantized).
+    pub eval_samples_reused: usize,
 }
 
 /// A shared, append-only [`WorkRecord`]: the side channel through which queries report work.
@@ -218,6 +222,8 @@ impl WorkLog {
             r.corruptions.extend(other.corruptions);
             r.store_errors.extend(other.store_errors);
             r.evaluations_run.extend(other.evaluations_run);
+            r.eval_samples_run += other.eval_samples_run;
+            r.eval_samples_reused += other.eval_samples_reused;
         });
     }
 

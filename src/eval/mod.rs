@@ -18,8 +18,10 @@
 #![allow(clippy::result_large_err)]
 
 mod labels;
+pub mod trace;
 
 pub use labels::{Label, Labels, LabelsError, in_range};
+pub use trace::{FloatTrace, SimTrace};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,14 +29,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use ndarray::ArrayD;
 use rayon::prelude::*;
 
-use crate::calib::{CalibError, InputList, Sample};
+use crate::calib::{CalibError, InputList};
 use crate::encoding::TensorEncoding;
+use crate::encoding::tensor::fake_quantize_tensor_in_place;
 use crate::graph::{Dim, Graph, GraphError};
 use crate::onnx::{OnnxError, OnnxModel};
 use crate::overrides::{self, OverridesError};
 use crate::quantsim::{self, QuantSim, QuantSimError};
-use crate::run::{FloatRunner, RunError};
+use crate::run::{FloatRunner, RunError, RunStructure};
 use crate::stats::{Histogram, MinMax};
+use trace::{OutputValue, SimTensor, TensorKeys};
 
 /// Why an evaluation failed.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -72,6 +76,12 @@ pub enum EvalError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Labels(#[from] LabelsError),
+    /// A trace an evaluation planned to reuse was gone or damaged when it was read, or the
+    /// runners do not match the traces' structure: the evaluation is retried with every sample
+    /// run.
+    #[error("the evaluation's stored traces changed while it ran")]
+    #[diagnostic(code(quant::eval::traces_changed))]
+    TracesChanged,
     /// A sample failed to run.
     #[error("running the sample on input list line {line}: {source}")]
     Run {
@@ -217,25 +227,6 @@ pub struct Evaluation {
 /// so the picture costs the same for a 40-element and a 4-million-element tensor.
 pub const HISTOGRAM_SAMPLE: usize = 4096;
 
-/// One tensor's measurements over one sample.
-struct TensorSample {
-    signal: f64,
-    noise: f64,
-    elements: u64,
-    clipped: u64,
-    range: MinMax,
-    histogram: Histogram,
-}
-
-/// One sample's contribution, before it is added to the totals in list order.
-struct SampleResult {
-    outputs: Vec<(f64, f64)>,
-    float_correct: bool,
-    quantized_correct: bool,
-    classes: usize,
-    tensors: Vec<TensorSample>,
-}
-
 /// Independent partial sums per pass: one running `f64` sum is bound by the latency of each
 /// addition; this many let the additions (and the compiler's vector units) overlap. The lanes
 /// are added in a fixed order, so results do not depend on threads or machines.
@@ -307,29 +298,121 @@ fn noise_power(f: &[f32], q: &[f32]) -> f64 {
     noise.iter().sum()
 }
 
-/// The float model and its simulation, paired by activation name.
-pub struct Evaluator<'a> {
-    float: &'a FloatRunner,
-    sim: &'a QuantSim,
-    /// Float activation index → simulated activation index.
-    to_sim: Vec<Option<usize>>,
-    /// Per float activation: producer op type.
-    producers: Vec<String>,
-    /// Per float activation: the range outside which values count as clipped.
-    clip_ranges: Vec<Option<(f64, f64)>>,
+/// Where an evaluation finds the traces earlier evaluations of the same model, simulation and
+/// samples left, and leaves its own ([`trace`]). Sample indices are positions in the input
+/// list. Implementations decide the keys; a trace handed back must be one this evaluation's
+/// model, parameters and sample produced.
+pub trait TraceStore: Sync {
+    /// The float trace of sample `index`, if one is kept.
+    fn float(&self, index: usize) -> Option<FloatTrace>;
+    /// Whether a float trace of sample `index` is kept (without reading it).
+    fn has_float(&self, index: usize) -> bool;
+    /// The simulation trace of sample `index`, if one is kept.
+    fn sim(&self, index: usize) -> Option<SimTrace>;
+    /// Keeps the traces of sample `index` that this evaluation computed (`None`: reused).
+    fn keep(&self, index: usize, float: Option<&FloatTrace>, sim: Option<&SimTrace>);
 }
 
-impl<'a> Evaluator<'a> {
-    /// Pairs `float` and `sim` (built from the same model); `graph` names each producer.
-    pub fn new(float: &'a FloatRunner, sim: &'a QuantSim, graph: &Graph) -> Evaluator<'a> {
-        let sim_names = sim.runner().activation_names();
-        let to_sim: Vec<Option<usize>> = float
-            .activation_names()
+/// No traces kept: every sample runs ([`run_job`]).
+pub struct NoTraces;
+
+impl TraceStore for NoTraces {
+    fn float(&self, _: usize) -> Option<FloatTrace> {
+        None
+    }
+    fn has_float(&self, _: usize) -> bool {
+        false
+    }
+    fn sim(&self, _: usize) -> Option<SimTrace> {
+        None
+    }
+    fn keep(&self, _: usize, _: Option<&FloatTrace>, _: Option<&SimTrace>) {}
+}
+
+/// The float model and its simulation, ready to run when a sample needs it.
+#[derive(Clone, Copy)]
+pub struct Runners<'a> {
+    /// The float model; its structure is the evaluator's float structure.
+    pub float: &'a FloatRunner,
+    /// The simulation; its runner's structure is the evaluator's simulation structure.
+    pub sim: &'a QuantSim,
+}
+
+/// How one sample of an evaluation is served.
+enum Serve {
+    /// Both traces hold: nothing is measured.
+    Reuse(SimTrace),
+    /// Only terminal tensors' encodings changed: they are re-quantized from their traced
+    /// values, nothing runs.
+    Requantize(SimTrace, Vec<usize>),
+    /// The sample runs; `Some` keeps the measurements of the tensors whose key held.
+    Run(Option<SimTrace>),
+}
+
+/// Which samples of an evaluation must run; made by [`Evaluator::plan`].
+pub struct EvalPlan {
+    serve: Vec<Serve>,
+}
+
+impl EvalPlan {
+    /// Whether some sample must run, so the runners are needed.
+    pub fn needs_run(&self) -> bool {
+        self.serve.iter().any(|s| matches!(s, Serve::Run(_)))
+    }
+
+    /// Samples that will run, and samples whose measurements are reused or re-quantized.
+    pub fn counts(&self) -> (usize, usize) {
+        let run = self
+            .serve
             .iter()
-            .map(|name| sim_names.iter().position(|n| n == name))
+            .filter(|s| matches!(s, Serve::Run(_)))
+            .count();
+        (run, self.serve.len() - run)
+    }
+}
+
+/// The float model and its simulation, paired by activation name, with the encodings the
+/// simulation applies; measures an input list against them.
+pub struct Evaluator {
+    float: RunStructure,
+    sim: RunStructure,
+    /// Float activation index → simulated activation index.
+    to_sim: Vec<Option<usize>>,
+    /// Simulated activation index → float activation index.
+    from_sim: Vec<Option<usize>>,
+    /// Per float activation: producer op type.
+    producers: Vec<String>,
+    /// Per simulated activation: the encoding the hook applies.
+    hooked: Vec<Option<TensorEncoding>>,
+    /// Per simulated activation: the range outside which float values count as clipped.
+    clip_ranges: Vec<Option<(f64, f64)>>,
+    /// Per simulated activation: what its measurements depend on.
+    keys: Vec<TensorKeys>,
+}
+
+impl Evaluator {
+    /// Pairs a float model's structure with its simulation's (built from the same model), the
+    /// simulation applying `hooked` ([`quantsim::hooked_encodings`] of its activations);
+    /// `graph` names each producer.
+    pub fn new(
+        float: RunStructure,
+        sim: RunStructure,
+        hooked: Vec<Option<TensorEncoding>>,
+        graph: &Graph,
+    ) -> Evaluator {
+        let position = |names: &[String], name: &String| names.iter().position(|n| n == name);
+        let to_sim: Vec<Option<usize>> = float
+            .names
+            .iter()
+            .map(|name| position(&sim.names, name))
+            .collect();
+        let from_sim: Vec<Option<usize>> = sim
+            .names
+            .iter()
+            .map(|name| position(&float.names, name))
             .collect();
         let producers = float
-            .activation_names()
+            .names
             .iter()
             .map(|name| {
                 graph
@@ -338,208 +421,390 @@ impl<'a> Evaluator<'a> {
                     .map_or_else(|| "graph_input".to_string(), |p| p.op_type.clone())
             })
             .collect();
-        let clip_ranges = to_sim
+        let clip_ranges = hooked
             .iter()
-            .map(|s| {
-                s.and_then(|s| sim.activation_encoding(s))
-                    .and_then(|e| match e {
-                        TensorEncoding::PerTensor(e) => Some((e.min, e.max)),
-                        _ => None,
-                    })
+            .map(|e| match e {
+                Some(TensorEncoding::PerTensor(e)) => Some((e.min, e.max)),
+                _ => None,
             })
             .collect();
+        let keys = trace::tensor_keys(&sim, &hooked);
         Evaluator {
             float,
             sim,
             to_sim,
+            from_sim,
             producers,
+            hooked,
             clip_ranges,
+            keys,
         }
     }
 
-    fn sample(
-        &self,
-        list: &InputList,
-        sample: &Sample,
-        label: Option<&Label>,
-        labels: Option<&Labels>,
-    ) -> Result<SampleResult, EvalError> {
-        let loaded = list.load(sample, self.float.input_specs())?;
-        let count = self.float.activation_names().len();
-        let sim_count = self.sim.runner().activation_names().len();
-        let mut tensors: Vec<TensorSample> = (0..count)
-            .map(|_| TensorSample {
-                signal: 0.0,
-                noise: 0.0,
-                elements: 0,
-                clipped: 0,
-                range: MinMax::new(),
-                histogram: Histogram::new(),
-            })
+    /// As [`Evaluator::new`], from the runners themselves.
+    pub fn from_runners(runners: Runners<'_>, graph: &Graph) -> Evaluator {
+        let sim = runners.sim.runner().structure();
+        let hooked = (0..sim.names.len())
+            .map(|s| runners.sim.activation_encoding(s).cloned())
             .collect();
-        let mut picked = Vec::with_capacity(HISTOGRAM_SAMPLE);
-        // The float values of each activation, kept until the simulation produced its own.
-        let mut held: Vec<Option<Vec<f32>>> = vec![None; sim_count];
-        let run_error = |source| EvalError::Run {
-            line: sample.line,
-            source,
-        };
-        let float_outputs = self
-            .float
-            .run(&loaded.tensors, |index, data, _shape| {
-                let entry = &mut tensors[index];
-                let (signal, clipped) = power_and_clipped(data, self.clip_ranges[index]);
-                entry.signal += signal;
-                entry.clipped += clipped;
-                entry.elements += data.len() as u64;
-                entry.range.observe(data);
-                picked.clear();
-                picked.extend(strided(data));
-                entry.histogram.observe(&picked);
-                if let Some(s) = self.to_sim[index] {
-                    held[s] = Some(data.to_vec());
-                }
-            })
-            .map_err(run_error)?;
-        let mut noise = vec![0.0f64; sim_count];
-        let mut seen = vec![false; sim_count];
-        let sim_outputs = self
-            .sim
-            .run(&loaded.tensors, |index, data, _shape| {
-                if let Some(f) = held[index].take() {
-                    noise[index] += noise_power(&f, data);
-                    seen[index] = true;
-                }
-            })
-            .map_err(run_error)?;
-        for (index, entry) in tensors.iter_mut().enumerate() {
-            match self.to_sim[index] {
-                Some(s) if seen[s] => entry.noise = noise[s],
-                // Not simulated: the float value stands, no noise is attributed to it.
-                _ => {}
-            }
-        }
-        let outputs = float_outputs
-            .iter()
-            .zip(&sim_outputs)
-            .map(|(f, q)| {
-                let (f, q) = (contiguous(f), contiguous(q));
-                (power(&f), noise_power(&f, &q))
-            })
-            .collect();
-        let (mut float_correct, mut quantized_correct, mut classes) = (false, false, 0);
-        if let (Some(label), Some(labels)) = (label, labels) {
-            let (f, q) = (&float_outputs[0], &sim_outputs[0]);
-            classes = check_classifier(&self.float.output_names()[0], f.shape())?;
-            if !in_range(label.class, classes) {
-                return Err(labels
-                    .out_of_range(label, classes, &self.float.output_names()[0])
-                    .into());
-            }
-            let class = label.class as usize;
-            float_correct = argmax(&contiguous(f)) == Some(class);
-            quantized_correct = argmax(&contiguous(q)) == Some(class);
-        }
-        Ok(SampleResult {
-            outputs,
-            float_correct,
-            quantized_correct,
-            classes,
-            tensors,
-        })
+        Evaluator::new(runners.float.structure(), sim, hooked, graph)
     }
 
-    /// Evaluates every sample of `list` (with `labels` when given, already count-checked) and
-    /// calls `progress(done, total)` after each sample.
+    fn float_fits(&self, trace: &FloatTrace) -> bool {
+        trace.tensors.len() == self.float.names.len()
+            && trace.terminal.len() == self.float.names.len()
+            && trace.outputs.len() == self.float.output_names.len()
+    }
+
+    fn sim_fits(&self, trace: &SimTrace) -> bool {
+        trace.tensors.len() == self.sim.names.len()
+            && trace.before.len() == self.sim.names.len()
+            && trace.outputs.len() == self.sim.output_names.len()
+    }
+
+    /// Decides for each of `samples` samples whether its traces serve it.
+    pub fn plan(&self, traces: &dyn TraceStore, samples: usize) -> EvalPlan {
+        let serve = (0..samples)
+            .into_par_iter()
+            .map(|index| {
+                let Some(sim) = traces.sim(index).filter(|t| self.sim_fits(t)) else {
+                    return Serve::Run(None);
+                };
+                if !traces.has_float(index) {
+                    return Serve::Run(None);
+                }
+                let dirty: Vec<usize> = (0..self.sim.names.len())
+                    .filter(|&s| sim.tensors[s].key != self.keys[s].after)
+                    .collect();
+                if dirty.is_empty() {
+                    return Serve::Reuse(sim);
+                }
+                let requantizable = |s: usize| {
+                    self.sim.terminal[s]
+                        && !self.sim.constant[s]
+                        && sim.tensors[s].before_key == self.keys[s].before
+                        && sim.before[s].is_some()
+                        && self.from_sim[s].is_some_and(|f| self.float.terminal[f])
+                };
+                if dirty.iter().all(|&s| requantizable(s)) {
+                    Serve::Requantize(sim, dirty)
+                } else {
+                    Serve::Run(Some(sim))
+                }
+            })
+            .collect();
+        EvalPlan { serve }
+    }
+
+    /// Evaluates every sample of `list` (with `labels` when given, already count-checked) as
+    /// `plan` decided, running the samples that must run on `runners`; calls
+    /// `progress(done, total)` after each sample and hands new traces to `traces`.
+    ///
+    /// The result is the same to the bit whichever samples were served from traces.
     pub fn evaluate(
         &self,
+        plan: EvalPlan,
+        runners: Option<Runners<'_>>,
         list: &InputList,
         labels: Option<&Labels>,
+        traces: &dyn TraceStore,
         progress: impl Fn(usize, usize) + Sync,
     ) -> Result<Evaluation, EvalError> {
         if let Some(labels) = labels {
             labels.check_count(&list.path, list.samples.len())?;
         }
-        let count = self.float.activation_names().len();
-        let output_names = self.float.output_names();
+        if let Some(runners) = runners
+            && (runners.float.activation_names() != self.float.names.as_slice()
+                || runners.sim.runner().activation_names() != self.sim.names.as_slice())
+        {
+            return Err(EvalError::TracesChanged);
+        }
+        let total = list.samples.len();
+        if plan.serve.len() != total {
+            return Err(EvalError::TracesChanged);
+        }
         let mut tensors: Vec<TensorMetrics> = self
             .float
-            .activation_names()
+            .names
             .iter()
             .enumerate()
             .map(|(index, name)| TensorMetrics {
                 name: name.clone(),
                 producer_op: self.producers[index].clone(),
-                encoding: self.to_sim[index]
-                    .and_then(|s| self.sim.activation_encoding(s))
-                    .cloned(),
+                encoding: self.to_sim[index].and_then(|s| self.hooked[s].clone()),
                 signal: 0.0,
                 noise: 0.0,
                 elements: 0,
                 clipped: 0,
                 range: MinMax::new(),
                 histogram: Histogram::new(),
-                simulated: false,
+                simulated: !self.to_sim[index].is_some_and(|s| self.sim.constant[s]),
             })
             .collect();
-        let constants: Vec<&str> = self.sim.runner().constant_activations().collect();
-        for t in &mut tensors {
-            t.simulated = !constants.contains(&t.name.as_str());
-        }
-        let mut outputs: Vec<OutputMetrics> = output_names
+        let mut outputs: Vec<OutputMetrics> = self
+            .float
+            .output_names
             .iter()
             .map(|name| OutputMetrics {
                 name: name.clone(),
-                sqnr_db: Vec::with_capacity(list.samples.len()),
+                sqnr_db: Vec::with_capacity(total),
             })
             .collect();
         let mut accuracy = labels.map(|_| Accuracy {
-            samples: list.samples.len(),
+            samples: total,
             classes: 0,
             float_correct: 0,
             quantized_correct: 0,
         });
-        let total = list.samples.len();
         let done = AtomicUsize::new(0);
         let batch = (2 * rayon::current_num_threads()).max(4);
-        let indices: Vec<usize> = (0..total).collect();
-        for chunk in indices.chunks(batch) {
-            let results: Vec<SampleResult> = chunk
-                .par_iter()
-                .map(|&i| {
-                    let label = labels.and_then(|l| l.labels.get(i));
-                    let result = self.sample(list, &list.samples[i], label, labels);
+        let mut serve = plan.serve.into_iter().enumerate().collect::<Vec<_>>();
+        while !serve.is_empty() {
+            let rest = serve.split_off(batch.min(serve.len()));
+            let chunk = std::mem::replace(&mut serve, rest);
+            let results: Vec<(usize, FloatTrace, SimTrace)> = chunk
+                .into_par_iter()
+                .map(|(index, serve)| {
+                    let (float, sim) =
+                        self.sample(list, index, serve, runners, traces)?;
                     progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
-                    result
+                    Ok((index, float, sim))
                 })
-                .collect::<Result<_, _>>()?;
+                .collect::<Result<_, EvalError>>()?;
             // List order: the f64 sums come out the same whatever the thread count.
-            for result in results {
-                for (metrics, (signal, noise)) in outputs.iter_mut().zip(&result.outputs) {
-                    metrics.sqnr_db.push(sqnr_db(*signal, *noise));
+            for (index, float, sim) in results {
+                for (k, metrics) in outputs.iter_mut().enumerate() {
+                    let (f, q) = (&float.outputs[k].data, &sim.outputs[k].data);
+                    metrics.sqnr_db.push(sqnr_db(power(f), noise_power(f, q)));
                 }
-                if let Some(acc) = &mut accuracy {
-                    acc.float_correct += usize::from(result.float_correct);
-                    acc.quantized_correct += usize::from(result.quantized_correct);
-                    acc.classes = result.classes;
+                if let (Some(acc), Some(labels)) = (&mut accuracy, labels) {
+                    let name = &self.float.output_names[0];
+                    let classes = check_classifier(name, &float.outputs[0].shape)?;
+                    let label = &labels.labels[index];
+                    if !in_range(label.class, classes) {
+                        return Err(labels.out_of_range(label, classes, name).into());
+                    }
+                    let class = label.class as usize;
+                    acc.classes = classes;
+                    acc.float_correct += usize::from(argmax(&float.outputs[0].data) == Some(class));
+                    acc.quantized_correct += usize::from(argmax(&sim.outputs[0].data) == Some(class));
                 }
-                for (t, sample) in tensors.iter_mut().zip(result.tensors) {
+                for (i, (t, sample)) in tensors.iter_mut().zip(&float.tensors).enumerate() {
                     t.signal += sample.signal;
-                    t.noise += sample.noise;
                     t.elements += sample.elements;
-                    t.clipped += sample.clipped;
-                    t.range.merge(&sample.range);
-                    t.histogram.merge(&sample.histogram);
+                    t.range.merge(&sample.statistics.min_max);
+                    if let Some(h) = &sample.statistics.histogram {
+                        t.histogram.merge(h);
+                    }
+                    if let Some(s) = self.to_sim[i] {
+                        t.noise += sim.tensors[s].noise;
+                        t.clipped += sim.tensors[s].clipped;
+                    }
                 }
             }
         }
-        debug_assert_eq!(tensors.len(), count);
         Ok(Evaluation {
             samples: total,
             outputs,
             accuracy,
             tensors,
         })
+    }
+
+    fn sample(
+        &self,
+        list: &InputList,
+        index: usize,
+        serve: Serve,
+        runners: Option<Runners<'_>>,
+        traces: &dyn TraceStore,
+    ) -> Result<(FloatTrace, SimTrace), EvalError> {
+        let kept_float = || {
+            traces
+                .float(index)
+                .filter(|t| self.float_fits(t))
+                .ok_or(EvalError::TracesChanged)
+        };
+        match serve {
+            Serve::Reuse(sim) => Ok((kept_float()?, sim)),
+            Serve::Requantize(mut sim, dirty) => {
+                let float = kept_float()?;
+                for s in dirty {
+                    let (Some(before), Some(f)) = (
+                        sim.before[s].as_ref(),
+                        self.from_sim[s].and_then(|f| float.terminal[f].as_ref()),
+                    ) else {
+                        return Err(EvalError::TracesChanged);
+                    };
+                    let mut q = before.clone();
+                    if let Some(encoding) = &self.hooked[s] {
+                        // Per-tensor and float encodings cannot fail (as in the hook).
+                        let _ = fake_quantize_tensor_in_place(&mut q, &self.sim.shapes[s], encoding);
+                    }
+                    sim.tensors[s] = SimTensor {
+                        key: self.keys[s].after,
+                        before_key: self.keys[s].before,
+                        noise: noise_power(f, &q),
+                        clipped: clipped(f, self.clip_ranges[s]),
+                    };
+                    for (k, output) in self.sim.outputs.iter().enumerate() {
+                        if *output == Some(s as u32) {
+                            sim.outputs[k].data.clone_from(&q);
+                        }
+                    }
+                }
+                traces.keep(index, None, Some(&sim));
+                Ok((float, sim))
+            }
+            Serve::Run(kept_sim) => {
+                let runners = runners.ok_or(EvalError::TracesChanged)?;
+                let kept = kept_sim.is_some();
+                let float = match kept {
+                    true => traces.float(index).filter(|t| self.float_fits(t)),
+                    false => None,
+                };
+                let (float_new, sim) = self.run(list, index, runners, float.is_none(), kept_sim)?;
+                let float = match (float, float_new) {
+                    (Some(kept), _) => kept,
+                    (None, Some(new)) => {
+                        traces.keep(index, Some(&new), None);
+                        new
+                    }
+                    (None, None) => return Err(EvalError::TracesChanged),
+                };
+                traces.keep(index, None, Some(&sim));
+                Ok((float, sim))
+            }
+        }
+    }
+
+    /// Runs sample `index`: the float model (measuring it when `measure_float`), then the
+    /// simulation, measuring every tensor whose key differs from `kept`'s.
+    fn run(
+        &self,
+        list: &InputList,
+        index: usize,
+        runners: Runners<'_>,
+        measure_float: bool,
+        kept: Option<SimTrace>,
+    ) -> Result<(Option<FloatTrace>, SimTrace), EvalError> {
+        let sample = &list.samples[index];
+        let loaded = list.load(sample, runners.float.input_specs())?;
+        let float_count = self.float.names.len();
+        let sim_count = self.sim.names.len();
+        let dirty: Vec<bool> = match &kept {
+            Some(kept) => (0..sim_count)
+                .map(|s| kept.tensors[s].key != self.keys[s].after)
+                .collect(),
+            None => vec![true; sim_count],
+        };
+        let mut float = measure_float.then(|| FloatTrace {
+            tensors: (0..float_count).map(|_| trace::empty_float_tensor()).collect(),
+            terminal: vec![None; float_count],
+            outputs: Vec::new(),
+        });
+        let mut picked = Vec::with_capacity(HISTOGRAM_SAMPLE);
+        // The float values of each re-measured activation, kept until the simulation
+        // produced its own.
+        let mut held: Vec<Option<Vec<f32>>> = vec![None; sim_count];
+        let run_error = |source| EvalError::Run {
+            line: sample.line,
+            source,
+        };
+        let float_outputs = runners
+            .float
+            .run(&loaded.tensors, |i, data, _shape| {
+                if let Some(trace) = float.as_mut() {
+                    let entry = &mut trace.tensors[i];
+                    entry.signal += power(data);
+                    entry.elements += data.len() as u64;
+                    entry.statistics.min_max.observe(data);
+                    picked.clear();
+                    picked.extend(strided(data));
+                    if let Some(h) = entry.statistics.histogram.as_mut() {
+                        h.observe(&picked);
+                    }
+                    if self.float.terminal[i] {
+                        trace.terminal[i] = Some(data.to_vec());
+                    }
+                }
+                if let Some(s) = self.to_sim[i]
+                    && dirty[s]
+                {
+                    held[s] = Some(data.to_vec());
+                }
+            })
+            .map_err(run_error)?;
+        if let Some(trace) = float.as_mut() {
+            trace.outputs = float_outputs.iter().map(output_value).collect();
+        }
+        let zero = SimTensor {
+            key: [0; 16],
+            before_key: [0; 16],
+            noise: 0.0,
+            clipped: 0,
+        };
+        let mut tensors = kept.map_or_else(|| vec![zero; sim_count], |k| k.tensors);
+        let mut before: Vec<Option<Vec<f32>>> = vec![None; sim_count];
+        let sim_outputs = runners
+            .sim
+            .run_observed(
+                &loaded.tensors,
+                |s, data| {
+                    if self.sim.terminal[s] {
+                        before[s] = Some(data.to_vec());
+                    }
+                },
+                |s, data, _shape| {
+                    if !dirty[s] {
+                        return;
+                    }
+                    let entry = &mut tensors[s];
+                    (entry.noise, entry.clipped) = match held[s].take() {
+                        Some(f) => (noise_power(&f, data), clipped(&f, self.clip_ranges[s])),
+                        None => (0.0, 0),
+                    };
+                    (entry.key, entry.before_key) = (self.keys[s].after, self.keys[s].before);
+                },
+            )
+            .map_err(run_error)?;
+        // Tensors the simulation never produced (folded to constants): no noise, and the
+        // float values still say what the encoding would clip.
+        let unproduced: Vec<usize> = (0..sim_count)
+            .filter(|&s| dirty[s] && tensors[s].key != self.keys[s].after)
+            .collect();
+        for s in unproduced {
+            let clipped = held[s]
+                .take()
+                .map_or(0, |f| clipped(&f, self.clip_ranges[s]));
+            tensors[s] = SimTensor {
+                key: self.keys[s].after,
+                before_key: self.keys[s].before,
+                noise: 0.0,
+                clipped,
+            };
+        }
+        let sim = SimTrace {
+            tensors,
+            before,
+            outputs: sim_outputs.iter().map(output_value).collect(),
+        };
+        Ok((float, sim))
+    }
+}
+
+fn output_value(a: &ArrayD<f32>) -> OutputValue {
+    OutputValue {
+        shape: a.shape().to_vec(),
+        data: contiguous(a).into_owned(),
+    }
+}
+
+/// Values of `data` outside `[min, max]`.
+fn clipped(data: &[f32], clip: Option<(f64, f64)>) -> u64 {
+    match clip {
+        Some(_) => power_and_clipped(data, clip).1,
+        None => 0,
     }
 }
 
@@ -656,8 +921,22 @@ pub fn run_job(
     list.check(float.input_specs())?;
     let sim = QuantSim::new(&model, &graph, &encodings, &runner_dims)?;
     warnings.extend(sim.warnings().iter().map(|w| w.to_string()));
-    let evaluator = Evaluator::new(&float, &sim, &graph);
-    let evaluate = || evaluator.evaluate(&list, labels.as_ref(), &progress);
+    let runners = Runners {
+        float: &float,
+        sim: &sim,
+    };
+    let evaluator = Evaluator::from_runners(runners, &graph);
+    let evaluate = || {
+        let plan = evaluator.plan(&NoTraces, list.samples.len());
+        evaluator.evaluate(
+            plan,
+            Some(runners),
+            &list,
+            labels.as_ref(),
+            &NoTraces,
+            &progress,
+        )
+    };
     let evaluation = match job.jobs {
         Some(jobs) => rayon::ThreadPoolBuilder::new()
             .num_threads(jobs)

@@ -227,6 +227,34 @@ fn check_fits(
     Ok(())
 }
 
+/// The encoding the hook applies to each of `names` (a runner's activations): the tensor's own,
+/// or for a data-movement output without one its source's; `None` where it stays float.
+pub fn hooked_encodings(
+    names: &[String],
+    graph: &Graph,
+    encodings: &ModelEncodings,
+) -> Result<Vec<Option<TensorEncoding>>, QuantSimError> {
+    let mut hooked = Vec::with_capacity(names.len());
+    for name in names {
+        let own = encodings.activations.get(name.as_str());
+        let shared = || match graph.tensor(name).map(|t| &t.rule) {
+            Some(EncodingRule::SharesInput(_)) => graph
+                .encoding_source(name)
+                .and_then(|source| lookup(encodings, source.as_str())),
+            _ => None,
+        };
+        let encoding = own.or_else(shared).cloned();
+        if let Some(TensorEncoding::PerChannel { .. }) = &encoding {
+            return Err(QuantSimError::Encoding {
+                tensor: name.clone(),
+                message: "activations take one encoding, not one per channel".to_string(),
+            });
+        }
+        hooked.push(encoding);
+    }
+    Ok(hooked)
+}
+
 /// A model ready to run as the target computes it.
 #[derive(Debug, Clone)]
 pub struct QuantSim {
@@ -258,24 +286,8 @@ impl QuantSim {
         graph: &Graph,
         encodings: &ModelEncodings,
     ) -> Result<QuantSim, QuantSimError> {
-        let mut activation_encodings = Vec::with_capacity(runner.activation_names().len());
-        for name in runner.activation_names() {
-            let own = encodings.activations.get(name.as_str());
-            let shared = || match graph.tensor(name).map(|t| &t.rule) {
-                Some(EncodingRule::SharesInput(_)) => graph
-                    .encoding_source(name)
-                    .and_then(|source| lookup(encodings, source.as_str())),
-                _ => None,
-            };
-            let encoding = own.or_else(shared).cloned();
-            if let Some(TensorEncoding::PerChannel { .. }) = &encoding {
-                return Err(QuantSimError::Encoding {
-                    tensor: name.clone(),
-                    message: "activations take one encoding, not one per channel".to_string(),
-                });
-            }
-            activation_encodings.push(encoding);
-        }
+        let activation_encodings =
+            hooked_encodings(runner.activation_names(), graph, encodings)?;
         let mut warnings: Vec<QuantSimWarning> = runner
             .constant_activations()
             .filter(|name| encodings.activations.contains_key(*name))
@@ -324,18 +336,20 @@ impl QuantSim {
         &self.warnings
     }
 
-    /// Runs one sample as the target computes it and calls `observe(index, data, shape)` with
-    /// each activation as its consumers read it (fake-quantized when encoded). Returns the model's
-    /// outputs, fake-quantized when they are encoded.
-    pub fn run<F>(
+    /// As [`QuantSim::run`], also calling `before(index, data)` with each activation as its
+    /// producer computed it, before it is fake-quantized.
+    pub fn run_observed<B, F>(
         &self,
         inputs: &[ArrayD<f32>],
+        mut before: B,
         mut observe: F,
     ) -> Result<Vec<ArrayD<f32>>, RunError>
     where
+        B: FnMut(usize, &[f32]),
         F: FnMut(usize, &[f32], &[usize]),
     {
         self.runner.run_with_hook(inputs, |index, data, shape| {
+            before(index, data);
             if let Some(encoding) = self.activation_encoding(index) {
                 // Per-tensor and float encodings cannot fail; per-channel ones were refused
                 // when the simulation was built.
@@ -343,6 +357,20 @@ impl QuantSim {
             }
             observe(index, data, shape);
         })
+    }
+
+    /// Runs one sample as the target computes it and calls `observe(index, data, shape)` with
+    /// each activation as its consumers read it (fake-quantized when encoded). Returns the model's
+    /// outputs, fake-quantized when they are encoded.
+    pub fn run<F>(
+        &self,
+        inputs: &[ArrayD<f32>],
+        observe: F,
+    ) -> Result<Vec<ArrayD<f32>>, RunError>
+    where
+        F: FnMut(usize, &[f32], &[usize]),
+    {
+        self.run_observed(inputs, |_, _| {}, observe)
     }
 }
 

@@ -386,6 +386,81 @@ impl FloatRunner {
         })
     }
 
+    /// How this runner's values depend on [`FloatRunner::run_with_hook`]'s rewrites, read off
+    /// the optimized plan: what an incremental simulation needs to know which activations an
+    /// encoding edit reaches, and which activations it can re-quantize without running.
+    ///
+    /// It follows the plan tract executes rather than the ONNX graph, so a value the optimizer
+    /// shares between tensors, or a hook placed before a reshape, is accounted as it runs.
+    pub fn structure(&self) -> RunStructure {
+        let model = self.plan.model();
+        let count = self.activations.len();
+        let words = count.div_ceil(64);
+        // Per node: the hooks its outputs (as consumers read them) depend on. All output slots
+        // of a node share one set: coarser than needed for multi-output nodes, never wrong.
+        let mut after: Vec<Option<Vec<u64>>> = vec![None; model.nodes().len()];
+        let mut upstream: Vec<Vec<u32>> = vec![Vec::new(); count];
+        let mut siblings: Vec<Vec<u32>> = (0..count).map(|a| vec![a as u32]).collect();
+        let order = model
+            .eval_order()
+            .unwrap_or_else(|_| (0..model.nodes().len()).collect());
+        for node_id in order {
+            let node = model.node(node_id);
+            let mut set = vec![0u64; words];
+            for input in &node.inputs {
+                if let Some(Some(input_set)) = after.get(input.node) {
+                    for (w, i) in set.iter_mut().zip(input_set) {
+                        *w |= i;
+                    }
+                }
+            }
+            let hooked = &self.hook_points[node_id];
+            let at_node: Vec<u32> = hooked.iter().map(|&(_, a)| a as u32).collect();
+            for &(_, a) in hooked {
+                upstream[a] = bits(&set);
+                siblings[a] = at_node.clone();
+            }
+            for &a in &at_node {
+                set[a as usize / 64] |= 1 << (a % 64);
+            }
+            after[node_id] = Some(set);
+        }
+        let mut terminal = vec![false; count];
+        let mut hooked_at: HashMap<OutletId, usize> = HashMap::new();
+        for (node_id, points) in self.hook_points.iter().enumerate() {
+            for &(slot, a) in points {
+                let outlet = OutletId::new(node_id, slot);
+                hooked_at.insert(outlet, a);
+                terminal[a] = model.outlet_successors(outlet).is_empty();
+            }
+        }
+        let outputs = model
+            .output_outlets()
+            .map(|outlets| {
+                outlets
+                    .iter()
+                    .take(self.output_names.len())
+                    .map(|o| hooked_at.get(o).filter(|&&a| terminal[a]).map(|&a| a as u32))
+                    .collect()
+            })
+            .unwrap_or_else(|_| vec![None; self.output_names.len()]);
+        let mut constant = vec![false; count];
+        for (a, _) in &self.constants {
+            constant[*a] = true;
+            upstream[*a].clear();
+        }
+        RunStructure {
+            names: self.activations.clone(),
+            shapes: self.shapes.clone(),
+            upstream,
+            siblings,
+            terminal,
+            constant,
+            outputs,
+            output_names: self.output_names.clone(),
+        }
+    }
+
     /// Activations that tract's optimizer fused away: their consumers read a value computed
     /// without them (cls.onnx: the Conv output before a BatchNormalization, now folded into the
     /// Conv). [`FloatRunner::run_with_hook`] still passes them to the hook, but a rewrite does
@@ -468,6 +543,46 @@ impl FloatRunner {
             .collect::<TractResult<Vec<_>>>()
             .map_err(eval_error)
     }
+}
+
+/// The indices of the bits set in `set`, ascending.
+fn bits(set: &[u64]) -> Vec<u32> {
+    let mut out = Vec::new();
+    for (w, &word) in set.iter().enumerate() {
+        let mut word = word;
+        while word != 0 {
+            out.push((w * 64) as u32 + word.trailing_zeros());
+            word &= word - 1;
+        }
+    }
+    out
+}
+
+/// How a [`FloatRunner`]'s activations depend on the hook's rewrites ([`FloatRunner::structure`]).
+/// It is a function of the model, its input dims and tract, so it can be kept with them and
+/// used without loading the model again.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunStructure {
+    /// [`FloatRunner::activation_names`].
+    pub names: Vec<String>,
+    /// Each activation's ONNX shape.
+    pub shapes: Vec<Vec<usize>>,
+    /// Per activation: the activations whose rewrite reaches its value as the hook receives
+    /// it (ascending).
+    pub upstream: Vec<Vec<u32>>,
+    /// Per activation: the activations rewritten at the same plan node, itself included; its
+    /// value as consumers read it also depends on theirs.
+    pub siblings: Vec<Vec<u32>>,
+    /// Per activation: no plan node reads its rewritten value (a model output or a dead end),
+    /// so a new encoding of it changes nothing else.
+    pub terminal: Vec<bool>,
+    /// Per activation: tract folded it into a constant; the hook never sees it.
+    pub constant: Vec<bool>,
+    /// Per model output: the terminal activation whose rewritten value the run returns there,
+    /// `None` when the output is not one activation's value as hooked.
+    pub outputs: Vec<Option<u32>>,
+    /// [`FloatRunner::output_names`].
+    pub output_names: Vec<String>,
 }
 
 /// Where a hook must rewrite `outlet`'s value so that every consumer sees it: walk up through
