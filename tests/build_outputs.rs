@@ -98,6 +98,21 @@ impl Example {
         assert!(text.contains("\"max\": 1.0"));
         fs::write(&path, text.replace("\"max\": 1.0", "\"max\": 0.5")).unwrap();
     }
+
+    /// Adds an override of `relu_14.tmp_0`, a ReLU in the middle of the network: everything
+    /// downstream of it changes.
+    fn edit_inner_override(&self) {
+        let path = self.root.join("overrides/head.json");
+        let text = fs::read_to_string(&path).unwrap();
+        let entry = r#""relu_14.tmp_0": [{"bitwidth": 8, "dtype": "int", "is_symmetric": "False", "max": 2.0, "min": 0.0}],"#;
+        let edited = text.replacen(
+            "\"activation_encodings\": {",
+            &format!("\"activation_encodings\": {{{entry}"),
+            1,
+        );
+        assert_ne!(edited, text);
+        fs::write(&path, edited).unwrap();
+    }
 }
 
 fn unit<'a>(summary: &'a Value, target: &str) -> &'a Value {
@@ -251,6 +266,7 @@ fn evaluation_is_reused_rerun_on_edit_and_equal_to_a_clean_build() {
     // No change, fresh process: nothing evaluated or written.
     let noop = example.build_json();
     assert_eq!(noop["evaluations_run"], 0, "{noop}");
+    assert_eq!(noop["eval_samples_run"], 0, "{noop}");
     assert_eq!(noop["artifacts_written"], 0, "{noop}");
     assert_eq!(example.outputs(), first);
 
@@ -269,10 +285,14 @@ fn evaluation_is_reused_rerun_on_edit_and_equal_to_a_clean_build() {
     assert_eq!(stderr.matches("Worst 10 of").count(), 2, "{stderr}");
     assert!(stderr.contains("top-1 (save_infer_model/scale_0.tmp_1, 2 classes): float"));
 
-    // The override changes both quantized targets' encodings: both evaluations re-run.
+    // The override changes both quantized targets' encodings: both evaluations re-run. The
+    // tensor is the model's output, which nothing reads: its traced value is re-quantized and
+    // no eval sample runs.
     example.edit_override();
     let edited = example.build_json();
     assert_eq!(edited["evaluations_run"], 2, "{edited}");
+    assert_eq!(edited["eval_samples_run"], 0, "{edited}");
+    assert_eq!(edited["eval_samples_reused"], 16, "{edited}");
     let after = example.outputs();
     for target in QUANTIZED {
         for file in [
@@ -302,6 +322,31 @@ fn evaluation_is_reused_rerun_on_edit_and_equal_to_a_clean_build() {
             "{name} differs from a clean build"
         );
     }
+
+    // An edit in the middle of the network reaches the output: every eval sample runs again
+    // (8 per target), measuring only the tensors downstream of the edit, and the result is
+    // again a clean build's.
+    example.edit_inner_override();
+    let inner = example.build_json();
+    assert_eq!(inner["evaluations_run"], 2, "{inner}");
+    assert_eq!(inner["eval_samples_run"], 16, "{inner}");
+    let after_inner = example.outputs();
+    let clean = Example::new();
+    clean.edit_override();
+    clean.edit_inner_override();
+    let clean_json = clean.build_json();
+    assert_eq!(clean_json["eval_samples_run"], 16, "{clean_json}");
+    let clean_outputs = clean.outputs();
+    for (name, bytes) in &after_inner {
+        assert!(
+            *bytes == clean_outputs[name],
+            "{name} differs from a clean build after the inner edit"
+        );
+    }
+    assert_ne!(
+        after_inner["htp/cls/report.json"], after["htp/cls/report.json"],
+        "the inner edit changed no measurement"
+    );
 }
 
 /// Replaces `eval/labels.txt` (or another file of the example) and builds; returns stderr of a
