@@ -35,7 +35,8 @@ use super::queries::{
 use super::stored::stable_digest;
 use crate::calib::{CalibError, InputList};
 use crate::eval::{
-    EvalError, Evaluator, FloatTrace, Labels, Runners, SimTrace, TraceStore, declared_classes,
+    EvalError, Evaluator, FloatTotals, FloatTrace, Labels, Runners, SimTrace, TraceStore,
+    declared_classes,
 };
 use crate::export::qdq;
 use crate::manifest::ResolvedEval;
@@ -56,26 +57,38 @@ const EVALUATIONS: Kind = Kind::new("evaluations", EVALUATION_VERSION);
 /// Store kind of per-sample float traces ([`crate::eval::FloatTrace`]).
 const FLOAT_TRACES: Kind = Kind::new("eval-float-traces", 1);
 
-/// Store kind of per-sample simulation traces ([`crate::eval::SimTrace`]).
-const SIM_TRACES: Kind = Kind::new("eval-sim-traces", 1);
+/// Store kind of a unit's simulation traces, one entry per unit holding every eval sample's
+/// [`crate::eval::SimTrace`] by the sample's float trace key.
+const SIM_TRACES: Kind = Kind::new("eval-sim-traces", 2);
+
+/// Store kind of the float side of a whole eval list ([`FloatTotals`]).
+const FLOAT_TOTALS: Kind = Kind::new("eval-float-totals", 1);
 
 /// Store kind of run structures ([`RunStructure`]).
 const RUN_STRUCTURES: Kind = Kind::new("run-structures", 1);
 
-/// The traces of one unit's eval samples in the store, under keys made of the model, the
-/// sample's files, and for simulations the parameter encodings and the unit.
+/// The traces of one unit's eval samples in the store: a float trace per sample (shared by
+/// every unit evaluating the same model on the same sample), the float totals of the list,
+/// and one entry with the unit's simulation traces.
 struct StoredTraces<'a> {
     store: Option<&'a Store>,
-    /// Per sample: (float trace key, simulation trace key).
-    samples: Vec<(Digest, Digest)>,
+    /// Per sample in list order: its float trace key, which also names its simulation trace.
+    samples: Vec<Digest>,
+    /// The float totals' key (made of the samples' keys in order).
+    totals: Digest,
+    /// The key of the unit's simulation traces.
+    sims: Digest,
+    /// The unit's simulation traces as last stored, read on first use.
+    kept_sims: std::sync::OnceLock<BTreeMap<Digest, SimTrace>>,
+    /// Simulation traces this evaluation computed, by sample index.
+    new_sims: std::sync::Mutex<BTreeMap<usize, SimTrace>>,
     /// Store failures, reported with the build's other store errors.
     errors: std::sync::Mutex<Vec<String>>,
 }
 
 impl StoredTraces<'_> {
-    fn read(&self, kind: Kind, key: Option<&Digest>) -> Option<Vec<u8>> {
-        let (store, key) = (self.store?, key?);
-        match store.get(kind, key) {
+    fn read(&self, kind: Kind, key: &Digest) -> Option<Vec<u8>> {
+        match self.store?.get(kind, key) {
             Ok(GetOutcome::Hit(bytes)) => Some(bytes),
             // A damaged trace is only a miss: the sample runs and its trace is rewritten.
             Ok(_) => None,
@@ -86,8 +99,8 @@ impl StoredTraces<'_> {
         }
     }
 
-    fn write(&self, kind: Kind, key: Option<&Digest>, bytes: &[u8]) {
-        if let (Some(store), Some(key)) = (self.store, key)
+    fn write(&self, kind: Kind, key: &Digest, bytes: &[u8]) {
+        if let Some(store) = self.store
             && let Err(e) = store.put(kind, key, bytes)
         {
             self.error(format!("{e:#}"));
@@ -95,39 +108,102 @@ impl StoredTraces<'_> {
     }
 
     fn error(&self, message: String) {
-        self.errors
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(message);
+        lock(&self.errors).push(message);
     }
+
+    fn kept_sims(&self) -> &BTreeMap<Digest, SimTrace> {
+        self.kept_sims.get_or_init(|| {
+            self.read(SIM_TRACES, &self.sims)
+                .and_then(|bytes| decode_sim_traces(&bytes))
+                .unwrap_or_default()
+        })
+    }
+
+    /// Stores the unit's simulation traces when this evaluation computed any: the new ones,
+    /// and the kept ones of the list's other samples.
+    fn save_sims(&self) {
+        let new = std::mem::take(&mut *lock(&self.new_sims));
+        if new.is_empty() {
+            return;
+        }
+        let kept = self.kept_sims();
+        let mut out = Vec::new();
+        let mut count = 0u64;
+        let mut body = Vec::new();
+        for (index, key) in self.samples.iter().enumerate() {
+            let Some(trace) = new.get(&index).or_else(|| kept.get(key)) else {
+                continue;
+            };
+            let bytes = trace.encode();
+            body.extend_from_slice(key.as_bytes());
+            body.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            body.extend_from_slice(&bytes);
+            count += 1;
+        }
+        out.extend_from_slice(&count.to_le_bytes());
+        out.extend_from_slice(&body);
+        self.write(SIM_TRACES, &self.sims, &out);
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Reads [`StoredTraces::save_sims`]' bytes: a count, then per sample its float trace key, the
+/// length of its simulation trace and the trace. `None` when they are not exactly that.
+fn decode_sim_traces(bytes: &[u8]) -> Option<BTreeMap<Digest, SimTrace>> {
+    let (count, mut rest) = bytes.split_first_chunk::<8>()?;
+    let mut traces = BTreeMap::new();
+    for _ in 0..u64::from_le_bytes(*count) {
+        let (key, tail) = rest.split_first_chunk::<32>()?;
+        let (len, tail) = tail.split_first_chunk::<8>()?;
+        let len = usize::try_from(u64::from_le_bytes(*len)).ok()?;
+        if len > tail.len() {
+            return None;
+        }
+        let (trace, tail) = tail.split_at(len);
+        traces.insert(Digest::from_bytes(*key), SimTrace::decode(trace)?);
+        rest = tail;
+    }
+    rest.is_empty().then_some(traces)
 }
 
 impl TraceStore for StoredTraces<'_> {
     fn float(&self, index: usize) -> Option<FloatTrace> {
-        let key = self.samples.get(index).map(|k| &k.0);
-        FloatTrace::decode(&self.read(FLOAT_TRACES, key)?)
+        FloatTrace::decode(&self.read(FLOAT_TRACES, self.samples.get(index)?)?)
     }
 
     fn has_float(&self, index: usize) -> bool {
         match (self.store, self.samples.get(index)) {
-            (Some(store), Some((key, _))) => store.contains(FLOAT_TRACES, key),
+            (Some(store), Some(key)) => store.contains(FLOAT_TRACES, key),
             _ => false,
         }
     }
 
     fn sim(&self, index: usize) -> Option<SimTrace> {
-        let key = self.samples.get(index).map(|k| &k.1);
-        SimTrace::decode(&self.read(SIM_TRACES, key)?)
+        self.kept_sims().get(self.samples.get(index)?).cloned()
     }
 
     fn keep(&self, index: usize, float: Option<&FloatTrace>, sim: Option<&SimTrace>) {
-        let keys = self.samples.get(index);
-        if let Some(float) = float {
-            self.write(FLOAT_TRACES, keys.map(|k| &k.0), &float.encode());
+        if let Some(float) = float
+            && let Some(key) = self.samples.get(index)
+        {
+            self.write(FLOAT_TRACES, key, &float.encode());
         }
         if let Some(sim) = sim {
-            self.write(SIM_TRACES, keys.map(|k| &k.1), &sim.encode());
+            lock(&self.new_sims).insert(index, sim.clone());
         }
+    }
+
+    fn float_totals(&self) -> Option<FloatTotals> {
+        FloatTotals::decode(&self.read(FLOAT_TOTALS, &self.totals)?)
+    }
+
+    fn keep_totals(&self, totals: &FloatTotals) {
+        self.write(FLOAT_TOTALS, &self.totals, &totals.encode());
     }
 }
 
@@ -668,35 +744,45 @@ pub fn unit_evaluation<'db>(
         hooked,
         &loaded.graph,
     );
+    let float_keys: Vec<Digest> = list
+        .samples
+        .iter()
+        .map(|sample| {
+            let mut key = KeyBuilder::new(FLOAT_TRACES)
+                .str("runtime", RUNTIME)
+                .digest("model", &model_digest)
+                .digest("input_dims", &stable_digest(model.input_dims(db)));
+            for file in &sample.files {
+                let digest = source_file(db, &file.path)
+                    .digest(db)
+                    .unwrap_or_else(|| Digest::of(b""));
+                key = key
+                    .str("input", file.input.as_deref().unwrap_or(""))
+                    .digest("file", &digest);
+            }
+            key.finish()
+        })
+        .collect();
+    let totals_key = KeyBuilder::new(FLOAT_TOTALS)
+        .u64("samples", float_keys.len() as u64)
+        .digests("sample", float_keys.iter())
+        .finish();
+    let sims_key = KeyBuilder::new(SIM_TRACES)
+        .str("runtime", RUNTIME)
+        .digest("model", &model_digest)
+        .digest("input_dims", &stable_digest(model.input_dims(db)))
+        .digest("parameters", &sim_model.parameters(db).digest)
+        .str("pipeline", &plan.pipeline)
+        .str("target", &plan.target.name)
+        .str("model_name", &plan.model.name)
+        .finish();
     let traces = StoredTraces {
         store: store_and_log.store(db).as_ref(),
-        samples: list
-            .samples
-            .iter()
-            .map(|sample| {
-                let mut key = KeyBuilder::new(FLOAT_TRACES)
-                    .str("runtime", RUNTIME)
-                    .digest("model", &model_digest)
-                    .digest("input_dims", &stable_digest(model.input_dims(db)));
-                for file in &sample.files {
-                    let digest = source_file(db, &file.path)
-                        .digest(db)
-                        .unwrap_or_else(|| Digest::of(b""));
-                    key = key
-                        .str("input", file.input.as_deref().unwrap_or(""))
-                        .digest("file", &digest);
-                }
-                let float = key.finish();
-                let sim = KeyBuilder::new(SIM_TRACES)
-                    .digest("float", &float)
-                    .digest("parameters", &sim_model.parameters(db).digest)
-                    .str("pipeline", &plan.pipeline)
-                    .str("target", &plan.target.name)
-                    .str("model", &plan.model.name)
-                    .finish();
-                (float, sim)
-            })
-            .collect(),
+        samples: float_keys,
+        totals: totals_key,
+        sims: sims_key,
+        kept_sims: std::sync::OnceLock::new(),
+        new_sims: std::sync::Mutex::new(BTreeMap::new()),
         errors: std::sync::Mutex::new(Vec::new()),
     };
     let labels = labels.as_ref().map(|(l, _)| l);
@@ -749,6 +835,7 @@ pub fn unit_evaluation<'db>(
             Err(error) => return Err(eval_error(error)),
         }
     };
+    traces.save_sims();
     let mut record = WorkRecord::default();
     record
         .store_errors

@@ -21,7 +21,7 @@ mod labels;
 pub mod trace;
 
 pub use labels::{Label, Labels, LabelsError, in_range};
-pub use trace::{FloatTrace, SimTrace};
+pub use trace::{FloatTotals, FloatTrace, SimTrace};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,8 +37,8 @@ use crate::onnx::{OnnxError, OnnxModel};
 use crate::overrides::{self, OverridesError};
 use crate::quantsim::{self, QuantSim, QuantSimError};
 use crate::run::{FloatRunner, RunError, RunStructure};
-use crate::stats::{Histogram, MinMax};
-use trace::{OutputValue, SimTensor, TensorKeys};
+use crate::stats::{Histogram, MinMax, TensorStatistics};
+use trace::{FloatTensor, OutputValue, SimTensor, TensorKeys};
 
 /// Why an evaluation failed.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -232,26 +232,59 @@ pub const HISTOGRAM_SAMPLE: usize = 4096;
 /// are added in a fixed order, so results do not depend on threads or machines.
 const LANES: usize = 8;
 
-/// Σf² and the count of values outside `[min, max]`, in one pass.
-fn power_and_clipped(data: &[f32], clip: Option<(f64, f64)>) -> (f64, u64) {
-    let (min, max) = clip.unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
+/// Σf², in [`LANES`] partial sums.
+fn power(data: &[f32]) -> f64 {
     let mut power = [0.0f64; LANES];
-    let mut clipped = [0u64; LANES];
     let chunks = data.chunks_exact(LANES);
     let tail = chunks.remainder();
     for chunk in chunks {
         for lane in 0..LANES {
             let x = f64::from(chunk[lane]);
             power[lane] += x * x;
-            clipped[lane] += u64::from(x < min || x > max);
         }
     }
     for (lane, &x) in tail.iter().enumerate() {
         let x = f64::from(x);
         power[lane] += x * x;
-        clipped[lane] += u64::from(x < min || x > max);
     }
-    (power.iter().sum(), clipped.iter().sum())
+    power.iter().sum()
+}
+
+/// The count of values outside `[min, max]` (0 without a range; NaN is never outside).
+///
+/// The bounds become the `f32`s that compare the same way (the least `f32` ≥ `min`, the
+/// greatest ≤ `max`), so the loop compares `f32`s, which the compiler vectorizes, and counts
+/// exactly what comparing in `f64` would.
+fn clipped(data: &[f32], clip: Option<(f64, f64)>) -> u64 {
+    let Some((min, max)) = clip else {
+        return 0;
+    };
+    let lo = {
+        let f = min as f32;
+        if f64::from(f) < min { f.next_up() } else { f }
+    };
+    let hi = {
+        let f = max as f32;
+        if f64::from(f) > max { f.next_down() } else { f }
+    };
+    let mut counts = [0u32; LANES];
+    let mut total = 0u64;
+    // u32 lanes, flushed well before they could overflow.
+    for block in data.chunks(LANES * (1 << 20)) {
+        let chunks = block.chunks_exact(LANES);
+        let tail = chunks.remainder();
+        for chunk in chunks {
+            for lane in 0..LANES {
+                counts[lane] += u32::from(chunk[lane] < lo) + u32::from(chunk[lane] > hi);
+            }
+        }
+        for &x in tail {
+            counts[0] += u32::from(x < lo) + u32::from(x > hi);
+        }
+        total += counts.iter().map(|&c| u64::from(c)).sum::<u64>();
+        counts = [0; LANES];
+    }
+    total
 }
 
 /// Every `ceil(len / HISTOGRAM_SAMPLE)`-th value, starting at the first.
@@ -274,9 +307,6 @@ fn argmax(values: &[f32]) -> Option<usize> {
     best.map(|(i, _)| i)
 }
 
-fn power(f: &[f32]) -> f64 {
-    power_and_clipped(f, None).0
-}
 
 /// Σ(f − q)², over the common length, in [`LANES`] partial sums.
 fn noise_power(f: &[f32], q: &[f32]) -> f64 {
@@ -311,6 +341,10 @@ pub trait TraceStore: Sync {
     fn sim(&self, index: usize) -> Option<SimTrace>;
     /// Keeps the traces of sample `index` that this evaluation computed (`None`: reused).
     fn keep(&self, index: usize, float: Option<&FloatTrace>, sim: Option<&SimTrace>);
+    /// The float totals of the whole list, if kept.
+    fn float_totals(&self) -> Option<FloatTotals>;
+    /// Keeps the float totals of the whole list.
+    fn keep_totals(&self, totals: &FloatTotals);
 }
 
 /// No traces kept: every sample runs ([`run_job`]).
@@ -327,7 +361,15 @@ impl TraceStore for NoTraces {
         None
     }
     fn keep(&self, _: usize, _: Option<&FloatTrace>, _: Option<&SimTrace>) {}
+    fn float_totals(&self) -> Option<FloatTotals> {
+        None
+    }
+    fn keep_totals(&self, _: &FloatTotals) {}
 }
+
+/// The most bytes of terminal values and outputs an evaluation collects to keep as
+/// [`FloatTotals`]; an eval set with more keeps only its per-sample traces.
+const TOTALS_BUDGET: usize = 64 << 20;
 
 /// The float model and its simulation, ready to run when a sample needs it.
 #[derive(Clone, Copy)]
@@ -456,6 +498,15 @@ impl Evaluator {
             && trace.outputs.len() == self.float.output_names.len()
     }
 
+    fn totals_fit(&self, totals: &FloatTotals, samples: usize) -> bool {
+        totals.tensors.len() == self.float.names.len()
+            && totals.samples.len() == samples
+            && totals.samples.iter().all(|s| {
+                s.terminal.len() == self.float.names.len()
+                    && s.outputs.len() == self.float.output_names.len()
+            })
+    }
+
     fn sim_fits(&self, trace: &SimTrace) -> bool {
         trace.tensors.len() == self.sim.names.len()
             && trace.before.len() == self.sim.names.len()
@@ -556,6 +607,16 @@ impl Evaluator {
             float_correct: 0,
             quantized_correct: 0,
         });
+        // With no sample to run, the float side of every sample is in one entry.
+        let totals = match plan.needs_run() {
+            true => None,
+            false => traces
+                .float_totals()
+                .filter(|t| self.totals_fit(t, total)),
+        };
+        // Otherwise the samples' terminal values and outputs are collected to keep it.
+        let mut collected: Option<(Vec<FloatTrace>, usize)> =
+            totals.is_none().then(|| (Vec::with_capacity(total), 0));
         let done = AtomicUsize::new(0);
         let batch = (2 * rayon::current_num_threads()).max(4);
         let mut serve = plan.serve.into_iter().enumerate().collect::<Vec<_>>();
@@ -565,8 +626,8 @@ impl Evaluator {
             let results: Vec<(usize, FloatTrace, SimTrace)> = chunk
                 .into_par_iter()
                 .map(|(index, serve)| {
-                    let (float, sim) =
-                        self.sample(list, index, serve, runners, traces)?;
+                    let kept = totals.as_ref().map(|t| &t.samples[index]);
+                    let (float, sim) = self.sample(list, index, serve, kept, runners, traces)?;
                     progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
                     Ok((index, float, sim))
                 })
@@ -589,17 +650,67 @@ impl Evaluator {
                     acc.float_correct += usize::from(argmax(&float.outputs[0].data) == Some(class));
                     acc.quantized_correct += usize::from(argmax(&sim.outputs[0].data) == Some(class));
                 }
-                for (i, (t, sample)) in tensors.iter_mut().zip(&float.tensors).enumerate() {
-                    t.signal += sample.signal;
-                    t.elements += sample.elements;
-                    t.range.merge(&sample.statistics.min_max);
-                    if let Some(h) = &sample.statistics.histogram {
-                        t.histogram.merge(h);
+                for (i, t) in tensors.iter_mut().enumerate() {
+                    if let Some(sample) = float.tensors.get(i) {
+                        t.signal += sample.signal;
+                        t.elements += sample.elements;
+                        t.range.merge(&sample.statistics.min_max);
+                        if let Some(h) = &sample.statistics.histogram {
+                            t.histogram.merge(h);
+                        }
                     }
                     if let Some(s) = self.to_sim[i] {
                         t.noise += sim.tensors[s].noise;
                         t.clipped += sim.tensors[s].clipped;
                     }
+                }
+                if let Some((samples, bytes)) = &mut collected {
+                    *bytes += float
+                        .terminal
+                        .iter()
+                        .flatten()
+                        .map(Vec::len)
+                        .chain(float.outputs.iter().map(|o| o.data.len()))
+                        .sum::<usize>()
+                        * 4;
+                    samples.push(FloatTrace {
+                        tensors: Vec::new(),
+                        terminal: float.terminal,
+                        outputs: float.outputs,
+                    });
+                    if *bytes > TOTALS_BUDGET {
+                        collected = None;
+                    }
+                }
+            }
+        }
+        match totals {
+            // The sums as this loop would have made them: taken whole from the entry.
+            Some(totals) => {
+                for (t, sum) in tensors.iter_mut().zip(totals.tensors) {
+                    t.signal = sum.signal;
+                    t.elements = sum.elements;
+                    t.range = sum.statistics.min_max;
+                    t.histogram = sum.statistics.histogram.unwrap_or_default();
+                }
+            }
+            None => {
+                if let Some((samples, _)) = collected {
+                    let totals = FloatTotals {
+                        tensors: tensors
+                            .iter()
+                            .map(|t| FloatTensor {
+                                signal: t.signal,
+                                elements: t.elements,
+                                statistics: TensorStatistics {
+                                    min_max: t.range,
+                                    histogram: Some(t.histogram.clone()),
+                                },
+                            })
+                            .collect(),
+                        samples,
+                    };
+                    traces.keep_totals(&totals);
                 }
             }
         }
@@ -616,14 +727,18 @@ impl Evaluator {
         list: &InputList,
         index: usize,
         serve: Serve,
+        kept: Option<&FloatTrace>,
         runners: Option<Runners<'_>>,
         traces: &dyn TraceStore,
     ) -> Result<(FloatTrace, SimTrace), EvalError> {
-        let kept_float = || {
-            traces
+        // The sample's float trace, or only its terminal values and outputs when the
+        // measurements come summed from the totals.
+        let kept_float = || match kept {
+            Some(kept) => Ok(kept.clone()),
+            None => traces
                 .float(index)
                 .filter(|t| self.float_fits(t))
-                .ok_or(EvalError::TracesChanged)
+                .ok_or(EvalError::TracesChanged),
         };
         match serve {
             Serve::Reuse(sim) => Ok((kept_float()?, sim)),
@@ -800,14 +915,6 @@ fn output_value(a: &ArrayD<f32>) -> OutputValue {
     }
 }
 
-/// Values of `data` outside `[min, max]`.
-fn clipped(data: &[f32], clip: Option<(f64, f64)>) -> u64 {
-    match clip {
-        Some(_) => power_and_clipped(data, clip).1,
-        None => 0,
-    }
-}
-
 fn contiguous(a: &ArrayD<f32>) -> std::borrow::Cow<'_, [f32]> {
     match a.as_slice() {
         Some(s) => std::borrow::Cow::Borrowed(s),
@@ -974,6 +1081,26 @@ mod tests {
 
     proptest::proptest! {
         #[test]
+        fn clipped_counts_what_comparing_in_f64_counts(
+            f in proptest::collection::vec(proptest::num::f32::ANY, 0..70),
+            near in -10.0f32..10.0,
+            nudge in -1e-6f64..1e-6,
+            width in 0.0f64..20.0,
+        ) {
+            // Bounds a hair off an f32, and values on both sides of them.
+            let min = f64::from(near) + nudge;
+            let max = min + width;
+            let mut values = f;
+            values.extend([near, near.next_up(), near.next_down(), max as f32, f32::NAN]);
+            let plain = values
+                .iter()
+                .filter(|&&x| f64::from(x) < min || f64::from(x) > max)
+                .count() as u64;
+            proptest::prop_assert_eq!(clipped(&values, Some((min, max))), plain);
+            proptest::prop_assert_eq!(clipped(&values, None), 0);
+        }
+
+        #[test]
         fn lane_sums_match_the_plain_sums(
             f in proptest::collection::vec(-1e3f32..1e3, 0..70),
             shift in -1.0f32..1.0,
@@ -986,7 +1113,7 @@ mod tests {
                 .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
                 .sum();
             let plain_clipped = f.iter().filter(|&&x| !(-10.0..=10.0).contains(&x)).count() as u64;
-            let (power, clipped) = power_and_clipped(&f, Some((-10.0, 10.0)));
+            let (power, clipped) = (power(&f), clipped(&f, Some((-10.0, 10.0))));
             proptest::prop_assert!((power - plain_power).abs() <= 1e-12 * plain_power.max(1.0));
             proptest::prop_assert_eq!(clipped, plain_clipped);
             let noise = noise_power(&f, &q);

@@ -54,6 +54,18 @@ pub struct FloatTrace {
     pub outputs: Vec<OutputValue>,
 }
 
+/// The float side of an evaluation over a whole input list: every sample's measurements summed
+/// in list order (exactly as the evaluation sums them), and each sample's terminal values and
+/// outputs. An evaluation that runs no sample reads this one entry instead of a trace per
+/// sample.
+#[derive(Debug, Clone)]
+pub struct FloatTotals {
+    /// Per float activation, the sum over the samples in list order.
+    pub tensors: Vec<FloatTensor>,
+    /// Per sample in list order: its trace without measurements (`tensors` empty).
+    pub samples: Vec<FloatTrace>,
+}
+
 /// What the simulation measured about one activation of one sample, against the float run.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SimTensor {
@@ -315,6 +327,56 @@ impl FloatTrace {
     }
 }
 
+impl FloatTotals {
+    /// The byte form: version, the samples' terminal values and outputs, then the summed
+    /// tensors as a [`FloatTrace`] without terminal values.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![TRACE_VERSION, b'T'];
+        put_u64(&mut out, self.samples.len() as u64);
+        for sample in &self.samples {
+            put_u64(&mut out, sample.terminal.len() as u64);
+            for values in &sample.terminal {
+                put_optional(&mut out, values);
+            }
+            put_outputs(&mut out, &sample.outputs);
+        }
+        let sums = FloatTrace {
+            tensors: self.tensors.clone(),
+            terminal: vec![None; self.tensors.len()],
+            outputs: Vec::new(),
+        };
+        out.extend_from_slice(&sums.encode());
+        out
+    }
+
+    /// Reads [`FloatTotals::encode`]'s bytes back; `None` when they are not exactly that.
+    pub fn decode(bytes: &[u8]) -> Option<FloatTotals> {
+        let mut r = Reader(bytes);
+        if r.u8()? != TRACE_VERSION || r.u8()? != b'T' {
+            return None;
+        }
+        let count = r.count(16)?;
+        let mut samples = Vec::with_capacity(count);
+        for _ in 0..count {
+            let n = r.count(1)?;
+            let terminal = (0..n)
+                .map(|_| r.optional())
+                .collect::<Option<Vec<_>>>()?;
+            let outputs = r.outputs()?;
+            samples.push(FloatTrace {
+                tensors: Vec::new(),
+                terminal,
+                outputs,
+            });
+        }
+        let sums = FloatTrace::decode(r.0)?;
+        Some(FloatTotals {
+            tensors: sums.tensors,
+            samples,
+        })
+    }
+}
+
 impl SimTrace {
     /// The byte form: version, per tensor its keys, noise and clipped count, the values
     /// before the hook of terminal tensors, outputs.
@@ -455,6 +517,20 @@ mod tests {
         assert_eq!(back.tensors[0].signal, 2.5);
         assert_eq!(back.outputs, float.outputs);
         assert!(FloatTrace::decode(&bytes[..bytes.len() - 1]).is_none());
+
+        let totals = FloatTotals {
+            tensors: float.tensors.clone(),
+            samples: vec![FloatTrace {
+                tensors: Vec::new(),
+                terminal: float.terminal.clone(),
+                outputs: float.outputs.clone(),
+            }],
+        };
+        let bytes = totals.encode();
+        let back = FloatTotals::decode(&bytes).unwrap();
+        assert_eq!(back.encode(), bytes);
+        assert_eq!(back.samples[0].outputs, float.outputs);
+        assert!(FloatTotals::decode(&bytes[..bytes.len() - 2]).is_none());
 
         let sim = SimTrace {
             tensors: vec![SimTensor {

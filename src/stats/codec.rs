@@ -2,15 +2,16 @@
 //!
 //! Little-endian integers only (the bounds are already `f32` bits), so encoding is exact and
 //! decoding gives back a value equal to the original. Histograms store only the run of bins
-//! between the first and last non-empty one: a calibrated tensor usually fills a fraction of its
-//! 2048 bins, and a model's statistics are written once per sample.
+//! between the first and last non-empty one, each count as a LEB128 varint: a calibrated tensor
+//! usually fills a fraction of its 2048 bins, most counts fit in one or two bytes, and a model's
+//! statistics are written once per sample (an evaluation's once per eval sample).
 
 use super::histogram::Histogram;
 use super::min_max::MinMax;
 use super::{BINS, TensorStatistics};
 
 /// Bumped whenever the layout below changes.
-pub const CODEC_VERSION: u8 = 2;
+pub const CODEC_VERSION: u8 = 3;
 
 fn put_u32(out: &mut Vec<u8>, v: u32) {
     out.extend_from_slice(&v.to_le_bytes());
@@ -18,6 +19,15 @@ fn put_u32(out: &mut Vec<u8>, v: u32) {
 
 fn put_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_le_bytes());
+}
+
+/// LEB128: seven bits per byte, low bits first, the high bit set on every byte but the last.
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
 }
 
 /// Reads fixed-size little-endian fields off the front of a slice.
@@ -37,6 +47,22 @@ impl Reader<'_> {
     }
     fn u64(&mut self) -> Option<u64> {
         self.take().map(u64::from_le_bytes)
+    }
+    /// A [`put_varint`] value; `None` when truncated or longer than a `u64`.
+    fn varint(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.u8()?;
+            let bits = u64::from(byte & 0x7f);
+            if shift == 63 && bits > 1 {
+                return None;
+            }
+            v |= bits << shift;
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
     }
 }
 
@@ -78,7 +104,7 @@ impl Histogram {
         put_u32(out, first as u32);
         put_u32(out, run.len() as u32);
         for &c in run {
-            put_u64(out, c);
+            put_varint(out, c);
         }
     }
 
@@ -96,7 +122,7 @@ impl Histogram {
         }
         let mut counts = vec![0u64; BINS];
         for slot in &mut counts[first..first + len] {
-            *slot = r.u64()?;
+            *slot = r.varint()?;
         }
         Histogram::from_raw_parts(exponent, start, min, max, total, extremes, &counts)
     }
@@ -166,6 +192,28 @@ mod tests {
         let all = vec![with, without, empty];
         let bytes = encode_all(&all);
         assert_eq!(TensorStatistics::decode_all(&bytes), Some(all));
+    }
+
+    #[test]
+    fn varints_round_trip_at_every_width() {
+        let values = [0, 1, 127, 128, 300, 16_383, 16_384, u64::from(u32::MAX), u64::MAX];
+        let mut bytes = Vec::new();
+        for v in values {
+            put_varint(&mut bytes, v);
+        }
+        // 1 + 1 + 1 + 2 + 2 + 2 + 3 + 5 + 10 bytes.
+        assert_eq!(bytes.len(), 27);
+        let mut r = Reader(&bytes);
+        for v in values {
+            assert_eq!(r.varint(), Some(v));
+        }
+        assert!(r.0.is_empty());
+        // Eleven bytes, or a tenth byte with more than the top bit, overflow a u64.
+        assert_eq!(Reader(&[0xff; 11]).varint(), None);
+        let mut over = vec![0xff; 9];
+        over.push(0x02);
+        assert_eq!(Reader(&over).varint(), None);
+        assert_eq!(Reader(&[0x80]).varint(), None);
     }
 
     #[test]
