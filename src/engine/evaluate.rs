@@ -29,8 +29,8 @@ use serde_json::Value;
 use super::db::Db;
 use super::files::{FileError, FileSnapshot, SourceFile, source_file};
 use super::queries::{
-    self, BuildContext, BuildError, ModelKey, RUNTIME, Section, TensorJob, TensorKey, Unit, UnitPlan, WorkRecord,
-    display_path, model_graph, model_key, unit_plan,
+    self, BuildContext, BuildError, ModelKey, RUNTIME, Section, TensorJob, TensorKey, Unit,
+    UnitPlan, WorkRecord, display_path, model_graph, model_key, unit_plan,
 };
 use super::stored::stable_digest;
 use crate::calib::{CalibError, InputList};
@@ -802,8 +802,8 @@ pub fn unit_evaluation<'db>(
                 .as_ref()
                 .map_err(Clone::clone)?
                 .clone();
-            let sim = QuantSim::with_runner(runner, &loaded.graph, &encodings)
-                .map_err(eval_error)?;
+            let sim =
+                QuantSim::with_runner(runner, &loaded.graph, &encodings).map_err(eval_error)?;
             Some((float, sim))
         } else {
             None

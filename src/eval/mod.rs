@@ -307,7 +307,6 @@ fn argmax(values: &[f32]) -> Option<usize> {
     best.map(|(i, _)| i)
 }
 
-
 /// Σ(f − q)², over the common length, in [`LANES`] partial sums.
 fn noise_power(f: &[f32], q: &[f32]) -> f64 {
     let n = f.len().min(q.len());
@@ -610,9 +609,7 @@ impl Evaluator {
         // With no sample to run, the float side of every sample is in one entry.
         let totals = match plan.needs_run() {
             true => None,
-            false => traces
-                .float_totals()
-                .filter(|t| self.totals_fit(t, total)),
+            false => traces.float_totals().filter(|t| self.totals_fit(t, total)),
         };
         // Otherwise the samples' terminal values and outputs are collected to keep it.
         let mut collected: Option<(Vec<FloatTrace>, usize)> =
@@ -648,7 +645,8 @@ impl Evaluator {
                     let class = label.class as usize;
                     acc.classes = classes;
                     acc.float_correct += usize::from(argmax(&float.outputs[0].data) == Some(class));
-                    acc.quantized_correct += usize::from(argmax(&sim.outputs[0].data) == Some(class));
+                    acc.quantized_correct +=
+                        usize::from(argmax(&sim.outputs[0].data) == Some(class));
                 }
                 for (i, t) in tensors.iter_mut().enumerate() {
                     if let Some(sample) = float.tensors.get(i) {
@@ -754,7 +752,8 @@ impl Evaluator {
                     let mut q = before.clone();
                     if let Some(encoding) = &self.hooked[s] {
                         // Per-tensor and float encodings cannot fail (as in the hook).
-                        let _ = fake_quantize_tensor_in_place(&mut q, &self.sim.shapes[s], encoding);
+                        let _ =
+                            fake_quantize_tensor_in_place(&mut q, &self.sim.shapes[s], encoding);
                     }
                     sim.tensors[s] = SimTensor {
                         key: self.keys[s].after,
@@ -814,7 +813,9 @@ impl Evaluator {
             None => vec![true; sim_count],
         };
         let mut float = measure_float.then(|| FloatTrace {
-            tensors: (0..float_count).map(|_| trace::empty_float_tensor()).collect(),
+            tensors: (0..float_count)
+                .map(|_| trace::empty_float_tensor())
+                .collect(),
             terminal: vec![None; float_count],
             outputs: Vec::new(),
         });

@@ -302,9 +302,7 @@ impl FloatTrace {
         for _ in 0..n {
             sums.push((f64::from_bits(r.u64()?), r.u64()?));
         }
-        let terminal = (0..n)
-            .map(|_| r.optional())
-            .collect::<Option<Vec<_>>>()?;
+        let terminal = (0..n).map(|_| r.optional()).collect::<Option<Vec<_>>>()?;
         let outputs = r.outputs()?;
         let statistics = TensorStatistics::decode_all(r.0)?;
         if statistics.len() != n {
@@ -359,9 +357,7 @@ impl FloatTotals {
         let mut samples = Vec::with_capacity(count);
         for _ in 0..count {
             let n = r.count(1)?;
-            let terminal = (0..n)
-                .map(|_| r.optional())
-                .collect::<Option<Vec<_>>>()?;
+            let terminal = (0..n).map(|_| r.optional()).collect::<Option<Vec<_>>>()?;
             let outputs = r.outputs()?;
             samples.push(FloatTrace {
                 tensors: Vec::new(),
@@ -412,9 +408,7 @@ impl SimTrace {
                 clipped: r.u64()?,
             });
         }
-        let before = (0..n)
-            .map(|_| r.optional())
-            .collect::<Option<Vec<_>>>()?;
+        let before = (0..n).map(|_| r.optional()).collect::<Option<Vec<_>>>()?;
         let outputs = r.outputs()?;
         r.0.is_empty().then_some(SimTrace {
             tensors,
@@ -478,12 +472,24 @@ mod tests {
         // The terminal `c`: only its own value after the hook.
         assert_eq!(
             changed(2),
-            [(false, false), (false, false), (false, true), (false, false), (false, false)]
+            [
+                (false, false),
+                (false, false),
+                (false, true),
+                (false, false),
+                (false, false)
+            ]
         );
         // `e` is produced with `b`: both read values change, and `c` downstream of both.
         assert_eq!(
             changed(4),
-            [(false, false), (false, true), (true, true), (false, false), (false, true)]
+            [
+                (false, false),
+                (false, true),
+                (true, true),
+                (false, false),
+                (false, true)
+            ]
         );
         // The input reaches everything.
         assert!(changed(0).iter().all(|&(_, after)| after));

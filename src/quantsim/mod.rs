@@ -286,8 +286,7 @@ impl QuantSim {
         graph: &Graph,
         encodings: &ModelEncodings,
     ) -> Result<QuantSim, QuantSimError> {
-        let activation_encodings =
-            hooked_encodings(runner.activation_names(), graph, encodings)?;
+        let activation_encodings = hooked_encodings(runner.activation_names(), graph, encodings)?;
         let mut warnings: Vec<QuantSimWarning> = runner
             .constant_activations()
             .filter(|name| encodings.activations.contains_key(*name))
@@ -362,11 +361,7 @@ impl QuantSim {
     /// Runs one sample as the target computes it and calls `observe(index, data, shape)` with
     /// each activation as its consumers read it (fake-quantized when encoded). Returns the model's
     /// outputs, fake-quantized when they are encoded.
-    pub fn run<F>(
-        &self,
-        inputs: &[ArrayD<f32>],
-        observe: F,
-    ) -> Result<Vec<ArrayD<f32>>, RunError>
+    pub fn run<F>(&self, inputs: &[ArrayD<f32>], observe: F) -> Result<Vec<ArrayD<f32>>, RunError>
     where
         F: FnMut(usize, &[f32], &[usize]),
     {

@@ -440,7 +440,12 @@ impl FloatRunner {
                 outlets
                     .iter()
                     .take(self.output_names.len())
-                    .map(|o| hooked_at.get(o).filter(|&&a| terminal[a]).map(|&a| a as u32))
+                    .map(|o| {
+                        hooked_at
+                            .get(o)
+                            .filter(|&&a| terminal[a])
+                            .map(|&a| a as u32)
+                    })
                     .collect()
             })
             .unwrap_or_else(|_| vec![None; self.output_names.len()]);
