@@ -99,6 +99,14 @@ impl Example {
         fs::write(&path, text.replace("\"max\": 1.0", "\"max\": 0.5")).unwrap();
     }
 
+    /// Widens the head override edited by [`Example::edit_override`]: [0, 0.5] → [0, 0.75].
+    fn edit_override_again(&self) {
+        let path = self.root.join("overrides/head.json");
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"max\": 0.5"));
+        fs::write(&path, text.replace("\"max\": 0.5", "\"max\": 0.75")).unwrap();
+    }
+
     /// Adds an override of `relu_14.tmp_0`, a ReLU in the middle of the network: everything
     /// downstream of it changes.
     fn edit_inner_override(&self) {
@@ -347,6 +355,73 @@ fn evaluation_is_reused_rerun_on_edit_and_equal_to_a_clean_build() {
         after_inner["htp/cls/report.json"], after["htp/cls/report.json"],
         "the inner edit changed no measurement"
     );
+}
+
+/// Flips a byte in the middle of every entry of store kind `kind`; returns their file names.
+fn damage_entries(example: &Example, kind: &str) -> Vec<String> {
+    let dir = example.store.join("objects").join(kind);
+    let mut damaged = Vec::new();
+    for entry in walkdir::WalkDir::new(&dir).into_iter().map(Result::unwrap) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type().is_file() && !name.contains(".tmp") {
+            let mut bytes = fs::read(entry.path()).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x5A;
+            fs::write(entry.path(), bytes).unwrap();
+            damaged.push(name);
+        }
+    }
+    damaged
+}
+
+/// Builds with `--json` after `edit`, requiring a warning naming each of `damaged`; checks the
+/// outputs against a clean build of a fresh copy given `edits`; returns the summary.
+fn build_after_damage(example: &Example, damaged: &[String], edits: &[fn(&Example)]) -> Value {
+    let output = example.quant(&["build", "--json"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    for name in damaged {
+        assert!(
+            stderr.to_lowercase().contains("corrupt") && stderr.contains(name.as_str()),
+            "no warning names the damaged entry {name}:\n{stderr}"
+        );
+    }
+    let clean = Example::new();
+    for edit in edits {
+        edit(&clean);
+    }
+    clean.build_json();
+    assert!(
+        example.outputs() == clean.outputs(),
+        "differs from a clean build"
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn damaged_evaluation_traces_are_reported_and_rerun() {
+    let example = Example::new();
+    example.build_json();
+
+    // The simulation traces (one entry per quantized target): an output edit, which would run
+    // no sample, runs every sample of both targets.
+    let sims = damage_entries(&example, "eval-sim-traces");
+    assert_eq!(sims.len(), 2, "{sims:?}");
+    example.edit_override();
+    let summary = build_after_damage(&example, &sims, &[Example::edit_override]);
+    assert_eq!(summary["eval_samples_run"], 16, "{summary}");
+
+    // The float totals: the evaluations fall back to each sample's float trace, still without
+    // running a sample.
+    let totals = damage_entries(&example, "eval-float-totals");
+    assert_eq!(totals.len(), 1, "{totals:?}");
+    example.edit_override_again();
+    let summary = build_after_damage(
+        &example,
+        &totals,
+        &[Example::edit_override, Example::edit_override_again],
+    );
+    assert_eq!(summary["eval_samples_run"], 0, "{summary}");
 }
 
 /// Replaces `eval/labels.txt` (or another file of the example) and builds; returns stderr of a

@@ -45,7 +45,7 @@ use crate::quantizer::{ModelEncodings, Warning};
 use crate::quantsim::QuantSim;
 use crate::report::{Report, ReportContext};
 use crate::run::{FloatRunner, RunStructure};
-use crate::store::{Digest, GetOutcome, KeyBuilder, Kind, Store};
+use crate::store::{Corruption, Digest, GetOutcome, KeyBuilder, Kind, Store};
 
 /// Version of what an evaluation computes and how its store entry is laid out; bump when
 /// either changes, so older entries are never read back.
@@ -84,14 +84,19 @@ struct StoredTraces<'a> {
     new_sims: std::sync::Mutex<BTreeMap<usize, SimTrace>>,
     /// Store failures, reported with the build's other store errors.
     errors: std::sync::Mutex<Vec<String>>,
+    /// Damaged entries met (each is a miss: the sample runs and its trace is rewritten).
+    corruptions: std::sync::Mutex<Vec<Corruption>>,
 }
 
 impl StoredTraces<'_> {
     fn read(&self, kind: Kind, key: &Digest) -> Option<Vec<u8>> {
         match self.store?.get(kind, key) {
             Ok(GetOutcome::Hit(bytes)) => Some(bytes),
-            // A damaged trace is only a miss: the sample runs and its trace is rewritten.
-            Ok(_) => None,
+            Ok(GetOutcome::Miss) => None,
+            Ok(GetOutcome::Corrupt(corruption)) => {
+                lock(&self.corruptions).push(corruption);
+                None
+            }
             Err(e) => {
                 self.error(format!("{e:#}"));
                 None
@@ -231,10 +236,12 @@ pub fn run_structure<'db>(
     }
     let key = key.finish();
     let store = context.store(db).as_ref();
-    if let Some(store) = store
-        && let Ok(GetOutcome::Hit(structure)) = store.get_json::<RunStructure>(RUN_STRUCTURES, &key)
-    {
-        return Ok(Arc::new(structure));
+    let mut record = WorkRecord::default();
+    match store.map(|store| store.get_json::<RunStructure>(RUN_STRUCTURES, &key)) {
+        Some(Ok(GetOutcome::Hit(structure))) => return Ok(Arc::new(structure)),
+        Some(Ok(GetOutcome::Corrupt(corruption))) => record.corruptions.push(corruption),
+        Some(Err(e)) => record.store_errors.push(format!("{e:#}")),
+        Some(Ok(GetOutcome::Miss)) | None => {}
     }
     let runner = match sim {
         Some(sim) => sim_runner(db, sim),
@@ -243,10 +250,12 @@ pub fn run_structure<'db>(
     .as_ref()
     .map_err(Clone::clone)?;
     let structure = runner.structure();
-    if let Some(store) = store {
-        // Only a cache: a failed write costs the next process a model load.
-        let _ = store.put_json(RUN_STRUCTURES, &key, &structure);
+    if let Some(store) = store
+        && let Err(e) = store.put_json(RUN_STRUCTURES, &key, &structure)
+    {
+        record.store_errors.push(format!("{e:#}"));
     }
+    context.log(db).append(record);
     Ok(Arc::new(structure))
 }
 
@@ -784,6 +793,7 @@ pub fn unit_evaluation<'db>(
         kept_sims: std::sync::OnceLock::new(),
         new_sims: std::sync::Mutex::new(BTreeMap::new()),
         errors: std::sync::Mutex::new(Vec::new()),
+        corruptions: std::sync::Mutex::new(Vec::new()),
     };
     let labels = labels.as_ref().map(|(l, _)| l);
     let mut evaluation_plan = evaluator.plan(&traces, list.samples.len());
@@ -840,6 +850,9 @@ pub fn unit_evaluation<'db>(
     record
         .store_errors
         .extend(traces.errors.into_inner().unwrap_or_default());
+    record
+        .corruptions
+        .extend(traces.corruptions.into_inner().unwrap_or_default());
     log.append(record);
     // The evaluator read the samples from disk itself: a file that changed since its digest
     // was taken would put this result under the wrong key.
