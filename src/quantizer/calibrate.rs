@@ -201,7 +201,11 @@ mod tests {
             let out = aimet_fake_quantize(&[x], &[1], &grid(scale)).unwrap();
             let expected = (integer * f64::from(scale as f32)) as f32;
             assert_eq!(out, [expected], "x = {x}, scale = {scale}");
-            assert_ne!((f64::from(x) / scale).round(), integer, "not a boundary case");
+            assert_ne!(
+                (f64::from(x) / scale).round(),
+                integer,
+                "not a boundary case"
+            );
         }
     }
 

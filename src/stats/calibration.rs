@@ -242,6 +242,9 @@ struct Grid {
 /// family, which always do).
 const SCREENED: usize = 24;
 
+/// Grid steps past an observed end that a search over exact values may reach.
+const EXACT_REACH: f64 = 2.0;
+
 /// Halvings of the refinement step, from one grid step down to `2^−REFINE_LEVELS` of a step.
 const REFINE_LEVELS: i32 = 6;
 
@@ -263,6 +266,10 @@ struct NoiseSearch {
     steps: f64,
     half: f64,
     symmetric: bool,
+    /// The bins are the tensor's exact values ([`Histogram::values`]): the cost is the true
+    /// squared error, so a grid reaching up to [`EXACT_REACH`] steps past an observed end,
+    /// which can put more of the values on grid points, is worth trying.
+    exact: bool,
     /// Offset subtracted from midpoints so the prefix sums of squares do not cancel.
     center: f64,
     bins: Vec<Bin>,
@@ -286,6 +293,7 @@ impl NoiseSearch {
             steps: bitwidth.steps(),
             half: bitwidth.half(),
             symmetric: schema.is_symmetric(),
+            exact: false,
             center,
             bins: Vec::new(),
             mids: Vec::new(),
@@ -294,6 +302,17 @@ impl NoiseSearch {
             second: vec![0.0],
             spread: vec![0.0],
         };
+        // A small tensor's values are known exactly: each distinct value is a point, and the
+        // cost of a grid is its exact squared error on the data.
+        if let Some(values) = h.values().filter(|v| !v.is_empty()) {
+            let mut sums = (0.0, 0.0, 0.0, 0.0);
+            for run in values.chunk_by(|a, b| a == b) {
+                let x = f64::from(run[0]).clamp(min, max);
+                search.push(x, x, run.len() as f64 / total, &mut sums);
+            }
+            search.exact = true;
+            return search;
+        }
         // The values exactly at the extremes are points, not spread over their bins: a pile at
         // the maximum (a saturated sigmoid's ones) costs nothing on a grid point there, which a
         // bin read as uniform cannot show.
@@ -401,8 +420,17 @@ impl NoiseSearch {
         let mn = self.min.min(0.0);
         let mx = self.max.max(0.0);
         let mut best = Best::new(mn, mx);
+        // How far past each observed end (never past zero) a grid may reach.
+        let reach = match self.exact {
+            true => EXACT_REACH * (mx - mn) / self.steps,
+            false => 0.0,
+        };
+        let (floor, ceiling) = (
+            if mn < 0.0 { mn - reach } else { mn },
+            if mx > 0.0 { mx + reach } else { mx },
+        );
         let consider = |best: &mut Best, lo: f64, hi: f64| {
-            let (lo, hi) = (lo.clamp(mn, 0.0), hi.clamp(0.0, mx));
+            let (lo, hi) = (lo.clamp(floor, 0.0), hi.clamp(0.0, ceiling));
             if let Some(grid) = self.grid(lo, hi) {
                 best.offer(self.exact_cost(grid, gamma), lo, hi, grid.scale);
             }
@@ -443,7 +471,10 @@ impl NoiseSearch {
                 }
             }
         }
-        (best.lo.max(self.min), best.hi.min(self.max))
+        match self.exact {
+            true => (best.lo, best.hi),
+            false => (best.lo.max(self.min), best.hi.min(self.max)),
+        }
     }
 
     /// The `SCREENED` ranges of lowest screening cost among both sides of `[mn, mx]` shrunk
@@ -482,8 +513,12 @@ impl NoiseSearch {
     fn best_symmetric(&self, gamma: f64) -> (f64, f64) {
         let absmax = self.min.abs().max(self.max.abs());
         let mut best = Best::new(-absmax, absmax);
+        let ceiling = match self.exact {
+            true => absmax * (1.0 + EXACT_REACH / (self.half - 1.0)),
+            false => absmax,
+        };
         let consider = |best: &mut Best, a: f64| {
-            let a = a.min(absmax);
+            let a = a.min(ceiling);
             if 2.0 * a < MIN_RANGE {
                 return;
             }
@@ -749,7 +784,7 @@ fn adjusted(min: f64, max: f64, bitwidth: Bitwidth, schema: Schema) -> (f64, f64
 mod tests {
     use super::*;
     use crate::encoding::Encoding;
-    use crate::stats::StatisticsSettings;
+    use crate::stats::{MinMax, StatisticsSettings};
     use proptest::prelude::*;
 
     fn stats_of(values: &[f32]) -> TensorStatistics {
@@ -903,6 +938,34 @@ mod tests {
     }
 
     #[test]
+    fn sqnr_on_a_small_tensor_is_optimized_on_its_exact_values() {
+        // Like a squeeze-and-excite ReLU over 16 samples: 384 values, most of them zero.
+        let mut values = vec![0.0f32; 241];
+        values.extend(uniform(143, 3).into_iter().map(|x| (x * 32.55) as f32));
+        let exact = stats_of(&values);
+        assert!(exact.histogram.as_ref().unwrap().values().is_some());
+        let mut binned = TensorStatistics {
+            min_max: MinMax::new(),
+            histogram: Some(Histogram::new()),
+        };
+        binned.observe(&values);
+        assert!(binned.histogram.as_ref().unwrap().values().is_none());
+        let (b, s) = (Bitwidth::B8, Schema::Asymmetric);
+        let sqnr = |stats: &TensorStatistics| {
+            sqnr_db(&values, select_range(stats, Calibration::Sqnr, b, s), b, s)
+        };
+        let (on_values, on_bins) = (sqnr(&exact), sqnr(&binned));
+        let min_max = sqnr_db(
+            &values,
+            select_range(&exact, Calibration::MinMax, b, s),
+            b,
+            s,
+        );
+        assert!(on_values > on_bins + 0.1, "{on_values} vs {on_bins} dB");
+        assert!(on_values > min_max, "{on_values} vs {min_max} dB");
+    }
+
+    #[test]
     fn sqnr_on_uniform_data_stays_near_min_max() {
         let values: Vec<f32> = uniform(100_000, 9)
             .iter()
@@ -1014,7 +1077,7 @@ mod tests {
 
         #[test]
         fn every_range_lies_within_the_observed_one(
-            values in prop::collection::vec(-100.0f32..100.0, 1..2000),
+            values in prop::collection::vec(-100.0f32..100.0, 1..6000),
             bits in prop::sample::select(vec![4u32, 8, 16]),
             symmetric in any::<bool>(),
         ) {
@@ -1027,7 +1090,15 @@ mod tests {
                 let (lo, hi) = select_range(&stats, c, bitwidth, schema);
                 prop_assert!(lo <= hi, "{} {} {}", c, lo, hi);
                 let absmax = min.abs().max(max.abs());
-                prop_assert!(lo >= min.min(-absmax) && hi <= max.max(absmax), "{} {} {}", c, lo, hi);
+                // With the values kept exactly, a grid may reach EXACT_REACH steps further.
+                let reach = match stats.histogram.as_ref().and_then(|h| h.values()) {
+                    Some(_) => EXACT_REACH * 2.0 * absmax / (bitwidth.half() - 1.0),
+                    None => 0.0,
+                };
+                prop_assert!(
+                    lo >= min.min(-absmax) - reach && hi <= max.max(absmax) + reach,
+                    "{} {} {}", c, lo, hi
+                );
                 prop_assert!(Encoding::from_range(lo, hi, bitwidth, schema).is_ok());
             }
         }

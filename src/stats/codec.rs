@@ -4,14 +4,15 @@
 //! decoding gives back a value equal to the original. Histograms store only the run of bins
 //! between the first and last non-empty one, each count as a LEB128 varint: a calibrated tensor
 //! usually fills a fraction of its 2048 bins, most counts fit in one or two bytes, and a model's
-//! statistics are written once per sample (an evaluation's once per eval sample).
+//! statistics are written once per sample (an evaluation's once per eval sample). A histogram
+//! that keeps its values exactly (at most a few thousand) stores them after the counts.
 
 use super::histogram::Histogram;
 use super::min_max::MinMax;
 use super::{BINS, TensorStatistics};
 
 /// Bumped whenever the layout below changes.
-pub const CODEC_VERSION: u8 = 3;
+pub const CODEC_VERSION: u8 = 4;
 
 fn put_u32(out: &mut Vec<u8>, v: u32) {
     out.extend_from_slice(&v.to_le_bytes());
@@ -90,7 +91,7 @@ impl MinMax {
 
 impl Histogram {
     fn encode(&self, out: &mut Vec<u8>) {
-        let (exponent, start, min, max, total, (at_min, at_max), counts) = self.raw_parts();
+        let (exponent, start, min, max, total, (at_min, at_max), counts, values) = self.raw_parts();
         put_u32(out, exponent as u32);
         put_u64(out, start as u64);
         put_u32(out, min);
@@ -105,6 +106,15 @@ impl Histogram {
         put_u32(out, run.len() as u32);
         for &c in run {
             put_varint(out, c);
+        }
+        match values {
+            Some(values) => {
+                out.push(1);
+                for v in values {
+                    put_u32(out, v.to_bits());
+                }
+            }
+            None => out.push(0),
         }
     }
 
@@ -124,7 +134,23 @@ impl Histogram {
         for slot in &mut counts[first..first + len] {
             *slot = r.varint()?;
         }
-        Histogram::from_raw_parts(exponent, start, min, max, total, extremes, &counts)
+        // The kept values number exactly `total` (checked when rebuilt).
+        let values = match r.u8()? {
+            0 => None,
+            1 => {
+                if total > super::histogram::EXACT_VALUES as u64 {
+                    return None;
+                }
+                Some(
+                    (0..total)
+                        .map(|_| r.u32().map(f32::from_bits))
+                        .collect::<Option<Vec<_>>>()?,
+                )
+            }
+            _ => return None,
+        };
+        Histogram::from_raw_parts(exponent, start, min, max, total, extremes, &counts)?
+            .with_kept_values(values)
     }
 }
 

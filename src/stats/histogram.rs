@@ -29,6 +29,12 @@ use super::min_max::{BLOCK, MinMax, scan_block};
 /// than `BINS / 2 − 1` of them.
 pub const BINS: usize = 2048;
 
+/// Most finite values a histogram made by [`Histogram::keeping_values`] keeps exactly. Tensors
+/// this small (an attention score, a squeeze-and-excite vector: a few dozen values per sample)
+/// are where a bin read as uniform misleads a range search most: with a few hundred values, the
+/// squared error depends on where each one falls on the grid.
+pub const EXACT_VALUES: usize = 4096;
+
 /// Finest bin width, `2^MIN_EXPONENT`: below every `f32` (the smallest subnormal is `2^−149`), so
 /// it only binds for data made of a single value.
 pub const MIN_EXPONENT: i32 = -200;
@@ -72,6 +78,9 @@ pub struct Histogram {
     at_min: u64,
     at_max: u64,
     counts: Box<[u64; BINS]>,
+    /// Every finite value observed, ascending (`-0.0` as `0.0`), while asked for and while
+    /// there are at most [`EXACT_VALUES`] of them; `None` otherwise.
+    values: Option<Vec<f32>>,
     /// Scratch for [`LANES`] `u32` sub-histograms; all zero between calls, kept to avoid
     /// allocating per call.
     lanes: Vec<u32>,
@@ -89,8 +98,44 @@ impl Histogram {
             at_min: 0,
             at_max: 0,
             counts: zeroed_counts(),
+            values: None,
             lanes: Vec::new(),
         }
+    }
+
+    /// An empty histogram that also keeps its values exactly as long as there are at most
+    /// [`EXACT_VALUES`] of them ([`Histogram::values`]). Whether they are kept depends only on
+    /// how many finite values it saw in all, never on how they were chunked or merged.
+    pub fn keeping_values() -> Self {
+        Histogram {
+            values: Some(Vec::new()),
+            ..Histogram::new()
+        }
+    }
+
+    /// The finite values observed, ascending, when this histogram keeps them
+    /// ([`Histogram::keeping_values`]) and there are at most [`EXACT_VALUES`].
+    pub fn values(&self) -> Option<&[f32]> {
+        self.values.as_deref()
+    }
+
+    /// Keeps the finite values of a chunk of which `finite` were binned, or stops keeping
+    /// values once there are more than [`EXACT_VALUES`].
+    fn keep_values(&mut self, chunk: &[f32], finite: u64) {
+        let Some(kept) = &mut self.values else {
+            return;
+        };
+        if kept.len() as u64 + finite > EXACT_VALUES as u64 {
+            self.values = None;
+            return;
+        }
+        kept.extend(
+            chunk
+                .iter()
+                .filter(|x| x.is_finite())
+                .map(|&x| canonical_zero(x)),
+        );
+        kept.sort_unstable_by(f32::total_cmp);
     }
 
     /// Folds one chunk in: a single pass over it, blocked so each block is binned while still in
@@ -104,7 +149,15 @@ impl Histogram {
         self.observe_impl(values, Some(min_max));
     }
 
-    fn observe_impl(&mut self, values: &[f32], mut min_max: Option<&mut MinMax>) {
+    fn observe_impl(&mut self, values: &[f32], min_max: Option<&mut MinMax>) {
+        let before = self.total;
+        self.bin_values(values, min_max);
+        if self.values.is_some() {
+            self.keep_values(values, self.total - before);
+        }
+    }
+
+    fn bin_values(&mut self, values: &[f32], mut min_max: Option<&mut MinMax>) {
         let use_lanes = values.len() >= LANE_THRESHOLD;
         if use_lanes && self.lanes.len() != LANES * BINS {
             self.lanes = vec![0; LANES * BINS];
@@ -168,6 +221,17 @@ impl Histogram {
         if other.total == 0 {
             return;
         }
+        // An empty histogram is the identity, whether or not it keeps values.
+        self.values = match (&mut self.values, &other.values) {
+            _ if self.total == 0 => other.values.clone(),
+            (Some(kept), Some(more)) if kept.len() + more.len() <= EXACT_VALUES => {
+                let mut all = std::mem::take(kept);
+                all.extend_from_slice(more);
+                all.sort_unstable_by(f32::total_cmp);
+                Some(all)
+            }
+            _ => None,
+        };
         self.merge_extremes(other.min_f32(), other.at_min, other.max_f32(), other.at_max);
         let lo = self.min_f32().min(other.min_f32());
         let hi = self.max_f32().max(other.max_f32());
@@ -195,7 +259,9 @@ impl Histogram {
         let need_hi = empty || hi >= self.max_f32();
         let count = |v: f32| block.iter().filter(|&&x| x == v).count() as u64;
         let at_lo = if need_lo { count(lo) } else { 0 };
-        let at_hi = match (need_hi, hi == lo) {
+        // A block of one repeated value counts it once for both ends, but only if the low end
+        // was counted (a block that reaches the maximum and not the minimum counts it here).
+        let at_hi = match (need_hi, hi == lo && need_lo) {
             (false, _) => 0,
             (true, true) => at_lo,
             (true, false) => count(hi),
@@ -507,7 +573,10 @@ impl Default for Histogram {
 
 impl Histogram {
     /// Every field of the statistic, for the byte codec.
-    pub(super) fn raw_parts(&self) -> (i32, i64, u32, u32, u64, (u64, u64), &[u64]) {
+    #[allow(clippy::type_complexity)]
+    pub(super) fn raw_parts(
+        &self,
+    ) -> (i32, i64, u32, u32, u64, (u64, u64), &[u64], Option<&[f32]>) {
         (
             self.exponent,
             self.start,
@@ -516,6 +585,7 @@ impl Histogram {
             self.total,
             (self.at_min, self.at_max),
             &self.counts[..],
+            self.values.as_deref(),
         )
     }
 
@@ -548,6 +618,18 @@ impl Histogram {
         histogram.counts.copy_from_slice(counts);
         Some(histogram)
     }
+
+    /// This histogram with `values` as its kept values ([`Histogram::values`]); `None` when
+    /// they cannot be its values (not `total` finite values in ascending order).
+    pub(super) fn with_kept_values(mut self, values: Option<Vec<f32>>) -> Option<Histogram> {
+        let fit = values.as_ref().is_none_or(|v| {
+            v.len() as u64 == self.total
+                && v.iter().all(|x| x.is_finite())
+                && v.is_sorted_by(|a, b| a.total_cmp(b).is_le())
+        });
+        self.values = values;
+        fit.then_some(self)
+    }
 }
 
 impl Clone for Histogram {
@@ -562,6 +644,7 @@ impl Clone for Histogram {
             at_min: self.at_min,
             at_max: self.at_max,
             counts: self.counts.clone(),
+            values: self.values.clone(),
             lanes: Vec::new(),
         }
     }
@@ -576,6 +659,7 @@ impl PartialEq for Histogram {
             && self.total == other.total
             && (self.at_min, self.at_max) == (other.at_min, other.at_max)
             && self.counts == other.counts
+            && self.values_bits() == other.values_bits()
     }
 }
 
@@ -586,6 +670,16 @@ impl std::hash::Hash for Histogram {
         (self.exponent, self.start, self.min, self.max, self.total).hash(state);
         (self.at_min, self.at_max).hash(state);
         self.counts[..].hash(state);
+        self.values_bits().hash(state);
+    }
+}
+
+impl Histogram {
+    /// The kept values by their bits, for exact comparison and hashing.
+    fn values_bits(&self) -> Option<Vec<u32>> {
+        self.values
+            .as_ref()
+            .map(|v| v.iter().map(|x| x.to_bits()).collect())
     }
 }
 
@@ -762,6 +856,69 @@ mod tests {
         h.observe(&values);
         assert_eq!(h.counts(), &reference_counts(&values, &h)[..]);
         assert_eq!(h.start(), -1);
+    }
+
+    #[test]
+    fn kept_values_depend_only_on_how_many_finite_values_there_are() {
+        let values: Vec<f32> = (0..EXACT_VALUES)
+            .map(|i| (i as f32 * 0.37).sin() * 10.0)
+            .chain([f32::NAN, -0.0, f32::INFINITY])
+            .collect();
+        let mut whole = Histogram::keeping_values();
+        whole.observe(&values);
+        let mut expected: Vec<f32> = values
+            .iter()
+            .copied()
+            .filter(|x| x.is_finite())
+            .map(canonical_zero)
+            .collect();
+        expected.sort_by(f32::total_cmp);
+        // 4096 + 1 finite values: one too many.
+        assert_eq!(expected.len(), EXACT_VALUES + 1);
+        assert!(whole.values().is_none());
+        let (head, tail) = values.split_at(EXACT_VALUES - 1);
+        let mut part = Histogram::keeping_values();
+        part.observe(head);
+        assert_eq!(part.values().map(<[f32]>::len), Some(EXACT_VALUES - 1));
+        for split in [1, 7, 500] {
+            // Chunks observed one after another, and chunks merged in reverse.
+            let mut chunked = Histogram::keeping_values();
+            let mut merged = Histogram::keeping_values();
+            for chunk in head.chunks(split).rev() {
+                chunked.observe(chunk);
+                let mut h = Histogram::keeping_values();
+                h.observe(chunk);
+                merged.merge(&h);
+            }
+            assert_eq!(chunked.values(), part.values(), "split {split}");
+            assert_eq!(chunked.counts(), part.counts(), "split {split}");
+            assert_eq!(
+                chunked.extreme_counts(),
+                part.extreme_counts(),
+                "split {split}"
+            );
+            assert_eq!(chunked, part, "split {split}");
+            assert_eq!(merged, part, "split {split}");
+        }
+        // An empty histogram that keeps nothing is still the identity of a merge.
+        let mut empty = Histogram::new();
+        empty.merge(&part);
+        assert_eq!(empty, part);
+        part.observe(tail);
+        assert!(part.values().is_none());
+        assert_eq!(part.range(), whole.range());
+        assert_eq!(part.counts(), whole.counts());
+        // Kept values survive the byte codec.
+        let mut small = Histogram::keeping_values();
+        small.observe(&[3.0, -1.0, 3.0, f32::NAN]);
+        assert_eq!(small.values(), Some(&[-1.0, 3.0, 3.0][..]));
+        let stats = crate::stats::TensorStatistics {
+            min_max: MinMax::new(),
+            histogram: Some(small.clone()),
+        };
+        let bytes = crate::stats::encode_all(std::slice::from_ref(&stats));
+        let back = crate::stats::TensorStatistics::decode_all(&bytes).unwrap();
+        assert_eq!(back[0].histogram.as_ref(), Some(&small));
     }
 
     #[test]

@@ -56,7 +56,7 @@ impl TensorStatistics {
     pub fn new(settings: StatisticsSettings) -> Self {
         TensorStatistics {
             min_max: MinMax::new(),
-            histogram: settings.histogram.then(Histogram::new),
+            histogram: settings.histogram.then(Histogram::keeping_values),
         }
     }
 

@@ -45,9 +45,9 @@ pub struct Kind {
 
 impl Kind {
     /// Statistics of one calibration sample over one set of tensors of one model.
-    pub const STATISTICS: Kind = Kind::new("statistics", 4);
+    pub const STATISTICS: Kind = Kind::new("statistics", 5);
     /// Statistics merged over all samples of a calibration set.
-    pub const MERGED_STATISTICS: Kind = Kind::new("merged-statistics", 3);
+    pub const MERGED_STATISTICS: Kind = Kind::new("merged-statistics", 4);
     /// The encoding (bitwidth, scale, offset, ...) chosen for one tensor.
     pub const ENCODINGS: Kind = Kind::new("encodings", 1);
     /// A finished output file (encodings JSON, report) of one target and model.
