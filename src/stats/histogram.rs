@@ -33,7 +33,7 @@ pub const BINS: usize = 2048;
 /// this small (an attention score, a squeeze-and-excite vector: a few dozen values per sample)
 /// are where a bin read as uniform misleads a range search most: with a few hundred values, the
 /// squared error depends on where each one falls on the grid.
-pub const EXACT_VALUES: usize = 4096;
+pub const EXACT_VALUES: usize = 1024;
 
 /// Finest bin width, `2^MIN_EXPONENT`: below every `f32` (the smallest subnormal is `2^−149`), so
 /// it only binds for data made of a single value.
@@ -873,7 +873,7 @@ mod tests {
             .map(canonical_zero)
             .collect();
         expected.sort_by(f32::total_cmp);
-        // 4096 + 1 finite values: one too many.
+        // EXACT_VALUES + 1 finite values: one too many.
         assert_eq!(expected.len(), EXACT_VALUES + 1);
         assert!(whole.values().is_none());
         let (head, tail) = values.split_at(EXACT_VALUES - 1);
