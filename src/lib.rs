@@ -5,6 +5,7 @@
 //! module that sees protobuf) · `graph` · `calib` (input lists, samples) · `run` (float execution)
 //! · `overrides` · `export` · `manifest` · `store` · `engine` · `cli`.
 
+mod bytes;
 pub mod calib;
 pub mod cli;
 pub mod encoding;

@@ -11,6 +11,7 @@ use std::hash::{Hash, Hasher};
 use serde::{Deserialize, Serialize};
 
 use super::queries::UnitEncodings;
+use crate::bytes::Reader;
 use crate::encoding::tensor::FloatBitwidth;
 use crate::encoding::{Bitwidth, Encoding, Schema};
 use crate::export::aimet::QuantizerArgs;
@@ -306,34 +307,8 @@ impl Writer {
     }
 }
 
-/// The reader of [`Writer`]'s bytes; every method is `None` on bytes that end too early.
-struct Reader<'a>(&'a [u8]);
-
+/// The reads of [`Writer`]'s fields beyond the primitive ones.
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if n > self.0.len() {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-
-    /// A count of items each at least `min_size` bytes long, checked against what is left so a
-    /// damaged count cannot ask for a huge allocation.
-    fn count(&mut self, min_size: usize) -> Option<usize> {
-        let n = usize::try_from(self.u64()?).ok()?;
-        (n <= self.0.len() / min_size.max(1)).then_some(n)
-    }
-
     fn bytes(&mut self) -> Option<&'a [u8]> {
         let n = usize::try_from(self.u64()?).ok()?;
         self.take(n)

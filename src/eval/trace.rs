@@ -12,6 +12,7 @@
 //! This module owns the traces, their keys and their byte form. It must NOT decide where
 //! traces are kept (the engine stores them) nor run models (the evaluator does).
 
+use crate::bytes::Reader;
 use crate::encoding::TensorEncoding;
 use crate::run::RunStructure;
 use crate::stats::{Histogram, MinMax, TensorStatistics};
@@ -203,33 +204,7 @@ fn put_outputs(out: &mut Vec<u8>, outputs: &[OutputValue]) {
     }
 }
 
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if n > self.0.len() {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-
-    /// A count of items that take at least `min_size` bytes each: refuses counts the
-    /// remaining bytes cannot hold, so a damaged entry never allocates wildly.
-    fn count(&mut self, min_size: usize) -> Option<usize> {
-        let n = usize::try_from(self.u64()?).ok()?;
-        (n <= self.0.len() / min_size.max(1)).then_some(n)
-    }
-
+impl Reader<'_> {
     fn key(&mut self) -> Option<TraceKey> {
         self.take(16)?.try_into().ok()
     }
