@@ -11,6 +11,12 @@
 //! [`EVALUATION_VERSION`]. Every file is read through [`source_file`], so `quant watch` follows
 //! the eval set like any other input.
 //!
+//! On a miss, the evaluation starts from the traces the unit's last evaluation left
+//! ([`crate::eval::trace`]): the float side of each sample (shared by every unit evaluating the
+//! same model on it), the float totals of the list, and the unit's simulation traces, all in the
+//! store; and from the [`run_structure`] of both runners, also stored, so that an evaluation
+//! that runs no sample loads no model into tract.
+//!
 //! It must not write files or print (the driver writes, the CLI prints), and it holds no
 //! numeric logic: [`crate::eval`] measures, [`crate::report`] renders, [`crate::export::qdq`]
 //! rewrites the model.
