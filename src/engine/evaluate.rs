@@ -36,7 +36,8 @@ use super::db::Db;
 use super::files::{FileError, FileSnapshot, SourceFile, source_file};
 use super::queries::{
     self, BuildContext, BuildError, ModelKey, RUNTIME, Section, TensorJob, TensorKey, Unit,
-    UnitPlan, WorkRecord, display_path, model_graph, model_key, unit_plan,
+    UnitPlan, WorkLog, WorkRecord, display_path, lookup, lookup_bytes, model_graph, model_key,
+    unit_plan,
 };
 use super::stored::stable_digest;
 use crate::calib::{CalibError, InputList};
@@ -51,7 +52,7 @@ use crate::quantizer::{ModelEncodings, Warning};
 use crate::quantsim::QuantSim;
 use crate::report::{Report, ReportContext};
 use crate::run::{FloatRunner, RunStructure};
-use crate::store::{Corruption, Digest, GetOutcome, KeyBuilder, Kind, Store};
+use crate::store::{Digest, KeyBuilder, Kind, Store};
 
 /// Version of what an evaluation computes and how its store entry is laid out; bump when
 /// either changes, so older entries are never read back.
@@ -88,38 +89,22 @@ struct StoredTraces<'a> {
     kept_sims: std::sync::OnceLock<BTreeMap<Digest, SimTrace>>,
     /// Simulation traces this evaluation computed, by sample index.
     new_sims: std::sync::Mutex<BTreeMap<usize, SimTrace>>,
-    /// Store failures, reported with the build's other store errors.
-    errors: std::sync::Mutex<Vec<String>>,
-    /// Damaged entries met (each is a miss: the sample runs and its trace is rewritten).
-    corruptions: std::sync::Mutex<Vec<Corruption>>,
+    /// Where damaged entries (each a miss: the sample runs, its trace is rewritten) and store
+    /// failures are reported.
+    log: &'a WorkLog,
 }
 
 impl StoredTraces<'_> {
     fn read(&self, kind: Kind, key: &Digest) -> Option<Vec<u8>> {
-        match self.store?.get(kind, key) {
-            Ok(GetOutcome::Hit(bytes)) => Some(bytes),
-            Ok(GetOutcome::Miss) => None,
-            Ok(GetOutcome::Corrupt(corruption)) => {
-                lock(&self.corruptions).push(corruption);
-                None
-            }
-            Err(e) => {
-                self.error(format!("{e:#}"));
-                None
-            }
-        }
+        lookup_bytes(self.store?, self.log, kind, key)
     }
 
     fn write(&self, kind: Kind, key: &Digest, bytes: &[u8]) {
         if let Some(store) = self.store
             && let Err(e) = store.put(kind, key, bytes)
         {
-            self.error(format!("{e:#}"));
+            self.log.with(|r| r.store_errors.push(format!("{e:#}")));
         }
-    }
-
-    fn error(&self, message: String) {
-        lock(&self.errors).push(message);
     }
 
     fn kept_sims(&self) -> &BTreeMap<Digest, SimTrace> {
@@ -241,13 +226,11 @@ pub fn run_structure<'db>(
         key = key.digest("parameters", &sim.parameters(db).digest);
     }
     let key = key.finish();
-    let store = context.store(db).as_ref();
-    let mut record = WorkRecord::default();
-    match store.map(|store| store.get_json::<RunStructure>(RUN_STRUCTURES, &key)) {
-        Some(Ok(GetOutcome::Hit(structure))) => return Ok(Arc::new(structure)),
-        Some(Ok(GetOutcome::Corrupt(corruption))) => record.corruptions.push(corruption),
-        Some(Err(e)) => record.store_errors.push(format!("{e:#}")),
-        Some(Ok(GetOutcome::Miss)) | None => {}
+    let (store, log) = (context.store(db).as_ref(), context.log(db));
+    if let Some(structure) =
+        store.and_then(|s| lookup::<RunStructure>(s, log, RUN_STRUCTURES, &key))
+    {
+        return Ok(Arc::new(structure));
     }
     let runner = match sim {
         Some(sim) => sim_runner(db, sim),
@@ -259,9 +242,8 @@ pub fn run_structure<'db>(
     if let Some(store) = store
         && let Err(e) = store.put_json(RUN_STRUCTURES, &key, &structure)
     {
-        record.store_errors.push(format!("{e:#}"));
+        log.with(|r| r.store_errors.push(format!("{e:#}")));
     }
-    context.log(db).append(record);
     Ok(Arc::new(structure))
 }
 
@@ -722,21 +704,12 @@ pub fn unit_evaluation<'db>(
 
     let store_and_log = unit.project(db).context(db);
     let log = store_and_log.log(db);
-    if let Some(store) = store_and_log.store(db) {
-        match store.get_json::<UnitEvaluation>(EVALUATIONS, &key) {
-            Ok(GetOutcome::Hit(hit)) => return Ok(Some(Arc::new(hit))),
-            Ok(GetOutcome::Miss) => {}
-            Ok(GetOutcome::Corrupt(corruption)) => {
-                let mut record = WorkRecord::default();
-                record.corruptions.push(corruption);
-                log.append(record);
-            }
-            Err(e) => {
-                let mut record = WorkRecord::default();
-                record.store_errors.push(format!("{e:#}"));
-                log.append(record);
-            }
-        }
+    if let Some(hit) = store_and_log
+        .store(db)
+        .as_ref()
+        .and_then(|store| lookup::<UnitEvaluation>(store, log, EVALUATIONS, &key))
+    {
+        return Ok(Some(Arc::new(hit)));
     }
 
     db.unwind_if_revision_cancelled();
@@ -798,8 +771,7 @@ pub fn unit_evaluation<'db>(
         sims: sims_key,
         kept_sims: std::sync::OnceLock::new(),
         new_sims: std::sync::Mutex::new(BTreeMap::new()),
-        errors: std::sync::Mutex::new(Vec::new()),
-        corruptions: std::sync::Mutex::new(Vec::new()),
+        log,
     };
     let labels = labels.as_ref().map(|(l, _)| l);
     let mut evaluation_plan = evaluator.plan(&traces, list.samples.len());
@@ -852,14 +824,6 @@ pub fn unit_evaluation<'db>(
         }
     };
     traces.save_sims();
-    let mut record = WorkRecord::default();
-    record
-        .store_errors
-        .extend(traces.errors.into_inner().unwrap_or_default());
-    record
-        .corruptions
-        .extend(traces.corruptions.into_inner().unwrap_or_default());
-    log.append(record);
     // The evaluator read the samples from disk itself: a file that changed since its digest
     // was taken would put this result under the wrong key.
     for (path, digest) in &samples {

@@ -205,7 +205,7 @@ pub struct WorkRecord {
 pub struct WorkLog(Arc<Mutex<WorkRecord>>);
 
 impl WorkLog {
-    fn with<R>(&self, f: impl FnOnce(&mut WorkRecord) -> R) -> R {
+    pub(super) fn with<R>(&self, f: impl FnOnce(&mut WorkRecord) -> R) -> R {
         f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
@@ -1050,8 +1050,12 @@ fn missing_sample(db: &dyn Db, sample: SampleKey<'_>, path: &Path, file: SourceF
 }
 
 /// Looks an entry up, recording corruption and store errors in the log; `None` unless a hit.
-/// A raw store read; corruption and store errors are logged and count as a miss.
-fn lookup_bytes(store: &Store, log: &WorkLog, kind: Kind, key: &Digest) -> Option<Vec<u8>> {
+pub(super) fn lookup_bytes(
+    store: &Store,
+    log: &WorkLog,
+    kind: Kind,
+    key: &Digest,
+) -> Option<Vec<u8>> {
     match store.get(kind, key) {
         Ok(GetOutcome::Hit(bytes)) => Some(bytes),
         Ok(GetOutcome::Miss) => None,
@@ -1066,7 +1070,7 @@ fn lookup_bytes(store: &Store, log: &WorkLog, kind: Kind, key: &Digest) -> Optio
     }
 }
 
-fn lookup<T: serde::de::DeserializeOwned>(
+pub(super) fn lookup<T: serde::de::DeserializeOwned>(
     store: &Store,
     log: &WorkLog,
     kind: Kind,

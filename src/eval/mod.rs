@@ -521,7 +521,7 @@ impl Evaluator {
                     return Serve::Run(None);
                 };
                 if !traces.has_float(index) {
-                    return Serve::Run(None);
+                    return Serve::Run(Some(sim));
                 }
                 let dirty: Vec<usize> = (0..self.sim.names.len())
                     .filter(|&s| sim.tensors[s].key != self.keys[s].after)
@@ -772,11 +772,9 @@ impl Evaluator {
             }
             Serve::Run(kept_sim) => {
                 let runners = runners.ok_or(EvalError::TracesChanged)?;
-                let kept = kept_sim.is_some();
-                let float = match kept {
-                    true => traces.float(index).filter(|t| self.float_fits(t)),
-                    false => None,
-                };
+                // A kept float trace spares measuring the float run again, whatever became
+                // of the simulation's.
+                let float = traces.float(index).filter(|t| self.float_fits(t));
                 let (float_new, sim) = self.run(list, index, runners, float.is_none(), kept_sim)?;
                 let float = match (float, float_new) {
                     (Some(kept), _) => kept,
