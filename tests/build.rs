@@ -8,9 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use quant::engine::pipeline::{self, BuildOptions, ProjectSpec};
-use quant::engine::queries::{BuildContext, WorkLog};
-use quant::engine::{Database, Db};
+use quant::engine::{self, BuildContext, BuildOptions, Database, Db, ProjectSpec, WorkLog};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -277,7 +275,7 @@ fn one_override_edit_re_executes_one_tensor_encoding() {
             .count()
     };
 
-    let report = pipeline::build(&db, &projects, &options, &|_| {});
+    let report = engine::build(&db, &projects, &options, &|_| {});
     assert!(
         report.succeeded(),
         "{:?}",
@@ -298,14 +296,14 @@ fn one_override_edit_re_executes_one_tensor_encoding() {
 
     // Nothing changed: nothing executes.
     assert!(db.refresh(db.files().paths()).is_empty());
-    let report = pipeline::build(&db, &projects, &options, &|_| {});
+    let report = engine::build(&db, &projects, &options, &|_| {});
     assert!(report.succeeded());
     assert_eq!(db.take_executed(), Vec::new());
 
     example.edit_override();
     let changed = db.refresh([example.root.join("overrides/head.json")]);
     assert_eq!(changed.len(), 1);
-    let report = pipeline::build(&db, &projects, &options, &|_| {});
+    let report = engine::build(&db, &projects, &options, &|_| {});
     assert!(report.succeeded());
     let all = db.take_executed();
     let names: Vec<String> = all.iter().map(|q| q.query.clone()).collect();
@@ -334,7 +332,7 @@ fn one_override_edit_re_executes_one_tensor_encoding() {
         1,
         "only the input list changed on disk: {paths:?}"
     );
-    let report = pipeline::build(&db, &projects, &options, &|_| {});
+    let report = engine::build(&db, &projects, &options, &|_| {});
     assert!(report.succeeded());
     assert_eq!(executed(&db, "sample_statistics"), 1);
     assert_eq!(report.counts.samples_run, 1);

@@ -25,8 +25,6 @@ use serde_json::Value;
 /// qairt-quantizer's defaults: 8/8/8 bits, min-max, asymmetric, float weights while calibrating.
 fn defaults() -> QuantizerSettings {
     QuantizerSettings {
-        calibration: String::new(),
-        overrides: Vec::new(),
         act_bitwidth: Bitwidth::B8,
         weights_bitwidth: Bitwidth::B8,
         bias_bitwidth: Bitwidth::B8,
@@ -38,9 +36,13 @@ fn defaults() -> QuantizerSettings {
         percentile: Percentile::default(),
         per_channel: false,
         per_row: false,
-        ignore_quantization_overrides: false,
         calibrate_with_quantized_weights: false,
     }
+}
+
+#[test]
+fn the_quantizers_default_is_qairt_quantizers() {
+    assert_eq!(QuantizerSettings::default(), defaults());
 }
 
 /// `--param_quantizer_schema symmetric --calibrate_with_quantized_weights`: AIMET's way.

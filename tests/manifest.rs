@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use quant::encoding::{Bitwidth, Schema};
 use quant::manifest::{
     self, Backend, CalibrationMethod, EncodingVersion, FileCheck, FloatBitwidth, ManifestError,
-    Percentile, Precision, QuantizerSettings, ResolvedTarget,
+    Percentile, Precision, Quantization, QuantizerSettings, ResolvedTarget,
 };
 
 fn render(error: &ManifestError) -> String {
@@ -58,8 +58,6 @@ fn good_root() -> PathBuf {
 
 fn htp_settings() -> QuantizerSettings {
     QuantizerSettings {
-        calibration: "textlines".into(),
-        overrides: vec!["head".into()],
         act_bitwidth: Bitwidth::B8,
         weights_bitwidth: Bitwidth::B8,
         bias_bitwidth: Bitwidth::B32,
@@ -71,8 +69,16 @@ fn htp_settings() -> QuantizerSettings {
         percentile: Percentile::default(),
         per_channel: true,
         per_row: false,
-        ignore_quantization_overrides: false,
         calibrate_with_quantized_weights: false,
+    }
+}
+
+fn htp_quantization(settings: QuantizerSettings) -> Quantization {
+    Quantization {
+        calibration: "textlines".into(),
+        overrides: vec!["head".into()],
+        ignore_quantization_overrides: false,
+        settings,
     }
 }
 
@@ -123,7 +129,7 @@ fn good_manifest_applies_aliases_defaults_and_extends_chains() {
             models: vec!["cls".into()],
             evaluate: Some("textlines".into()),
             extends: vec![],
-            precision: Precision::Quantized(htp_settings()),
+            precision: Precision::Quantized(htp_quantization(htp_settings())),
         }
     );
     let a16 = QuantizerSettings {
@@ -136,7 +142,7 @@ fn good_manifest_applies_aliases_defaults_and_extends_chains() {
         ResolvedTarget {
             name: "htp-a16".into(),
             extends: vec!["htp".into()],
-            precision: Precision::Quantized(a16.clone()),
+            precision: Precision::Quantized(htp_quantization(a16.clone())),
             ..t["htp"].clone()
         }
     );
@@ -146,11 +152,11 @@ fn good_manifest_applies_aliases_defaults_and_extends_chains() {
         ResolvedTarget {
             name: "htp-a16-enhanced".into(),
             extends: vec!["htp-a16".into(), "htp".into()],
-            precision: Precision::Quantized(QuantizerSettings {
+            precision: Precision::Quantized(htp_quantization(QuantizerSettings {
                 param_calibration: CalibrationMethod::Sqnr,
                 param_schema: Schema::Asymmetric,
                 ..a16
-            }),
+            })),
             ..t["htp"].clone()
         }
     );
@@ -162,22 +168,24 @@ fn good_manifest_applies_aliases_defaults_and_extends_chains() {
             models: vec!["cls".into(), "det".into()],
             evaluate: None,
             extends: vec![],
-            precision: Precision::Quantized(QuantizerSettings {
+            precision: Precision::Quantized(Quantization {
                 calibration: "textlines".into(),
                 overrides: vec![],
-                act_bitwidth: Bitwidth::B8,
-                weights_bitwidth: Bitwidth::B8,
-                bias_bitwidth: Bitwidth::B8,
-                float_bitwidth: None,
-                act_calibration: CalibrationMethod::Percentile,
-                param_calibration: CalibrationMethod::MinMax,
-                act_schema: Schema::Asymmetric,
-                param_schema: Schema::Asymmetric,
-                percentile: Percentile::new(99.9).unwrap(),
-                per_channel: false,
-                per_row: false,
                 ignore_quantization_overrides: false,
-                calibrate_with_quantized_weights: false,
+                settings: QuantizerSettings {
+                    act_bitwidth: Bitwidth::B8,
+                    weights_bitwidth: Bitwidth::B8,
+                    bias_bitwidth: Bitwidth::B8,
+                    float_bitwidth: None,
+                    act_calibration: CalibrationMethod::Percentile,
+                    param_calibration: CalibrationMethod::MinMax,
+                    act_schema: Schema::Asymmetric,
+                    param_schema: Schema::Asymmetric,
+                    percentile: Percentile::new(99.9).unwrap(),
+                    per_channel: false,
+                    per_row: false,
+                    calibrate_with_quantized_weights: false,
+                },
             }),
         }
     );

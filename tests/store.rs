@@ -16,12 +16,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+/// The kinds these tests store entries of.
+const STATS: Kind = Kind::new("statistics", 5);
+const ENCODINGS: Kind = Kind::new("encodings", 1);
+const ARTIFACTS: Kind = Kind::new("artifacts", 1);
+
 const ROLE_ENV: &str = "QUANT_STORE_TEST_ROLE";
 const DIR_ENV: &str = "QUANT_STORE_TEST_DIR";
 const SEED_ENV: &str = "QUANT_STORE_TEST_SEED";
 
 fn key(i: u64) -> Digest {
-    KeyBuilder::new(Kind::STATISTICS).u64("sample", i).finish()
+    KeyBuilder::new(STATS).u64("sample", i).finish()
 }
 
 /// Deterministic payload for key `i`, of a size that varies with `i` between `min` and `max`.
@@ -76,34 +81,26 @@ struct Encoding {
 fn round_trips_bytes_and_json() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join(".quant")).unwrap();
-    assert_eq!(
-        store.get(Kind::STATISTICS, &key(1)).unwrap(),
-        GetOutcome::Miss
-    );
+    assert_eq!(store.get(STATS, &key(1)).unwrap(), GetOutcome::Miss);
 
-    store.put(Kind::STATISTICS, &key(1), b"histogram").unwrap();
+    store.put(STATS, &key(1), b"histogram").unwrap();
     assert_eq!(
-        store.get(Kind::STATISTICS, &key(1)).unwrap(),
+        store.get(STATS, &key(1)).unwrap(),
         GetOutcome::Hit(b"histogram".to_vec())
     );
     // The kind is part of the location: the same key under another kind is another entry.
-    assert_eq!(
-        store.get(Kind::ENCODINGS, &key(1)).unwrap(),
-        GetOutcome::Miss
-    );
+    assert_eq!(store.get(ENCODINGS, &key(1)).unwrap(), GetOutcome::Miss);
 
     let encoding = Encoding {
         bitwidth: 8,
         scale: 0.0123,
         offset: -128,
     };
-    let encoding_key = KeyBuilder::new(Kind::ENCODINGS)
+    let encoding_key = KeyBuilder::new(ENCODINGS)
         .str("tensor", "conv_3.tmp_0")
         .finish();
-    store
-        .put_json(Kind::ENCODINGS, &encoding_key, &encoding)
-        .unwrap();
-    let read: GetOutcome<Encoding> = store.get_json(Kind::ENCODINGS, &encoding_key).unwrap();
+    store.put_json(ENCODINGS, &encoding_key, &encoding).unwrap();
+    let read: GetOutcome<Encoding> = store.get_json(ENCODINGS, &encoding_key).unwrap();
     assert_eq!(read, GetOutcome::Hit(encoding));
 
     assert!(dir.path().join(".quant/CACHEDIR.TAG").is_file());
@@ -112,16 +109,16 @@ fn round_trips_bytes_and_json() {
     let unsynced = Store::open(dir.path().join(".quant"))
         .unwrap()
         .with_fsync(false);
-    unsynced.put(Kind::STATISTICS, &key(2), b"minmax").unwrap();
+    unsynced.put(STATS, &key(2), b"minmax").unwrap();
     assert_eq!(
-        store.get(Kind::STATISTICS, &key(2)).unwrap(),
+        store.get(STATS, &key(2)).unwrap(),
         GetOutcome::Hit(b"minmax".to_vec())
     );
-    let (mut entries, temps) = files_of(&store, Kind::STATISTICS);
+    let (mut entries, temps) = files_of(&store, STATS);
     entries.sort();
     let mut expected = vec![
-        store.entry_path(Kind::STATISTICS, &key(1)),
-        store.entry_path(Kind::STATISTICS, &key(2)),
+        store.entry_path(STATS, &key(1)),
+        store.entry_path(STATS, &key(2)),
     ];
     expected.sort();
     assert_eq!(entries, expected);
@@ -135,8 +132,8 @@ fn round_trips_bytes_and_json() {
 fn entry_file_has_the_documented_header() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    store.put(Kind::ARTIFACTS, &key(2), b"{}\n").unwrap();
-    let file = fs::read(store.entry_path(Kind::ARTIFACTS, &key(2))).unwrap();
+    store.put(ARTIFACTS, &key(2), b"{}\n").unwrap();
+    let file = fs::read(store.entry_path(ARTIFACTS, &key(2))).unwrap();
     assert_eq!(file.len(), HEADER_LEN + 3);
     assert_eq!(&file[0..8], b"QUANTOBJ");
     assert_eq!(&file[8..12], &1u32.to_le_bytes());
@@ -145,7 +142,7 @@ fn entry_file_has_the_documented_header() {
     assert_eq!(&file[52..], b"{}\n");
     let hex = key(2).to_hex();
     assert_eq!(
-        store.entry_path(Kind::ARTIFACTS, &key(2)),
+        store.entry_path(ARTIFACTS, &key(2)),
         dir.path()
             .join("objects/artifacts")
             .join(&hex[..2])
@@ -160,7 +157,7 @@ fn get_or_compute(
     computed: &mut u32,
     warnings: &mut Vec<String>,
 ) -> Vec<u8> {
-    match store.get(Kind::STATISTICS, &key(i)).unwrap() {
+    match store.get(STATS, &key(i)).unwrap() {
         GetOutcome::Hit(bytes) => bytes,
         outcome => {
             if let Some(corruption) = outcome.corruption() {
@@ -168,7 +165,7 @@ fn get_or_compute(
             }
             *computed += 1;
             let bytes = payload(i, 100, 200);
-            store.put(Kind::STATISTICS, &key(i), &bytes).unwrap();
+            store.put(STATS, &key(i), &bytes).unwrap();
             bytes
         }
     }
@@ -182,12 +179,12 @@ fn flipped_byte_is_detected_reported_and_recomputed() {
     let first = get_or_compute(&store, 7, &mut computed, &mut warnings);
     assert_eq!((computed, warnings.len()), (1, 0));
 
-    let path = store.entry_path(Kind::STATISTICS, &key(7));
+    let path = store.entry_path(STATS, &key(7));
     let mut file = fs::read(&path).unwrap();
     file[HEADER_LEN + 40] ^= 0x10;
     fs::write(&path, &file).unwrap();
 
-    let outcome = store.get(Kind::STATISTICS, &key(7)).unwrap();
+    let outcome = store.get(STATS, &key(7)).unwrap();
     let corruption = outcome
         .corruption()
         .expect("a flipped payload byte must be detected");
@@ -234,11 +231,7 @@ fn corrupt_entry_in_a_build_loop_warns_once_and_recomputes_once() {
     for i in 0..10 {
         get_or_compute(&store, i, &mut computed, &mut warnings);
     }
-    fs::write(
-        store.entry_path(Kind::STATISTICS, &key(4)),
-        b"QUANTOBJ garbage",
-    )
-    .unwrap();
+    fs::write(store.entry_path(STATS, &key(4)), b"QUANTOBJ garbage").unwrap();
     computed = 0;
     for i in 0..10 {
         assert_eq!(
@@ -261,15 +254,15 @@ fn truncated_entries_are_misses() {
         (10, "truncated"),
         (0, "truncated"),
     ] {
-        store.put(Kind::STATISTICS, &key(3), &bytes).unwrap();
-        let path = store.entry_path(Kind::STATISTICS, &key(3));
+        store.put(STATS, &key(3), &bytes).unwrap();
+        let path = store.entry_path(STATS, &key(3));
         fs::File::options()
             .write(true)
             .open(&path)
             .unwrap()
             .set_len(cut as u64)
             .unwrap();
-        let outcome = store.get(Kind::STATISTICS, &key(3)).unwrap();
+        let outcome = store.get(STATS, &key(3)).unwrap();
         let reason = &outcome.corruption().expect("truncation detected").reason;
         match expected {
             "length" => assert_eq!(
@@ -281,10 +274,7 @@ fn truncated_entries_are_misses() {
             ),
             _ => assert_eq!(reason, &CorruptReason::Truncated { len: cut as u64 }),
         }
-        assert_eq!(
-            store.get(Kind::STATISTICS, &key(3)).unwrap(),
-            GetOutcome::Miss
-        );
+        assert_eq!(store.get(STATS, &key(3)).unwrap(), GetOutcome::Miss);
     }
 }
 
@@ -298,14 +288,14 @@ fn intact_json_of_another_layout_counts_as_corrupt() {
     let store = Store::open(dir.path()).unwrap();
     let k = key(11);
     store
-        .put_json(Kind::ENCODINGS, &k, &OldLayout { bits: 8 })
+        .put_json(ENCODINGS, &k, &OldLayout { bits: 8 })
         .unwrap();
-    let outcome: GetOutcome<Encoding> = store.get_json(Kind::ENCODINGS, &k).unwrap();
+    let outcome: GetOutcome<Encoding> = store.get_json(ENCODINGS, &k).unwrap();
     let corruption = outcome
         .corruption()
         .expect("undecodable payload is corrupt");
     assert!(matches!(corruption.reason, CorruptReason::Undecodable(_)));
-    let next: GetOutcome<Encoding> = store.get_json(Kind::ENCODINGS, &k).unwrap();
+    let next: GetOutcome<Encoding> = store.get_json(ENCODINGS, &k).unwrap();
     assert_eq!(next, GetOutcome::Miss);
 }
 
@@ -320,7 +310,7 @@ fn threads_hammering_the_same_keys_never_read_corrupt_data() {
             scope.spawn(move || {
                 for round in 0..150u64 {
                     let i = (thread * 31 + round * 7) % 12;
-                    match store.get(Kind::STATISTICS, &key(i)).unwrap() {
+                    match store.get(STATS, &key(i)).unwrap() {
                         GetOutcome::Hit(bytes) => {
                             assert_eq!(bytes, payload(i, 1, 64 << 10), "key {i}");
                             hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -328,9 +318,7 @@ fn threads_hammering_the_same_keys_never_read_corrupt_data() {
                         GetOutcome::Miss => {}
                         GetOutcome::Corrupt(c) => panic!("concurrent writers produced {c}"),
                     }
-                    store
-                        .put(Kind::STATISTICS, &key(i), &payload(i, 1, 64 << 10))
-                        .unwrap();
+                    store.put(STATS, &key(i), &payload(i, 1, 64 << 10)).unwrap();
                 }
             });
         }
@@ -339,7 +327,7 @@ fn threads_hammering_the_same_keys_never_read_corrupt_data() {
         hits.into_inner() > 0,
         "readers never raced a finished entry"
     );
-    let (entries, temps) = files_of(&store, Kind::STATISTICS);
+    let (entries, temps) = files_of(&store, STATS);
     assert_eq!(entries.len(), 12);
     assert!(temps.is_empty(), "{temps:?}");
 }
@@ -374,13 +362,13 @@ fn child_process_entry() {
         "hammer" => {
             for round in 0..300u64 {
                 let i = (seed * 13 + round * 3) % 10;
-                match store.get(Kind::STATISTICS, &key(i)).unwrap() {
+                match store.get(STATS, &key(i)).unwrap() {
                     GetOutcome::Hit(bytes) => assert_eq!(bytes, payload(i, 1, 256 << 10)),
                     GetOutcome::Miss => {}
                     GetOutcome::Corrupt(c) => panic!("process {seed} read {c}"),
                 }
                 store
-                    .put(Kind::STATISTICS, &key(i), &payload(i, 1, 256 << 10))
+                    .put(STATS, &key(i), &payload(i, 1, 256 << 10))
                     .unwrap();
             }
         }
@@ -390,7 +378,7 @@ fn child_process_entry() {
             for n in 0.. {
                 let i = (seed * 3 + n) % 40;
                 store
-                    .put(Kind::STATISTICS, &key(i), &payload(i, 256 << 10, 4 << 20))
+                    .put(STATS, &key(i), &payload(i, 256 << 10, 4 << 20))
                     .unwrap();
             }
         }
@@ -413,12 +401,12 @@ fn processes_hammering_the_same_keys_never_read_corrupt_data() {
         );
     }
     let store = Store::open(dir.path()).unwrap();
-    let (entries, temps) = files_of(&store, Kind::STATISTICS);
+    let (entries, temps) = files_of(&store, STATS);
     assert_eq!(entries.len(), 10);
     assert!(temps.is_empty(), "{temps:?}");
     for i in 0..10 {
         assert_eq!(
-            store.get(Kind::STATISTICS, &key(i)).unwrap(),
+            store.get(STATS, &key(i)).unwrap(),
             GetOutcome::Hit(payload(i, 1, 256 << 10))
         );
     }
@@ -443,7 +431,7 @@ fn sigkill_during_writes_leaves_only_valid_entries() {
         child.wait().unwrap();
         rounds += 1;
         let store = Store::open(dir.path()).unwrap();
-        stale_temps = files_of(&store, Kind::STATISTICS).1.len();
+        stale_temps = files_of(&store, STATS).1.len();
     }
     assert!(
         stale_temps > 0,
@@ -452,7 +440,7 @@ fn sigkill_during_writes_leaves_only_valid_entries() {
     eprintln!("{rounds} writers killed, {stale_temps} temp files left behind");
 
     let store = Store::open(dir.path()).unwrap();
-    let (entries, temps) = files_of(&store, Kind::STATISTICS);
+    let (entries, temps) = files_of(&store, STATS);
     assert!(!entries.is_empty());
     for path in &entries {
         let name = format!(
@@ -466,16 +454,14 @@ fn sigkill_during_writes_leaves_only_valid_entries() {
         );
         let i = keys[&name.parse::<Digest>().unwrap()];
         assert_eq!(
-            store.get(Kind::STATISTICS, &key(i)).unwrap(),
+            store.get(STATS, &key(i)).unwrap(),
             GetOutcome::Hit(payload(i, 256 << 10, 4 << 20)),
             "entry {i} after {rounds} kills"
         );
     }
     // Still usable, and gc removes the dead writers' temp files only once they are stale.
-    store
-        .put(Kind::STATISTICS, &key(1000), b"after the crash")
-        .unwrap();
-    assert!(store.get(Kind::STATISTICS, &key(1000)).unwrap().is_hit());
+    store.put(STATS, &key(1000), b"after the crash").unwrap();
+    assert!(store.get(STATS, &key(1000)).unwrap().is_hit());
     assert_eq!(store.gc(u64::MAX).unwrap().stale_temp_files_removed, 0);
     let long_ago = SystemTime::now() - STALE_TEMP_AGE - Duration::from_secs(60);
     for temp in &temps {
@@ -484,7 +470,7 @@ fn sigkill_during_writes_leaves_only_valid_entries() {
     let report = store.gc(u64::MAX).unwrap();
     assert_eq!(report.stale_temp_files_removed, temps.len() as u64);
     assert_eq!(report.entries_kept, entries.len() as u64 + 1);
-    assert!(files_of(&store, Kind::STATISTICS).1.is_empty());
+    assert!(files_of(&store, STATS).1.is_empty());
 }
 
 #[test]
@@ -495,28 +481,28 @@ fn gc_evicts_least_recently_used_first() {
     let start = SystemTime::now() - Duration::from_secs(3600);
     for i in 0..5u64 {
         store
-            .put(Kind::ENCODINGS, &key(i), &payload(i, 1000, 1000))
+            .put(ENCODINGS, &key(i), &payload(i, 1000, 1000))
             .unwrap();
         // Entry i was last used i minutes after `start`: 0 is the oldest.
         set_mtime(
-            &store.entry_path(Kind::ENCODINGS, &key(i)),
+            &store.entry_path(ENCODINGS, &key(i)),
             start + Duration::from_secs(60 * i),
         );
     }
     // Reading entry 0 makes it the most recently used.
-    assert!(store.get(Kind::ENCODINGS, &key(0)).unwrap().is_hit());
+    assert!(store.get(ENCODINGS, &key(0)).unwrap().is_hit());
 
     // A fresh temp file is a write in progress and survives; a quarantined entry does not.
     let shard = store
-        .entry_path(Kind::ENCODINGS, &key(0))
+        .entry_path(ENCODINGS, &key(0))
         .parent()
         .unwrap()
         .to_path_buf();
     fs::write(shard.join(".tmp-1-2-3"), b"in flight").unwrap();
-    fs::write(store.entry_path(Kind::ENCODINGS, &key(4)), b"bad").unwrap();
+    fs::write(store.entry_path(ENCODINGS, &key(4)), b"bad").unwrap();
     assert!(
         store
-            .get(Kind::ENCODINGS, &key(4))
+            .get(ENCODINGS, &key(4))
             .unwrap()
             .corruption()
             .is_some()
@@ -530,7 +516,7 @@ fn gc_evicts_least_recently_used_first() {
     assert_eq!(report.quarantined_removed, 1);
     assert_eq!(report.stale_temp_files_removed, 0);
     let alive: Vec<u64> = (0..5)
-        .filter(|&i| store.get(Kind::ENCODINGS, &key(i)).unwrap().is_hit())
+        .filter(|&i| store.get(ENCODINGS, &key(i)).unwrap().is_hit())
         .collect();
     assert_eq!(
         alive,
@@ -549,7 +535,7 @@ fn clean_removes_the_store_and_refuses_other_folders() {
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join(".quant");
     let store = Store::open(&store_dir).unwrap();
-    store.put(Kind::ARTIFACTS, &key(1), &[0u8; 100]).unwrap();
+    store.put(ARTIFACTS, &key(1), &[0u8; 100]).unwrap();
     let report = store.clean().unwrap();
     assert_eq!(report.files_removed, 2, "the entry and CACHEDIR.TAG");
     assert!(report.bytes_removed >= 100 + HEADER_LEN as u64);
@@ -596,7 +582,7 @@ fn parse_size_reads_cli_spellings() {
 #[test]
 fn keys_follow_the_documented_layout_and_never_change() {
     let model = Digest::of(b"model bytes");
-    // A fixed kind and version, not `Kind::STATISTICS`: that one's version moves with its payload.
+    // A fixed kind and version, not `STATS`: that one's version moves with its payload.
     let built = KeyBuilder::new(Kind::new("statistics", 1))
         .digest("model", &model)
         .str("tensor", "conv_3.tmp_0")

@@ -12,10 +12,10 @@ use serde_json::json;
 
 use super::shell::Shell;
 use super::{EXIT_FAILURE, EXIT_USAGE};
-use crate::engine::Database;
-use crate::engine::explain::Explanation;
-use crate::engine::pipeline::{self, BuildOptions, BuildReport, Progress, ProjectSpec};
-use crate::engine::queries::{BuildContext, WorkLog, display_path};
+use crate::engine::{
+    self, BuildContext, BuildOptions, BuildReport, Database, Explanation, Progress, ProjectSpec,
+    WorkLog, display_path,
+};
 use crate::manifest;
 use crate::store::Store;
 
@@ -390,7 +390,7 @@ pub fn run(args: BuildArgs) -> ExitCode {
         jobs: args.jobs,
     };
     let progress = progress_printer(shell);
-    let report = pipeline::build(&db, &projects, &options, &progress);
+    let report = engine::build(&db, &projects, &options, &progress);
     let code = render(&shell, &report, args.explain);
     print_evaluations(&shell, &report);
     if args.json {

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 
 use super::shell::Shell;
 use super::{EXIT_FAILURE, EXIT_USAGE};
-use crate::engine::queries::display_path;
+use crate::engine::display_path;
 use crate::manifest::{self, FileCheck};
 use crate::store::{self, DEFAULT_MAX_SIZE, Store};
 

@@ -12,7 +12,7 @@ use super::{EXIT_FAILURE, EXIT_USAGE};
 use crate::encoding::{Bitwidth, Schema};
 use crate::engine::oneshot::{self, OneShot, OneShotError};
 use crate::export::aimet::EncodingVersion;
-use crate::manifest::{CalibrationMethod, LegacyQuantizer, Percentile, QuantizerSettings};
+use crate::quantizer::{CalibrationMethod, LegacyQuantizer, Percentile, QuantizerSettings};
 
 /// Options, spelled as qairt-quantizer spells them.
 #[derive(Args, Debug)]
@@ -26,15 +26,15 @@ pub struct QuantizeArgs {
     /// Where to write the AIMET encodings JSON.
     #[arg(long = "output_encodings", value_name = "ENCODINGS.json")]
     output_encodings: PathBuf,
-    /// Activation bitwidth (2–16).
-    #[arg(long = "act_bitwidth", visible_alias = "act_bw", default_value = "8", value_parser = parse_bitwidth)]
-    act_bitwidth: Bitwidth,
-    /// Weight bitwidth (2–16).
-    #[arg(long = "weights_bitwidth", visible_alias = "weight_bw", default_value = "8", value_parser = parse_bitwidth)]
-    weights_bitwidth: Bitwidth,
-    /// Bias bitwidth: 8 (own range) or 32 (input scale × weight scale).
-    #[arg(long = "bias_bitwidth", visible_alias = "bias_bw", default_value = "8", value_parser = parse_bias_bitwidth)]
-    bias_bitwidth: Bitwidth,
+    /// Activation bitwidth (2–16) [default: 8].
+    #[arg(long = "act_bitwidth", visible_alias = "act_bw", value_parser = parse_bitwidth)]
+    act_bitwidth: Option<Bitwidth>,
+    /// Weight bitwidth (2–16) [default: 8].
+    #[arg(long = "weights_bitwidth", visible_alias = "weight_bw", value_parser = parse_bitwidth)]
+    weights_bitwidth: Option<Bitwidth>,
+    /// Bias bitwidth: 8 (own range) or 32 (input scale × weight scale) [default: 8].
+    #[arg(long = "bias_bitwidth", visible_alias = "bias_bw", value_parser = parse_bias_bitwidth)]
+    bias_bitwidth: Option<Bitwidth>,
     /// Activation calibration: min-max, sqnr, percentile, mse, entropy.
     #[arg(long = "act_quantizer_calibration", value_parser = parse_calibration)]
     act_quantizer_calibration: Option<CalibrationMethod>,
@@ -55,9 +55,9 @@ pub struct QuantizeArgs {
     #[arg(long = "param_quantizer", value_parser = parse_legacy,
           conflicts_with_all = ["param_quantizer_calibration", "param_quantizer_schema"])]
     param_quantizer: Option<LegacyQuantizer>,
-    /// Percentile for the percentile calibration, in [90, 100].
-    #[arg(long = "percentile_calibration_value", default_value = "99.99", value_parser = parse_percentile)]
-    percentile_calibration_value: Percentile,
+    /// Percentile for the percentile calibration, in [90, 100] [default: 99.99].
+    #[arg(long = "percentile_calibration_value", value_parser = parse_percentile)]
+    percentile_calibration_value: Option<Percentile>,
     /// Per-channel weights for Conv-family ops (forces symmetric weights).
     #[arg(long = "use_per_channel_quantization")]
     use_per_channel_quantization: bool,
@@ -136,39 +136,42 @@ fn parse_version(s: &str) -> Result<EncodingVersion, String> {
 }
 
 impl QuantizeArgs {
+    /// The settings these options give, qairt-quantizer's defaults (the quantizer's own) for
+    /// every option not given.
     fn settings(&self) -> QuantizerSettings {
+        let defaults = QuantizerSettings::default();
         let (act_calibration, act_schema) = match self.act_quantizer {
             Some(legacy) => legacy.expand(),
             None => (
                 self.act_quantizer_calibration
-                    .unwrap_or(CalibrationMethod::MinMax),
-                self.act_quantizer_schema.unwrap_or(Schema::Asymmetric),
+                    .unwrap_or(defaults.act_calibration),
+                self.act_quantizer_schema.unwrap_or(defaults.act_schema),
             ),
         };
         let (param_calibration, param_schema) = match self.param_quantizer {
             Some(legacy) => legacy.expand(),
             None => (
                 self.param_quantizer_calibration
-                    .unwrap_or(CalibrationMethod::MinMax),
-                self.param_quantizer_schema.unwrap_or(Schema::Asymmetric),
+                    .unwrap_or(defaults.param_calibration),
+                self.param_quantizer_schema.unwrap_or(defaults.param_schema),
             ),
         };
         QuantizerSettings {
-            calibration: String::new(),
-            overrides: Vec::new(),
-            act_bitwidth: self.act_bitwidth,
-            weights_bitwidth: self.weights_bitwidth,
-            bias_bitwidth: self.bias_bitwidth,
-            float_bitwidth: None,
+            act_bitwidth: self.act_bitwidth.unwrap_or(defaults.act_bitwidth),
+            weights_bitwidth: self.weights_bitwidth.unwrap_or(defaults.weights_bitwidth),
+            bias_bitwidth: self.bias_bitwidth.unwrap_or(defaults.bias_bitwidth),
             act_calibration,
             param_calibration,
             act_schema,
             param_schema,
-            percentile: self.percentile_calibration_value,
+            percentile: self
+                .percentile_calibration_value
+                .unwrap_or(defaults.percentile),
+            // Flags: absent is the default, off.
             per_channel: self.use_per_channel_quantization,
             per_row: self.use_per_row_quantization,
-            ignore_quantization_overrides: self.ignore_quantization_overrides,
             calibrate_with_quantized_weights: self.calibrate_with_quantized_weights,
+            ..defaults
         }
     }
 

@@ -15,9 +15,7 @@ use clap::Args;
 use super::EXIT_FAILURE;
 use super::build::{finished_line, progress_printer, projects, render};
 use super::shell::Shell;
-use crate::engine::Database;
-use crate::engine::pipeline::{self, BuildOptions, BuildReport};
-use crate::engine::queries::UnitEncodings;
+use crate::engine::{self, BuildOptions, BuildReport, Database, UnitEncodings};
 use crate::overrides::FixedEncoding;
 use crate::watch::{WatchEvent, Watcher, rebuild_on_change};
 
@@ -141,7 +139,7 @@ pub fn run(args: WatchArgs) -> ExitCode {
     let progress = Arc::new(progress_printer(shell));
     let build = {
         let projects = projects.clone();
-        move |db: &Database| pipeline::build(db, &projects, &options, progress.as_ref())
+        move |db: &Database| engine::build(db, &projects, &options, progress.as_ref())
     };
     let mut last: BTreeMap<String, Arc<UnitEncodings>> = BTreeMap::new();
     let mut usage_error = false;

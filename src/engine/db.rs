@@ -1,6 +1,6 @@
 //! The salsa database every build query runs against, and the log of which queries executed.
 //!
-//! It owns the salsa storage, the registry of source files (see [`super::files`]) and an
+//! It owns the salsa storage, the registry of source files (see [`super::source`]) and an
 //! optional execution log. It must not read files on its own initiative, format terminal output
 //! or decide what a build means: queries and the driver do that.
 
@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use salsa::{DatabaseKeyIndex, EventKind};
 
-use super::files::Files;
+use super::source::Files;
 
 /// The query database trait: what a query may ask of the database besides salsa itself.
 ///

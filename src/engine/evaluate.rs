@@ -32,47 +32,34 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::db::Db;
-use super::files::{FileError, FileSnapshot, SourceFile, source_file};
-use super::queries::{
-    self, BuildContext, BuildError, ModelKey, RUNTIME, Section, TensorJob, TensorKey, Unit,
-    UnitPlan, WorkLog, WorkRecord, display_path, lookup, lookup_bytes, model_graph, model_key,
-    unit_plan,
+use super::cache::{
+    EVALUATIONS, FLOAT_TOTALS, FLOAT_TRACES, RUN_STRUCTURES, RUNTIME, SIM_TRACES, lookup,
+    lookup_bytes,
 };
+use super::calibrate::{input_list, merged_statistics, unit_calibration};
+use super::db::Db;
+use super::encode::model_encodings;
+use super::error::{BuildError, display_path};
+use super::export::unit_encodings_json;
+use super::inputs::source_file;
+use super::keys::{BuildContext, ModelKey, Unit};
+use super::log::{WorkLog, WorkRecord};
+use super::model::{model_graph, model_key};
+use super::plan::{UnitPlan, unit_eval_set, unit_plan};
+use super::source::{FileError, FileSnapshot, SourceFile};
 use super::stored::stable_digest;
 use crate::calib::{CalibError, InputList};
 use crate::eval::{
     EvalError, Evaluator, FloatTotals, FloatTrace, Labels, Runners, SimTrace, TraceStore,
     declared_classes,
 };
-use crate::export::qdq;
-use crate::manifest::ResolvedEval;
-use crate::onnx::qdq::QdqTensor;
-use crate::quantizer::{ModelEncodings, Warning};
+use crate::quantizer::ModelEncodings;
 use crate::quantsim::QuantSim;
 use crate::report::{Report, ReportContext};
 use crate::run::{FloatRunner, RunStructure};
 use crate::store::{Digest, KeyBuilder, Kind, Store};
 
-/// Version of what an evaluation computes and how its store entry is laid out; bump when
-/// either changes, so older entries are never read back.
-pub const EVALUATION_VERSION: u32 = 1;
-
-/// Store kind of finished evaluations.
-const EVALUATIONS: Kind = Kind::new("evaluations", EVALUATION_VERSION);
-
-/// Store kind of per-sample float traces ([`crate::eval::FloatTrace`]).
-const FLOAT_TRACES: Kind = Kind::new("eval-float-traces", 1);
-
-/// Store kind of a unit's simulation traces, one entry per unit holding every eval sample's
-/// [`crate::eval::SimTrace`] by the sample's float trace key.
-const SIM_TRACES: Kind = Kind::new("eval-sim-traces", 2);
-
-/// Store kind of the float side of a whole eval list ([`FloatTotals`]).
-const FLOAT_TOTALS: Kind = Kind::new("eval-float-totals", 1);
-
-/// Store kind of run structures ([`RunStructure`]).
-const RUN_STRUCTURES: Kind = Kind::new("run-structures", 1);
+pub use super::cache::EVALUATION_VERSION;
 
 /// The traces of one unit's eval samples in the store: a float trace per sample (shared by
 /// every unit evaluating the same model on the same sample), the float totals of the list,
@@ -284,50 +271,6 @@ impl UnitEvaluation {
     }
 }
 
-/// The unit's encodings as the library's [`ModelEncodings`]: channel axes from the per-tensor
-/// queries, and the one warning the QDQ export acts on (a bias encoded from its own range).
-pub fn model_encodings(db: &dyn Db, unit: Unit<'_>) -> Result<ModelEncodings, BuildError> {
-    let tensors = queries::unit_tensors(db, unit)
-        .as_ref()
-        .map_err(Clone::clone)?;
-    let mut out = ModelEncodings::default();
-    for name in &tensors.order {
-        db.unwind_if_revision_cancelled();
-        let encoded = queries::tensor_encoding(db, TensorKey::new(db, unit, name.clone()))
-            .as_ref()
-            .map_err(Clone::clone)?;
-        let Some(encoding) = encoded.tensor_encoding() else {
-            continue;
-        };
-        match encoded.section {
-            Section::Activations => out.activations.insert(name.clone(), encoding),
-            Section::Parameters => out.parameters.insert(name.clone(), encoding),
-        };
-        if encoded_from_own_range(tensors, name, encoded) {
-            out.warnings.push(Warning::BiasOwnRange {
-                tensor: name.clone(),
-            });
-        }
-    }
-    Ok(out)
-}
-
-/// Whether `name` is a bias the quantizer had to encode from its own range (its input or
-/// weight had no integer encoding): the one warning the QDQ export acts on.
-fn encoded_from_own_range(
-    tensors: &queries::TensorPlan,
-    name: &str,
-    encoded: &queries::EncodedTensor,
-) -> bool {
-    tensors.jobs.get(name) == Some(&TensorJob::Bias)
-        && encoded.warnings.contains(
-            &Warning::BiasOwnRange {
-                tensor: name.to_string(),
-            }
-            .to_string(),
-        )
-}
-
 /// The parameter encodings of a simulation ([`crate::quantsim::simulated_parameters`]),
 /// compared by a digest of their values: equal parameters give one interned [`SimModel`] however
 /// many targets (or revisions) produce them.
@@ -401,103 +344,6 @@ pub fn sim_runner<'db>(
     )
     .map(Arc::new)
     .map_err(eval_error)
-}
-
-/// `model.qdq.onnx` of a quantized unit: the model (input dims fixed) with its encodings as
-/// QuantizeLinear/DequantizeLinear, the digest of `encodings.json` in its metadata. `None` for
-/// float targets.
-#[salsa::tracked(returns(ref))]
-pub fn unit_qdq_model<'db>(
-    db: &'db dyn Db,
-    unit: Unit<'db>,
-) -> Result<Option<Arc<[u8]>>, BuildError> {
-    let plan = unit_plan(db, unit).as_ref().map_err(Clone::clone)?;
-    if plan.settings().is_none() {
-        return Ok(None);
-    }
-    let json = queries::unit_encodings_json(db, unit)
-        .as_ref()
-        .map_err(Clone::clone)?;
-    let digest = qdq::encodings_digest(json.as_bytes());
-    let model = model_graph(db, model_key(db, plan))
-        .as_ref()
-        .map_err(Clone::clone)?;
-    let export_error = |message: String| BuildError::Export {
-        path: display_path(&plan.out_dir.join("model.qdq.onnx")),
-        message,
-    };
-    // The order of `qdq::plan`: activations, then parameters, each by name (the unit's
-    // memoized encodings list exactly the tensors that have one, in that order).
-    let encodings = queries::unit_encodings(db, unit)
-        .as_ref()
-        .map_err(Clone::clone)?;
-    let mut tensors = Vec::new();
-    for name in encodings
-        .activations
-        .keys()
-        .chain(encodings.parameters.keys())
-    {
-        let planned = qdq_tensor(db, TensorKey::new(db, unit, name.clone()))
-            .as_ref()
-            .map_err(Clone::clone)?;
-        tensors.extend(planned.iter().cloned());
-    }
-    let exported = model
-        .onnx
-        .with_qdq(&qdq::assemble(tensors, &digest))
-        .map_err(|e| export_error(qdq::QdqExportError::from(e).to_string()))?;
-    Ok(Some(exported.to_bytes().into()))
-}
-
-/// One tensor's part of its unit's QDQ model ([`qdq::plan_tensor`]), kept per tensor: after an
-/// edit of one encoding, only that tensor is planned again (a weight's integers are most of an
-/// export's work).
-#[salsa::tracked(returns(ref), no_eq)]
-pub fn qdq_tensor<'db>(
-    db: &'db dyn Db,
-    tensor: TensorKey<'db>,
-) -> Result<Option<QdqTensor>, BuildError> {
-    let unit = tensor.unit(db);
-    let plan = unit_plan(db, unit).as_ref().map_err(Clone::clone)?;
-    let name = tensor.name(db);
-    let encoded = queries::tensor_encoding(db, tensor)
-        .as_ref()
-        .map_err(Clone::clone)?;
-    let Some(encoding) = encoded.tensor_encoding() else {
-        return Ok(None);
-    };
-    let tensors = queries::unit_tensors(db, unit)
-        .as_ref()
-        .map_err(Clone::clone)?;
-    let own_range = encoded_from_own_range(tensors, name, encoded);
-    let model = model_graph(db, model_key(db, plan))
-        .as_ref()
-        .map_err(Clone::clone)?;
-    // The graph holds every float parameter decoded already; anything else (an activation, a
-    // parameter of another type) goes through the model as `quant quantize` does.
-    let decoded = model.graph.parameter(name).and_then(|data| {
-        let dims: Vec<u64> = data.shape.iter().map(|&d| d as u64).collect();
-        data.as_f32().map(|values| (values, dims))
-    });
-    match &decoded {
-        Some((values, dims)) => {
-            qdq::plan_tensor_with(name, &encoding, own_range, Some((values, dims)))
-        }
-        None => qdq::plan_tensor(&model.onnx, name, &encoding, own_range),
-    }
-    .map_err(|e| BuildError::Export {
-        path: display_path(&plan.out_dir.join("model.qdq.onnx")),
-        message: e.to_string(),
-    })
-}
-
-/// The eval set a unit is evaluated on: the projection of the manifest that spares the
-/// evaluation when another part of the manifest changes.
-#[salsa::tracked]
-pub fn unit_eval_set<'db>(db: &'db dyn Db, unit: Unit<'db>) -> Option<ResolvedEval> {
-    let pipeline = queries::pipeline(db, unit.project(db)).as_ref().ok()?;
-    let target = pipeline.targets.get(unit.target(db))?;
-    pipeline.eval.get(target.evaluate.as_ref()?).cloned()
 }
 
 /// The float model an evaluation compares against, loaded once per model and input dims
@@ -577,10 +423,10 @@ fn calibration_ranges(
     db: &dyn Db,
     unit: Unit<'_>,
 ) -> Result<BTreeMap<String, (f64, f64)>, BuildError> {
-    let Some(calibration) = queries::unit_calibration(db, unit)? else {
+    let Some(calibration) = unit_calibration(db, unit)? else {
         return Ok(BTreeMap::new());
     };
-    let merged = queries::merged_statistics(db, calibration)
+    let merged = merged_statistics(db, calibration)
         .as_ref()
         .map_err(Clone::clone)?;
     Ok(merged
@@ -609,7 +455,7 @@ pub fn unit_evaluation<'db>(
         return Ok(None);
     };
     // The encodings' own errors come first: they are the ones to fix.
-    let json = queries::unit_encodings_json(db, unit)
+    let json = unit_encodings_json(db, unit)
         .as_ref()
         .map_err(Clone::clone)?;
     let encodings_digest = Digest::of(json.as_bytes());
@@ -622,9 +468,7 @@ pub fn unit_evaluation<'db>(
     };
 
     let list_file = source_file(db, &set.input_list);
-    let list = queries::input_list(db, list_file)
-        .as_ref()
-        .map_err(Clone::clone)?;
+    let list = input_list(db, list_file).as_ref().map_err(Clone::clone)?;
     let mut samples: Vec<(PathBuf, Digest)> = Vec::new();
     for (index, sample) in list.samples.iter().enumerate() {
         for file in &sample.files {

@@ -11,10 +11,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{KeyBuilder, Kind};
-
-/// The store kind of build records.
-pub const BUILD_RECORD: Kind = Kind::new("build-record", 1);
+use super::cache::BUILD_RECORD;
+use crate::store::KeyBuilder;
 
 /// What one unit's build read (input label → content digest, `missing` when unreadable) and
 /// produced (tensor → encoding digest). Labels are paths relative to the manifest's folder.

@@ -6,7 +6,7 @@
 //! engine's tests drive it; it must not grow product logic.
 
 use super::db::Db;
-use super::files::{FileError, SourceFile};
+use super::source::{FileError, SourceFile};
 
 pub use line::Line;
 

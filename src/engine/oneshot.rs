@@ -11,14 +11,14 @@ use rayon::prelude::*;
 
 use crate::calib::{CalibError, InputList};
 use crate::export::aimet::{AimetEncodings, QuantizerArgs};
-use crate::graph::{Graph, GraphError, Role};
-use crate::manifest::{CalibrationMethod, QuantizerSettings};
+use crate::graph::{Graph, GraphError};
 use crate::onnx::{OnnxError, OnnxModel};
 use crate::overrides::{
     self, FixedEncoding, ModelTensors, Overrides, OverridesError, OverridesInvalid,
 };
 use crate::quantizer::{
-    self, CalibrationError, EncodeError, ModelEncodings, SampleStatistics, statistics_settings,
+    self, CalibrationError, EncodeError, ModelEncodings, QuantizerSettings, SampleStatistics,
+    statistics_settings,
 };
 use crate::run::{FloatRunner, RunError};
 
@@ -121,55 +121,6 @@ impl OneShotError {
     }
 }
 
-/// The tensors overrides may name, with each parameter's channel count along its output-channel
-/// axis (1 for parameters that are never per-channel).
-pub fn model_tensors(graph: &Graph) -> ModelTensors {
-    let activations = graph
-        .float_activations()
-        .map(|t| t.name.as_str().to_string())
-        .collect();
-    let parameters = graph
-        .float_parameters()
-        .map(|t| {
-            let channels = match (t.role, graph.parameter(t.name.as_str())) {
-                (
-                    Role::Weight {
-                        output_channel_axis,
-                    },
-                    Some(data),
-                ) => data.shape.get(output_channel_axis).copied().unwrap_or(1),
-                _ => 1,
-            };
-            (t.name.as_str().to_string(), channels)
-        })
-        .collect();
-    ModelTensors {
-        activations,
-        parameters,
-    }
-}
-
-/// AIMET's `quantizer_args` for these settings.
-pub fn quantizer_args(settings: &QuantizerSettings) -> QuantizerArgs {
-    QuantizerArgs {
-        activation_bitwidth: settings.act_bitwidth,
-        param_bitwidth: settings.weights_bitwidth,
-        is_symmetric: settings.param_schema.is_symmetric()
-            || settings.per_channel
-            || settings.per_row,
-        per_channel_quantization: settings.per_channel,
-        quant_scheme: match settings.act_calibration {
-            CalibrationMethod::MinMax => "min_max",
-            CalibrationMethod::Sqnr => "post_training_tf_enhanced",
-            CalibrationMethod::Percentile => "post_training_percentile",
-            CalibrationMethod::Mse => "mse",
-            CalibrationMethod::Entropy => "entropy",
-            CalibrationMethod::Adjusted => "adjusted",
-        }
-        .to_string(),
-    }
-}
-
 /// The AIMET file for a model's encodings.
 pub fn aimet_encodings(encodings: &ModelEncodings, settings: &QuantizerSettings) -> AimetEncodings {
     let convert = |map: &std::collections::BTreeMap<String, crate::encoding::TensorEncoding>| {
@@ -180,7 +131,7 @@ pub fn aimet_encodings(encodings: &ModelEncodings, settings: &QuantizerSettings)
     AimetEncodings {
         activations: convert(&encodings.activations),
         parameters: convert(&encodings.parameters),
-        quantizer_args: quantizer_args(settings),
+        quantizer_args: QuantizerArgs::for_settings(settings),
     }
 }
 
@@ -213,7 +164,7 @@ pub fn quantize(
     let overrides = match &job.overrides {
         Some(path) => {
             let parsed = overrides::read(path)?;
-            parsed.validate(&model_tensors(&graph))?;
+            parsed.validate(&ModelTensors::of(&graph))?;
             warnings.extend(parsed.warnings.iter().map(|w| w.to_string()));
             parsed.overrides
         }

@@ -14,172 +14,47 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use rayon::ThreadPool;
 use rayon::prelude::*;
 
-use super::db::{Database, Db};
-use super::evaluate::UnitEvaluation;
-use super::explain::{self, BUILD_RECORD, BuildRecord, Explanation};
-use super::files::{StampedDigest, source_file};
-use super::queries::{
-    self, BuildContext, BuildError, CalibrationKey, Project, SampleKey, Unit, UnitEncodings,
-    UnitPlan, WorkRecord, display_path,
+use super::artifacts::unit_artifacts;
+use super::calibrate::{
+    input_list, merged_statistics, merged_statistics_stored, sample_count, sample_statistics,
+    unit_calibration,
 };
-use super::stored::{StoredUnitState, stable_digest};
-use crate::manifest::{ResolvedEval, ResolvedPipeline};
-use crate::store::{Corruption, Digest, GetOutcome, KeyBuilder, Kind};
+use super::db::Database;
+use super::encode::unit_encodings;
+use super::error::{BuildError, display_path};
+use super::fresh::{
+    distinct_stores, fresh_unit, load_stamps, record_and_explain, save_stamps, save_unit_state,
+    unit_inputs,
+};
+use super::inputs::{prefetch, source_file};
+use super::keys::{CalibrationKey, ModelKey, Project, SampleKey, Unit};
+use super::log::{WorkLog, WorkRecord};
+use super::model::{model_graph, model_key};
+use super::outcome::{
+    BuildCounts, BuildOptions, BuildReport, Progress, ProjectSpec, UnitDone, UnitOutcome,
+};
+use super::plan::{pipeline, plan_of, unit_eval_set};
+use crate::manifest::ResolvedPipeline;
+use crate::store::Digest;
 
-/// One manifest to build.
-#[derive(Debug, Clone)]
-pub struct ProjectSpec {
-    /// The `quant.toml` file.
-    pub manifest: PathBuf,
-    /// How diagnostics name it (as the user typed it, or relative to the working directory).
-    pub shown_as: String,
-    /// Its store and work log (see [`BuildContext`]).
-    pub context: BuildContext,
-}
-
-/// What to build.
-#[derive(Debug, Clone, Default)]
-pub struct BuildOptions {
-    /// Only these targets (all when empty).
-    pub targets: Vec<String>,
-    /// Only these models (all when empty).
-    pub models: Vec<String>,
-    /// Threads for calibration samples (`None`: all cores).
-    pub jobs: Option<usize>,
-}
-
-/// What the driver is doing, for progress display.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Progress {
-    /// A calibration starts: `samples` samples of `model`, shared by `targets`.
-    Calibrating {
-        /// `[pipeline] name`.
-        pipeline: String,
-        /// The model.
-        model: String,
-        /// The targets that use these statistics.
-        targets: Vec<String>,
-        /// How many samples (run or read back from the store).
-        samples: usize,
-    },
-    /// One more sample of the current calibration is done.
-    SampleDone,
-    /// A unit's encodings are being collected.
-    Encoding {
-        /// `[pipeline] name`.
-        pipeline: String,
-        /// The target.
-        target: String,
-        /// The model.
-        model: String,
-    },
-    /// An output file was written (its bytes changed).
-    Wrote {
-        /// The file.
-        path: PathBuf,
-    },
-}
-
-/// Work done versus reused in one build: the `--json` counts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct BuildCounts {
-    /// Samples run through the float model.
-    pub samples_run: usize,
-    /// Samples whose statistics were reused (memoized or from the store).
-    pub samples_reused: usize,
-    /// Tensors whose encoding was computed.
-    pub tensors_encoded: usize,
-    /// Tensors whose encoding was reused.
-    pub tensors_reused: usize,
-    /// Output files written because their bytes changed.
-    pub artifacts_written: usize,
-    /// Output files left alone because they already held the right bytes.
-    pub artifacts_unchanged: usize,
-    /// Evaluations run (the others were reused from the store or the database).
-    pub evaluations_run: usize,
-    /// Eval samples those evaluations ran (float model and simulation).
-    pub eval_samples_run: usize,
-    /// Eval samples those evaluations served from stored traces without running.
-    pub eval_samples_reused: usize,
-}
-
-/// A unit built successfully.
-#[derive(Debug, Clone)]
-pub struct UnitDone {
-    /// Its encodings (for reporting what changed between builds).
-    pub encodings: Arc<UnitEncodings>,
-    /// `encodings.json`.
-    pub encodings_path: PathBuf,
-    /// Files written.
-    pub written: Vec<PathBuf>,
-    /// Files already up to date.
-    pub unchanged: Vec<PathBuf>,
-    /// Why it rebuilt, compared with the last build's record.
-    pub explanation: Explanation,
-    /// Its evaluation, when the target has `evaluate`.
-    pub evaluation: Option<Arc<UnitEvaluation>>,
-}
-
-/// One unit's outcome.
-#[derive(Debug, Clone)]
-pub struct UnitOutcome {
-    /// `[pipeline] name`.
-    pub pipeline: String,
-    /// The target.
-    pub target: String,
-    /// The model.
-    pub model: String,
-    /// Its output folder.
-    pub out_dir: PathBuf,
-    /// The result.
-    pub result: Result<UnitDone, BuildError>,
-}
-
-/// The result of a build.
-#[derive(Debug, Clone, Default)]
-pub struct BuildReport {
-    /// Every unit built (or attempted), in manifest, target, model order.
-    pub units: Vec<UnitOutcome>,
-    /// Manifests that could not be resolved.
-    pub manifest_errors: Vec<BuildError>,
-    /// Requested target or model names no manifest declares (bad usage; nothing was built).
-    pub unknown: Vec<String>,
-    /// Work counts.
-    pub counts: BuildCounts,
-    /// Store entries that failed verification and were recomputed.
-    pub corruptions: Vec<Corruption>,
-    /// Other store failures (the build went on without the store for those entries).
-    pub store_errors: Vec<String>,
-    /// Wall time of the build, in milliseconds.
-    pub wall_ms: u128,
-}
-
-impl BuildReport {
-    /// Whether every manifest resolved and every unit built.
-    pub fn succeeded(&self) -> bool {
-        self.unknown.is_empty()
-            && self.manifest_errors.is_empty()
-            && self.units.iter().all(|u| u.result.is_ok())
-    }
-
-    /// Every error, manifests first.
-    pub fn errors(&self) -> impl Iterator<Item = &BuildError> {
-        self.manifest_errors
-            .iter()
-            .chain(self.units.iter().filter_map(|u| u.result.as_ref().err()))
-    }
-}
+/// The progress callback of a build.
+type ProgressFn<'a> = &'a (dyn Fn(Progress) + Sync);
 
 /// Builds `projects` and writes their outputs. Runs on any database handle (the main one for
 /// `quant build`, a [`super::Build`] worker's clone for `quant watch`); a cancellation unwinds
 /// out of it and leaves nothing half-written.
+///
+/// The phases, in order: resolve the manifests; choose the units; read every input file side by
+/// side; find the units left fresh by their last build; run the calibration samples the others
+/// need; load their models and merged statistics side by side; build the units; count the work.
 pub fn build(
     db: &Database,
     projects: &[ProjectSpec],
     options: &BuildOptions,
-    progress: &(dyn Fn(Progress) + Sync),
+    progress: ProgressFn<'_>,
 ) -> BuildReport {
     let started = Instant::now();
     let logs = distinct_logs(db, projects);
@@ -191,7 +66,71 @@ pub fn build(
     load_stamps(db, &stores);
     let mut report = BuildReport::default();
 
-    let mut resolved: Vec<(Project<'_>, Arc<ResolvedPipeline>)> = Vec::new();
+    let resolved = resolve(db, projects, &mut report);
+    report.unknown = unknown_names(&resolved, options, report.manifest_errors.is_empty());
+    if !report.unknown.is_empty() {
+        report.wall_ms = started.elapsed().as_millis();
+        return report;
+    }
+    let units = select_units(db, &resolved, options);
+    prefetch_inputs(db, &units);
+    // Units whose inputs and output files are exactly those of their last build are done.
+    let fresh: Vec<Option<UnitDone>> = units.iter().map(|u| fresh_unit(db, *u)).collect();
+    let pool = options.jobs.and_then(|jobs| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(jobs.max(1))
+            .build()
+            .ok()
+    });
+    let samples_total = calibrate(db, &units, &fresh, pool.as_ref(), progress);
+    warm_stale_units(db, &units, &fresh, pool.as_ref());
+    let outcomes = build_units(db, &units, fresh, pool.as_ref(), progress);
+    let tensors_total = units
+        .iter()
+        .zip(&outcomes)
+        .filter_map(|(unit, outcome)| {
+            let done = outcome.result.as_ref().ok()?;
+            let plan = plan_of(db, *unit).ok()?;
+            plan.settings()
+                .is_some()
+                .then_some(done.encodings.computed_tensors)
+        })
+        .sum();
+    report.units = outcomes;
+
+    let work = drain_logs(&logs);
+    attach_tensors(&mut report, &work);
+    attach_samples(db, &units, &mut report, &work);
+    report.counts = count(&report, &work, samples_total, tensors_total);
+    report.corruptions.extend(work.corruptions);
+    report.store_errors.extend(work.store_errors);
+    save_stamps(db, &stores);
+    report.wall_ms = started.elapsed().as_millis();
+    report
+}
+
+/// Runs `work` on the build's pool when `--jobs` made one, on the global pool otherwise.
+fn on_pool<R: Send>(
+    db: &Database,
+    pool: Option<&ThreadPool>,
+    work: impl FnOnce(&Database) -> R + Send,
+) -> R {
+    match pool {
+        Some(pool) => {
+            let clone = db.clone();
+            pool.install(move || work(&clone))
+        }
+        None => work(db),
+    }
+}
+
+/// Every manifest resolved; those that cannot be are the report's manifest errors.
+fn resolve<'db>(
+    db: &'db Database,
+    projects: &[ProjectSpec],
+    report: &mut BuildReport,
+) -> Vec<(Project<'db>, Arc<ResolvedPipeline>)> {
+    let mut resolved = Vec::new();
     for spec in projects {
         let project = Project::new(
             db,
@@ -199,18 +138,21 @@ pub fn build(
             spec.shown_as.clone(),
             spec.context,
         );
-        match queries::pipeline(db, project) {
+        match pipeline(db, project) {
             Ok(pipeline) => resolved.push((project, pipeline.clone())),
             Err(e) => report.manifest_errors.push(e.clone()),
         }
     }
-    report.unknown = unknown_names(&resolved, options, report.manifest_errors.is_empty());
-    if !report.unknown.is_empty() {
-        report.wall_ms = started.elapsed().as_millis();
-        return report;
-    }
+    resolved
+}
 
-    let units: Vec<Unit<'_>> = resolved
+/// The units the options select, in manifest, target, model order.
+fn select_units<'db>(
+    db: &'db Database,
+    resolved: &[(Project<'db>, Arc<ResolvedPipeline>)],
+    options: &BuildOptions,
+) -> Vec<Unit<'db>> {
+    resolved
         .iter()
         .flat_map(|(project, pipeline)| {
             pipeline
@@ -227,29 +169,37 @@ pub fn build(
                         })
                 })
         })
-        .collect();
+        .collect()
+}
 
-    // Every input file is read and digested before anything looks at it, in parallel (a fresh
-    // process otherwise reads a model and its samples one after the other).
+/// Reads and digests every input file of the units before anything looks at it, in parallel
+/// (a fresh process otherwise reads a model and its samples one after the other).
+fn prefetch_inputs(db: &Database, units: &[Unit<'_>]) {
     let inputs: Vec<PathBuf> = units
         .iter()
         .filter_map(|unit| {
             let plan = plan_of(db, *unit).ok()?;
-            let eval = super::evaluate::unit_eval_set(db, *unit);
+            let eval = unit_eval_set(db, *unit);
             unit_inputs(db, plan, eval.as_ref())
         })
         .flatten()
         .collect();
-    super::files::prefetch(db, &inputs);
+    prefetch(db, &inputs);
+}
 
-    // Units whose inputs and output files are exactly those of their last build are done.
-    let fresh: Vec<Option<UnitDone>> = units.iter().map(|u| fresh_unit(db, *u)).collect();
-
-    // Calibrations, each once however many targets share it (and not at all when every
-    // target using it is fresh).
+/// Runs the samples of every calibration a stale unit needs, each calibration once however
+/// many targets share it, and none whose merged statistics are stored. Returns how many
+/// samples the units' calibrations have in all (run or not), for the reuse count.
+fn calibrate(
+    db: &Database,
+    units: &[Unit<'_>],
+    fresh: &[Option<UnitDone>],
+    pool: Option<&ThreadPool>,
+    progress: ProgressFn<'_>,
+) -> usize {
     let mut calibrations: Vec<(CalibrationKey<'_>, Vec<Unit<'_>>, bool)> = Vec::new();
-    for (unit, done) in units.iter().zip(&fresh) {
-        if let Ok(Some(calibration)) = queries::unit_calibration(db, *unit) {
+    for (unit, done) in units.iter().zip(fresh) {
+        if let Ok(Some(calibration)) = unit_calibration(db, *unit) {
             let stale = done.is_none();
             match calibrations.iter_mut().find(|(c, _, _)| *c == calibration) {
                 Some((_, users, any_stale)) => {
@@ -260,19 +210,13 @@ pub fn build(
             }
         }
     }
-    let pool = options.jobs.and_then(|jobs| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(jobs.max(1))
-            .build()
-            .ok()
-    });
     let mut samples_total = 0;
     for (calibration, users, stale) in &calibrations {
-        let Ok(count) = queries::sample_count(db, *calibration) else {
+        let Ok(count) = sample_count(db, *calibration) else {
             continue;
         };
         samples_total += count;
-        if !stale || queries::merged_statistics_stored(db, *calibration) {
+        if !stale || merged_statistics_stored(db, *calibration) {
             continue;
         }
         let first = users[0];
@@ -285,112 +229,97 @@ pub fn build(
             samples: count,
         });
         let calibration = *calibration;
-        let run = |db: &Database| {
+        on_pool(db, pool, |db| {
             (0..count)
                 .into_par_iter()
-                .map_with(db.clone(), |db, index| {
+                .for_each_with(db.clone(), |db, index| {
                     let sample = SampleKey::new(&*db, calibration, index);
-                    let ok = queries::sample_statistics(&*db, sample).is_ok();
+                    // An error is the unit's to report, when it asks for the statistics.
+                    let _ = sample_statistics(&*db, sample);
                     progress(Progress::SampleDone);
-                    ok
                 })
-                .collect::<Vec<bool>>()
-        };
-        match &pool {
-            Some(pool) => {
-                let clone = db.clone();
-                pool.install(move || run(&clone));
-            }
-            None => {
-                run(db);
-            }
-        }
+        });
     }
+    samples_total
+}
 
-    // Every stale unit starts by loading its model and its merged statistics, and they would
-    // load one after the other inside the first unit to ask; loading them side by side here
-    // takes one of the two off an edit's critical path.
-    let mut models: Vec<queries::ModelKey<'_>> = Vec::new();
+/// Loads the models and merged statistics of the stale units side by side: each unit starts
+/// with both, and they would otherwise load one after the other inside the first unit to ask,
+/// on an edit's critical path.
+fn warm_stale_units(
+    db: &Database,
+    units: &[Unit<'_>],
+    fresh: &[Option<UnitDone>],
+    pool: Option<&ThreadPool>,
+) {
+    let mut models: Vec<ModelKey<'_>> = Vec::new();
     let mut merged: Vec<CalibrationKey<'_>> = Vec::new();
-    for (unit, done) in units.iter().zip(&fresh) {
+    for (unit, done) in units.iter().zip(fresh) {
         if done.is_some() {
             continue;
         }
         if let Ok(plan) = plan_of(db, *unit) {
-            let model = queries::model_key(db, plan);
+            let model = model_key(db, plan);
             if !models.contains(&model) {
                 models.push(model);
             }
         }
-        if let Ok(Some(calibration)) = queries::unit_calibration(db, *unit)
+        if let Ok(Some(calibration)) = unit_calibration(db, *unit)
             && !merged.contains(&calibration)
         {
             merged.push(calibration);
         }
     }
-    let warm = |db: &Database| {
+    on_pool(db, pool, |db| {
         let (for_models, for_merged) = (db.clone(), db.clone());
         let (models, merged) = (&models, &merged);
         rayon::join(
             move || {
                 for model in models {
-                    let _ = queries::model_graph(&for_models, *model);
+                    let _ = model_graph(&for_models, *model);
                 }
             },
             move || {
                 for calibration in merged {
-                    let _ = queries::merged_statistics(&for_merged, *calibration);
+                    let _ = merged_statistics(&for_merged, *calibration);
                 }
             },
         );
-    };
-    match &pool {
-        Some(pool) => {
-            let clone = db.clone();
-            pool.install(move || warm(&clone));
-        }
-        None => warm(db),
-    }
+    });
+}
 
-    // Units are independent (their own outputs, shared queries memoized once), so they build
-    // side by side; an edit that touches every target of a model costs one unit's time per core.
+/// Builds (or reuses) every unit. Units are independent (their own outputs, shared queries
+/// memoized once), so they build side by side; an edit that touches every target of a model
+/// costs one unit's time per core.
+fn build_units(
+    db: &Database,
+    units: &[Unit<'_>],
+    fresh: Vec<Option<UnitDone>>,
+    pool: Option<&ThreadPool>,
+    progress: ProgressFn<'_>,
+) -> Vec<UnitOutcome> {
     let jobs: Vec<(Unit<'_>, Option<UnitDone>)> = units.iter().copied().zip(fresh).collect();
-    let run_units = |db: &Database| -> Vec<UnitOutcome> {
+    on_pool(db, pool, |db| {
         jobs.into_par_iter()
             .map_with(db.clone(), |db, (unit, done)| match done {
                 Some(done) => reuse_unit(db, unit, done, progress),
                 None => build_unit(db, unit, progress),
             })
             .collect()
-    };
-    let outcomes = match &pool {
-        Some(pool) => {
-            let clone = db.clone();
-            pool.install(move || run_units(&clone))
-        }
-        None => run_units(db),
-    };
-    let mut tensors_total = 0;
-    for (unit, outcome) in units.iter().zip(outcomes) {
-        if let (Ok(done), Ok(plan)) = (&outcome.result, plan_of(db, *unit))
-            && plan.settings().is_some()
-        {
-            tensors_total += done.encodings.computed_tensors;
-        }
-        report.units.push(outcome);
-    }
+    })
+}
 
-    let mut work = WorkRecord::default();
-    for log in &logs {
-        let taken = log.take();
-        work.samples_run.extend(taken.samples_run);
-        work.tensors_encoded.extend(taken.tensors_encoded);
-        work.corruptions.extend(taken.corruptions);
-        work.store_errors.extend(taken.store_errors);
-        work.evaluations_run.extend(taken.evaluations_run);
-        work.eval_samples_run += taken.eval_samples_run;
-        work.eval_samples_reused += taken.eval_samples_reused;
+/// Everything the build's logs recorded, taken out of them.
+fn drain_logs(logs: &[WorkLog]) -> WorkRecord {
+    let work = WorkLog::default();
+    for log in logs {
+        work.append(log.take());
     }
+    work.take()
+}
+
+/// Names in each unit's explanation the tensors it encoded.
+fn attach_tensors(report: &mut BuildReport, work: &WorkRecord) {
     for outcome in &mut report.units {
         let Ok(done) = &mut outcome.result else {
             continue;
@@ -406,113 +335,32 @@ pub fn build(
             .map(|t| t.tensor.clone())
             .collect();
     }
-    attach_samples(db, &units, &mut report, &work);
+}
 
-    let written: usize = report
-        .units
-        .iter()
-        .filter_map(|u| u.result.as_ref().ok())
-        .map(|d| d.written.len())
-        .sum();
-    let unchanged: usize = report
-        .units
-        .iter()
-        .filter_map(|u| u.result.as_ref().ok())
-        .map(|d| d.unchanged.len())
-        .sum();
-    report.counts = BuildCounts {
+/// The `--json` counts: computed from the work log, reused as the rest of the totals.
+fn count(
+    report: &BuildReport,
+    work: &WorkRecord,
+    samples_total: usize,
+    tensors_total: usize,
+) -> BuildCounts {
+    let done = || report.units.iter().filter_map(|u| u.result.as_ref().ok());
+    BuildCounts {
         samples_run: work.samples_run.len(),
         samples_reused: samples_total.saturating_sub(work.samples_run.len()),
         tensors_encoded: work.tensors_encoded.len(),
         tensors_reused: tensors_total.saturating_sub(work.tensors_encoded.len()),
-        artifacts_written: written,
-        artifacts_unchanged: unchanged,
+        artifacts_written: done().map(|d| d.written.len()).sum(),
+        artifacts_unchanged: done().map(|d| d.unchanged.len()).sum(),
         evaluations_run: work.evaluations_run.len(),
         eval_samples_run: work.eval_samples_run,
         eval_samples_reused: work.eval_samples_reused,
-    };
-    report.corruptions.extend(work.corruptions);
-    report.store_errors.extend(work.store_errors);
-    save_stamps(db, &stores);
-    report.wall_ms = started.elapsed().as_millis();
-    report
-}
-
-/// The store kind of the stamp index: for every file a build read, its [`StampedDigest`] (size,
-/// times and inode when read, and the digest of what was read). One entry per store, replaced
-/// by each build. Like `unit-state` it describes this machine's files, not content: paths are
-/// its very subject. A later build takes a file whose stamp is unchanged (and which had settled
-/// before it was read) at its recorded digest without reading it, as git's index does; the
-/// bytes are read only if something needs them, and checked against the digest then.
-const FILE_STAMPS: Kind = Kind::new("file-stamps", 1);
-
-/// Most records the index keeps: this build's, then earlier ones by path.
-const MAX_STAMPS: usize = 100_000;
-
-fn stamps_key() -> Digest {
-    KeyBuilder::new(FILE_STAMPS)
-        .str("index", "files read by this store's builds")
-        .finish()
-}
-
-/// Each distinct store of the projects (projects sharing a store share a context).
-fn distinct_stores(
-    db: &Database,
-    projects: &[ProjectSpec],
-) -> Vec<(crate::store::Store, BuildContext)> {
-    let mut stores: Vec<(crate::store::Store, BuildContext)> = Vec::new();
-    for spec in projects {
-        if let Some(store) = spec.context.store(db)
-            && !stores.iter().any(|(s, _)| s.dir() == store.dir())
-        {
-            stores.push((store.clone(), spec.context));
-        }
-    }
-    stores
-}
-
-type StampIndex = Vec<(PathBuf, StampedDigest)>;
-
-/// Best effort: a missing or unreadable index only means files are read; a corrupt one is
-/// reported like any damaged entry.
-fn load_stamps(db: &Database, stores: &[(crate::store::Store, BuildContext)]) {
-    for (store, context) in stores {
-        match store.get_json::<StampIndex>(FILE_STAMPS, &stamps_key()) {
-            Ok(GetOutcome::Hit(records)) => db.files().add_stamps(records),
-            Ok(GetOutcome::Corrupt(corruption)) => context_log_corruption(db, *context, corruption),
-            Ok(GetOutcome::Miss) | Err(_) => {}
-        }
-    }
-}
-
-/// Writes this build's stamp records into each store's index, unless it holds them already.
-fn save_stamps(db: &Database, stores: &[(crate::store::Store, BuildContext)]) {
-    let ours = db.files().stamps();
-    for (store, _) in stores {
-        let previous = match store.get_json::<StampIndex>(FILE_STAMPS, &stamps_key()) {
-            Ok(GetOutcome::Hit(records)) => records,
-            _ => Vec::new(),
-        };
-        let mut merged: BTreeMap<PathBuf, StampedDigest> = previous.iter().cloned().collect();
-        for (path, record) in &ours {
-            merged.insert(path.clone(), *record);
-        }
-        let mut index: StampIndex = merged.into_iter().collect();
-        if index.len() > MAX_STAMPS {
-            let ours: BTreeSet<&PathBuf> = ours.iter().map(|(p, _)| p).collect();
-            index.sort_by_key(|(p, _)| !ours.contains(p));
-            index.truncate(MAX_STAMPS);
-            index.sort_by(|a, b| a.0.cmp(&b.0));
-        }
-        if index != previous {
-            let _ = store.put_json(FILE_STAMPS, &stamps_key(), &index);
-        }
     }
 }
 
 /// Each context's log once (projects sharing a store share a context).
-fn distinct_logs(db: &Database, projects: &[ProjectSpec]) -> Vec<queries::WorkLog> {
-    let mut logs: Vec<queries::WorkLog> = Vec::new();
+fn distinct_logs(db: &Database, projects: &[ProjectSpec]) -> Vec<WorkLog> {
+    let mut logs: Vec<WorkLog> = Vec::new();
     for spec in projects {
         let log = spec.context.log(db);
         if !logs.iter().any(|l| l.same_as(log)) {
@@ -560,15 +408,7 @@ fn unknown_names(
     unknown
 }
 
-fn plan_of<'db>(db: &'db Database, unit: Unit<'db>) -> Result<&'db Arc<UnitPlan>, &'db BuildError> {
-    queries::unit_plan(db, unit).as_ref()
-}
-
-fn build_unit<'db>(
-    db: &'db Database,
-    unit: Unit<'db>,
-    progress: &(dyn Fn(Progress) + Sync),
-) -> UnitOutcome {
+fn build_unit<'db>(db: &'db Database, unit: Unit<'db>, progress: ProgressFn<'_>) -> UnitOutcome {
     let target = unit.target(db).clone();
     let model = unit.model(db).clone();
     let plan = match plan_of(db, unit) {
@@ -589,10 +429,8 @@ fn build_unit<'db>(
         model: model.clone(),
     });
     let result = (|| {
-        let artifacts = queries::unit_artifacts(db, unit)
-            .as_ref()
-            .map_err(Clone::clone)?;
-        let encodings = queries::unit_encodings(db, unit)
+        let artifacts = unit_artifacts(db, unit).as_ref().map_err(Clone::clone)?;
+        let encodings = unit_encodings(db, unit)
             .as_ref()
             .map_err(Clone::clone)?
             .clone();
@@ -656,117 +494,12 @@ fn build_unit<'db>(
     }
 }
 
-/// The store kind of [`StoredUnitState`]: one entry per unit (keyed by its names), replaced by
-/// each successful build of the unit. Bump its version when the fingerprint's contents or the
-/// entry's layout change, or when an output file's bytes would change for the same inputs.
-const UNIT_STATE: Kind = Kind::new("unit-state", 1);
-
-fn unit_state_key(plan: &UnitPlan) -> Digest {
-    KeyBuilder::new(UNIT_STATE)
-        .str("pipeline", &plan.pipeline)
-        .str("target", &plan.target.name)
-        .str("model", &plan.model.name)
-        .finish()
-}
-
-/// The digest of everything a unit's output files depend on: its plan and eval set (the
-/// manifest as it concerns the unit), the digest of every file it reads (model, overrides,
-/// input lists and their samples, labels), the working directory (diagnostics show paths
-/// relative to it) and the versions of the code that computes the outputs. `None` when a file
-/// cannot be read: the ordinary build reports it.
-///
-/// Unlike store keys it holds paths: it decides whether *this* checkout's outputs are current,
-/// like cargo's fingerprints, and a moved project just builds once from the store.
-fn unit_fingerprint(db: &Database, unit: Unit<'_>, plan: &UnitPlan) -> Option<Digest> {
-    let eval = super::evaluate::unit_eval_set(db, unit);
-    let files = unit_inputs(db, plan, eval.as_ref())?;
-    let digests = files
-        .iter()
-        .map(|path| Some((path.as_path(), source_file(db, path).digest(db)?)))
-        .collect::<Option<Vec<_>>>()?;
-    let versions = (
-        env!("CARGO_PKG_VERSION"),
-        UNIT_STATE.version(),
-        Kind::ENCODINGS.version(),
-        Kind::STATISTICS.version(),
-        super::evaluate::EVALUATION_VERSION,
-    );
-    let cwd = std::env::current_dir().ok();
-    Some(stable_digest(&(versions, cwd, plan, &eval, digests)))
-}
-
-/// Every file a unit reads: model, overrides, input lists and their samples, the eval set's
-/// list, samples and labels. `None` when an input list cannot be parsed.
-fn unit_inputs(
-    db: &Database,
-    plan: &UnitPlan,
-    eval: Option<&ResolvedEval>,
-) -> Option<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = vec![plan.model.path.clone()];
-    files.extend(plan.overrides.iter().cloned());
-    let mut lists: Vec<&Path> = plan.input_list.iter().map(PathBuf::as_path).collect();
-    if let Some(set) = eval {
-        lists.push(&set.input_list);
-        files.extend(set.labels.iter().cloned());
-    }
-    for list in lists {
-        let parsed = queries::input_list(db, source_file(db, list))
-            .as_ref()
-            .ok()?;
-        files.push(list.to_path_buf());
-        for sample in &parsed.samples {
-            files.extend(sample.files.iter().map(|f| f.path.clone()));
-        }
-    }
-    Some(files)
-}
-
-/// The unit, finished, when its last build had the same fingerprint and every output file
-/// still holds exactly the bytes that build wrote (and the files it did not write are absent).
-fn fresh_unit(db: &Database, unit: Unit<'_>) -> Option<UnitDone> {
-    let plan = plan_of(db, unit).ok()?;
-    let context = unit.project(db).context(db);
-    let store = context.store(db).as_ref()?;
-    let state = match store.get(UNIT_STATE, &unit_state_key(plan)) {
-        Ok(GetOutcome::Hit(bytes)) => StoredUnitState::decode(&bytes)?,
-        Ok(GetOutcome::Corrupt(corruption)) => {
-            context_log_corruption(db, context, corruption);
-            return None;
-        }
-        Ok(GetOutcome::Miss) | Err(_) => return None,
-    };
-    if state.fingerprint != unit_fingerprint(db, unit, plan)? {
-        return None;
-    }
-    let mut unchanged = Vec::new();
-    for (name, digest) in &state.outputs {
-        let path = plan.out_dir.join(name);
-        match digest {
-            Some(digest) if Digest::of(&fs::read(&path).ok()?) == *digest => unchanged.push(path),
-            None if fs::symlink_metadata(&path).is_err() => {}
-            _ => return None,
-        }
-    }
-    let evaluation = match &state.evaluation {
-        Some(json) => Some(Arc::new(serde_json::from_str(json).ok()?)),
-        None => None,
-    };
-    Some(UnitDone {
-        encodings: Arc::new(state.encodings),
-        encodings_path: plan.out_dir.join("encodings.json"),
-        written: Vec::new(),
-        unchanged,
-        explanation: Explanation::default(),
-        evaluation,
-    })
-}
-
 /// A fresh unit's outcome: nothing computed or written, its build record compared as usual.
 fn reuse_unit<'db>(
     db: &'db Database,
     unit: Unit<'db>,
     mut done: UnitDone,
-    progress: &(dyn Fn(Progress) + Sync),
+    progress: ProgressFn<'_>,
 ) -> UnitOutcome {
     let (target, model) = (unit.target(db).clone(), unit.model(db).clone());
     let plan = match plan_of(db, unit) {
@@ -786,34 +519,6 @@ fn reuse_unit<'db>(
         out_dir: plan.out_dir.clone(),
         result: Ok(done),
     }
-}
-
-/// Records a unit's successful build for [`fresh_unit`]. Best effort: without the entry the
-/// next build is an ordinary one.
-fn save_unit_state(
-    db: &Database,
-    unit: Unit<'_>,
-    plan: &UnitPlan,
-    outputs: Vec<(String, Option<Digest>)>,
-    encodings: &UnitEncodings,
-    evaluation: Option<&UnitEvaluation>,
-) {
-    let Some(store) = unit.project(db).context(db).store(db) else {
-        return;
-    };
-    let Some(fingerprint) = unit_fingerprint(db, unit, plan) else {
-        return;
-    };
-    let Some(evaluation) = evaluation.map(serde_json::to_string).transpose().ok() else {
-        return;
-    };
-    let state = StoredUnitState {
-        fingerprint,
-        outputs,
-        encodings: encodings.clone(),
-        evaluation,
-    };
-    let _ = store.put(UNIT_STATE, &unit_state_key(plan), &state.encode());
 }
 
 /// Writes `bytes` to `path` unless it already holds them; atomically (a temp file in the same
@@ -890,77 +595,6 @@ fn holds(path: &Path, bytes: &[u8]) -> bool {
     }
 }
 
-/// The label of an input in records and explanations: relative to the manifest's folder.
-fn label(plan: &UnitPlan, path: &Path) -> String {
-    path.strip_prefix(&plan.root)
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| display_path(path))
-}
-
-/// This build's record of a unit, compared with the stored one (which it then replaces).
-fn record_and_explain(
-    db: &Database,
-    unit: Unit<'_>,
-    plan: &UnitPlan,
-    encodings: &UnitEncodings,
-) -> Explanation {
-    let mut record = BuildRecord::default();
-    let mut add = |path: &Path| {
-        let digest = source_file(db, path)
-            .digest(db)
-            .map_or_else(|| "missing".to_string(), |d| d.to_hex());
-        record.inputs.insert(label(plan, path), digest);
-    };
-    let project = unit.project(db);
-    add(project.manifest(db).path(db));
-    add(&plan.model.path);
-    for path in &plan.overrides {
-        add(path);
-    }
-    if let Some(list) = &plan.input_list {
-        add(list);
-        if let Ok(parsed) = queries::input_list(db, source_file(db, list)) {
-            for sample in &parsed.samples {
-                for file in &sample.files {
-                    add(&file.path);
-                }
-            }
-        }
-    }
-    for (name, fixed) in encodings.activations.iter().chain(&encodings.parameters) {
-        record
-            .encodings
-            .insert(name.clone(), stable_digest(fixed).to_hex());
-    }
-
-    let context = project.context(db);
-    let Some(store) = context.store(db) else {
-        return explain::compare(None, &record);
-    };
-    let key = explain::record_key(&plan.pipeline, &plan.target.name, &plan.model.name);
-    let previous = match store.get_json::<BuildRecord>(BUILD_RECORD, &key) {
-        Ok(GetOutcome::Hit(previous)) => Some(previous),
-        Ok(GetOutcome::Miss) => None,
-        Ok(GetOutcome::Corrupt(corruption)) => {
-            context_log_corruption(db, context, corruption);
-            None
-        }
-        Err(_) => None,
-    };
-    let explanation = explain::compare(previous.as_ref(), &record);
-    if previous.as_ref() != Some(&record) {
-        // Best effort: a record only improves explanations.
-        let _ = store.put_json(BUILD_RECORD, &key, &record);
-    }
-    explanation
-}
-
-fn context_log_corruption(db: &Database, context: BuildContext, corruption: Corruption) {
-    let mut record = WorkRecord::default();
-    record.corruptions.push(corruption);
-    context.log(db).append(record);
-}
-
 /// Attaches the samples each calibration ran to the units using it.
 fn attach_samples(db: &Database, units: &[Unit<'_>], report: &mut BuildReport, work: &WorkRecord) {
     if work.samples_run.is_empty() {
@@ -975,7 +609,7 @@ fn attach_samples(db: &Database, units: &[Unit<'_>], report: &mut BuildReport, w
         let Some(list) = &plan.input_list else {
             continue;
         };
-        let Ok(parsed) = queries::input_list(db, source_file(db, list)) else {
+        let Ok(parsed) = input_list(db, source_file(db, list)) else {
             continue;
         };
         let files = parsed

@@ -10,11 +10,9 @@ use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
 
-use super::queries::UnitEncodings;
-use crate::bytes::Reader;
+pub(super) use crate::bytes::Reader;
 use crate::encoding::tensor::FloatBitwidth;
 use crate::encoding::{Bitwidth, Encoding, Schema};
-use crate::export::aimet::QuantizerArgs;
 use crate::overrides::FixedEncoding;
 use crate::stats::TensorStatistics;
 use crate::store::Digest;
@@ -165,7 +163,7 @@ impl StoredScalar {
     }
 }
 
-/// A tensor's encoding as stored (see [`super::queries::EncodedTensor`]).
+/// A tensor's encoding as stored (see [`super::EncodedTensor`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoredEncoding {
     /// One encoding for the tensor.
@@ -226,49 +224,31 @@ pub struct StoredTensorEntry {
     /// Warnings, in the order raised.
     pub warnings: Vec<String>,
 }
-
-/// What a unit's last successful build produced, kept so that the next build of the same
-/// inputs can skip the unit entirely: the digest of every input it read (the fingerprint), the
-/// digest of each output file (`None`: the unit does not write that file), and what the build
-/// reports about the unit (its encodings and its evaluation, as JSON).
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredUnitState {
-    /// Digest of everything the unit's outputs depend on (see `pipeline::unit_fingerprint`).
-    pub fingerprint: Digest,
-    /// Output file name → blake3 of its bytes, or `None` when the unit must not have it.
-    pub outputs: Vec<(String, Option<Digest>)>,
-    /// The unit's encodings.
-    pub encodings: UnitEncodings,
-    /// The unit's evaluation (`UnitEvaluation` as JSON), when its target has one.
-    pub evaluation: Option<String>,
-}
-
-/// Little-endian, length-prefixed writer of the binary payloads in this module.
 #[derive(Default)]
-struct Writer(Vec<u8>);
+pub(super) struct Writer(pub(super) Vec<u8>);
 
 impl Writer {
-    fn u64(&mut self, n: u64) {
+    pub(super) fn u64(&mut self, n: u64) {
         self.0.extend_from_slice(&n.to_le_bytes());
     }
 
-    fn bytes(&mut self, bytes: &[u8]) {
+    pub(super) fn bytes(&mut self, bytes: &[u8]) {
         self.u64(bytes.len() as u64);
         self.0.extend_from_slice(bytes);
     }
 
-    fn digest(&mut self, digest: &Digest) {
+    pub(super) fn digest(&mut self, digest: &Digest) {
         self.0.extend_from_slice(digest.as_bytes());
     }
 
-    fn strings(&mut self, strings: &[String]) {
+    pub(super) fn strings(&mut self, strings: &[String]) {
         self.u64(strings.len() as u64);
         for s in strings {
             self.bytes(s.as_bytes());
         }
     }
 
-    fn scalar(&mut self, s: &StoredScalar) {
+    pub(super) fn scalar(&mut self, s: &StoredScalar) {
         self.u64(u64::from(s.bitwidth));
         self.0.push(s.schema);
         self.u64(s.min);
@@ -277,7 +257,7 @@ impl Writer {
         self.u64(s.offset as u64);
     }
 
-    fn encoding(&mut self, encoding: &StoredEncoding) {
+    pub(super) fn encoding(&mut self, encoding: &StoredEncoding) {
         match encoding {
             StoredEncoding::PerTensor(s) => {
                 self.0.push(0);
@@ -298,7 +278,7 @@ impl Writer {
         }
     }
 
-    fn section(&mut self, section: &BTreeMap<String, FixedEncoding>) {
+    pub(super) fn section(&mut self, section: &BTreeMap<String, FixedEncoding>) {
         self.u64(section.len() as u64);
         for (name, fixed) in section {
             self.bytes(name.as_bytes());
@@ -309,25 +289,25 @@ impl Writer {
 
 /// The reads of [`Writer`]'s fields beyond the primitive ones.
 impl<'a> Reader<'a> {
-    fn bytes(&mut self) -> Option<&'a [u8]> {
+    pub(super) fn bytes(&mut self) -> Option<&'a [u8]> {
         let n = usize::try_from(self.u64()?).ok()?;
         self.take(n)
     }
 
-    fn string(&mut self) -> Option<String> {
+    pub(super) fn string(&mut self) -> Option<String> {
         String::from_utf8(self.bytes()?.to_vec()).ok()
     }
 
-    fn digest(&mut self) -> Option<Digest> {
+    pub(super) fn digest(&mut self) -> Option<Digest> {
         Some(Digest::from_bytes(self.take(32)?.try_into().ok()?))
     }
 
-    fn strings(&mut self) -> Option<Vec<String>> {
+    pub(super) fn strings(&mut self) -> Option<Vec<String>> {
         let n = self.count(8)?;
         (0..n).map(|_| self.string()).collect()
     }
 
-    fn scalar(&mut self) -> Option<StoredScalar> {
+    pub(super) fn scalar(&mut self) -> Option<StoredScalar> {
         Some(StoredScalar {
             bitwidth: u32::try_from(self.u64()?).ok()?,
             schema: self.u8()?,
@@ -338,7 +318,7 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn encoding(&mut self) -> Option<StoredEncoding> {
+    pub(super) fn encoding(&mut self) -> Option<StoredEncoding> {
         Some(match self.u8()? {
             0 => StoredEncoding::PerTensor(self.scalar()?),
             1 => {
@@ -352,7 +332,7 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn section(&mut self) -> Option<BTreeMap<String, FixedEncoding>> {
+    pub(super) fn section(&mut self) -> Option<BTreeMap<String, FixedEncoding>> {
         let n = self.count(9)?;
         (0..n)
             .map(|_| {
@@ -363,98 +343,6 @@ impl<'a> Reader<'a> {
             .collect()
     }
 }
-
-impl StoredUnitState {
-    /// The payload bytes.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::default();
-        w.digest(&self.fingerprint);
-        w.u64(self.outputs.len() as u64);
-        for (name, digest) in &self.outputs {
-            w.bytes(name.as_bytes());
-            match digest {
-                Some(digest) => {
-                    w.0.push(1);
-                    w.digest(digest);
-                }
-                None => w.0.push(0),
-            }
-        }
-        let e = &self.encodings;
-        w.section(&e.activations);
-        w.section(&e.parameters);
-        let args = &e.quantizer_args;
-        w.u64(u64::from(args.activation_bitwidth.bits()));
-        w.u64(u64::from(args.param_bitwidth.bits()));
-        w.0.push(u8::from(args.is_symmetric));
-        w.0.push(u8::from(args.per_channel_quantization));
-        w.bytes(args.quant_scheme.as_bytes());
-        w.strings(&e.warnings);
-        w.0.push(u8::from(e.float));
-        w.u64(e.samples as u64);
-        w.u64(e.computed_tensors as u64);
-        match &self.evaluation {
-            Some(json) => {
-                w.0.push(1);
-                w.bytes(json.as_bytes());
-            }
-            None => w.0.push(0),
-        }
-        w.0
-    }
-
-    /// Reads [`StoredUnitState::encode`]'s bytes back; `None` when they are not exactly that.
-    pub fn decode(bytes: &[u8]) -> Option<StoredUnitState> {
-        let mut r = Reader(bytes);
-        let fingerprint = r.digest()?;
-        let n = r.count(9)?;
-        let outputs = (0..n)
-            .map(|_| {
-                let name = r.string()?;
-                let digest = match r.u8()? {
-                    0 => None,
-                    1 => Some(r.digest()?),
-                    _ => return None,
-                };
-                Some((name, digest))
-            })
-            .collect::<Option<Vec<_>>>()?;
-        let activations = r.section()?;
-        let parameters = r.section()?;
-        let bitwidth = |n: u64| Bitwidth::new(u32::try_from(n).ok()?).ok();
-        let quantizer_args = QuantizerArgs {
-            activation_bitwidth: bitwidth(r.u64()?)?,
-            param_bitwidth: bitwidth(r.u64()?)?,
-            is_symmetric: r.u8()? != 0,
-            per_channel_quantization: r.u8()? != 0,
-            quant_scheme: r.string()?,
-        };
-        let warnings = r.strings()?;
-        let float = r.u8()? != 0;
-        let samples = usize::try_from(r.u64()?).ok()?;
-        let computed_tensors = usize::try_from(r.u64()?).ok()?;
-        let evaluation = match r.u8()? {
-            0 => None,
-            1 => Some(r.string()?),
-            _ => return None,
-        };
-        r.0.is_empty().then_some(StoredUnitState {
-            fingerprint,
-            outputs,
-            encodings: UnitEncodings {
-                activations,
-                parameters,
-                quantizer_args,
-                warnings,
-                float,
-                samples,
-                computed_tensors,
-            },
-            evaluation,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,42 +378,6 @@ mod tests {
             let json = serde_json::to_string(&stored).unwrap();
             let back: StoredEncoding = serde_json::from_str(&json).unwrap();
             assert_eq!(back.restore(), Some((fixed, axis)));
-        }
-    }
-
-    #[test]
-    fn unit_states_round_trip_exactly() {
-        let e = Encoding::from_range(-1.0, 3.0, Bitwidth::B8, Schema::Asymmetric).unwrap();
-        let state = StoredUnitState {
-            fingerprint: Digest::from_bytes([7; 32]),
-            outputs: vec![
-                (
-                    "encodings.json".to_string(),
-                    Some(Digest::from_bytes([1; 32])),
-                ),
-                ("report.html".to_string(), None),
-            ],
-            encodings: UnitEncodings {
-                activations: BTreeMap::from([
-                    ("x".to_string(), FixedEncoding::PerTensor(e)),
-                    ("y".to_string(), FixedEncoding::Float(FloatBitwidth::F16)),
-                ]),
-                parameters: BTreeMap::from([(
-                    "w".to_string(),
-                    FixedEncoding::PerChannel(vec![e, e]),
-                )]),
-                quantizer_args: QuantizerArgs::default(),
-                warnings: vec!["a warning".to_string()],
-                float: false,
-                samples: 8,
-                computed_tensors: 3,
-            },
-            evaluation: Some("{\"samples\": 2}".to_string()),
-        };
-        let bytes = state.encode();
-        assert_eq!(StoredUnitState::decode(&bytes), Some(state));
-        for cut in 0..bytes.len() {
-            assert_eq!(StoredUnitState::decode(&bytes[..cut]), None, "cut at {cut}");
         }
     }
 

@@ -78,6 +78,30 @@ pub struct QuantizerArgs {
     pub quant_scheme: String,
 }
 
+impl QuantizerArgs {
+    /// The block for encodings made with `settings`, in AIMET's words.
+    pub fn for_settings(settings: &crate::quantizer::QuantizerSettings) -> QuantizerArgs {
+        use crate::manifest::CalibrationMethod;
+        QuantizerArgs {
+            activation_bitwidth: settings.act_bitwidth,
+            param_bitwidth: settings.weights_bitwidth,
+            is_symmetric: settings.param_schema.is_symmetric()
+                || settings.per_channel
+                || settings.per_row,
+            per_channel_quantization: settings.per_channel,
+            quant_scheme: match settings.act_calibration {
+                CalibrationMethod::MinMax => "min_max",
+                CalibrationMethod::Sqnr => "post_training_tf_enhanced",
+                CalibrationMethod::Percentile => "post_training_percentile",
+                CalibrationMethod::Mse => "mse",
+                CalibrationMethod::Entropy => "entropy",
+                CalibrationMethod::Adjusted => "adjusted",
+            }
+            .to_string(),
+        }
+    }
+}
+
 impl Default for QuantizerArgs {
     /// qairt-quantizer's defaults: 8/8 bit, asymmetric, per-tensor, min-max.
     fn default() -> Self {

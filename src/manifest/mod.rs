@@ -34,8 +34,8 @@ pub use raw::{
 pub use resolve::{DEFAULT_OUT_DIR, FileCheck};
 pub use types::{
     CalibrationMethod, EncodingVersion, FloatBitwidth, LegacyQuantizer, Percentile, Precision,
-    QuantizerSettings, ResolvedCalibration, ResolvedEval, ResolvedModel, ResolvedOverrides,
-    ResolvedPipeline, ResolvedTarget,
+    Quantization, QuantizerSettings, ResolvedCalibration, ResolvedEval, ResolvedModel,
+    ResolvedOverrides, ResolvedPipeline, ResolvedTarget,
 };
 
 /// The manifest's file name.

@@ -12,11 +12,11 @@ use toml::Spanned;
 
 use super::raw::{Given, Problems, RawManifest, RawQuantizerOptions, RawTarget, suggestion};
 use super::{
-    CalibrationMethod, FloatBitwidth, Percentile, Precision, QuantizerSettings,
+    CalibrationMethod, FloatBitwidth, Precision, Quantization, QuantizerSettings,
     ResolvedCalibration, ResolvedEval, ResolvedModel, ResolvedOverrides, ResolvedPipeline,
     ResolvedTarget,
 };
-use crate::encoding::{Bitwidth, Schema};
+use crate::encoding::Bitwidth;
 
 /// Whether resolution checks that the files the manifest names exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -592,9 +592,10 @@ fn check_target(
         problems.push(diagnostic);
         return None;
     };
-    let act_bitwidth = val(&o.act_bitwidth, Bitwidth::B8);
-    let weights_bitwidth = val(&o.weights_bitwidth, Bitwidth::B8);
-    let bias_bitwidth = val(&o.bias_bitwidth, Bitwidth::B8);
+    let defaults = QuantizerSettings::default();
+    let act_bitwidth = val(&o.act_bitwidth, defaults.act_bitwidth);
+    let weights_bitwidth = val(&o.weights_bitwidth, defaults.weights_bitwidth);
+    let bias_bitwidth = val(&o.bias_bitwidth, defaults.bias_bitwidth);
     for (given, value, role, allowed, list) in [
         (
             &o.act_bitwidth,
@@ -668,7 +669,7 @@ fn check_target(
             );
         }
     }
-    let param_calibration = val(&o.param_calibration, CalibrationMethod::MinMax);
+    let param_calibration = val(&o.param_calibration, defaults.param_calibration);
     if let Some(p) = &o.param_calibration
         && p.value == CalibrationMethod::Adjusted
         && weights_bitwidth != Bitwidth::B8
@@ -701,22 +702,27 @@ fn check_target(
         models,
         evaluate: t.evaluate.as_ref().map(|e| e.value.clone()),
         extends,
-        precision: Precision::Quantized(QuantizerSettings {
+        precision: Precision::Quantized(Quantization {
             calibration: calibration.value.clone(),
             overrides,
-            act_bitwidth,
-            weights_bitwidth,
-            bias_bitwidth,
-            float_bitwidth: o.float_bitwidth.as_ref().map(|f| f.value),
-            act_calibration: val(&o.act_calibration, CalibrationMethod::MinMax),
-            param_calibration,
-            act_schema: val(&o.act_schema, Schema::Asymmetric),
-            param_schema: val(&o.param_schema, Schema::Asymmetric),
-            percentile: val(&o.percentile, Percentile::default()),
-            per_channel: val(&o.per_channel, false),
-            per_row: val(&o.per_row, false),
             ignore_quantization_overrides: val(&o.ignore_quantization_overrides, false),
-            calibrate_with_quantized_weights: val(&o.calibrate_with_quantized_weights, false),
+            settings: QuantizerSettings {
+                act_bitwidth,
+                weights_bitwidth,
+                bias_bitwidth,
+                float_bitwidth: o.float_bitwidth.as_ref().map(|f| f.value),
+                act_calibration: val(&o.act_calibration, defaults.act_calibration),
+                param_calibration,
+                act_schema: val(&o.act_schema, defaults.act_schema),
+                param_schema: val(&o.param_schema, defaults.param_schema),
+                percentile: val(&o.percentile, defaults.percentile),
+                per_channel: val(&o.per_channel, defaults.per_channel),
+                per_row: val(&o.per_row, defaults.per_row),
+                calibrate_with_quantized_weights: val(
+                    &o.calibrate_with_quantized_weights,
+                    defaults.calibrate_with_quantized_weights,
+                ),
+            },
         }),
     })
 }

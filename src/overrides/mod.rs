@@ -217,6 +217,37 @@ pub struct ModelTensors {
     pub parameters: BTreeMap<TensorName, usize>,
 }
 
+impl ModelTensors {
+    /// The tensors of `graph` that overrides may name, with each parameter's channel count
+    /// along its output-channel axis (1 for parameters that are never per-channel).
+    pub fn of(graph: &crate::graph::Graph) -> ModelTensors {
+        use crate::graph::Role;
+        let activations = graph
+            .float_activations()
+            .map(|t| t.name.as_str().to_string())
+            .collect();
+        let parameters = graph
+            .float_parameters()
+            .map(|t| {
+                let channels = match (t.role, graph.parameter(t.name.as_str())) {
+                    (
+                        Role::Weight {
+                            output_channel_axis,
+                        },
+                        Some(data),
+                    ) => data.shape.get(output_channel_axis).copied().unwrap_or(1),
+                    _ => 1,
+                };
+                (t.name.as_str().to_string(), channels)
+            })
+            .collect();
+        ModelTensors {
+            activations,
+            parameters,
+        }
+    }
+}
+
 /// An overrides file after parsing: the overrides, the warnings, and the text for diagnostics.
 #[derive(Debug, Clone)]
 pub struct ParsedOverrides {

@@ -1,11 +1,11 @@
 //! The calibration pass: one sample through the float model, every activation reduced to
 //! statistics on the spot, and the deterministic merge of many samples' statistics.
 
+use super::QuantizerSettings;
 use crate::calib::{CalibError, LoadedSample};
 use crate::encoding::tensor::{ChannelLayout, TensorEncodingError};
 use crate::encoding::{Encoding, TensorEncoding};
 use crate::graph::{Graph, Role};
-use crate::manifest::QuantizerSettings;
 use crate::onnx::{OnnxError, OnnxModel};
 use crate::overrides::Overrides;
 use crate::run::{FloatRunner, RunError};

@@ -12,18 +12,19 @@
 //! function computes one tensor (or one sample) so the build engine can memoize at that grain.
 
 mod calibrate;
+mod settings;
 mod tensor;
 
 pub use calibrate::{
     CalibrationError, SampleStatistics, calibration_model, merge_statistics, sample_statistics,
 };
+pub use settings::{CalibrationMethod, LegacyQuantizer, Percentile, QuantizerSettings};
 pub use tensor::{
     EncodeError, ModelEncodings, Warning, bias_encoding, bias_partners, encode_activation,
     encode_model, encode_parameter, is_activation_like, parameter_values, statistics_settings,
 };
 
 use crate::encoding::SymmetricConvention;
-use crate::manifest::{CalibrationMethod, QuantizerSettings};
 use crate::stats::Calibration;
 
 /// The statistics strategy for a manifest calibration method.

@@ -2,10 +2,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::QuantizerSettings;
 use crate::encoding::tensor::ChannelLayout;
 use crate::encoding::{Bitwidth, Encoding, EncodingError, Schema, TensorEncoding};
 use crate::graph::{EncodingRule, Graph, Role, Tensor};
-use crate::manifest::QuantizerSettings;
 use crate::overrides::{Override, Overrides};
 use crate::stats::{StatisticsSettings, TensorStatistics, required_statistics, select_range};
 

@@ -41,18 +41,10 @@ pub const KEY_DOMAIN: &[u8; 16] = b"quant-store-key\0";
 pub struct Kind {
     name: &'static str,
     version: u32,
+    fields: &'static [&'static str],
 }
 
 impl Kind {
-    /// Statistics of one calibration sample over one set of tensors of one model.
-    pub const STATISTICS: Kind = Kind::new("statistics", 5);
-    /// Statistics merged over all samples of a calibration set.
-    pub const MERGED_STATISTICS: Kind = Kind::new("merged-statistics", 4);
-    /// The encoding (bitwidth, scale, offset, ...) chosen for one tensor.
-    pub const ENCODINGS: Kind = Kind::new("encodings", 1);
-    /// A finished output file (encodings JSON, report) of one target and model.
-    pub const ARTIFACTS: Kind = Kind::new("artifacts", 1);
-
     /// A kind named `name` (1 to 32 characters of `a-z`, `0-9`, `-`; it becomes a directory
     /// name) whose cached layout is at `version`.
     ///
@@ -74,7 +66,18 @@ impl Kind {
             );
             i += 1;
         }
-        Kind { name, version }
+        Kind {
+            name,
+            version,
+            fields: &[],
+        }
+    }
+
+    /// The same kind, declaring the names of its key fields: a [`KeyBuilder`] for it then
+    /// refuses (in debug builds) any other field, so a key cannot quietly grow beyond what the
+    /// kind's documentation says it is made of.
+    pub const fn keyed_by(self, fields: &'static [&'static str]) -> Kind {
+        Kind { fields, ..self }
     }
 
     /// The name, also the entry directory under `objects/`.
@@ -85,6 +88,11 @@ impl Kind {
     /// The layout version hashed into every key of this kind.
     pub const fn version(&self) -> u32 {
         self.version
+    }
+
+    /// The declared key fields (empty: not declared, any field is accepted).
+    pub const fn fields(&self) -> &'static [&'static str] {
+        self.fields
     }
 }
 
@@ -102,6 +110,7 @@ impl std::fmt::Display for Kind {
 #[derive(Clone)]
 pub struct KeyBuilder {
     hasher: blake3::Hasher,
+    kind: Kind,
 }
 
 const TAG_DIGEST: u8 = 0x01;
@@ -123,10 +132,16 @@ impl KeyBuilder {
         hasher.update(&(kind.name.len() as u32).to_le_bytes());
         hasher.update(kind.name.as_bytes());
         hasher.update(&kind.version.to_le_bytes());
-        KeyBuilder { hasher }
+        KeyBuilder { hasher, kind }
     }
 
     fn field(&mut self, tag: u8, name: &str) {
+        debug_assert!(
+            self.kind.fields.is_empty() || self.kind.fields.contains(&name),
+            "store kind {} declares key fields {:?}, not `{name}`",
+            self.kind,
+            self.kind.fields,
+        );
         self.hasher.update(&[tag]);
         self.hasher.update(&(name.len() as u32).to_le_bytes());
         self.hasher.update(name.as_bytes());
@@ -226,19 +241,19 @@ mod tests {
 
     #[test]
     fn field_names_types_and_order_all_change_the_key() {
-        let base = KeyBuilder::new(Kind::ENCODINGS)
+        let base = KeyBuilder::new(Kind::new("encodings", 1))
             .u64("bitwidth", 8)
             .str("tensor", "x");
-        let renamed = KeyBuilder::new(Kind::ENCODINGS)
+        let renamed = KeyBuilder::new(Kind::new("encodings", 1))
             .u64("bits", 8)
             .str("tensor", "x");
-        let retyped = KeyBuilder::new(Kind::ENCODINGS)
+        let retyped = KeyBuilder::new(Kind::new("encodings", 1))
             .i64("bitwidth", 8)
             .str("tensor", "x");
-        let reordered = KeyBuilder::new(Kind::ENCODINGS)
+        let reordered = KeyBuilder::new(Kind::new("encodings", 1))
             .str("tensor", "x")
             .u64("bitwidth", 8);
-        let other_kind = KeyBuilder::new(Kind::ARTIFACTS)
+        let other_kind = KeyBuilder::new(Kind::new("artifacts", 1))
             .u64("bitwidth", 8)
             .str("tensor", "x");
         let bumped = KeyBuilder::new(Kind::new("encodings", 2))
@@ -255,10 +270,10 @@ mod tests {
 
     #[test]
     fn length_prefixes_prevent_concatenation_collisions() {
-        let a = KeyBuilder::new(Kind::STATISTICS)
+        let a = KeyBuilder::new(Kind::new("statistics", 5))
             .str("a", "bc")
             .str("d", "");
-        let b = KeyBuilder::new(Kind::STATISTICS)
+        let b = KeyBuilder::new(Kind::new("statistics", 5))
             .str("a", "b")
             .str("cd", "");
         assert_ne!(a.finish(), b.finish());
@@ -266,8 +281,12 @@ mod tests {
 
     #[test]
     fn signed_zero_and_float_bits_are_distinct() {
-        let pos = KeyBuilder::new(Kind::ENCODINGS).f64("min", 0.0).finish();
-        let neg = KeyBuilder::new(Kind::ENCODINGS).f64("min", -0.0).finish();
+        let pos = KeyBuilder::new(Kind::new("encodings", 1))
+            .f64("min", 0.0)
+            .finish();
+        let neg = KeyBuilder::new(Kind::new("encodings", 1))
+            .f64("min", -0.0)
+            .finish();
         assert_ne!(pos, neg);
     }
 
@@ -275,5 +294,24 @@ mod tests {
     #[should_panic(expected = "kind name may only use")]
     fn kind_rejects_path_characters() {
         let _ = Kind::new("../escape", 1);
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "declares key fields")]
+    fn a_kind_with_declared_fields_refuses_others() {
+        const DECLARED: Kind = Kind::new("declared", 1).keyed_by(&["tensor"]);
+        let _ = KeyBuilder::new(DECLARED)
+            .str("tensor", "x")
+            .str("path", "/tmp/x");
+    }
+
+    #[test]
+    fn declared_fields_do_not_change_keys() {
+        const DECLARED: Kind = Kind::new("declared", 1).keyed_by(&["tensor"]);
+        let plain = KeyBuilder::new(Kind::new("declared", 1))
+            .str("tensor", "x")
+            .finish();
+        assert_eq!(KeyBuilder::new(DECLARED).str("tensor", "x").finish(), plain);
     }
 }

@@ -431,7 +431,7 @@ mod tests {
             fsync: true,
         };
         let key = Digest::from_bytes([0xab; 32]);
-        let path = store.entry_path(Kind::ENCODINGS, &key);
+        let path = store.entry_path(Kind::new("encodings", 1), &key);
         let expected = format!("/s/objects/encodings/ab/{}", "ab".repeat(31));
         assert_eq!(path, Path::new(&expected));
     }

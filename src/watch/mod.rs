@@ -21,7 +21,7 @@ use notify_debouncer_full::notify::event::{AccessKind, AccessMode, EventKind};
 use notify_debouncer_full::notify::{RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 
-use crate::engine::files::{FileError, FileSnapshot, normalize_path};
+use crate::engine::{FileError, FileSnapshot, normalize_path};
 use crate::store::Digest;
 
 /// How long the debouncer waits for a burst of events (an editor's write + rename) to settle.

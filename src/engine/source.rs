@@ -11,16 +11,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use salsa::Setter;
-
-use super::db::{Database, Db};
 use crate::store::Digest;
 
-pub use source::SourceFile;
+pub use input::SourceFile;
 
 // Salsa generates the constructor, getters and setters without docs; the fields are documented.
 #[allow(missing_docs)]
-mod source {
+mod input {
     use std::path::PathBuf;
 
     use super::{FileContents, FileError};
@@ -93,7 +90,7 @@ struct ContentsInner {
 }
 
 impl FileContents {
-    fn read(path: &Path, bytes: Arc<[u8]>, digest: Digest) -> FileContents {
+    pub(super) fn read(path: &Path, bytes: Arc<[u8]>, digest: Digest) -> FileContents {
         FileContents(Arc::new(ContentsInner {
             path: path.to_path_buf(),
             digest,
@@ -141,16 +138,6 @@ impl std::fmt::Debug for FileContents {
             .field("digest", &self.0.digest)
             .field("read", &self.0.bytes.get().is_some())
             .finish()
-    }
-}
-
-impl SourceFile {
-    /// The file's bytes (see [`FileContents::bytes`]).
-    pub fn bytes(self, db: &dyn Db) -> Result<&Arc<[u8]>, FileError> {
-        match self.contents(db) {
-            Ok(contents) => contents.bytes(),
-            Err(error) => Err(error.clone()),
-        }
     }
 }
 
@@ -235,6 +222,18 @@ fn now_ns() -> i128 {
 }
 
 impl FileSnapshot {
+    /// Reads `path` now.
+    /// Contents given in memory for `path` (an editor's unsaved buffer, an embedder's edit):
+    /// no stamp, since nothing on disk vouches for them.
+    pub fn in_memory(path: &Path, bytes: &[u8]) -> FileSnapshot {
+        let digest = Digest::of(bytes);
+        FileSnapshot {
+            digest: Some(digest),
+            contents: Ok(FileContents::read(path, bytes.into(), digest)),
+            stamped: None,
+        }
+    }
+
     /// Reads `path` now.
     pub fn read(path: &Path) -> FileSnapshot {
         let read_at_ns = now_ns();
@@ -347,7 +346,7 @@ impl Files {
 
     /// Reads `path` (normalized), or takes it from a stamp record that vouches for it, and
     /// keeps the record of what was read for the next build.
-    fn snapshot(&self, path: &Path) -> FileSnapshot {
+    pub(super) fn snapshot(&self, path: &Path) -> FileSnapshot {
         let known = self.stamps_lock().get(path).copied();
         if let Some(snapshot) = known.and_then(|record| FileSnapshot::vouched(path, &record)) {
             return snapshot;
@@ -357,7 +356,7 @@ impl Files {
         snapshot
     }
 
-    fn remember(&self, path: &Path, snapshot: &FileSnapshot) {
+    pub(super) fn remember(&self, path: &Path, snapshot: &FileSnapshot) {
         let mut stamps = self.stamps_lock();
         match snapshot.stamped {
             Some(record) => stamps.insert(path.to_path_buf(), record),
@@ -365,123 +364,12 @@ impl Files {
         };
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, SourceFile>> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, SourceFile>> {
         self.inputs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn stamps_lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, StampedDigest>> {
         self.stamps.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Reads and digests every file of `paths` not loaded yet, in parallel (or takes it from a stamp
-/// record that vouches for it), so that the [`source_file`] calls that follow find them loaded.
-pub fn prefetch(db: &dyn Db, paths: &[PathBuf]) {
-    use rayon::prelude::*;
-    let missing: Vec<PathBuf> = {
-        let files = db.files().lock();
-        let mut missing: Vec<PathBuf> = paths
-            .iter()
-            .map(|p| normalize_path(p))
-            .filter(|p| !files.contains_key(p))
-            .collect();
-        missing.sort();
-        missing.dedup();
-        missing
-    };
-    let registry = db.files();
-    let snapshots: Vec<(PathBuf, FileSnapshot)> = missing
-        .into_par_iter()
-        .map(|path| {
-            let snapshot = registry.snapshot(&path);
-            (path, snapshot)
-        })
-        .collect();
-    let mut files = db.files().lock();
-    for (path, snapshot) in snapshots {
-        // A file another thread loaded meanwhile keeps that value: one path, one input.
-        if let std::collections::hash_map::Entry::Vacant(entry) = files.entry(path) {
-            let path = entry.key().clone();
-            entry.insert(SourceFile::new(
-                db,
-                path,
-                snapshot.digest,
-                snapshot.contents,
-            ));
-        }
-    }
-}
-
-/// The input for `path`, read from disk the first time it is asked for (or taken from a stamp
-/// record that vouches for it).
-///
-/// Safe to call from inside a query (the lazy-input pattern): it never changes an existing
-/// input, so it cannot invalidate the revision the query runs in. Later changes to the file
-/// reach the database only through [`Database::load`] or [`Database::refresh`].
-pub fn source_file(db: &dyn Db, path: &Path) -> SourceFile {
-    // Keys are normalized paths, and normalizing one gives it back: a path that is a key needs
-    // none of the system calls `normalize_path` makes (queries ask for the model's file once
-    // per tensor).
-    if let Some(file) = db.files().lock().get(path) {
-        return *file;
-    }
-    let path = normalize_path(path);
-    // Held across the read so two threads asking for a new file create one input, not two.
-    let mut files = db.files().lock();
-    if let Some(file) = files.get(&path) {
-        return *file;
-    }
-    let snapshot = db.files().snapshot(&path);
-    let file = SourceFile::new(db, path.clone(), snapshot.digest, snapshot.contents);
-    files.insert(path, file);
-    file
-}
-
-impl Database {
-    /// Reads `path` now and returns its input, setting it only when the digest (or the error)
-    /// differs from what the input holds, so an unchanged file starts no new revision.
-    ///
-    /// Must not be called while a clone of this database is alive on the same thread: salsa
-    /// waits for clones to drop before a set, which would never happen.
-    pub fn load(&mut self, path: &Path) -> SourceFile {
-        self.load_and_compare(path).0
-    }
-
-    /// [`Database::load`], also telling whether the input changed (a new file counts).
-    fn load_and_compare(&mut self, path: &Path) -> (SourceFile, bool) {
-        let path = normalize_path(path);
-        // An explicit (re)load always reads: it is how a watcher's change reaches the database.
-        let snapshot = FileSnapshot::read(&path);
-        self.files().remember(&path, &snapshot);
-        let Some(file) = self.files().get(&path) else {
-            let file = SourceFile::new(self, path.clone(), snapshot.digest, snapshot.contents);
-            self.files().lock().insert(path, file);
-            return (file, true);
-        };
-        if snapshot.same_as(file.digest(self), file.contents(self).as_ref().err()) {
-            return (file, false);
-        }
-        let _previous = file.set_digest(self).to(snapshot.digest);
-        let _previous = file.set_contents(self).to(snapshot.contents);
-        (file, true)
-    }
-
-    /// Re-reads the given paths that are tracked (others are ignored) and returns the inputs
-    /// whose digest actually changed, in the order given.
-    pub fn refresh<P: AsRef<Path>>(
-        &mut self,
-        paths: impl IntoIterator<Item = P>,
-    ) -> Vec<SourceFile> {
-        let mut changed = Vec::new();
-        for path in paths {
-            if self.files().get(path.as_ref()).is_none() {
-                continue;
-            }
-            if let (file, true) = self.load_and_compare(path.as_ref()) {
-                changed.push(file);
-            }
-        }
-        changed
     }
 }
 

@@ -1,17 +1,63 @@
-//! `report.json`: a deterministic summary of one unit's encodings, written next to
-//! `encodings.json`.
+//! A unit's output files as bytes: `encodings.json`, `model.qdq.onnx`, the evaluation's
+//! `report.html`, and `report.json`, a deterministic summary of the unit's encodings.
 //!
-//! It owns the report's layout. It must not hold anything that differs between two builds of
-//! the same inputs — no paths, times, thread counts, nor what the cache reused (those go to
-//! `quant build --json`) — because an incremental build must write the bytes a clean one does.
-//! A target with `evaluate = "NAME"` gets its evaluation ([`crate::report::Report`]: float vs
-//! QuantSim metrics and the per-tensor table) under `evaluation`; other targets have no such
-//! field.
+//! `report.json` must not hold anything that differs between two builds of the same inputs —
+//! no paths, times, thread counts, nor what the cache reused (those go to `quant build --json`)
+//! — because an incremental build must write the bytes a clean one does. A target with
+//! `evaluate = "NAME"` gets its evaluation ([`crate::report::Report`]: float vs QuantSim
+//! metrics and the per-tensor table) under `evaluation`; other targets have no such field.
+
+use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use super::queries::{UnitEncodings, UnitPlan};
+use super::db::Db;
+use super::encode::{UnitEncodings, unit_encodings};
+use super::error::BuildError;
+use super::evaluate::unit_evaluation;
+use super::export::{unit_encodings_json, unit_qdq_model};
+use super::keys::Unit;
+use super::plan::{UnitPlan, unit_plan};
 use crate::overrides::FixedEncoding;
+
+/// The bytes of a unit's output files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifacts {
+    /// `encodings.json` (the same bytes as [`unit_encodings_json`], shared, not copied).
+    pub encodings_json: Arc<str>,
+    /// `report.json`.
+    pub report_json: String,
+    /// `model.qdq.onnx` (quantized targets).
+    pub qdq_model: Option<Arc<[u8]>>,
+    /// The evaluation (targets with `evaluate`): `report.html` and the terminal summary.
+    pub evaluation: Option<Arc<super::evaluate::UnitEvaluation>>,
+}
+
+/// paths, times or thread counts, so equal inputs give equal bytes on any machine.
+#[salsa::tracked(returns(ref))]
+pub fn unit_artifacts<'db>(db: &'db dyn Db, unit: Unit<'db>) -> Result<Arc<Artifacts>, BuildError> {
+    let plan = unit_plan(db, unit).as_ref().map_err(Clone::clone)?;
+    let encodings = unit_encodings(db, unit).as_ref().map_err(Clone::clone)?;
+    let encodings_json = unit_encodings_json(db, unit)
+        .as_ref()
+        .map_err(Clone::clone)?
+        .clone();
+    let qdq_model = unit_qdq_model(db, unit)
+        .as_ref()
+        .map_err(Clone::clone)?
+        .clone();
+    let evaluation = unit_evaluation(db, unit)
+        .as_ref()
+        .map_err(Clone::clone)?
+        .clone();
+    let report_json = unit_report(plan, encodings, evaluation.as_ref().map(|e| &e.report));
+    Ok(Arc::new(Artifacts {
+        encodings_json,
+        report_json,
+        qdq_model,
+        evaluation,
+    }))
+}
 
 /// Layout version of `report.json`; bump when fields change meaning.
 pub const REPORT_VERSION: u32 = 2;

@@ -1,0 +1,493 @@
+//! Calibration: samples → statistics → merged statistics → each tensor's statistics.
+//!
+//! It owns the queries from a unit's input list to the statistics its encodings read: the
+//! model calibration runs (fake-quantized first when the target calibrates with quantized
+//! weights), the float runner, each sample's statistics (looked up in the store by a content
+//! key before the sample runs, and stored after), the merged statistics of the list, and the
+//! projection on one tensor ([`tensor_statistics`]) that keeps a new sample inside a tensor's
+//! range from re-encoding it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::cache::{MERGED_STATISTICS, RUNTIME, STATISTICS, lookup_bytes};
+use super::db::Db;
+use super::error::{BuildError, display_path};
+use super::inputs::{source_file, text_of};
+use super::keys::{CalibrationKey, SampleKey, TensorKey, Unit};
+use super::log::SampleRun;
+use super::model::{model_graph, model_key};
+use super::overrides::unit_overrides;
+use super::plan::unit_plan;
+use super::source::SourceFile;
+use super::stored::{decode_sample_statistics, encode_sample_statistics, stable_digest};
+use crate::calib::{CalibError, InputList, Sample};
+use crate::quantizer::{self, SampleStatistics, statistics_settings};
+use crate::run::FloatRunner;
+use crate::stats::TensorStatistics;
+use crate::store::{Digest, KeyBuilder};
+
+/// The calibration of a unit: `None` for float targets.
+pub fn unit_calibration<'db>(
+    db: &'db dyn Db,
+    unit: Unit<'db>,
+) -> Result<Option<CalibrationKey<'db>>, BuildError> {
+    let plan = unit_plan(db, unit).as_ref().map_err(Clone::clone)?;
+    let (Some(settings), Some(list)) = (plan.settings(), &plan.input_list) else {
+        return Ok(None);
+    };
+    Ok(Some(CalibrationKey::new(
+        db,
+        model_key(db, plan),
+        source_file(db, list),
+        statistics_settings(settings).histogram,
+        settings.calibrate_with_quantized_weights.then_some(unit),
+        unit.project(db).context(db),
+    )))
+}
+
+/// The input list, parsed.
+#[salsa::tracked(returns(ref), no_eq)]
+pub fn input_list(db: &dyn Db, list: SourceFile) -> Result<Arc<InputList>, BuildError> {
+    let text = text_of(db, list, "input list")?;
+    InputList::parse(Path::new(&display_path(list.path(db))), text)
+        .map(Arc::new)
+        .map_err(|e| BuildError::List(Arc::new(e)))
+}
+
+/// The model bytes calibration runs and their digest (the statistics key's model field).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CalibrationModel {
+    /// The ONNX bytes when weights are fake-quantized; `None` runs the model as loaded (with
+    /// `input_dims` applied), whose bytes are only serialized if a sample must run.
+    pub rewritten: Option<Arc<[u8]>>,
+    /// Identifies the bytes calibration runs: blake3 of `rewritten`, or of the model file's
+    /// digest and the `input_dims` (the loaded model is a function of both).
+    pub digest: Digest,
+}
+
+/// The model a calibration runs.
+#[salsa::tracked(returns(ref))]
+pub fn calibration_model<'db>(
+    db: &'db dyn Db,
+    calibration: CalibrationKey<'db>,
+) -> Result<Arc<CalibrationModel>, BuildError> {
+    let key = calibration.model(db);
+    if key.file(db).digest(db).is_none() {
+        // The model's own diagnostic (missing, unreadable).
+        model_graph(db, key).as_ref().map_err(Clone::clone)?;
+    }
+    let rewritten = match calibration.quantized_weights(db) {
+        Some(unit) => {
+            let model = model_graph(db, key).as_ref().map_err(Clone::clone)?;
+            let plan = unit_plan(db, unit).as_ref().map_err(Clone::clone)?;
+            let overrides = unit_overrides(db, unit).as_ref().map_err(Clone::clone)?;
+            match plan.settings() {
+                Some(settings) => quantizer::calibration_model(
+                    &model.onnx,
+                    &model.graph,
+                    &overrides.overrides,
+                    settings,
+                )
+                .map_err(|e| BuildError::Calibration(Arc::new(e)))?,
+                None => None,
+            }
+        }
+        None => None,
+    };
+    Ok(Arc::new(match rewritten {
+        Some(rewritten) => {
+            let bytes: Arc<[u8]> = rewritten.to_bytes().into();
+            CalibrationModel {
+                digest: Digest::of(&bytes),
+                rewritten: Some(bytes),
+            }
+        }
+        // Re-serializing a large model only to digest it cost more than the rest of an edit's
+        // calibration lookups; the file digest and the dims name the same bytes.
+        None => CalibrationModel {
+            rewritten: None,
+            digest: stable_digest(&(
+                "loaded model: onnx file and input_dims",
+                key.file(db).digest(db).unwrap_or_else(|| Digest::of(b"")),
+                key.input_dims(db),
+            )),
+        },
+    }))
+}
+
+/// The float runner of a calibration: built only when some sample misses the store (loading
+/// and optimizing a model costs far more than reading statistics back).
+#[salsa::tracked(returns(ref), no_eq)]
+pub fn float_runner<'db>(
+    db: &'db dyn Db,
+    calibration: CalibrationKey<'db>,
+) -> Result<Arc<FloatRunner>, BuildError> {
+    let model = calibration_model(db, calibration)
+        .as_ref()
+        .map_err(Clone::clone)?;
+    let dims: Vec<(String, Vec<usize>)> = calibration
+        .model(db)
+        .input_dims(db)
+        .iter()
+        .map(|(name, dims)| (name.clone(), dims.iter().map(|&d| d as usize).collect()))
+        .collect();
+    let bytes = match &model.rewritten {
+        Some(bytes) => bytes.to_vec(),
+        None => model_graph(db, calibration.model(db))
+            .as_ref()
+            .map_err(Clone::clone)?
+            .onnx
+            .to_bytes(),
+    };
+    FloatRunner::new(&bytes, &dims)
+        .map(Arc::new)
+        .map_err(|e| BuildError::Runner {
+            path: display_path(calibration.model(db).file(db).path(db)),
+            message: e.to_string(),
+        })
+}
+
+/// The number of samples of a calibration.
+pub fn sample_count<'db>(
+    db: &'db dyn Db,
+    calibration: CalibrationKey<'db>,
+) -> Result<usize, BuildError> {
+    let list = input_list(db, calibration.list(db))
+        .as_ref()
+        .map_err(Clone::clone)?;
+    Ok(list.samples.len())
+}
+
+/// One line of the input list as far as statistics care: its files (input name and path), and
+/// the parsed line itself for reading the sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampleLine {
+    /// The files in the order written.
+    pub files: Vec<(Option<String>, PathBuf)>,
+    /// The line as parsed.
+    pub sample: Sample,
+    /// The list's path as given to the parser.
+    pub list_path: PathBuf,
+}
+
+/// The projection of the input list on one sample: adding a line re-runs this for every
+/// sample, but only the new one gets a new value, so only it is calibrated.
+#[salsa::tracked(returns(ref))]
+pub fn sample_line<'db>(db: &'db dyn Db, sample: SampleKey<'db>) -> Option<SampleLine> {
+    let list = input_list(db, sample.calibration(db).list(db))
+        .as_ref()
+        .ok()?;
+    let line = list.samples.get(sample.index(db))?;
+    Some(SampleLine {
+        files: line
+            .files
+            .iter()
+            .map(|f| (f.input.clone(), f.path.clone()))
+            .collect(),
+        sample: line.clone(),
+        list_path: list.path.clone(),
+    })
+}
+
+/// [`sample_line`], or the reason there is none: the list's own error when it failed to parse,
+/// or that it changed (shrank) under the build.
+fn listed_sample<'db>(
+    db: &'db dyn Db,
+    sample: SampleKey<'db>,
+) -> Result<&'db SampleLine, BuildError> {
+    match sample_line(db, sample) {
+        Some(line) => Ok(line),
+        None => {
+            let calibration = sample.calibration(db);
+            input_list(db, calibration.list(db))
+                .as_ref()
+                .map_err(Clone::clone)?;
+            Err(BuildError::Changed {
+                path: display_path(calibration.list(db).path(db)),
+            })
+        }
+    }
+}
+
+/// The statistics of one sample: every captured activation (by name) and its statistics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampleStats {
+    /// Activation names in the runner's order.
+    pub names: Arc<Vec<String>>,
+    /// One entry per name.
+    pub tensors: Vec<TensorStatistics>,
+}
+
+/// A sample's statistics: from the store when an entry has the same model, sample contents and
+/// settings; otherwise the sample is run (and the result stored).
+#[salsa::tracked(returns(ref))]
+pub fn sample_statistics<'db>(
+    db: &'db dyn Db,
+    sample: SampleKey<'db>,
+) -> Result<Arc<SampleStats>, BuildError> {
+    let calibration = sample.calibration(db);
+    let context = calibration.context(db);
+    let line = listed_sample(db, sample)?;
+    let key = sample_statistics_key(db, sample, line)?;
+    let store = context.store(db);
+    let log = context.log(db);
+    if let Some(store) = store
+        && let Some((names, tensors)) = lookup_bytes(store, log, STATISTICS, &key)
+            .and_then(|bytes| decode_sample_statistics(&bytes))
+    {
+        return Ok(Arc::new(SampleStats {
+            names: Arc::new(names),
+            tensors,
+        }));
+    }
+
+    db.unwind_if_revision_cancelled();
+    let runner = float_runner(db, calibration)
+        .as_ref()
+        .map_err(Clone::clone)?;
+    // Read through a one-line list built from the projection, not the whole parsed list: a
+    // dependency on the list would re-run every sample whenever a line is added.
+    let one = InputList {
+        path: line.list_path.clone(),
+        outputs: Default::default(),
+        samples: vec![line.sample.clone()],
+        source: Arc::from(""),
+    };
+    let entry = &one.samples[0];
+    let specs = runner.input_specs();
+    let read = one.load(entry, specs).ok().zip(one.bind(entry, specs).ok());
+    let (loaded, bound) = match read {
+        Some(read) => read,
+        None => {
+            // Failed: the whole list's diagnostic points at the right line and span.
+            let list = input_list(db, calibration.list(db))
+                .as_ref()
+                .map_err(Clone::clone)?;
+            let error = match list.samples.get(sample.index(db)) {
+                Some(entry) => list.load(entry, specs).err(),
+                None => None,
+            };
+            return Err(match error {
+                Some(e) => BuildError::List(Arc::new(e)),
+                None => BuildError::Changed {
+                    path: display_path(&line.list_path),
+                },
+            });
+        }
+    };
+    let mut expected = blake3::Hasher::new();
+    for file in bound {
+        let Ok(bytes) = source_file(db, &file.path).bytes(db) else {
+            return Err(BuildError::Changed {
+                path: display_path(&file.path),
+            });
+        };
+        expected.update(&(bytes.len() as u64).to_le_bytes());
+        expected.update(bytes);
+    }
+    if expected.finalize() != loaded.digest {
+        return Err(BuildError::Changed {
+            path: display_path(&line.files[0].1),
+        });
+    }
+    let statistics = quantizer::sample_statistics(
+        runner,
+        &loaded,
+        crate::stats::StatisticsSettings {
+            histogram: calibration.histogram(db),
+        },
+    )
+    .map_err(|e| BuildError::Calibration(Arc::new(e)))?;
+    let names: Vec<String> = runner.activation_names().to_vec();
+    if let Some(store) = store {
+        let bytes = encode_sample_statistics(&names, &statistics.tensors);
+        if let Err(e) = store.put(STATISTICS, &key, &bytes) {
+            log.with(|r| r.store_errors.push(format!("{e:#}")));
+        }
+    }
+    log.with(|r| {
+        r.samples_run.push(SampleRun {
+            files: line.files.iter().map(|(_, p)| display_path(p)).collect(),
+        })
+    });
+    Ok(Arc::new(SampleStats {
+        names: Arc::new(names),
+        tensors: statistics.tensors,
+    }))
+}
+
+/// The store key of one sample's statistics: the calibration model, the runtime, the
+/// statistics settings and each input file's name and digest. Fails as the sample would: a
+/// missing file is the list's diagnostic.
+fn sample_statistics_key(
+    db: &dyn Db,
+    sample: SampleKey<'_>,
+    line: &SampleLine,
+) -> Result<Digest, BuildError> {
+    let calibration = sample.calibration(db);
+    let mut digests = Vec::with_capacity(line.files.len());
+    for (input, path) in &line.files {
+        let file = source_file(db, path);
+        match file.digest(db) {
+            Some(digest) => digests.push((input, digest)),
+            None => return Err(missing_sample(db, sample, path, file)),
+        }
+    }
+    let model = calibration_model(db, calibration)
+        .as_ref()
+        .map_err(Clone::clone)?;
+    let mut key = KeyBuilder::new(STATISTICS)
+        .digest("model", &model.digest)
+        .str("runtime", RUNTIME)
+        .bool("histogram", calibration.histogram(db));
+    for (input, digest) in &digests {
+        key = key
+            .str("input", input.as_deref().unwrap_or(""))
+            .digest("file", digest);
+    }
+    Ok(key.finish())
+}
+
+/// The store key of a calibration's merged statistics: its samples' keys in list order (so
+/// it changes exactly when some sample's statistics would, or when samples are added, removed
+/// or reordered).
+#[salsa::tracked(returns(ref))]
+pub fn merged_statistics_key<'db>(
+    db: &'db dyn Db,
+    calibration: CalibrationKey<'db>,
+) -> Result<Digest, BuildError> {
+    let count = sample_count(db, calibration)?;
+    let mut key = KeyBuilder::new(MERGED_STATISTICS).u64("samples", count as u64);
+    for index in 0..count {
+        let sample = SampleKey::new(db, calibration, index);
+        let line = listed_sample(db, sample)?;
+        key = key.digest("sample", &sample_statistics_key(db, sample, line)?);
+    }
+    Ok(key.finish())
+}
+
+/// Whether a calibration's merged statistics are in the store, so that the driver need not
+/// read (or run) its samples at all.
+pub fn merged_statistics_stored(db: &dyn Db, calibration: CalibrationKey<'_>) -> bool {
+    let Some(store) = calibration.context(db).store(db) else {
+        return false;
+    };
+    match merged_statistics_key(db, calibration) {
+        Ok(key) => store.contains(MERGED_STATISTICS, key),
+        Err(_) => false,
+    }
+}
+
+/// The input list's own diagnostic for a sample file that cannot be read.
+fn missing_sample(db: &dyn Db, sample: SampleKey<'_>, path: &Path, file: SourceFile) -> BuildError {
+    let reason = match file.contents(db) {
+        Err(e) => e.to_string(),
+        Ok(_) => "unreadable".to_string(),
+    };
+    let calibration = sample.calibration(db);
+    match input_list(db, calibration.list(db)) {
+        Ok(list) => {
+            let entry = &list.samples[sample.index(db)];
+            let span = entry
+                .files
+                .iter()
+                .find(|f| f.path == path)
+                .map(|f| f.span)
+                .unwrap_or(entry.span);
+            BuildError::List(Arc::new(CalibError::ReadSample {
+                line: entry.line,
+                path: PathBuf::from(display_path(path)),
+                list_dir: list.dir(),
+                reason,
+                src: list.named_source(),
+                span,
+            }))
+        }
+        Err(e) => e.clone(),
+    }
+}
+
+/// Every sample's statistics merged in list order, by activation name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergedStatistics {
+    /// Activation name → merged statistics.
+    pub by_name: BTreeMap<String, TensorStatistics>,
+    /// How many samples were merged.
+    pub samples: usize,
+}
+
+/// The merged statistics of a calibration. The driver computes the samples in parallel
+/// before asking for this, so here they are memoized reads.
+#[salsa::tracked(returns(ref))]
+pub fn merged_statistics<'db>(
+    db: &'db dyn Db,
+    calibration: CalibrationKey<'db>,
+) -> Result<Arc<MergedStatistics>, BuildError> {
+    let count = sample_count(db, calibration)?;
+    let key = *merged_statistics_key(db, calibration)
+        .as_ref()
+        .map_err(Clone::clone)?;
+    let context = calibration.context(db);
+    if let Some(store) = context.store(db)
+        && let Some((names, tensors)) =
+            lookup_bytes(store, context.log(db), MERGED_STATISTICS, &key)
+                .and_then(|bytes| decode_sample_statistics(&bytes))
+    {
+        return Ok(Arc::new(MergedStatistics {
+            by_name: names.into_iter().zip(tensors).collect(),
+            samples: count,
+        }));
+    }
+    let mut total = SampleStatistics {
+        tensors: Vec::new(),
+    };
+    let mut names: Option<Arc<Vec<String>>> = None;
+    for index in 0..count {
+        db.unwind_if_revision_cancelled();
+        let sample = SampleKey::new(db, calibration, index);
+        let stats = sample_statistics(db, sample)
+            .as_ref()
+            .map_err(Clone::clone)?;
+        if names.as_ref().is_some_and(|n| **n != *stats.names) {
+            return Err(BuildError::Changed {
+                path: display_path(calibration.list(db).path(db)),
+            });
+        }
+        names.get_or_insert_with(|| stats.names.clone());
+        quantizer::merge_statistics(
+            &mut total,
+            &SampleStatistics {
+                tensors: stats.tensors.clone(),
+            },
+        );
+    }
+    let names = names.map(|n| n.to_vec()).unwrap_or_default();
+    if let Some(store) = context.store(db)
+        && let Err(e) = store.put(
+            MERGED_STATISTICS,
+            &key,
+            &encode_sample_statistics(&names, &total.tensors),
+        )
+    {
+        context
+            .log(db)
+            .with(|r| r.store_errors.push(format!("{e:#}")));
+    }
+    let by_name = names.into_iter().zip(total.tensors).collect();
+    Ok(Arc::new(MergedStatistics {
+        by_name,
+        samples: count,
+    }))
+}
+
+/// The projection of the merged statistics on one activation: backdates for every tensor whose
+/// statistics did not move (a new sample inside a tensor's range leaves its encoding alone).
+#[salsa::tracked]
+pub fn tensor_statistics<'db>(db: &'db dyn Db, tensor: TensorKey<'db>) -> Option<TensorStatistics> {
+    let unit = tensor.unit(db);
+    let calibration = unit_calibration(db, unit).ok()??;
+    let merged = merged_statistics(db, calibration).as_ref().ok()?;
+    merged.by_name.get(tensor.name(db)).cloned()
+}

@@ -1,0 +1,156 @@
+//! What the driver takes and returns: the projects and options of a build, its progress
+//! events, and the [`BuildReport`] the CLI renders. Plain values, no logic.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::encode::UnitEncodings;
+use super::error::BuildError;
+use super::evaluate::UnitEvaluation;
+use super::explain::Explanation;
+use super::keys::BuildContext;
+use crate::store::Corruption;
+
+/// One manifest to build.
+#[derive(Debug, Clone)]
+pub struct ProjectSpec {
+    /// The `quant.toml` file.
+    pub manifest: PathBuf,
+    /// How diagnostics name it (as the user typed it, or relative to the working directory).
+    pub shown_as: String,
+    /// Its store and work log (see [`BuildContext`]).
+    pub context: BuildContext,
+}
+
+/// What to build.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Only these targets (all when empty).
+    pub targets: Vec<String>,
+    /// Only these models (all when empty).
+    pub models: Vec<String>,
+    /// Threads for calibration samples (`None`: all cores).
+    pub jobs: Option<usize>,
+}
+
+/// What the driver is doing, for progress display.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// A calibration starts: `samples` samples of `model`, shared by `targets`.
+    Calibrating {
+        /// `[pipeline] name`.
+        pipeline: String,
+        /// The model.
+        model: String,
+        /// The targets that use these statistics.
+        targets: Vec<String>,
+        /// How many samples (run or read back from the store).
+        samples: usize,
+    },
+    /// One more sample of the current calibration is done.
+    SampleDone,
+    /// A unit's encodings are being collected.
+    Encoding {
+        /// `[pipeline] name`.
+        pipeline: String,
+        /// The target.
+        target: String,
+        /// The model.
+        model: String,
+    },
+    /// An output file was written (its bytes changed).
+    Wrote {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// Work done versus reused in one build: the `--json` counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BuildCounts {
+    /// Samples run through the float model.
+    pub samples_run: usize,
+    /// Samples whose statistics were reused (memoized or from the store).
+    pub samples_reused: usize,
+    /// Tensors whose encoding was computed.
+    pub tensors_encoded: usize,
+    /// Tensors whose encoding was reused.
+    pub tensors_reused: usize,
+    /// Output files written because their bytes changed.
+    pub artifacts_written: usize,
+    /// Output files left alone because they already held the right bytes.
+    pub artifacts_unchanged: usize,
+    /// Evaluations run (the others were reused from the store or the database).
+    pub evaluations_run: usize,
+    /// Eval samples those evaluations ran (float model and simulation).
+    pub eval_samples_run: usize,
+    /// Eval samples those evaluations served from stored traces without running.
+    pub eval_samples_reused: usize,
+}
+
+/// A unit built successfully.
+#[derive(Debug, Clone)]
+pub struct UnitDone {
+    /// Its encodings (for reporting what changed between builds).
+    pub encodings: Arc<UnitEncodings>,
+    /// `encodings.json`.
+    pub encodings_path: PathBuf,
+    /// Files written.
+    pub written: Vec<PathBuf>,
+    /// Files already up to date.
+    pub unchanged: Vec<PathBuf>,
+    /// Why it rebuilt, compared with the last build's record.
+    pub explanation: Explanation,
+    /// Its evaluation, when the target has `evaluate`.
+    pub evaluation: Option<Arc<UnitEvaluation>>,
+}
+
+/// One unit's outcome.
+#[derive(Debug, Clone)]
+pub struct UnitOutcome {
+    /// `[pipeline] name`.
+    pub pipeline: String,
+    /// The target.
+    pub target: String,
+    /// The model.
+    pub model: String,
+    /// Its output folder.
+    pub out_dir: PathBuf,
+    /// The result.
+    pub result: Result<UnitDone, BuildError>,
+}
+
+/// The result of a build.
+#[derive(Debug, Clone, Default)]
+pub struct BuildReport {
+    /// Every unit built (or attempted), in manifest, target, model order.
+    pub units: Vec<UnitOutcome>,
+    /// Manifests that could not be resolved.
+    pub manifest_errors: Vec<BuildError>,
+    /// Requested target or model names no manifest declares (bad usage; nothing was built).
+    pub unknown: Vec<String>,
+    /// Work counts.
+    pub counts: BuildCounts,
+    /// Store entries that failed verification and were recomputed.
+    pub corruptions: Vec<Corruption>,
+    /// Other store failures (the build went on without the store for those entries).
+    pub store_errors: Vec<String>,
+    /// Wall time of the build, in milliseconds.
+    pub wall_ms: u128,
+}
+
+impl BuildReport {
+    /// Whether every manifest resolved and every unit built.
+    pub fn succeeded(&self) -> bool {
+        self.unknown.is_empty()
+            && self.manifest_errors.is_empty()
+            && self.units.iter().all(|u| u.result.is_ok())
+    }
+
+    /// Every error, manifests first.
+    pub fn errors(&self) -> impl Iterator<Item = &BuildError> {
+        self.manifest_errors
+            .iter()
+            .chain(self.units.iter().filter_map(|u| u.result.as_ref().err()))
+    }
+}
