@@ -543,7 +543,7 @@ fn export_is_deterministic() {
 
 // ---- the real AIMET files --------------------------------------------------------------------
 
-fn aimet_files(fixtures: &Path) -> Vec<PathBuf> {
+fn aimet_files(fixtures: &common::Fixtures) -> Vec<PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(fixtures.join("reference/aimet"))
         .expect("reference/aimet is part of the fixtures")
         .map(|e| e.unwrap().path())
@@ -679,7 +679,7 @@ fn real_aimet_file_re_exported_reads_back_equal() {
         "cls.tf_w8a8_pc.v061.encodings",
         "det.tf_w8a16.v061.encodings",
     ] {
-        let path = fixtures.join("reference/aimet").join(name);
+        let path = fixtures.join(format!("reference/aimet/{name}"));
         let parsed = overrides::read(&path).unwrap();
         let export = AimetEncodings {
             activations: parsed
