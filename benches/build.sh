@@ -2,7 +2,7 @@
 # Cold build vs one-override edit vs no-op rebuild, with the release binary, on
 #   - the bundled example (pipelines/text-orientation: cls, 8 calibration samples, 3 targets), and
 #   - det (det.prep.onnx with its 16 calibration samples from ../shared/fixtures; skipped when
-#     the fixtures are absent).
+#     the fixtures are absent, a failure instead under QUANT_REQUIRE_FIXTURES).
 # Each pipeline is copied to a temporary folder with its own empty store (QUANT_CACHE_DIR).
 # Wall time is measured around the whole process, as a user sees it. The cold build runs once;
 # the edit and the no-op run REPEAT times each (default 5) and their median is reported.
@@ -240,6 +240,10 @@ for name in names:
 PY
     bench det-sqnr-160 "$big" "$big/overrides/head.json" "sigmoid_0.tmp_0"
     watch_bench det-sqnr-160 "$big" "$big/overrides/head.json" "sigmoid_0.tmp_0"
+elif [[ -n "${QUANT_REQUIRE_FIXTURES:-}" && "${QUANT_REQUIRE_FIXTURES}" != 0 ]]; then
+    # Same rule as the tests: where the fixtures must be there, their absence is a failure.
+    echo "det: fixtures not found at $fixtures (QUANT_REQUIRE_FIXTURES is set)" >&2
+    exit 1
 else
     echo "det: skipped (fixtures not found at $fixtures)"
 fi

@@ -124,7 +124,7 @@ fn calibrate(model: &Path, list: &Path, settings: &QuantizerSettings) -> Calibra
     }
 }
 
-fn prep(fixtures: &Path, model: &str) -> (PathBuf, PathBuf) {
+fn prep(fixtures: &common::Fixtures, model: &str) -> (PathBuf, PathBuf) {
     (
         fixtures.join(format!("models/{model}.prep.onnx")),
         fixtures.join(format!("{model}/calib/input_list.txt")),

@@ -18,7 +18,8 @@
 //! simulation vs integer kernels.
 //!
 //! Skipped, with the reason printed, without the fixtures or without a Python that has
-//! onnxruntime (`$QUANT_PYTHON`, else `.venv/bin/python`; `.ci/run` provides both).
+//! onnxruntime (`$QUANT_PYTHON`, else `.venv/bin/python`; `.ci/run` provides both), and failed
+//! instead under `QUANT_REQUIRE_FIXTURES`.
 
 mod common;
 
@@ -42,28 +43,6 @@ const ORT_LIKE: &[&str] = &[
     "--bias_bitwidth",
     "32",
 ];
-
-/// A Python that imports onnxruntime, onnx and numpy: `$QUANT_PYTHON`, else the crate's `.venv`.
-fn python() -> Option<PathBuf> {
-    let candidates = std::env::var_os("QUANT_PYTHON")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")]);
-    for candidate in candidates {
-        let works = Command::new(&candidate)
-            .args(["-c", "import onnxruntime, onnx, numpy"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if works {
-            return Some(candidate);
-        }
-    }
-    eprintln!(
-        "skipped: no Python with onnxruntime, onnx and numpy \
-         (set QUANT_PYTHON or create .venv as .ci/run does)"
-    );
-    None
-}
 
 /// Runs `quant quantize` with `extra` and returns (encodings, QDQ model).
 fn quantize(dir: &Path, model: &Path, list: &Path, extra: &[&str]) -> (PathBuf, PathBuf) {
@@ -138,7 +117,7 @@ fn onnxruntime(
     report
 }
 
-fn reference(fixtures: &Path) -> Value {
+fn reference(fixtures: &common::Fixtures) -> Value {
     let text = std::fs::read_to_string(fixtures.join("reference/eval.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
@@ -217,7 +196,9 @@ fn cls_min_max_w8a8_top1_agrees_with_onnxruntime_on_our_qdq_export() {
     let Some(fixtures) = common::fixtures() else {
         return;
     };
-    let Some(python) = python() else { return };
+    let Some(python) = common::python() else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let float = fixtures.join("models/cls.prep.onnx");
     let (encodings, qdq) = quantize(
@@ -313,7 +294,9 @@ fn det_min_max_w8a8_output_sqnr_agrees_with_onnxruntime_on_our_qdq_export() {
     let Some(fixtures) = common::fixtures() else {
         return;
     };
-    let Some(python) = python() else { return };
+    let Some(python) = common::python() else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let float = fixtures.join("models/det.prep.onnx");
     let (encodings, qdq) = quantize(

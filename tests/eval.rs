@@ -65,7 +65,7 @@ fn eval_json(
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
-fn reference_eval(fixtures: &Path) -> serde_json::Value {
+fn reference_eval(fixtures: &common::Fixtures) -> serde_json::Value {
     let text = std::fs::read_to_string(fixtures.join("reference/eval.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
@@ -187,7 +187,7 @@ fn det_output_sqnr_is_comparable_to_onnxruntime_min_max_u8() {
 }
 
 /// An eval set of the first `n` cls samples in `dir`, with `labels` as the labels file.
-fn small_cls_job(fixtures: &Path, dir: &Path, n: usize, labels: &str) -> EvalJob {
+fn small_cls_job(fixtures: &common::Fixtures, dir: &Path, n: usize, labels: &str) -> EvalJob {
     let eval_dir = fixtures.join("cls/eval");
     let lines: Vec<String> = (0..n)
         .map(|i| eval_dir.join(format!("{i:04}.raw")).display().to_string())

@@ -28,7 +28,7 @@ const FORMS: [(&str, &str); 5] = [
     ),
 ];
 
-fn load(fixtures: &Path, model: &str, stats: &str) -> (Graph, Value) {
+fn load(fixtures: &common::Fixtures, model: &str, stats: &str) -> (Graph, Value) {
     let graph = Graph::read(&fixtures.join(model)).unwrap();
     let stats = std::fs::read_to_string(fixtures.join(stats)).unwrap();
     (graph, serde_json::from_str(&stats).unwrap())

@@ -13,6 +13,7 @@ use quant::export::aimet::{AimetEncodings, EncodingVersion, QuantizerArgs};
 use quant::overrides::{
     self, ErrorKind, FixedEncoding, ModelTensors, Override, ParsedOverrides, WarningKind,
 };
+use serde_json::Value;
 
 /// Overrides test files, named relative to the crate root so rendered paths are stable.
 fn data(name: &str) -> PathBuf {
@@ -513,23 +514,139 @@ fn our_output_reads_back_to_the_same_encodings() {
     eprintln!("0.6.1 round trip: worst relative scale difference {worst:e}");
 }
 
+/// [`sample_export`] with enough more activations that an unsorted writer could not pass for a
+/// sorted one by chance, named so that byte order (Python's `sort_keys`, which AIMET uses)
+/// differs from insertion, case-insensitive and numeric order.
+fn many_tensor_export() -> AimetEncodings {
+    let mut out = sample_export();
+    let encoding = Encoding::from_range(-1.0, 3.0, Bitwidth::B8, Schema::Asymmetric).unwrap();
+    let names = (0..24)
+        .map(|i| format!("relu_{}.tmp_0", (i * 7) % 24))
+        .chain(["Z_out", "a_in", "conv10_out", "_first"].map(String::from));
+    for name in names {
+        out.activations
+            .insert(name, FixedEncoding::PerTensor(encoding));
+    }
+    out
+}
+
+/// Every object's keys, at every depth, in the order the text has them (serde_json's
+/// `preserve_order`), with their path for messages.
+fn object_keys_in_text_order<'a>(
+    value: &'a Value,
+    path: String,
+    out: &mut Vec<(String, Vec<&'a str>)>,
+) {
+    match value {
+        Value::Object(map) => {
+            out.push((path.clone(), map.keys().map(String::as_str).collect()));
+            for (key, child) in map {
+                object_keys_in_text_order(child, format!("{path}.{key}"), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                object_keys_in_text_order(child, format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// What `to_json` promises: AIMET's layout with keys sorted, and equal values give equal bytes.
 #[test]
 fn export_is_deterministic() {
-    let a = sample_export();
-    // Insertion order does not matter: the maps are sorted.
-    let mut b = AimetEncodings {
-        quantizer_args: a.quantizer_args.clone(),
-        ..AimetEncodings::default()
-    };
-    for (k, v) in a.activations.iter().rev() {
-        b.activations.insert(k.clone(), v.clone());
+    // Without `preserve_order` a parsed object lists its keys sorted whatever the text says, and
+    // the order checks below could not fail.
+    let probe: Value = serde_json::from_str(r#"{"b": 0, "a": 0}"#).unwrap();
+    assert_eq!(
+        probe.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["b", "a"],
+        "serde_json must keep the text's key order for this test to mean anything"
+    );
+
+    let a = many_tensor_export();
+    // The same tensors handed over in other orders give the same value and the same bytes (the
+    // sections being sorted maps today; this holds the promise if they stop being).
+    let mut orders: Vec<(Vec<_>, Vec<_>)> = Vec::new();
+    let activations: Vec<_> = a.activations.clone().into_iter().collect();
+    let parameters: Vec<_> = a.parameters.clone().into_iter().collect();
+    orders.push((
+        activations.iter().rev().cloned().collect(),
+        parameters.iter().rev().cloned().collect(),
+    ));
+    let mut rotated = activations.clone();
+    rotated.rotate_left(activations.len() / 3);
+    orders.push((rotated, parameters.clone()));
+    for (activations, parameters) in orders {
+        let b = AimetEncodings {
+            activations: activations.into_iter().collect(),
+            parameters: parameters.into_iter().collect(),
+            quantizer_args: a.quantizer_args.clone(),
+        };
+        assert_eq!(a, b);
+        for version in EncodingVersion::ALL {
+            assert_eq!(a.to_json(version), b.to_json(version), "{version}");
+        }
     }
-    for (k, v) in a.parameters.iter().rev() {
-        b.parameters.insert(k.clone(), v.clone());
+
+    for version in EncodingVersion::ALL {
+        let text = a.to_json(version);
+        assert_eq!(text, a.to_json(version), "{version}: a second call differs");
+        assert_eq!(
+            text,
+            a.clone().to_json(version),
+            "{version}: a clone differs"
+        );
+
+        let document: Value = serde_json::from_str(&text).unwrap();
+        let mut objects = Vec::new();
+        object_keys_in_text_order(&document, String::from("$"), &mut objects);
+        // At least the top level, producer, quantizer_args and every tensor's entry.
+        let least = 3 + a.activations.len() + a.parameters.len();
+        assert!(objects.len() >= least, "{version}: {}", objects.len());
+        for (path, keys) in &objects {
+            let mut sorted = keys.clone();
+            sorted.sort_unstable();
+            assert_eq!(keys, &sorted, "{version}: keys of {path} out of order");
+        }
+        assert_eq!(
+            objects[0].1,
+            [
+                "activation_encodings",
+                "param_encodings",
+                "producer",
+                "quantizer_args",
+                "version"
+            ],
+            "{version}"
+        );
+
+        // The tensors in each section, in text order: sorted by name, each exactly once.
+        for (section, expected) in [
+            ("activation_encodings", &a.activations),
+            ("param_encodings", &a.parameters),
+        ] {
+            let names: Vec<&str> = match version {
+                EncodingVersion::V0_6_1 => document[section]
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .map(String::as_str)
+                    .collect(),
+                EncodingVersion::V1_0_0 => document[section]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|entry| entry["name"].as_str().unwrap())
+                    .collect(),
+            };
+            let mut sorted: Vec<&str> = expected.keys().map(String::as_str).collect();
+            sorted.sort_unstable();
+            assert_eq!(names, sorted, "{version}: {section}");
+        }
     }
-    for version in [EncodingVersion::V0_6_1, EncodingVersion::V1_0_0] {
-        assert_eq!(a.to_json(version), b.to_json(version));
-    }
+
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("out.encodings");
     a.write(&path, EncodingVersion::V0_6_1).unwrap();
@@ -543,7 +660,7 @@ fn export_is_deterministic() {
 
 // ---- the real AIMET files --------------------------------------------------------------------
 
-fn aimet_files(fixtures: &Path) -> Vec<PathBuf> {
+fn aimet_files(fixtures: &common::Fixtures) -> Vec<PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(fixtures.join("reference/aimet"))
         .expect("reference/aimet is part of the fixtures")
         .map(|e| e.unwrap().path())
@@ -679,7 +796,7 @@ fn real_aimet_file_re_exported_reads_back_equal() {
         "cls.tf_w8a8_pc.v061.encodings",
         "det.tf_w8a16.v061.encodings",
     ] {
-        let path = fixtures.join("reference/aimet").join(name);
+        let path = fixtures.join(format!("reference/aimet/{name}"));
         let parsed = overrides::read(&path).unwrap();
         let export = AimetEncodings {
             activations: parsed

@@ -1,6 +1,6 @@
 //! `quant quantize --output_model`: the QDQ ONNX model's structure (checked here, in Rust) and
 //! its behaviour in onnxruntime (checked by `tests/python/check_qdq.py`, skipped with a printed
-//! reason when no Python with onnxruntime is available).
+//! reason when no Python with onnxruntime is available, failed under `QUANT_REQUIRE_FIXTURES`).
 
 mod common;
 
@@ -42,28 +42,6 @@ fn quantize(
         String::from_utf8_lossy(&out.stderr)
     );
     (encodings, qdq)
-}
-
-/// A Python that imports onnxruntime and onnx: `$QUANT_PYTHON`, else the crate's `.venv`.
-fn python() -> Option<PathBuf> {
-    let candidates = std::env::var_os("QUANT_PYTHON")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")]);
-    for candidate in candidates {
-        let works = Command::new(&candidate)
-            .args(["-c", "import onnxruntime, onnx, numpy"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if works {
-            return Some(candidate);
-        }
-    }
-    eprintln!(
-        "skipped onnxruntime check: no Python with onnxruntime, onnx and numpy \
-         (set QUANT_PYTHON or create .venv as .ci/run does)"
-    );
-    None
 }
 
 /// `check_qdq.py`'s JSON.
@@ -290,7 +268,9 @@ fn cls_prep_int32_bias_runs_in_onnxruntime() {
             .all(|n| n.domain.is_empty())
     );
 
-    let Some(python) = python() else { return };
+    let Some(python) = common::python() else {
+        return;
+    };
     let report = onnxruntime_check(&python, &qdq, &list, &float, None);
     assert_eq!(report["checker"], "ok");
     assert_eq!(report["samples"], 32);
@@ -333,7 +313,9 @@ fn cls_shipped_constant_weights_become_initializers() {
         .collect();
     assert!(leftover.is_empty(), "{leftover:?}");
 
-    let Some(python) = python() else { return };
+    let Some(python) = common::python() else {
+        return;
+    };
     let report = onnxruntime_check(&python, &qdq, &list, &float, Some("1,3,48,192"));
     assert_eq!(report["checker"], "ok");
     let agreement = report["argmax_agreement"][0].as_u64().unwrap();
@@ -370,7 +352,9 @@ fn cls_sixteen_bit_activations_run_in_onnxruntime() {
         .collect();
     assert_eq!(quantize_domains, HashSet::from(["com.microsoft"]));
 
-    let Some(python) = python() else { return };
+    let Some(python) = common::python() else {
+        return;
+    };
     let report = onnxruntime_check(&python, &qdq, &list, &float, None);
     assert_eq!(report["checker"], "ok");
     let agreement = report["argmax_agreement"][0].as_u64().unwrap();
@@ -395,7 +379,9 @@ fn det_prep_output_sqnr_in_onnxruntime() {
     );
     check_structure(&float, &qdq, &encodings);
 
-    let Some(python) = python() else { return };
+    let Some(python) = common::python() else {
+        return;
+    };
     let eval = fixtures.join("det/eval/input_list.txt");
     let report = onnxruntime_check(&python, &qdq, &eval, &float, None);
     assert_eq!(report["checker"], "ok");
@@ -458,7 +444,9 @@ fn cls_per_channel_weights_run_in_onnxruntime() {
     assert!(per_channel.len() > 50, "{}", per_channel.len());
     assert!(per_channel.iter().all(|n| n.domain == "com.microsoft"));
 
-    let Some(python) = python() else { return };
+    let Some(python) = common::python() else {
+        return;
+    };
     let report = onnxruntime_check(&python, &qdq, &list, &float, None);
     assert_eq!(report["checker"], "ok");
     let agreement = report["argmax_agreement"][0].as_u64().unwrap();

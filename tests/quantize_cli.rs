@@ -10,7 +10,7 @@ use std::process::Command;
 /// paths) as `list.txt`; the command runs inside it so messages show short relative names.
 struct Scratch {
     dir: tempfile::TempDir,
-    fixtures: PathBuf,
+    fixtures: common::Fixtures,
 }
 
 impl Scratch {
@@ -18,7 +18,7 @@ impl Scratch {
         let fixtures = common::fixtures()?;
         let dir = tempfile::tempdir().unwrap();
         let calib = fixtures.join("cls/calib");
-        let list: String = std::fs::read_to_string(calib.join("input_list.txt"))
+        let list: String = std::fs::read_to_string(fixtures.join("cls/calib/input_list.txt"))
             .unwrap()
             .lines()
             .filter(|l| !l.trim().is_empty())
@@ -63,7 +63,7 @@ impl Scratch {
             .env("NO_COLOR", "1")
             .output()
             .unwrap();
-        let fixtures = self.fixtures.display().to_string();
+        let fixtures = self.fixtures.dir().display().to_string();
         let clean = |bytes: &[u8]| {
             String::from_utf8_lossy(bytes)
                 .replace(&fixtures, "<fixtures>")

@@ -26,23 +26,28 @@ fn quant(args: &[&str], dir: &Path) -> Output {
 
 /// Quantizes tiny on its calibration set and evaluates it on the same set with `jobs` threads,
 /// writing the report into `dir/report-<jobs>`. Returns (summary, report folder).
-fn tiny_report(fixtures: &Path, dir: &Path, jobs: usize) -> (String, PathBuf) {
+fn tiny_report(fixtures: &common::Fixtures, dir: &Path, jobs: usize) -> (String, PathBuf) {
     let tiny = fixtures.join("reference/tiny");
     // Copy model and list next to each other so the report names short relative paths.
-    std::fs::copy(tiny.join("tiny.onnx"), dir.join("tiny.onnx")).unwrap();
-    let list: Vec<String> = std::fs::read_to_string(tiny.join("calib/input_list.txt"))
-        .unwrap()
-        .lines()
-        .map(|line| {
-            line.split(' ')
-                .map(|pair| {
-                    let (name, path) = pair.split_once(":=").unwrap();
-                    format!("{name}:={}", tiny.join("calib").join(path).display())
-                })
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect();
+    std::fs::copy(
+        fixtures.join("reference/tiny/tiny.onnx"),
+        dir.join("tiny.onnx"),
+    )
+    .unwrap();
+    let list: Vec<String> =
+        std::fs::read_to_string(fixtures.join("reference/tiny/calib/input_list.txt"))
+            .unwrap()
+            .lines()
+            .map(|line| {
+                line.split(' ')
+                    .map(|pair| {
+                        let (name, path) = pair.split_once(":=").unwrap();
+                        format!("{name}:={}", tiny.join("calib").join(path).display())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
     std::fs::write(dir.join("list.txt"), list.join("\n") + "\n").unwrap();
     quant(
         &[
@@ -123,7 +128,9 @@ fn report_html_loads_in_headless_chromium() {
         return;
     };
     if !Path::new(CHROMIUM).exists() {
-        eprintln!("skipped: {CHROMIUM} not found (install it with `apt-get install -y chromium`)");
+        common::skip_or_fail(format_args!(
+            "chromium not found at {CHROMIUM} (install it with `apt-get install -y chromium`)"
+        ));
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

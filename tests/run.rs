@@ -158,8 +158,7 @@ fn det_prep_captures_every_activation_within_the_reference_range() {
 #[test]
 fn tiny_two_inputs_match_onnxruntime() {
     let Some(fx) = common::fixtures() else { return };
-    let tiny = fx.join("reference/tiny");
-    let runner = runner(&tiny.join("tiny.onnx"), &[]);
+    let runner = runner(&fx.join("reference/tiny/tiny.onnx"), &[]);
     let specs: Vec<_> = runner
         .input_specs()
         .iter()
@@ -169,9 +168,9 @@ fn tiny_two_inputs_match_onnxruntime() {
         specs,
         [("input_a", vec![1, 3, 8, 8]), ("input_b", vec![1, 4, 8, 8])]
     );
-    let reference = reference_ranges(&tiny.join("tiny.float_stats.json"));
+    let reference = reference_ranges(&fx.join("reference/tiny/tiny.float_stats.json"));
     assert_same_names(&runner, &reference);
-    let samples = load_all(&runner, &tiny.join("calib/input_list.txt"), 4);
+    let samples = load_all(&runner, &fx.join("reference/tiny/calib/input_list.txt"), 4);
     assert_eq!(samples.len(), 4);
     assert_ranges_match(&runner, &ranges(&runner, &samples), &reference);
 }
