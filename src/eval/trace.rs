@@ -16,6 +16,8 @@ use crate::bytes::{Reader, Writer};
 use crate::encoding::TensorEncoding;
 use crate::run::RunStructure;
 use crate::stats::{Histogram, MinMax, TensorStatistics};
+use crate::store::StableHasher;
+use std::hash::{Hash, Hasher};
 
 /// Version of the traces' byte form; part of it, so other versions decode as a miss.
 pub const TRACE_VERSION: u8 = 1;
@@ -102,10 +104,12 @@ pub struct TensorKeys {
     pub after: TraceKey,
 }
 
-/// Feeds `encoding` (or its absence) to `hasher`, every field by its bits.
+/// Feeds `encoding` (or its absence) to `hasher`, every field by its bits, through a
+/// [`StableHasher`] so the schema's name is framed and no two encodings feed the same bytes.
 pub fn hash_encoding(hasher: &mut blake3::Hasher, encoding: Option<&TensorEncoding>) {
+    let mut hasher = StableHasher::over(hasher);
     let Some(encoding) = encoding else {
-        hasher.update(&[0xff]);
+        hasher.write_u8(0xff);
         return;
     };
     let (tag, axis, float) = match encoding {
@@ -113,17 +117,17 @@ pub fn hash_encoding(hasher: &mut blake3::Hasher, encoding: Option<&TensorEncodi
         TensorEncoding::PerChannel { axis, .. } => (1, *axis as u64, 0),
         TensorEncoding::Float { bitwidth } => (2, 0, bitwidth.bits()),
     };
-    hasher.update(&[tag]);
-    hasher.update(&axis.to_le_bytes());
-    hasher.update(&float.to_le_bytes());
-    hasher.update(&(encoding.encodings().len() as u64).to_le_bytes());
+    hasher.write_u8(tag);
+    hasher.write_u64(axis);
+    hasher.write_u32(float);
+    hasher.write_usize(encoding.encodings().len());
     for e in encoding.encodings() {
-        hasher.update(&e.bitwidth.bits().to_le_bytes());
-        hasher.update(e.schema.as_str().as_bytes());
+        hasher.write_u32(e.bitwidth.bits());
+        e.schema.as_str().hash(&mut hasher);
         for x in [e.min, e.max, e.scale] {
-            hasher.update(&x.to_bits().to_le_bytes());
+            hasher.write_u64(x.to_bits());
         }
-        hasher.update(&e.offset.to_le_bytes());
+        hasher.write_i64(e.offset);
     }
 }
 
@@ -537,6 +541,32 @@ mod tests {
         assert_eq!(
             digest(sim.encode()),
             "bc3e9e42deb7c698b8b3f3eab1f3b309fddc57b2abde5c991bf3715941e3f0bb"
+        );
+    }
+
+    #[test]
+    fn hash_encoding_frames_the_schema() {
+        // Encodings that differ only in the schema's name, and sequences of encodings that
+        // differ only in where one ends, feed different bytes.
+        let digest = |encodings: &[Option<&TensorEncoding>]| {
+            let mut hasher = blake3::Hasher::new();
+            for &e in encodings {
+                hash_encoding(&mut hasher, e);
+            }
+            hasher.finalize()
+        };
+        let encoding =
+            |schema| TensorEncoding::PerTensor(Encoding::symmetric(1.0, Bitwidth::B8, schema));
+        let symmetric = encoding(Schema::Symmetric);
+        let unsigned = encoding(Schema::UnsignedSymmetric);
+        assert_ne!(digest(&[Some(&symmetric)]), digest(&[Some(&unsigned)]));
+        assert_ne!(
+            digest(&[Some(&symmetric), None]),
+            digest(&[None, Some(&symmetric)])
+        );
+        assert_eq!(
+            digest(&[Some(&symmetric)]),
+            digest(&[Some(&encoding(Schema::Symmetric))])
         );
     }
 

@@ -25,12 +25,14 @@
 mod digest;
 mod entry;
 mod gc;
+mod hash;
 mod key;
 mod size;
 
 pub use digest::{Digest, DigestParseError};
 pub use entry::{CorruptReason, FORMAT_VERSION, HEADER_LEN, MAGIC};
 pub use gc::{CleanReport, DEFAULT_MAX_SIZE, GcReport, STALE_TEMP_AGE, clean};
+pub use hash::{StableHasher, stable_digest};
 pub use key::{KEY_DOMAIN, KeyBuilder, Kind, SCHEMA_VERSION};
 pub use size::{ParseSizeError, parse_size};
 
