@@ -3,8 +3,10 @@
 //! Modules follow the data flow (see `ARCHITECTURE.md`):
 //! `encoding` (pure math) · `stats` (mergeable statistics, range selection) · `onnx` (the only
 //! module that sees protobuf) · `graph` · `calib` (input lists, samples) · `run` (float execution)
-//! · `overrides` · `export` · `manifest` · `store` · `engine` · `cli`.
+//! · `overrides` · `export` · `manifest` · `store` · `engine` · `cli`; beside them `atomic` (the
+//! one way files are written) and `bytes` (the little-endian byte forms of stored payloads).
 
+pub mod atomic;
 mod bytes;
 pub mod calib;
 pub mod cli;

@@ -12,10 +12,12 @@
 //! This module owns the traces, their keys and their byte form. It must NOT decide where
 //! traces are kept (the engine stores them) nor run models (the evaluator does).
 
-use crate::bytes::Reader;
+use crate::bytes::{Reader, Writer};
 use crate::encoding::TensorEncoding;
 use crate::run::RunStructure;
 use crate::stats::{Histogram, MinMax, TensorStatistics};
+use crate::store::StableHasher;
+use std::hash::{Hash, Hasher};
 
 /// Version of the traces' byte form; part of it, so other versions decode as a miss.
 pub const TRACE_VERSION: u8 = 1;
@@ -102,10 +104,12 @@ pub struct TensorKeys {
     pub after: TraceKey,
 }
 
-/// Feeds `encoding` (or its absence) to `hasher`, every field by its bits.
+/// Feeds `encoding` (or its absence) to `hasher`, every field by its bits, through a
+/// [`StableHasher`] so the schema's name is framed and no two encodings feed the same bytes.
 pub fn hash_encoding(hasher: &mut blake3::Hasher, encoding: Option<&TensorEncoding>) {
+    let mut hasher = StableHasher::over(hasher);
     let Some(encoding) = encoding else {
-        hasher.update(&[0xff]);
+        hasher.write_u8(0xff);
         return;
     };
     let (tag, axis, float) = match encoding {
@@ -113,17 +117,17 @@ pub fn hash_encoding(hasher: &mut blake3::Hasher, encoding: Option<&TensorEncodi
         TensorEncoding::PerChannel { axis, .. } => (1, *axis as u64, 0),
         TensorEncoding::Float { bitwidth } => (2, 0, bitwidth.bits()),
     };
-    hasher.update(&[tag]);
-    hasher.update(&axis.to_le_bytes());
-    hasher.update(&float.to_le_bytes());
-    hasher.update(&(encoding.encodings().len() as u64).to_le_bytes());
+    hasher.write_u8(tag);
+    hasher.write_u64(axis);
+    hasher.write_u32(float);
+    hasher.write_usize(encoding.encodings().len());
     for e in encoding.encodings() {
-        hasher.update(&e.bitwidth.bits().to_le_bytes());
-        hasher.update(e.schema.as_str().as_bytes());
+        hasher.write_u32(e.bitwidth.bits());
+        e.schema.as_str().hash(&mut hasher);
         for x in [e.min, e.max, e.scale] {
-            hasher.update(&x.to_bits().to_le_bytes());
+            hasher.write_u64(x.to_bits());
         }
-        hasher.update(&e.offset.to_le_bytes());
+        hasher.write_i64(e.offset);
     }
 }
 
@@ -172,35 +176,34 @@ pub fn tensor_keys(structure: &RunStructure, hooked: &[Option<TensorEncoding>]) 
 
 // --- byte form -------------------------------------------------------------------------------
 
-fn put_u64(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(&v.to_le_bytes());
-}
-
-fn put_values(out: &mut Vec<u8>, values: &[f32]) {
-    put_u64(out, values.len() as u64);
-    for v in values {
-        out.extend_from_slice(&v.to_bits().to_le_bytes());
-    }
-}
-
-fn put_optional(out: &mut Vec<u8>, values: &Option<Vec<f32>>) {
-    match values {
-        Some(values) => {
-            out.push(1);
-            put_values(out, values);
+/// The writes of the traces' fields beyond the primitive ones; [`Reader`]'s below read them.
+impl Writer<'_> {
+    fn values(&mut self, values: &[f32]) {
+        self.count(values.len());
+        for &v in values {
+            self.f32(v);
         }
-        None => out.push(0),
     }
-}
 
-fn put_outputs(out: &mut Vec<u8>, outputs: &[OutputValue]) {
-    put_u64(out, outputs.len() as u64);
-    for output in outputs {
-        put_u64(out, output.shape.len() as u64);
-        for &d in &output.shape {
-            put_u64(out, d as u64);
+    fn optional(&mut self, values: &Option<Vec<f32>>) {
+        match values {
+            Some(values) => {
+                self.u8(1);
+                self.values(values);
+            }
+            None => self.u8(0),
         }
-        put_values(out, &output.data);
+    }
+
+    fn outputs(&mut self, outputs: &[OutputValue]) {
+        self.count(outputs.len());
+        for output in outputs {
+            self.count(output.shape.len());
+            for &d in &output.shape {
+                self.u64(d as u64);
+            }
+            self.values(&output.data);
+        }
     }
 }
 
@@ -211,6 +214,7 @@ impl Reader<'_> {
 
     fn values(&mut self) -> Option<Vec<f32>> {
         let n = self.count(4)?;
+        // One bounds check for the whole run: terminal values can be millions of floats.
         let bytes = self.take(n * 4)?;
         Some(
             bytes
@@ -250,19 +254,21 @@ impl FloatTrace {
     /// The byte form: version, per tensor signal and count, terminal values, outputs, then
     /// the range and histogram of every tensor in the statistics codec.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![TRACE_VERSION, b'F'];
-        put_u64(&mut out, self.tensors.len() as u64);
+        let mut out = Vec::new();
+        let mut w = Writer(&mut out);
+        w.raw(&[TRACE_VERSION, b'F']);
+        w.count(self.tensors.len());
         for t in &self.tensors {
-            put_u64(&mut out, t.signal.to_bits());
-            put_u64(&mut out, t.elements);
+            w.f64(t.signal);
+            w.u64(t.elements);
         }
         for values in &self.terminal {
-            put_optional(&mut out, values);
+            w.optional(values);
         }
-        put_outputs(&mut out, &self.outputs);
+        w.outputs(&self.outputs);
         let statistics: Vec<TensorStatistics> =
             self.tensors.iter().map(|t| t.statistics.clone()).collect();
-        out.extend_from_slice(&crate::stats::encode_all(&statistics));
+        w.raw(&crate::stats::encode_all(&statistics));
         out
     }
 
@@ -275,7 +281,7 @@ impl FloatTrace {
         let n = r.count(17)?;
         let mut sums = Vec::with_capacity(n);
         for _ in 0..n {
-            sums.push((f64::from_bits(r.u64()?), r.u64()?));
+            sums.push((r.f64()?, r.u64()?));
         }
         let terminal = (0..n).map(|_| r.optional()).collect::<Option<Vec<_>>>()?;
         let outputs = r.outputs()?;
@@ -304,21 +310,23 @@ impl FloatTotals {
     /// The byte form: version, the samples' terminal values and outputs, then the summed
     /// tensors as a [`FloatTrace`] without terminal values.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![TRACE_VERSION, b'T'];
-        put_u64(&mut out, self.samples.len() as u64);
+        let mut out = Vec::new();
+        let mut w = Writer(&mut out);
+        w.raw(&[TRACE_VERSION, b'T']);
+        w.count(self.samples.len());
         for sample in &self.samples {
-            put_u64(&mut out, sample.terminal.len() as u64);
+            w.count(sample.terminal.len());
             for values in &sample.terminal {
-                put_optional(&mut out, values);
+                w.optional(values);
             }
-            put_outputs(&mut out, &sample.outputs);
+            w.outputs(&sample.outputs);
         }
         let sums = FloatTrace {
             tensors: self.tensors.clone(),
             terminal: vec![None; self.tensors.len()],
             outputs: Vec::new(),
         };
-        out.extend_from_slice(&sums.encode());
+        w.raw(&sums.encode());
         out
     }
 
@@ -352,18 +360,20 @@ impl SimTrace {
     /// The byte form: version, per tensor its keys, noise and clipped count, the values
     /// before the hook of terminal tensors, outputs.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![TRACE_VERSION, b'S'];
-        put_u64(&mut out, self.tensors.len() as u64);
+        let mut out = Vec::new();
+        let mut w = Writer(&mut out);
+        w.raw(&[TRACE_VERSION, b'S']);
+        w.count(self.tensors.len());
         for t in &self.tensors {
-            out.extend_from_slice(&t.key);
-            out.extend_from_slice(&t.before_key);
-            put_u64(&mut out, t.noise.to_bits());
-            put_u64(&mut out, t.clipped);
+            w.raw(&t.key);
+            w.raw(&t.before_key);
+            w.f64(t.noise);
+            w.u64(t.clipped);
         }
         for values in &self.before {
-            put_optional(&mut out, values);
+            w.optional(values);
         }
-        put_outputs(&mut out, &self.outputs);
+        w.outputs(&self.outputs);
         out
     }
 
@@ -379,7 +389,7 @@ impl SimTrace {
             tensors.push(SimTensor {
                 key: r.key()?,
                 before_key: r.key()?,
-                noise: f64::from_bits(r.u64()?),
+                noise: r.f64()?,
                 clipped: r.u64()?,
             });
         }
@@ -473,6 +483,91 @@ mod tests {
         float[3] = None;
         assert_ne!(tensor_keys(&s, &float)[3].after, keys[3].after);
         assert_eq!(tensor_keys(&s, &float)[3].before, keys[3].before);
+    }
+
+    /// The store keeps these bytes between versions of quant: a change to them must come with a
+    /// new [`TRACE_VERSION`] (and these digests), never silently.
+    #[test]
+    fn bytes_are_those_the_store_already_holds() {
+        let tensor = |n: usize| {
+            let mut statistics =
+                TensorStatistics::new(crate::stats::StatisticsSettings::WITH_HISTOGRAM);
+            let values: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919) % 1000) as f32 / 37.0 - 9.0)
+                .collect();
+            statistics.observe(&values);
+            statistics.observe(&[f32::NAN, f32::INFINITY, f32::NEG_INFINITY]);
+            FloatTensor {
+                signal: 1.0 / 3.0,
+                elements: n as u64,
+                statistics,
+            }
+        };
+        let float = FloatTrace {
+            tensors: vec![tensor(3), tensor(3000)],
+            terminal: vec![None, Some(vec![1.0, -0.0, f32::NAN])],
+            outputs: vec![OutputValue {
+                shape: vec![1, 3],
+                data: vec![0.5, 0.25, -8.0],
+            }],
+        };
+        let totals = FloatTotals {
+            tensors: float.tensors.clone(),
+            samples: vec![FloatTrace {
+                tensors: vec![],
+                terminal: float.terminal.clone(),
+                outputs: float.outputs.clone(),
+            }],
+        };
+        let sim = SimTrace {
+            tensors: vec![SimTensor {
+                key: [1; 16],
+                before_key: [2; 16],
+                noise: 1e-9,
+                clipped: 17,
+            }],
+            before: vec![Some(vec![3.5; 4])],
+            outputs: float.outputs.clone(),
+        };
+        let digest = |bytes: Vec<u8>| blake3::hash(&bytes).to_hex().to_string();
+        assert_eq!(
+            digest(float.encode()),
+            "83f727c8c39ff1c422e555bc0106372f79b9a0c9d5bbd96e3e4aacbafbb1a7d5"
+        );
+        assert_eq!(
+            digest(totals.encode()),
+            "ec4ca5850aca67f6f0ca58a3cf2a9839f494dab4266c76e5402066dd86d173aa"
+        );
+        assert_eq!(
+            digest(sim.encode()),
+            "bc3e9e42deb7c698b8b3f3eab1f3b309fddc57b2abde5c991bf3715941e3f0bb"
+        );
+    }
+
+    #[test]
+    fn hash_encoding_frames_the_schema() {
+        // Encodings that differ only in the schema's name, and sequences of encodings that
+        // differ only in where one ends, feed different bytes.
+        let digest = |encodings: &[Option<&TensorEncoding>]| {
+            let mut hasher = blake3::Hasher::new();
+            for &e in encodings {
+                hash_encoding(&mut hasher, e);
+            }
+            hasher.finalize()
+        };
+        let encoding =
+            |schema| TensorEncoding::PerTensor(Encoding::symmetric(1.0, Bitwidth::B8, schema));
+        let symmetric = encoding(Schema::Symmetric);
+        let unsigned = encoding(Schema::UnsignedSymmetric);
+        assert_ne!(digest(&[Some(&symmetric)]), digest(&[Some(&unsigned)]));
+        assert_ne!(
+            digest(&[Some(&symmetric), None]),
+            digest(&[None, Some(&symmetric)])
+        );
+        assert_eq!(
+            digest(&[Some(&symmetric)]),
+            digest(&[Some(&encoding(Schema::Symmetric))])
+        );
     }
 
     #[test]

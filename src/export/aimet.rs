@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Write;
 use std::path::Path;
 
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
@@ -146,24 +145,10 @@ impl AimetEncodings {
         )
     }
 
-    /// Writes [`AimetEncodings::to_json`] to `path` through a temporary file in the same folder
-    /// and a rename, so a failed write never leaves half a file behind.
+    /// Writes [`AimetEncodings::to_json`] to `path` atomically ([`crate::atomic::write`]), so a
+    /// failed write never leaves half a file behind.
     pub fn write(&self, path: &Path, version: EncodingVersion) -> std::io::Result<()> {
-        let file_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "encodings".to_string());
-        let temporary = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
-        let written = (|| {
-            let mut file = std::fs::File::create(&temporary)?;
-            file.write_all(self.to_json(version).as_bytes())?;
-            file.sync_all()?;
-            std::fs::rename(&temporary, path)
-        })();
-        if written.is_err() {
-            let _ = std::fs::remove_file(&temporary);
-        }
-        written
+        crate::atomic::write(path, self.to_json(version).as_bytes())
     }
 }
 

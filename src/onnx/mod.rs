@@ -148,20 +148,12 @@ impl OnnxModel {
         self.proto.encode_to_vec()
     }
 
-    /// Writes the model to `path` atomically (a sibling temporary file renamed into place), so a
-    /// failure never leaves half a model behind.
+    /// Writes the model to `path` atomically ([`crate::atomic::write`]), so a failure never
+    /// leaves half a model behind.
     pub fn write(&self, path: &Path) -> Result<(), OnnxError> {
-        let err = |source| OnnxError::Write {
+        crate::atomic::write(path, &self.to_bytes()).map_err(|source| OnnxError::Write {
             path: path.to_owned(),
             source,
-        };
-        let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-        tmp_name.push(".partial");
-        let tmp = path.with_file_name(tmp_name);
-        std::fs::write(&tmp, self.to_bytes()).map_err(err)?;
-        std::fs::rename(&tmp, path).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            err(e)
         })
     }
 

@@ -399,24 +399,16 @@ impl Report {
         html::render(self)
     }
 
-    /// Writes `report.json` and `report.html` into `dir` (created if missing), each through a
-    /// temporary file renamed into place, so a reader never sees half a report.
+    /// Writes `report.json` and `report.html` into `dir` (created if missing), each atomically
+    /// ([`crate::atomic::write`]), so a reader never sees half a report.
     pub fn write(&self, dir: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
         std::fs::create_dir_all(dir)?;
         let json = dir.join("report.json");
         let html = dir.join("report.html");
-        write_atomic(&json, self.to_json().as_bytes())?;
-        write_atomic(&html, self.to_html().as_bytes())?;
+        crate::atomic::write(&json, self.to_json().as_bytes())?;
+        crate::atomic::write(&html, self.to_html().as_bytes())?;
         Ok((json, html))
     }
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// A dB value for people: one decimal, `inf` when there is no noise.

@@ -25,6 +25,12 @@ use tract_onnx::tract_hir::infer::GenericFactoid;
 
 use crate::calib::InputSpec;
 
+/// The runtime that executes models, as store keys name it: `tract-onnx` and the exact version
+/// `Cargo.lock` pins (read by `build.rs`), e.g. `tract-onnx 0.23.9`. A patch release of tract
+/// can change what a model computes, so results stored under one version must not be served
+/// under another; updating tract changes this string and thereby every key that names it.
+pub const RUNTIME: &str = env!("QUANT_RUNTIME");
+
 /// Why a model could not be prepared or run.
 #[derive(Debug, thiserror::Error, Diagnostic)]
 pub enum RunError {
@@ -767,5 +773,13 @@ mod tests {
     #[test]
     fn runner_is_shareable_across_threads() {
         assert_send_sync::<FloatRunner>();
+    }
+
+    #[test]
+    fn runtime_names_the_exact_locked_version() {
+        let version = RUNTIME.strip_prefix("tract-onnx ").unwrap();
+        let parts: Vec<&str> = version.split('.').collect();
+        assert_eq!(parts.len(), 3, "{RUNTIME}");
+        assert!(parts.iter().all(|p| p.parse::<u64>().is_ok()), "{RUNTIME}");
     }
 }

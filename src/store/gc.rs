@@ -2,10 +2,8 @@
 //! It must not touch anything outside the store folder, and must stay safe while builds run:
 //! evicting an entry a build is reading only turns that read into a miss.
 
-use super::{
-    OBJECTS_DIR, QUARANTINE_DIR, Store, StoreError, TAG_FILE, TAG_OWNER_LINE, TEMP_PREFIX,
-    io_error, temp_file_name,
-};
+use super::{OBJECTS_DIR, QUARANTINE_DIR, Store, StoreError, TAG_FILE, TAG_OWNER_LINE, io_error};
+use crate::atomic;
 use serde::Serialize;
 use std::fs;
 use std::io;
@@ -15,7 +13,10 @@ use std::time::{Duration, SystemTime};
 /// Size `quant cache gc` trims to when `--max-size` is not given (2 GiB).
 pub const DEFAULT_MAX_SIZE: u64 = 2 << 30;
 /// A temp file older than this belongs to a writer that died: no live write takes an hour.
-pub const STALE_TEMP_AGE: Duration = Duration::from_secs(60 * 60);
+///
+/// The store goes by age alone, never by whether the writer's process runs: a store may be
+/// shared between machines, whose processes this one cannot see.
+pub const STALE_TEMP_AGE: Duration = atomic::STALE_AGE;
 
 /// What `gc` did. Sizes are file sizes in bytes, headers included.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -70,7 +71,7 @@ impl Store {
                         continue;
                     }
                     let last_used = metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-                    if is_temp(&path) {
+                    if atomic::is_temporary(&path) {
                         let stale = now
                             .duration_since(last_used)
                             .is_ok_and(|age| age >= STALE_TEMP_AGE);
@@ -94,7 +95,7 @@ impl Store {
         }
         // Stale temp files of the tag written at the store root.
         for path in list_dir(&self.dir)? {
-            if is_temp(&path) {
+            if atomic::is_temporary(&path) {
                 let stale = fs::metadata(&path)
                     .and_then(|m| m.modified())
                     .ok()
@@ -160,7 +161,7 @@ pub fn clean(dir: &Path) -> Result<CleanReport, StoreError> {
         Err(err) => return Err(io_error("read", &tag)(err)),
     }
     let mut doomed = dir.as_os_str().to_owned();
-    doomed.push(format!(".removing{}", temp_file_name()));
+    doomed.push(format!(".removing-{}", atomic::unique_token()));
     let doomed = PathBuf::from(doomed);
     let target = match fs::rename(dir, &doomed) {
         Ok(()) => doomed,
@@ -176,12 +177,6 @@ pub fn clean(dir: &Path) -> Result<CleanReport, StoreError> {
     }
     fs::remove_dir_all(&target).map_err(io_error("remove", &target))?;
     Ok(report)
-}
-
-fn is_temp(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|name| name.to_str())
-        .is_some_and(|name| name.starts_with(TEMP_PREFIX))
 }
 
 /// Children of `dir`; a missing folder (never written, or removed concurrently) is empty.

@@ -6,9 +6,10 @@
 //! is returned as a value ([`GetOutcome::Corrupt`]) for the caller to report.
 //!
 //! **Invariant:** a reader sees a complete, verified entry or nothing. Entries are written to a
-//! unique temp file beside their target and renamed over it, so a killed writer leaves at most a
-//! stale temp file (ignored by readers, removed by [`Store::gc`]); every read checks the header's
-//! length and blake3 digest, so a damaged file is a miss, never wrong data.
+//! unique temp file beside their target and renamed over it ([`crate::atomic`]), so a killed
+//! writer leaves at most a stale temp file (ignored by readers, removed by [`Store::gc`]); every
+//! read checks the header's length and blake3 digest, so a damaged file is a miss, never wrong
+//! data.
 //!
 //! Layout (`book/src/cache.md` is the reference, including what goes into each key):
 //!
@@ -17,29 +18,31 @@
 //!                                          `clean` refuses folders without it)
 //! <dir>/objects/<kind>/<2 hex>/<62 hex>    one entry: header + payload (see `entry` docs)
 //! <dir>/objects/<kind>/<2 hex>/.tmp-*      a write in progress, or left by a killed process
+//!                                          (any name `atomic::is_temporary` recognizes)
 //! <dir>/quarantine/<kind>-<hex>-*          entries that failed verification, kept for inspection
 //! ```
 
 mod digest;
 mod entry;
 mod gc;
+mod hash;
 mod key;
 mod size;
 
 pub use digest::{Digest, DigestParseError};
 pub use entry::{CorruptReason, FORMAT_VERSION, HEADER_LEN, MAGIC};
 pub use gc::{CleanReport, DEFAULT_MAX_SIZE, GcReport, STALE_TEMP_AGE, clean};
+pub use hash::{StableHasher, stable_digest};
 pub use key::{KEY_DOMAIN, KeyBuilder, Kind, SCHEMA_VERSION};
 pub use size::{ParseSizeError, parse_size};
 
+use crate::atomic::{self, Durability};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt;
 use std::fs::{self, File};
-use std::hash::BuildHasher;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 /// Folder name of the store next to a manifest.
@@ -55,7 +58,6 @@ const TAG_FILE: &str = "CACHEDIR.TAG";
 const TAG_CONTENT: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
 # This folder is a cache written by quant. It is safe to delete.\n";
 const TAG_OWNER_LINE: &str = "# This folder is a cache written by quant";
-const TEMP_PREFIX: &str = ".tmp-";
 /// Reads refresh an entry's modification time (its LRU clock) at most this often, so a build
 /// that reads thousands of entries does not also write thousands of inodes.
 const TOUCH_GRANULARITY: Duration = Duration::from_secs(60);
@@ -253,18 +255,17 @@ impl Store {
             // The store may have been `clean`ed under a running build: keep it recognizable.
             self.ensure_tag()?;
         }
-        let temp = parent.join(temp_file_name());
-        let written = write_entry(&temp, &entry::header_for(payload), payload, self.fsync)
-            .map_err(io_error("write", &temp))
-            .and_then(|()| fs::rename(&temp, &path).map_err(io_error("rename", &temp)));
-        if let Err(err) = written {
-            let _ = fs::remove_file(&temp);
-            return Err(err);
-        }
+        let header = entry::header_for(payload);
+        atomic::write_parts(&path, &[&header, payload], self.durability())
+            .map_err(io_error("write", &path))
+    }
+
+    fn durability(&self) -> Durability {
         if self.fsync {
-            sync_dir(parent);
+            Durability::Flushed
+        } else {
+            Durability::Unflushed
         }
-        Ok(())
     }
 
     /// Stores `value` as JSON. Bump the [`Kind`]'s version when the type's layout changes.
@@ -314,7 +315,7 @@ impl Store {
             "{}-{}-{}",
             kind.name(),
             key.to_hex(),
-            temp_file_name()
+            atomic::unique_token()
         ));
         let quarantined =
             match fs::create_dir_all(&quarantine_dir).and_then(|()| fs::rename(&path, &target)) {
@@ -337,14 +338,8 @@ impl Store {
             return Ok(());
         }
         // Same temp-and-rename as entries: two processes opening a fresh store both succeed.
-        let temp = self.dir.join(temp_file_name());
-        let written = write_entry(&temp, TAG_CONTENT.as_bytes(), &[], self.fsync)
-            .map_err(io_error("write", &temp))
-            .and_then(|()| fs::rename(&temp, &tag).map_err(io_error("rename", &temp)));
-        if written.is_err() {
-            let _ = fs::remove_file(&temp);
-        }
-        written
+        atomic::write_parts(&tag, &[TAG_CONTENT.as_bytes()], self.durability())
+            .map_err(io_error("write", &tag))
     }
 }
 
@@ -353,34 +348,6 @@ fn default_dir_with(manifest_root: &Path, env_value: Option<std::ffi::OsString>)
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
         _ => manifest_root.join(DEFAULT_DIR_NAME),
     }
-}
-
-/// A name no other writer can pick: the pid separates processes, the counter threads of one
-/// process, and the random part a pid reused after a crash.
-fn temp_file_name() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let random = std::collections::hash_map::RandomState::new().hash_one(count);
-    format!("{TEMP_PREFIX}{}-{count}-{random:016x}", std::process::id())
-}
-
-fn write_entry(path: &Path, header: &[u8], payload: &[u8], fsync: bool) -> io::Result<()> {
-    let mut file = File::options().write(true).create_new(true).open(path)?;
-    file.write_all(header)?;
-    file.write_all(payload)?;
-    // Without this a power loss after the rename could leave a renamed but empty file.
-    if fsync { file.sync_all() } else { Ok(()) }
-}
-
-/// Makes a rename durable across power loss; best effort, and a no-op where directories cannot
-/// be opened as files.
-fn sync_dir(dir: &Path) {
-    #[cfg(unix)]
-    if let Ok(dir) = File::open(dir) {
-        let _ = dir.sync_all();
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
 }
 
 /// gc evicts by modification time, so a read bumps it. Best effort: a read-only store still
@@ -413,15 +380,6 @@ mod tests {
             default_dir_with(root, Some("/ci/cache".into())),
             Path::new("/ci/cache")
         );
-    }
-
-    #[test]
-    fn temp_names_are_unique_and_recognizable() {
-        let a = temp_file_name();
-        let b = temp_file_name();
-        assert_ne!(a, b);
-        assert!(a.starts_with(TEMP_PREFIX));
-        assert!(a.contains(&std::process::id().to_string()));
     }
 
     #[test]

@@ -1,0 +1,108 @@
+//! Calibrating one model in a few lines, with no manifest and no cache: load an ONNX model, run
+//! calibration samples through it, and get the encoding of every tensor, exactly as
+//! `quant quantize` (qairt-quantizer's command line) does.
+//!
+//! It uses the bundled text-orientation pipeline: PaddleOCR's text-orientation classifier and its
+//! eight calibration samples, quantized with 8-bit asymmetric activations and per-channel
+//! symmetric 8-bit weights. `quant::engine::oneshot` is the non-incremental pipeline; the
+//! manifest build (`quant build`) computes the same encodings through its cached queries.
+//!
+//! Run it with `cargo run --example calibrate_model`.
+
+use std::path::Path;
+
+use quant::encoding::{Bitwidth, Schema, TensorEncoding};
+use quant::engine::oneshot::{OneShot, quantize};
+use quant::manifest::{CalibrationMethod, Percentile, QuantizerSettings};
+
+/// Errors are printed as `quant quantize` prints them (with the list file's line for a bad
+/// sample).
+fn main() -> miette::Result<()> {
+    let pipeline = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/text-orientation");
+    let job = OneShot {
+        model: pipeline.join("models/cls.onnx"),
+        // One `.raw` file per line: float32 tensors of the model's input shape.
+        input_list: pipeline.join("calib/input_list.txt"),
+        overrides: None,
+        // The export leaves batch, height and width dynamic; calibration needs them fixed.
+        input_dims: vec![("x".to_string(), vec![1, 3, 48, 192])],
+        settings: QuantizerSettings {
+            calibration: String::new(),
+            overrides: Vec::new(),
+            act_bitwidth: Bitwidth::B8,
+            weights_bitwidth: Bitwidth::B8,
+            bias_bitwidth: Bitwidth::B32,
+            float_bitwidth: None,
+            act_calibration: CalibrationMethod::MinMax,
+            param_calibration: CalibrationMethod::MinMax,
+            act_schema: Schema::Asymmetric,
+            param_schema: Schema::Symmetric,
+            percentile: Percentile::default(),
+            per_channel: true,
+            per_row: false,
+            ignore_quantization_overrides: false,
+            calibrate_with_quantized_weights: false,
+        },
+        jobs: None,
+    };
+    // Samples run side by side on every core; the callback (ignored here) hears of each one done.
+    let output = quantize(&job, |_done, _total| {}).map_err(|e| e.into_report())?;
+
+    let encodings = &output.model_encodings;
+    println!(
+        "{}: {} samples, {} activations and {} parameters encoded",
+        job.model.display(),
+        output.samples,
+        encodings.activations.len(),
+        encodings.parameters.len()
+    );
+    println!("\nactivations (the first five, and the model's output):");
+    let output_name = "save_infer_model/scale_0.tmp_1";
+    let shown = encodings
+        .activations
+        .iter()
+        .take(5)
+        .chain(encodings.activations.get_key_value(output_name));
+    for (name, encoding) in shown {
+        print_encoding(name, encoding);
+    }
+    println!("\nweights (the first three):");
+    for (name, encoding) in encodings
+        .parameters
+        .iter()
+        .filter(|(_, e)| matches!(e, TensorEncoding::PerChannel { .. }))
+        .take(3)
+    {
+        print_encoding(name, encoding);
+    }
+    for warning in &output.warnings {
+        println!("warning: {warning}");
+    }
+    Ok(())
+}
+
+/// One line per tensor: its range and grid, or its channels' when it has one encoding each.
+fn print_encoding(name: &str, encoding: &TensorEncoding) {
+    match encoding {
+        TensorEncoding::PerTensor(e) => println!(
+            "  {name:<32} {}-bit {:<10} [{:>9.4}, {:>9.4}]  scale {:.6}  offset {}",
+            e.bitwidth, e.schema, e.min, e.max, e.scale, e.offset
+        ),
+        TensorEncoding::PerChannel { axis, channels } => {
+            let Some(first) = channels.first() else {
+                return println!("  {name:<32} per channel, without channels");
+            };
+            let scales = channels.iter().map(|e| e.scale);
+            let (low, high) =
+                scales.fold((f64::MAX, f64::MIN), |(lo, hi), s| (lo.min(s), hi.max(s)));
+            println!(
+                "  {name:<32} {}-bit {} per channel: {} channels along axis {axis}, \
+                 scales {low:.6} to {high:.6}",
+                first.bitwidth,
+                first.schema,
+                channels.len()
+            );
+        }
+        TensorEncoding::Float { bitwidth } => println!("  {name:<32} float{bitwidth}"),
+    }
+}
