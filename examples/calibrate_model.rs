@@ -13,7 +13,7 @@ use std::path::Path;
 
 use quant::encoding::{Bitwidth, Schema, TensorEncoding};
 use quant::engine::oneshot::{OneShot, quantize};
-use quant::manifest::{CalibrationMethod, Percentile, QuantizerSettings};
+use quant::quantizer::QuantizerSettings;
 
 /// Errors are printed as `quant quantize` prints them (with the list file's line for a bad
 /// sample).
@@ -26,22 +26,13 @@ fn main() -> miette::Result<()> {
         overrides: None,
         // The export leaves batch, height and width dynamic; calibration needs them fixed.
         input_dims: vec![("x".to_string(), vec![1, 3, 48, 192])],
+        // qairt-quantizer's defaults (8-bit, min-max, asymmetric), but per-channel symmetric
+        // weights and 32-bit biases, as HTP runs them.
         settings: QuantizerSettings {
-            calibration: String::new(),
-            overrides: Vec::new(),
-            act_bitwidth: Bitwidth::B8,
-            weights_bitwidth: Bitwidth::B8,
             bias_bitwidth: Bitwidth::B32,
-            float_bitwidth: None,
-            act_calibration: CalibrationMethod::MinMax,
-            param_calibration: CalibrationMethod::MinMax,
-            act_schema: Schema::Asymmetric,
             param_schema: Schema::Symmetric,
-            percentile: Percentile::default(),
             per_channel: true,
-            per_row: false,
-            ignore_quantization_overrides: false,
-            calibrate_with_quantized_weights: false,
+            ..QuantizerSettings::default()
         },
         jobs: None,
     };
@@ -57,12 +48,19 @@ fn main() -> miette::Result<()> {
         encodings.parameters.len()
     );
     println!("\nactivations (the first five, and the model's output):");
-    let output_name = "save_infer_model/scale_0.tmp_1";
+    // The graph's first output, by name, from the model as calibrated.
+    let output_name = output
+        .model
+        .proto()
+        .graph
+        .as_ref()
+        .and_then(|g| g.output.first())
+        .and_then(|o| o.name.as_deref());
     let shown = encodings
         .activations
         .iter()
         .take(5)
-        .chain(encodings.activations.get_key_value(output_name));
+        .chain(output_name.and_then(|name| encodings.activations.get_key_value(name)));
     for (name, encoding) in shown {
         print_encoding(name, encoding);
     }

@@ -77,20 +77,12 @@ impl<'a> Reader<'a> {
     }
 
     /// A [`Writer::prefixed_bytes`]: a `u64` length, then that many bytes.
-    #[allow(
-        dead_code,
-        reason = "for the engine's payloads, which name their strings"
-    )]
     pub(crate) fn prefixed_bytes(&mut self) -> Option<&'a [u8]> {
         let n = usize::try_from(self.u64()?).ok()?;
         self.take(n)
     }
 
     /// A [`Writer::prefixed_str`]; `None` when the bytes are not UTF-8.
-    #[allow(
-        dead_code,
-        reason = "for the engine's payloads, which name their strings"
-    )]
     pub(crate) fn prefixed_str(&mut self) -> Option<&'a str> {
         std::str::from_utf8(self.prefixed_bytes()?).ok()
     }
@@ -147,20 +139,12 @@ impl Writer<'_> {
     }
 
     /// A `u64` length, then the bytes.
-    #[allow(
-        dead_code,
-        reason = "for the engine's payloads, which name their strings"
-    )]
     pub(crate) fn prefixed_bytes(&mut self, bytes: &[u8]) {
         self.count(bytes.len());
         self.raw(bytes);
     }
 
     /// A string as [`Writer::prefixed_bytes`] of its UTF-8.
-    #[allow(
-        dead_code,
-        reason = "for the engine's payloads, which name their strings"
-    )]
     pub(crate) fn prefixed_str(&mut self, s: &str) {
         self.prefixed_bytes(s.as_bytes());
     }

@@ -11,9 +11,9 @@
 use super::log::WorkLog;
 use crate::store::{Digest, GetOutcome, Kind, Store};
 
-/// The float runtime, with its exact version from `Cargo.lock`: part of every key whose value
-/// the executor computes (another tract may round differently).
-pub const RUNTIME: &str = "tract-onnx 0.23";
+/// The float runtime, with its exact version from `Cargo.lock` (read by `build.rs`): part of
+/// every key whose value the executor computes (another tract may round differently).
+pub use crate::run::RUNTIME;
 
 /// How an entry's payload is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -309,17 +309,18 @@ pub struct StoredUnitState {
 impl StoredUnitState {
     /// The payload bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::default();
+        let mut out = Vec::new();
+        let mut w = Writer(&mut out);
         w.digest(&self.fingerprint);
-        w.u64(self.outputs.len() as u64);
+        w.count(self.outputs.len());
         for (name, digest) in &self.outputs {
-            w.bytes(name.as_bytes());
+            w.prefixed_str(name);
             match digest {
                 Some(digest) => {
-                    w.0.push(1);
+                    w.u8(1);
                     w.digest(digest);
                 }
-                None => w.0.push(0),
+                None => w.u8(0),
             }
         }
         let e = &self.encodings;
@@ -328,21 +329,21 @@ impl StoredUnitState {
         let args = &e.quantizer_args;
         w.u64(u64::from(args.activation_bitwidth.bits()));
         w.u64(u64::from(args.param_bitwidth.bits()));
-        w.0.push(u8::from(args.is_symmetric));
-        w.0.push(u8::from(args.per_channel_quantization));
-        w.bytes(args.quant_scheme.as_bytes());
+        w.u8(u8::from(args.is_symmetric));
+        w.u8(u8::from(args.per_channel_quantization));
+        w.prefixed_str(&args.quant_scheme);
         w.strings(&e.warnings);
-        w.0.push(u8::from(e.float));
+        w.u8(u8::from(e.float));
         w.u64(e.samples as u64);
         w.u64(e.computed_tensors as u64);
         match &self.evaluation {
             Some(json) => {
-                w.0.push(1);
-                w.bytes(json.as_bytes());
+                w.u8(1);
+                w.prefixed_str(json);
             }
-            None => w.0.push(0),
+            None => w.u8(0),
         }
-        w.0
+        out
     }
 
     /// Reads [`StoredUnitState::encode`]'s bytes back; `None` when they are not exactly that.

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -438,7 +438,7 @@ fn build_unit<'db>(db: &'db Database, unit: Unit<'db>, progress: ProgressFn<'_>)
         let mut unchanged = Vec::new();
         let encodings_path = plan.out_dir.join("encodings.json");
         let evaluation = artifacts.evaluation.clone();
-        remove_stale_temporaries(&plan.out_dir);
+        crate::atomic::remove_stale_temporaries(&plan.out_dir);
         let files: [(&str, Option<&[u8]>); 4] = [
             ("encodings.json", Some(artifacts.encodings_json.as_bytes())),
             ("report.json", Some(artifacts.report_json.as_bytes())),
@@ -462,7 +462,7 @@ fn build_unit<'db>(db: &'db Database, unit: Unit<'db>, progress: ProgressFn<'_>)
                     _ => continue,
                 }
             };
-            let changed = write_if_changed(&path, bytes).map_err(output_error)?;
+            let changed = crate::atomic::write_if_changed(&path, bytes).map_err(output_error)?;
             if changed {
                 progress(Progress::Wrote { path: path.clone() });
                 written.push(path);
@@ -521,80 +521,6 @@ fn reuse_unit<'db>(
     }
 }
 
-/// Writes `bytes` to `path` unless it already holds them; atomically (a temp file in the same
-/// folder, renamed over the target), so a reader or a killed build never sees half a file.
-pub fn write_if_changed(path: &Path, bytes: &[u8]) -> io::Result<bool> {
-    if holds(path, bytes) {
-        return Ok(false);
-    }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = fs::write(&temp, bytes).and_then(|()| fs::rename(&temp, path));
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result.map(|()| true)
-}
-
-/// Removes the temporary files a killed build left in `dir` (see [`write_if_changed`]): they
-/// name their writer's process, and one that no longer runs will never rename them. Where
-/// processes cannot be checked (no `/proc`), they are left alone.
-fn remove_stale_temporaries(dir: &Path) {
-    let proc = Path::new("/proc");
-    if !proc.is_dir() {
-        return;
-    }
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.starts_with('.'))
-            .and_then(|n| n.rsplit_once(".tmp-"))
-            .and_then(|(_, pid)| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid != std::process::id() && !proc.join(pid.to_string()).exists() {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
-}
-
-/// Whether the file at `path` holds exactly `bytes`. Compares the length first and then reads
-/// in blocks, stopping at the first difference: an edited output differs from the old one
-/// somewhere, and reading a whole multi-megabyte file to find out cost more than writing it.
-fn holds(path: &Path, bytes: &[u8]) -> bool {
-    use std::io::Read;
-    const BLOCK: usize = 1 << 16;
-    let Ok(mut file) = fs::File::open(path) else {
-        return false;
-    };
-    if file.metadata().map(|m| m.len()).ok() != Some(bytes.len() as u64) {
-        return false;
-    }
-    let mut buffer = vec![0u8; BLOCK];
-    let mut rest = bytes;
-    loop {
-        let want = rest.len().min(BLOCK);
-        if want == 0 {
-            // Nothing may follow (the file could have grown since the length was read).
-            return matches!(file.read(&mut buffer[..1]), Ok(0));
-        }
-        if file.read_exact(&mut buffer[..want]).is_err() || buffer[..want] != rest[..want] {
-            return false;
-        }
-        rest = &rest[want..];
-    }
-}
-
 /// Attaches the samples each calibration ran to the units using it.
 fn attach_samples(db: &Database, units: &[Unit<'_>], report: &mut BuildReport, work: &WorkRecord) {
     if work.samples_run.is_empty() {
@@ -644,46 +570,5 @@ fn attach_samples(db: &Database, units: &[Unit<'_>], report: &mut BuildReport, w
             .filter(|s| s.files.iter().all(|f| files.contains(f)))
             .map(|s| s.files.clone())
             .collect();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn temporaries_of_dead_writers_are_removed_and_others_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        // No process has this id (above the kernel's pid_max).
-        let dead = dir.path().join(".encodings.json.tmp-4294967295");
-        let ours = dir
-            .path()
-            .join(format!(".encodings.json.tmp-{}", std::process::id()));
-        let output = dir.path().join("encodings.json");
-        for path in [&dead, &ours, &output] {
-            fs::write(path, b"{}").unwrap();
-        }
-        remove_stale_temporaries(dir.path());
-        assert_eq!(dead.exists(), !Path::new("/proc").is_dir());
-        assert!(ours.exists() && output.exists());
-    }
-
-    #[test]
-    fn holds_compares_whole_contents_across_blocks() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("out.json");
-        assert!(!holds(&path, b""), "a missing file holds nothing");
-        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-        fs::write(&path, &big).unwrap();
-        assert!(holds(&path, &big));
-        let mut late = big.clone();
-        *late.last_mut().unwrap() ^= 1;
-        assert!(!holds(&path, &late), "a difference in the last block");
-        assert!(!holds(&path, &big[..big.len() - 1]), "a shorter buffer");
-        fs::write(&path, b"").unwrap();
-        assert!(holds(&path, b""));
-        assert!(write_if_changed(&path, b"x").unwrap());
-        assert!(!write_if_changed(&path, b"x").unwrap());
-        assert_eq!(fs::read(&path).unwrap(), b"x");
     }
 }

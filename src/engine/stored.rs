@@ -6,72 +6,16 @@
 //! when to read or write the store (the queries do) nor compute statistics or encodings.
 
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
 
-pub(super) use crate::bytes::Reader;
+pub(super) use crate::bytes::{Reader, Writer};
 use crate::encoding::tensor::FloatBitwidth;
 use crate::encoding::{Bitwidth, Encoding, Schema};
 use crate::overrides::FixedEncoding;
 use crate::stats::TensorStatistics;
 use crate::store::Digest;
-
-/// A `Hasher` that feeds blake3 with fixed-width little-endian integers, so a value's digest is
-/// the same in every process (std's `DefaultHasher` is randomly keyed per process).
-struct StableHasher(blake3::Hasher);
-
-impl Hasher for StableHasher {
-    fn finish(&self) -> u64 {
-        let hash = self.0.finalize();
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&hash.as_bytes()[..8]);
-        u64::from_le_bytes(first)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        self.0.update(bytes);
-    }
-
-    fn write_u8(&mut self, n: u8) {
-        self.0.update(&[n]);
-    }
-
-    fn write_u16(&mut self, n: u16) {
-        self.0.update(&n.to_le_bytes());
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.0.update(&n.to_le_bytes());
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0.update(&n.to_le_bytes());
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        // Widened so 32- and 64-bit machines agree.
-        self.0.update(&(n as u64).to_le_bytes());
-    }
-
-    fn write_i64(&mut self, n: i64) {
-        self.0.update(&n.to_le_bytes());
-    }
-
-    fn write_isize(&mut self, n: isize) {
-        self.0.update(&(n as i64).to_le_bytes());
-    }
-}
-
-/// The blake3 digest of `value` through its `Hash` implementation, identical across runs and
-/// machines of either pointer width. Used for store key fields that are settings or overrides
-/// (types the library hashes but does not serialize). A change to a type's `Hash` only makes
-/// old entries unreachable; it can never make a key match a different value.
-pub fn stable_digest<T: Hash + ?Sized>(value: &T) -> Digest {
-    let mut hasher = StableHasher(blake3::Hasher::new());
-    value.hash(&mut hasher);
-    Digest::from(hasher.0.finalize())
-}
+pub(super) use crate::store::stable_digest;
 
 /// One sample's statistics as stored: the activation names in the runner's order, then the
 /// statistics in `stats`' exact byte codec (histograms included, so every calibration method's
@@ -81,39 +25,18 @@ pub fn stable_digest<T: Hash + ?Sized>(value: &T) -> Digest {
 /// [`crate::stats::encode_all`] of the statistics.
 pub fn encode_sample_statistics(names: &[String], statistics: &[TensorStatistics]) -> Vec<u8> {
     let mut out = Vec::new();
-    out.extend_from_slice(&(names.len() as u64).to_le_bytes());
-    for name in names {
-        out.extend_from_slice(&(name.len() as u64).to_le_bytes());
-        out.extend_from_slice(name.as_bytes());
-    }
-    out.extend_from_slice(&crate::stats::encode_all(statistics));
+    let mut w = Writer(&mut out);
+    w.strings(names);
+    w.raw(&crate::stats::encode_all(statistics));
     out
 }
 
 /// Reads [`encode_sample_statistics`]' bytes back; `None` when they are not exactly that (a
 /// damaged or foreign payload counts as a miss and is recomputed).
 pub fn decode_sample_statistics(bytes: &[u8]) -> Option<(Vec<String>, Vec<TensorStatistics>)> {
-    fn take_u64(bytes: &mut &[u8]) -> Option<u64> {
-        let (head, rest) = bytes.split_first_chunk::<8>()?;
-        *bytes = rest;
-        Some(u64::from_le_bytes(*head))
-    }
-    let mut rest = bytes;
-    let count = usize::try_from(take_u64(&mut rest)?).ok()?;
-    if count > rest.len() / 8 {
-        return None;
-    }
-    let mut names = Vec::with_capacity(count);
-    for _ in 0..count {
-        let len = usize::try_from(take_u64(&mut rest)?).ok()?;
-        if len > rest.len() {
-            return None;
-        }
-        let (name, tail) = rest.split_at(len);
-        names.push(String::from_utf8(name.to_vec()).ok()?);
-        rest = tail;
-    }
-    let statistics = TensorStatistics::decode_all(rest)?;
+    let mut r = Reader(bytes);
+    let names = r.strings()?;
+    let statistics = TensorStatistics::decode_all(r.0)?;
     (statistics.len() == names.len()).then_some((names, statistics))
 }
 
@@ -224,33 +147,23 @@ pub struct StoredTensorEntry {
     /// Warnings, in the order raised.
     pub warnings: Vec<String>,
 }
-#[derive(Default)]
-pub(super) struct Writer(pub(super) Vec<u8>);
-
-impl Writer {
-    pub(super) fn u64(&mut self, n: u64) {
-        self.0.extend_from_slice(&n.to_le_bytes());
-    }
-
-    pub(super) fn bytes(&mut self, bytes: &[u8]) {
-        self.u64(bytes.len() as u64);
-        self.0.extend_from_slice(bytes);
-    }
-
+/// The engine's payload fields, on top of the primitive ones of [`crate::bytes`]; each is read
+/// back by the [`Reader`] method of the same name below.
+impl Writer<'_> {
     pub(super) fn digest(&mut self, digest: &Digest) {
-        self.0.extend_from_slice(digest.as_bytes());
+        self.raw(digest.as_bytes());
     }
 
     pub(super) fn strings(&mut self, strings: &[String]) {
-        self.u64(strings.len() as u64);
+        self.count(strings.len());
         for s in strings {
-            self.bytes(s.as_bytes());
+            self.prefixed_str(s);
         }
     }
 
     pub(super) fn scalar(&mut self, s: &StoredScalar) {
         self.u64(u64::from(s.bitwidth));
-        self.0.push(s.schema);
+        self.u8(s.schema);
         self.u64(s.min);
         self.u64(s.max);
         self.u64(s.scale);
@@ -260,28 +173,28 @@ impl Writer {
     pub(super) fn encoding(&mut self, encoding: &StoredEncoding) {
         match encoding {
             StoredEncoding::PerTensor(s) => {
-                self.0.push(0);
+                self.u8(0);
                 self.scalar(s);
             }
             StoredEncoding::PerChannel { axis, channels } => {
-                self.0.push(1);
-                self.u64(*axis as u64);
-                self.u64(channels.len() as u64);
+                self.u8(1);
+                self.count(*axis);
+                self.count(channels.len());
                 for s in channels {
                     self.scalar(s);
                 }
             }
             StoredEncoding::Float(bits) => {
-                self.0.push(2);
+                self.u8(2);
                 self.u64(u64::from(*bits));
             }
         }
     }
 
     pub(super) fn section(&mut self, section: &BTreeMap<String, FixedEncoding>) {
-        self.u64(section.len() as u64);
+        self.count(section.len());
         for (name, fixed) in section {
-            self.bytes(name.as_bytes());
+            self.prefixed_str(name);
             self.encoding(&StoredEncoding::new(fixed, 0));
         }
     }
@@ -289,13 +202,8 @@ impl Writer {
 
 /// The reads of [`Writer`]'s fields beyond the primitive ones.
 impl<'a> Reader<'a> {
-    pub(super) fn bytes(&mut self) -> Option<&'a [u8]> {
-        let n = usize::try_from(self.u64()?).ok()?;
-        self.take(n)
-    }
-
     pub(super) fn string(&mut self) -> Option<String> {
-        String::from_utf8(self.bytes()?.to_vec()).ok()
+        self.prefixed_str().map(str::to_owned)
     }
 
     pub(super) fn digest(&mut self) -> Option<Digest> {
