@@ -268,20 +268,10 @@ fn build_writes_qdq_models_and_evaluated_reports() {
 #[test]
 fn evaluation_is_reused_rerun_on_edit_and_equal_to_a_clean_build() {
     let example = Example::new();
-    example.build_json();
-    let first = example.outputs();
-
-    // No change, fresh process: nothing evaluated or written.
-    let noop = example.build_json();
-    assert_eq!(noop["evaluations_run"], 0, "{noop}");
-    assert_eq!(noop["eval_samples_run"], 0, "{noop}");
-    assert_eq!(noop["artifacts_written"], 0, "{noop}");
-    assert_eq!(example.outputs(), first);
-
-    // Status output: the summary of each evaluated unit, after its files.
-    let plain = example.quant(&["build"]);
-    let stderr = String::from_utf8_lossy(&plain.stderr);
-    assert_eq!(plain.status.code(), Some(0), "{stderr}");
+    // Status output of a build that evaluates: each evaluated unit's tables, after its files.
+    let cold = example.quant(&["build"]);
+    let stderr = String::from_utf8_lossy(&cold.stderr);
+    assert_eq!(cold.status.code(), Some(0), "{stderr}");
     for target in QUANTIZED {
         assert!(
             stderr.contains(&format!(
@@ -292,6 +282,43 @@ fn evaluation_is_reused_rerun_on_edit_and_equal_to_a_clean_build() {
     }
     assert_eq!(stderr.matches("Worst 10 of").count(), 2, "{stderr}");
     assert!(stderr.contains("top-1 (save_infer_model/scale_0.tmp_1, 2 classes): float"));
+    assert!(!stderr.contains("Fresh"), "{stderr}");
+    let first = example.outputs();
+
+    // No change, fresh process: nothing evaluated or written.
+    let noop = example.build_json();
+    assert_eq!(noop["evaluations_run"], 0, "{noop}");
+    assert_eq!(noop["eval_samples_run"], 0, "{noop}");
+    assert_eq!(noop["artifacts_written"], 0, "{noop}");
+    assert_eq!(example.outputs(), first);
+
+    // Status output of a no-op: one `Fresh` line per unit, with the headline of the evaluated
+    // ones, and the `Finished` line; no tables.
+    let plain = example.quant(&["build"]);
+    let stderr = String::from_utf8_lossy(&plain.stderr);
+    assert_eq!(plain.status.code(), Some(0), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().map(str::trim).collect();
+    for target in QUANTIZED {
+        let fresh = format!("Fresh text-orientation/{target}/cls (top-1 ");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&fresh) && l.ends_with(" dB)")),
+            "{stderr}"
+        );
+    }
+    assert!(
+        lines.contains(&format!("Fresh text-orientation/{FLOAT}/cls").as_str()),
+        "{stderr}"
+    );
+    assert!(lines.last().unwrap().starts_with("Finished"), "{stderr}");
+    assert_eq!(lines.len(), QUANTIZED.len() + 2, "{stderr}");
+
+    // `--verbose` prints the reused evaluations' tables too.
+    let verbose = example.quant(&["build", "--verbose"]);
+    let stderr = String::from_utf8_lossy(&verbose.stderr);
+    assert_eq!(stderr.matches("Worst 10 of").count(), 2, "{stderr}");
+    assert!(!stderr.contains("Fresh text-orientation/htp/"), "{stderr}");
 
     // The override changes both quantized targets' encodings: both evaluations re-run. The
     // tensor is the model's output, which nothing reads: its traced value is re-quantized and
@@ -478,4 +505,52 @@ fn bad_eval_sets_are_build_errors_naming_the_file() {
     .unwrap();
     let ok = example.build_json();
     assert_eq!(ok["evaluations_run"], 2, "{ok}");
+}
+
+#[test]
+fn a_sample_full_of_nan_warns_once_per_sample_and_once_per_unit() {
+    let example = Example::new();
+    // 110 592 bytes: 1×3×48×192 float32, every one NaN.
+    let path = example.root.join("calib/0002.raw");
+    let values = fs::read(&path).unwrap().len() / 4;
+    let nan: Vec<u8> = std::iter::repeat_n(f32::NAN.to_le_bytes(), values)
+        .flatten()
+        .collect();
+    fs::write(&path, nan).unwrap();
+
+    let output = example.quant(&["build"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.trim_start().starts_with("warning"))
+        .collect();
+    // The cause, once for the model however many targets calibrate on it.
+    let cause = format!(
+        "sample on line 3 (calib/0002.raw): input `x` holds {values} NaN and 0 infinite values"
+    );
+    assert_eq!(
+        warnings.iter().filter(|w| w.contains(&cause)).count(),
+        1,
+        "{stderr}"
+    );
+    // Its reach: one line instead of one per activation (and per target: both targets'
+    // statistics are the same, so one line names them both).
+    let reach: Vec<&&str> = warnings
+        .iter()
+        .filter(|w| w.contains("activations saw NaN/infinite values"))
+        .collect();
+    assert_eq!(reach.len(), 1, "{stderr}");
+    assert!(
+        reach[0].contains(&format!("cls ({}): ", QUANTIZED.join(", "))),
+        "{stderr}"
+    );
+    assert!(reach[0].contains("`x` (27648)"), "{stderr}");
+    assert_eq!(warnings.len(), 2, "{stderr}");
+
+    // A warm store tells the same story: the merged statistics carry the sample's warning.
+    fs::remove_dir_all(example.root.join("quant-out")).unwrap();
+    let again = example.quant(&["build"]);
+    let stderr_again = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(stderr_again.matches(&cause).count(), 1, "{stderr_again}");
 }

@@ -39,6 +39,9 @@ pub struct BuildArgs {
     /// Print why each recomputation happened.
     #[arg(long)]
     explain: bool,
+    /// Print every evaluated target's tables, also when its evaluation was reused.
+    #[arg(long, short = 'v')]
+    verbose: bool,
 }
 
 /// What went wrong before a build could start.
@@ -230,13 +233,32 @@ pub(crate) fn render(shell: &Shell, report: &BuildReport, explain: bool) -> Exit
         }
         return ExitCode::from(EXIT_USAGE);
     }
+    // A warning several targets of one model raise (a bad calibration sample, an override
+    // naming nothing) is printed once, naming them all.
+    // (pipeline, model, warning) → the targets raising it, in build order.
+    type Raised<'a> = ((&'a str, &'a str, &'a str), Vec<&'a str>);
+    let mut warnings: Vec<Raised<'_>> = Vec::new();
     for unit in &report.units {
         if let Ok(done) = &unit.result
             && !done.written.is_empty()
         {
             for warning in &done.encodings.warnings {
-                shell.warn(format!("{}/{}: {warning}", unit.target, unit.model));
+                let at = (
+                    unit.pipeline.as_str(),
+                    unit.model.as_str(),
+                    warning.as_str(),
+                );
+                match warnings.iter_mut().find(|(key, _)| *key == at) {
+                    Some((_, targets)) => targets.push(&unit.target),
+                    None => warnings.push((at, vec![&unit.target])),
+                }
             }
+        }
+    }
+    for ((_, model, warning), targets) in warnings {
+        match targets.as_slice() {
+            [target] => shell.warn(format!("{target}/{model}: {warning}")),
+            _ => shell.warn(format!("{model} ({}): {warning}", targets.join(", "))),
         }
     }
     if explain {
@@ -342,31 +364,31 @@ pub(crate) fn summary_json(report: &BuildReport) -> serde_json::Value {
     })
 }
 
-/// Prints each evaluated unit's summary (float vs quantized metrics, the worst tensors by SQNR)
-/// as status lines, so `--json` silences it like any other status.
-pub(crate) fn print_evaluations(shell: &Shell, report: &BuildReport) {
+/// Prints, per unit, what the build did not already say: a `Fresh` line for a unit it left
+/// alone (with its headline metrics, when evaluated), and the evaluation tables (float vs
+/// quantized metrics, the worst tensors by SQNR) of every unit whose evaluation ran, or of every
+/// evaluated unit with `verbose`. `fresh_lines` is off when `--explain` already named them. Status lines, so `--json` silences them like any other.
+pub(crate) fn print_units(shell: &Shell, report: &BuildReport, verbose: bool, fresh_lines: bool) {
     for unit in &report.units {
-        let Some(evaluation) = unit
-            .result
-            .as_ref()
-            .ok()
-            .and_then(|d| d.evaluation.as_ref())
-        else {
-            continue;
-        };
-        let mut lines = evaluation.summary.lines();
-        // The summary opens with "<model> on N samples"; the unit's full name says more.
-        let first = lines.next().unwrap_or_default();
-        let samples = first.rsplit_once(" on ").map_or(first, |(_, n)| n);
-        shell.status(
-            "Evaluated",
-            format!(
-                "{}/{}/{} on {samples}",
-                unit.pipeline, unit.target, unit.model
+        let Ok(done) = &unit.result else { continue };
+        let name = format!("{}/{}/{}", unit.pipeline, unit.target, unit.model);
+        match &done.evaluation {
+            Some(evaluation) if done.evaluated || verbose => {
+                let mut lines = evaluation.summary.lines();
+                // The summary opens with "<model> on N samples"; the unit's full name says more.
+                let first = lines.next().unwrap_or_default();
+                let samples = first.rsplit_once(" on ").map_or(first, |(_, n)| n);
+                shell.status("Evaluated", format!("{name} on {samples}"));
+                for line in lines {
+                    shell.status("", line);
+                }
+            }
+            Some(evaluation) if fresh_lines && done.is_fresh() => shell.status(
+                "Fresh",
+                format!("{name} ({})", evaluation.headline_text(None)),
             ),
-        );
-        for line in lines {
-            shell.status("", line);
+            _ if fresh_lines && done.is_fresh() => shell.status("Fresh", name),
+            _ => {}
         }
     }
 }
@@ -392,7 +414,7 @@ pub fn run(args: BuildArgs) -> ExitCode {
     let progress = progress_printer(shell);
     let report = engine::build(&db, &projects, &options, &progress);
     let code = render(&shell, &report, args.explain);
-    print_evaluations(&shell, &report);
+    print_units(&shell, &report, args.verbose, !args.explain);
     if args.json {
         println!("{}", summary_json(&report));
     } else if report.succeeded() {

@@ -1,5 +1,6 @@
 //! `quant watch`: one long-lived build database; builds, then rebuilds on every change to a
-//! file the build read, and prints which encodings changed (old → new scale and offset).
+//! file the build read, and prints which encodings changed (old → new scale and offset) and, per
+//! evaluated target, what the change did to its metrics (old → new top-1 and output SQNR).
 //! A broken manifest or a missing file is shown as a diagnostic and watching goes on;
 //! Ctrl-C ends it with exit code 0.
 
@@ -15,7 +16,7 @@ use clap::Args;
 use super::EXIT_FAILURE;
 use super::build::{finished_line, progress_printer, projects, render};
 use super::shell::Shell;
-use crate::engine::{self, BuildOptions, BuildReport, Database, UnitEncodings};
+use crate::engine::{self, BuildOptions, BuildReport, Database, UnitEncodings, UnitEvaluation};
 use crate::overrides::FixedEncoding;
 use crate::watch::{WatchEvent, Watcher, rebuild_on_change};
 
@@ -142,6 +143,7 @@ pub fn run(args: WatchArgs) -> ExitCode {
         move |db: &Database| engine::build(db, &projects, &options, progress.as_ref())
     };
     let mut last: BTreeMap<String, Arc<UnitEncodings>> = BTreeMap::new();
+    let mut last_evaluation: BTreeMap<String, Arc<UnitEvaluation>> = BTreeMap::new();
     let mut usage_error = false;
     rebuild_on_change(
         &mut db,
@@ -156,9 +158,23 @@ pub fn run(args: WatchArgs) -> ExitCode {
                         return ControlFlow::Break(());
                     }
                     let mut lines = Vec::new();
+                    let mut metrics = Vec::new();
                     for unit in &report.units {
                         let Ok(done) = &unit.result else { continue };
                         let name = format!("{}/{}/{}", unit.pipeline, unit.target, unit.model);
+                        if let Some(evaluation) = &done.evaluation {
+                            let previous = last_evaluation.insert(name.clone(), evaluation.clone());
+                            // What a user tuning overrides watches for: what the edit did to
+                            // accuracy, once per evaluated target that ran again.
+                            if done.evaluated || previous.is_none() {
+                                metrics.push(format!(
+                                    "{}/{}: {}",
+                                    unit.target,
+                                    unit.model,
+                                    evaluation.headline_text(previous.as_deref())
+                                ));
+                            }
+                        }
                         if let Some(previous) = last.get(&name) {
                             lines.extend(changes(
                                 &format!("{}/{}", unit.target, unit.model),
@@ -177,6 +193,9 @@ pub fn run(args: WatchArgs) -> ExitCode {
                             "Changed",
                             format!("… and {} more", lines.len() - CHANGE_LINES),
                         );
+                    }
+                    for line in &metrics {
+                        shell.status("Evaluated", line);
                     }
                     if report.succeeded() {
                         shell.status("Finished", finished_line(&report));

@@ -85,7 +85,7 @@ const MERGED_FIELDS: [Field; 2] = [
 ];
 const MERGED_NAMES: [&str; 2] = names(&MERGED_FIELDS);
 /// Statistics merged over every sample of a calibration set.
-pub const MERGED_STATISTICS: Kind = Kind::new("merged-statistics", 4).keyed_by(&MERGED_NAMES);
+pub const MERGED_STATISTICS: Kind = Kind::new("merged-statistics", 5).keyed_by(&MERGED_NAMES);
 
 const ENCODINGS_FIELDS: [Field; 10] = [
     field("tensor", "the tensor's name"),
@@ -122,7 +122,7 @@ const ENCODINGS_FIELDS: [Field; 10] = [
 ];
 const ENCODINGS_NAMES: [&str; 10] = names(&ENCODINGS_FIELDS);
 /// The encoding of one tensor.
-pub const ENCODINGS: Kind = Kind::new("encodings", 1).keyed_by(&ENCODINGS_NAMES);
+pub const ENCODINGS: Kind = Kind::new("encodings", 2).keyed_by(&ENCODINGS_NAMES);
 
 /// Version of what an evaluation computes and how its store entry is laid out; bump when
 /// either changes, so older entries are never read back.
@@ -219,7 +219,7 @@ const UNIT_NAMES: [&str; 3] = names(&UNIT_FIELDS);
 /// What a unit's last build read and produced, for `--explain`.
 pub const BUILD_RECORD: Kind = Kind::new("build-record", 1).keyed_by(&UNIT_NAMES);
 /// A unit's last successful build.
-pub const UNIT_STATE: Kind = Kind::new("unit-state", 1).keyed_by(&UNIT_NAMES);
+pub const UNIT_STATE: Kind = Kind::new("unit-state", 2).keyed_by(&UNIT_NAMES);
 
 /// Every kind of entry the build writes, in data-flow order.
 pub const KINDS: &[KindSpec] = &[
@@ -232,8 +232,10 @@ pub const KINDS: &[KindSpec] = &[
     },
     KindSpec {
         kind: MERGED_STATISTICS,
-        holds: "the statistics of a calibration set, merged over its samples in list order, with the activation names",
-        payload: Payload::Binary("activation names, then `stats::encode_all`"),
+        holds: "the statistics of a calibration set, merged over its samples in list order, with the activation names, and which samples fed NaN or infinite values to which inputs (for the warnings)",
+        payload: Payload::Binary(
+            "the `statistics` form, length-prefixed, then each sample input that held NaN or infinite values: sample, input, counts",
+        ),
         fields: &MERGED_FIELDS,
         why: "exactly what the merge reads: the per-sample entries it is made of. A fresh process that re-encodes after an override edit reads this one entry instead of every sample's; adding, removing or reordering a sample changes the key",
     },

@@ -21,9 +21,12 @@ use super::model::{model_graph, model_key};
 use super::overrides::unit_overrides;
 use super::plan::unit_plan;
 use super::source::SourceFile;
-use super::stored::{decode_sample_statistics, encode_sample_statistics, stable_digest};
-use crate::calib::{CalibError, InputList, Sample};
-use crate::quantizer::{self, SampleStatistics, statistics_settings};
+use super::stored::{
+    decode_merged_statistics, decode_sample_statistics, encode_merged_statistics,
+    encode_sample_statistics, stable_digest,
+};
+use crate::calib::{CalibError, InputList, NonFinite, Sample};
+use crate::quantizer::{self, SampleStatistics, Warning, statistics_settings};
 use crate::run::FloatRunner;
 use crate::stats::TensorStatistics;
 use crate::store::{Digest, KeyBuilder};
@@ -416,6 +419,8 @@ pub struct MergedStatistics {
     pub by_name: BTreeMap<String, TensorStatistics>,
     /// How many samples were merged.
     pub samples: usize,
+    /// A [`Warning::NonFiniteInput`] per sample and input that held NaN or infinite values.
+    pub non_finite_inputs: Vec<Warning>,
 }
 
 /// The merged statistics of a calibration. The driver computes the samples in parallel
@@ -431,15 +436,25 @@ pub fn merged_statistics<'db>(
         .map_err(Clone::clone)?;
     let context = calibration.context(db);
     if let Some(store) = context.store(db)
-        && let Some((names, tensors)) =
+        && let Some((names, tensors, non_finite_inputs)) =
             lookup_bytes(store, context.log(db), MERGED_STATISTICS, &key)
-                .and_then(|bytes| decode_sample_statistics(&bytes))
+                .and_then(|bytes| decode_merged_statistics(&bytes))
     {
         return Ok(Arc::new(MergedStatistics {
             by_name: names.into_iter().zip(tensors).collect(),
             samples: count,
+            non_finite_inputs,
         }));
     }
+    let inputs: Vec<String> = model_graph(db, calibration.model(db))
+        .as_ref()
+        .map_err(Clone::clone)?
+        .graph
+        .inputs()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let mut non_finite_inputs = Vec::new();
     let mut total = SampleStatistics {
         tensors: Vec::new(),
     };
@@ -456,6 +471,7 @@ pub fn merged_statistics<'db>(
             });
         }
         names.get_or_insert_with(|| stats.names.clone());
+        non_finite_inputs.extend(sample_non_finite_inputs(db, sample, &inputs, stats)?);
         quantizer::merge_statistics(
             &mut total,
             &SampleStatistics {
@@ -468,7 +484,7 @@ pub fn merged_statistics<'db>(
         && let Err(e) = store.put(
             MERGED_STATISTICS,
             &key,
-            &encode_sample_statistics(&names, &total.tensors),
+            &encode_merged_statistics(&names, &total.tensors, &non_finite_inputs),
         )
     {
         context
@@ -479,7 +495,42 @@ pub fn merged_statistics<'db>(
     Ok(Arc::new(MergedStatistics {
         by_name,
         samples: count,
+        non_finite_inputs,
     }))
+}
+
+/// The warnings of one sample whose graph inputs held NaN or infinite values, read off the
+/// inputs' own statistics (which count what they leave out), so a sample read back from the
+/// store warns exactly as a sample just run.
+fn sample_non_finite_inputs(
+    db: &dyn Db,
+    sample: SampleKey<'_>,
+    inputs: &[String],
+    stats: &SampleStats,
+) -> Result<Vec<Warning>, BuildError> {
+    let counts: Vec<NonFinite> = inputs
+        .iter()
+        .map(|input| {
+            let index = stats.names.iter().position(|n| n == input);
+            index.map_or(NonFinite::default(), |i| {
+                let m = &stats.tensors[i].min_max;
+                NonFinite {
+                    nan: m.nan_count(),
+                    inf: m.positive_infinity_count() + m.negative_infinity_count(),
+                }
+            })
+        })
+        .collect();
+    if counts.iter().all(NonFinite::is_clean) {
+        return Ok(Vec::new());
+    }
+    let line = listed_sample(db, sample)?;
+    let files: Vec<String> = line.files.iter().map(|(_, p)| display_path(p)).collect();
+    Ok(quantizer::non_finite_inputs(
+        &format!("on line {} ({})", line.sample.line, files.join(" ")),
+        inputs.iter().map(String::as_str),
+        &counts,
+    ))
 }
 
 /// The projection of the merged statistics on one activation: backdates for every tensor whose

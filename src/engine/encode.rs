@@ -388,7 +388,12 @@ fn encoded(
             };
             (FixedEncoding::from(e), axis)
         }),
-        warnings: warnings.iter().map(ToString::to_string).collect(),
+        // Non-finite values are worded once per unit, grouped (see `unit_encodings`).
+        warnings: warnings
+            .iter()
+            .filter(|w| !matches!(w, Warning::NonFinite { .. }))
+            .map(ToString::to_string)
+            .collect(),
     }
 }
 
@@ -469,12 +474,30 @@ pub fn unit_encodings<'db>(
             // projections below read them as plain values.
             let overrides = unit_overrides(db, unit).as_ref().map_err(Clone::clone)?;
             out.warnings.extend(overrides.warnings.iter().cloned());
+            let mut data_warnings = Vec::new();
             if let Some(calibration) = unit_calibration(db, unit)? {
                 let merged = merged_statistics(db, calibration)
                     .as_ref()
                     .map_err(Clone::clone)?;
                 out.samples = merged.samples;
+                data_warnings.extend(merged.non_finite_inputs.iter().cloned());
+                data_warnings.extend(tensors.order.iter().filter_map(|name| {
+                    let count = match tensors.jobs[name] {
+                        TensorJob::Activation => {
+                            merged.by_name.get(name)?.min_max.non_finite_count()
+                        }
+                        _ => 0,
+                    };
+                    (count > 0).then(|| Warning::NonFinite {
+                        tensor: name.clone(),
+                        count,
+                    })
+                }));
             }
+            // What the data did first: one line per sample and input, then one for every
+            // activation it reached.
+            out.warnings
+                .extend(quantizer::word_warnings(&data_warnings));
             for name in &tensors.order {
                 db.unwind_if_revision_cancelled();
                 let encoded = tensor_encoding(db, TensorKey::new(db, unit, name.clone()))

@@ -250,9 +250,24 @@ impl UnitEvaluation {
     /// model (`null` without labels) and the mean output SQNR in dB (the mean over outputs of
     /// each output's per-sample mean; `null` when not finite).
     pub fn headline(&self) -> Value {
-        let metrics = &self.report["metrics"];
-        let top1 = &metrics["top1"];
-        let means: Vec<f64> = metrics["outputs"]
+        let top1 = &self.report["metrics"]["top1"];
+        serde_json::json!({
+            "samples": self.report["samples"],
+            "top1_float": top1["float"]["accuracy"],
+            "top1_quantized": top1["quantized"]["accuracy"],
+            "output_sqnr_db_mean": self.output_sqnr_db(),
+        })
+    }
+
+    /// The quantized model's top-1 accuracy as a fraction (`None` without labels).
+    pub fn top1_quantized(&self) -> Option<f64> {
+        self.report["metrics"]["top1"]["quantized"]["accuracy"].as_f64()
+    }
+
+    /// The mean over outputs of each output's per-sample mean SQNR, in dB (`None` when no
+    /// output has a finite one).
+    pub fn output_sqnr_db(&self) -> Option<f64> {
+        let means: Vec<f64> = self.report["metrics"]["outputs"]
             .as_array()
             .map(|outputs| {
                 outputs
@@ -261,13 +276,27 @@ impl UnitEvaluation {
                     .collect()
             })
             .unwrap_or_default();
-        let mean = (!means.is_empty()).then(|| means.iter().sum::<f64>() / means.len() as f64);
-        serde_json::json!({
-            "samples": self.report["samples"],
-            "top1_float": top1["float"]["accuracy"],
-            "top1_quantized": top1["quantized"]["accuracy"],
-            "output_sqnr_db_mean": mean,
-        })
+        (!means.is_empty()).then(|| means.iter().sum::<f64>() / means.len() as f64)
+    }
+
+    /// The headline in words, e.g. `top-1 87.50 %, output SQNR 88.95 dB`; with `before`, each
+    /// figure as a change, e.g. `top-1 87.50 % → 87.50 %, output SQNR 88.95 → 71.20 dB`.
+    pub fn headline_text(&self, before: Option<&UnitEvaluation>) -> String {
+        let mut parts = Vec::new();
+        if let Some(now) = self.top1_quantized() {
+            let now = format!("{:.2} %", 100.0 * now);
+            parts.push(match before.and_then(UnitEvaluation::top1_quantized) {
+                Some(then) => format!("top-1 {:.2} % → {now}", 100.0 * then),
+                None => format!("top-1 {now}"),
+            });
+        }
+        if let Some(now) = self.output_sqnr_db() {
+            parts.push(match before.and_then(UnitEvaluation::output_sqnr_db) {
+                Some(then) => format!("output SQNR {then:.2} → {now:.2} dB"),
+                None => format!("output SQNR {now:.2} dB"),
+            });
+        }
+        parts.join(", ")
     }
 }
 

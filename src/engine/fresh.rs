@@ -188,6 +188,7 @@ pub(super) fn fresh_unit(db: &Database, unit: Unit<'_>) -> Option<UnitDone> {
         unchanged,
         explanation: Explanation::default(),
         evaluation,
+        evaluated: false,
     })
 }
 

@@ -195,21 +195,37 @@ pub fn quantize(
                 let loaded = list.load(sample, runner.input_specs())?;
                 let statistics = quantizer::sample_statistics(&runner, &loaded, stats_settings)?;
                 progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
-                Ok::<_, OneShotError>(statistics)
+                let files: Vec<String> = sample
+                    .files
+                    .iter()
+                    .map(|f| f.path.display().to_string())
+                    .collect();
+                let sample_warnings = quantizer::non_finite_inputs(
+                    &format!("on line {} ({})", sample.line, files.join(" ")),
+                    runner.input_specs().iter().map(|spec| spec.name.as_str()),
+                    &loaded.non_finite,
+                );
+                Ok::<_, OneShotError>((statistics, sample_warnings))
             })
-            // rayon's reduce combines neighbours only, so with an associative merge the result
-            // is the same for any thread count.
+            // rayon's reduce combines neighbours only, so with an associative merge (and
+            // concatenation) the result is the same for any thread count.
             .try_reduce(
-                || SampleStatistics {
-                    tensors: Vec::new(),
+                || {
+                    (
+                        SampleStatistics {
+                            tensors: Vec::new(),
+                        },
+                        Vec::new(),
+                    )
                 },
-                |mut a, b| {
+                |(mut a, mut a_warnings), (b, b_warnings)| {
                     quantizer::merge_statistics(&mut a, &b);
-                    Ok(a)
+                    a_warnings.extend(b_warnings);
+                    Ok((a, a_warnings))
                 },
             )
     };
-    let merged = match job.jobs {
+    let (merged, sample_warnings) = match job.jobs {
         Some(jobs) => rayon::ThreadPoolBuilder::new()
             .num_threads(jobs)
             .build()
@@ -224,7 +240,9 @@ pub fn quantize(
         .zip(merged.tensors)
         .collect();
     let encodings = quantizer::encode_model(&graph, &statistics, &overrides, settings)?;
-    warnings.extend(encodings.warnings.iter().map(|w| w.to_string()));
+    warnings.extend(quantizer::word_warnings(
+        sample_warnings.iter().chain(&encodings.warnings),
+    ));
     Ok(OneShotOutput {
         encodings: aimet_encodings(&encodings, settings),
         warnings,

@@ -103,6 +103,19 @@ pub struct UnitDone {
     pub explanation: Explanation,
     /// Its evaluation, when the target has `evaluate`.
     pub evaluation: Option<Arc<UnitEvaluation>>,
+    /// Whether this build computed the evaluation (rather than reusing a stored or memoized one).
+    pub evaluated: bool,
+}
+
+impl UnitDone {
+    /// Whether the build did nothing for this unit: no sample run, no tensor encoded, no
+    /// evaluation run and no file written (cargo's "Fresh").
+    pub fn is_fresh(&self) -> bool {
+        self.written.is_empty()
+            && !self.evaluated
+            && self.explanation.samples_run.is_empty()
+            && self.explanation.tensors_encoded.is_empty()
+    }
 }
 
 /// One unit's outcome.

@@ -99,7 +99,7 @@ pub fn build(
     report.units = outcomes;
 
     let work = drain_logs(&logs);
-    attach_tensors(&mut report, &work);
+    attach_work(&mut report, &work);
     attach_samples(db, &units, &mut report, &work);
     report.counts = count(&report, &work, samples_total, tensors_total);
     report.corruptions.extend(work.corruptions);
@@ -318,12 +318,15 @@ fn drain_logs(logs: &[WorkLog]) -> WorkRecord {
     work.take()
 }
 
-/// Names in each unit's explanation the tensors it encoded.
-fn attach_tensors(report: &mut BuildReport, work: &WorkRecord) {
+/// Names in each unit's explanation the tensors it encoded, and marks the units whose
+/// evaluation ran.
+fn attach_work(report: &mut BuildReport, work: &WorkRecord) {
     for outcome in &mut report.units {
         let Ok(done) = &mut outcome.result else {
             continue;
         };
+        let name = format!("{}/{}/{}", outcome.pipeline, outcome.target, outcome.model);
+        done.evaluated = work.evaluations_run.contains(&name);
         done.explanation.tensors_encoded = work
             .tensors_encoded
             .iter()
@@ -483,6 +486,7 @@ fn build_unit<'db>(db: &'db Database, unit: Unit<'db>, progress: ProgressFn<'_>)
             unchanged,
             explanation,
             evaluation,
+            evaluated: false,
         })
     })();
     UnitOutcome {
@@ -506,11 +510,7 @@ fn reuse_unit<'db>(
         Ok(plan) => plan.clone(),
         Err(_) => return build_unit(db, unit, progress),
     };
-    progress(Progress::Encoding {
-        pipeline: plan.pipeline.clone(),
-        target: target.clone(),
-        model: model.clone(),
-    });
+    // No `Encoding` event: nothing is encoded, and the CLI says `Fresh` for it at the end.
     done.explanation = record_and_explain(db, unit, &plan, &done.encodings);
     UnitOutcome {
         pipeline: plan.pipeline.clone(),

@@ -13,6 +13,7 @@ pub(super) use crate::bytes::{Reader, Writer};
 use crate::encoding::tensor::FloatBitwidth;
 use crate::encoding::{Bitwidth, Encoding, Schema};
 use crate::overrides::FixedEncoding;
+use crate::quantizer::Warning;
 use crate::stats::TensorStatistics;
 use crate::store::Digest;
 pub(super) use crate::store::stable_digest;
@@ -38,6 +39,62 @@ pub fn decode_sample_statistics(bytes: &[u8]) -> Option<(Vec<String>, Vec<Tensor
     let names = r.strings()?;
     let statistics = TensorStatistics::decode_all(r.0)?;
     (statistics.len() == names.len()).then_some((names, statistics))
+}
+
+/// A calibration's merged statistics as stored: [`encode_sample_statistics`]' bytes (length
+/// prefixed), then the samples whose inputs held NaN or infinite values, each as its label, the
+/// input's name, and the NaN and infinity counts. Those live here because the merged entry is
+/// all a warm build reads of a calibration, and the warnings must survive it.
+pub fn encode_merged_statistics(
+    names: &[String],
+    statistics: &[TensorStatistics],
+    non_finite_inputs: &[Warning],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut w = Writer(&mut out);
+    w.prefixed_bytes(&encode_sample_statistics(names, statistics));
+    let inputs: Vec<_> = non_finite_inputs
+        .iter()
+        .filter_map(|warning| match warning {
+            Warning::NonFiniteInput {
+                sample,
+                input,
+                nan,
+                inf,
+            } => Some((sample, input, nan, inf)),
+            _ => None,
+        })
+        .collect();
+    w.count(inputs.len());
+    for (sample, input, nan, inf) in inputs {
+        w.prefixed_str(sample);
+        w.prefixed_str(input);
+        w.u64(*nan);
+        w.u64(*inf);
+    }
+    out
+}
+
+/// Statistics and non-finite inputs, as [`decode_merged_statistics`] reads them back.
+pub type DecodedMerged = (Vec<String>, Vec<TensorStatistics>, Vec<Warning>);
+
+/// Reads [`encode_merged_statistics`]' bytes back; `None` when they are not exactly that.
+pub fn decode_merged_statistics(bytes: &[u8]) -> Option<DecodedMerged> {
+    let mut r = Reader(bytes);
+    let (names, statistics) = decode_sample_statistics(r.prefixed_bytes()?)?;
+    // Two length prefixes and two counts at least.
+    let n = r.count(32)?;
+    let inputs = (0..n)
+        .map(|_| {
+            Some(Warning::NonFiniteInput {
+                sample: r.string()?,
+                input: r.string()?,
+                nan: r.u64()?,
+                inf: r.u64()?,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    r.0.is_empty().then_some((names, statistics, inputs))
 }
 
 /// One integer encoding as stored: floats by their bits, so the round trip is exact.
@@ -272,6 +329,44 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    #[test]
+    fn merged_statistics_round_trip_with_their_non_finite_inputs() {
+        use crate::stats::StatisticsSettings;
+        let mut a = TensorStatistics::new(StatisticsSettings::MIN_MAX);
+        a.observe(&[f32::NAN, 1.0, f32::INFINITY]);
+        let names = vec!["x".to_string()];
+        let inputs = vec![Warning::NonFiniteInput {
+            sample: "on line 3 (calib/2.raw)".to_string(),
+            input: "x".to_string(),
+            nan: 1,
+            inf: 1,
+        }];
+        let bytes = encode_merged_statistics(&names, std::slice::from_ref(&a), &inputs);
+        assert_eq!(
+            decode_merged_statistics(&bytes),
+            Some((names.clone(), vec![a.clone()], inputs))
+        );
+        for cut in 0..bytes.len() {
+            assert_eq!(
+                decode_merged_statistics(&bytes[..cut]),
+                None,
+                "cut at {cut}"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(decode_merged_statistics(&longer), None, "trailing bytes");
+        // Other warnings are not the merged entry's to keep.
+        let other = [Warning::NoStatistics {
+            tensor: "x".to_string(),
+        }];
+        let bytes = encode_merged_statistics(&names, std::slice::from_ref(&a), &other);
+        assert_eq!(
+            decode_merged_statistics(&bytes),
+            Some((names, vec![a], vec![]))
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! statistics on the spot, and the deterministic merge of many samples' statistics.
 
 use super::QuantizerSettings;
-use crate::calib::{CalibError, LoadedSample};
+use crate::calib::{CalibError, LoadedSample, NonFinite};
 use crate::encoding::tensor::{ChannelLayout, TensorEncodingError};
 use crate::encoding::{Encoding, TensorEncoding};
 use crate::graph::{Graph, Role};
@@ -11,7 +11,7 @@ use crate::overrides::Overrides;
 use crate::run::{FloatRunner, RunError};
 use crate::stats::{StatisticsSettings, TensorStatistics};
 
-use super::tensor::{EncodeError, encode_parameter};
+use super::tensor::{EncodeError, Warning, encode_parameter};
 
 /// Why calibration failed.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -168,6 +168,25 @@ fn aimet_fake_quantize(
         }
         TensorEncoding::Float { .. } => Ok(values.to_vec()),
     }
+}
+
+/// One [`Warning::NonFiniteInput`] per input of a sample that holds NaN or infinite values.
+pub fn non_finite_inputs<'a>(
+    sample: &str,
+    inputs: impl IntoIterator<Item = &'a str>,
+    counts: &[NonFinite],
+) -> Vec<Warning> {
+    inputs
+        .into_iter()
+        .zip(counts)
+        .filter(|(_, n)| !n.is_clean())
+        .map(|(input, n)| Warning::NonFiniteInput {
+            sample: sample.to_string(),
+            input: input.to_string(),
+            nan: n.nan,
+            inf: n.inf,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -16,12 +16,14 @@ mod settings;
 mod tensor;
 
 pub use calibrate::{
-    CalibrationError, SampleStatistics, calibration_model, merge_statistics, sample_statistics,
+    CalibrationError, SampleStatistics, calibration_model, merge_statistics, non_finite_inputs,
+    sample_statistics,
 };
 pub use settings::{CalibrationMethod, LegacyQuantizer, Percentile, QuantizerSettings};
 pub use tensor::{
     EncodeError, ModelEncodings, Warning, bias_encoding, bias_partners, encode_activation,
     encode_model, encode_parameter, is_activation_like, parameter_values, statistics_settings,
+    word_warnings,
 };
 
 use crate::encoding::SymmetricConvention;

@@ -33,6 +33,18 @@ pub enum Warning {
         /// How many values.
         count: u64,
     },
+    /// A calibration sample's input holds NaN or infinite values: the model sees them, and every
+    /// activation they reach leaves them out of its statistics.
+    NonFiniteInput {
+        /// The sample, as the user knows it: its list line and files.
+        sample: String,
+        /// The graph input.
+        input: String,
+        /// NaN values.
+        nan: u64,
+        /// +Inf and -Inf values.
+        inf: u64,
+    },
     /// An int32 bias could not use `input scale × weight scale` (input or weight not integer),
     /// so it was encoded from its own range at 32 bits.
     BiasOwnRange {
@@ -59,6 +71,16 @@ impl std::fmt::Display for Warning {
                 f,
                 "`{tensor}`: {count} NaN/infinite values were left out of its statistics"
             ),
+            Warning::NonFiniteInput {
+                sample,
+                input,
+                nan,
+                inf,
+            } => write!(
+                f,
+                "sample {sample}: input `{input}` holds {nan} NaN and {inf} infinite values; \
+                 the statistics of every activation they reach leave them out"
+            ),
             Warning::BiasOwnRange { tensor } => write!(
                 f,
                 "`{tensor}`: input or weight of its op is not integer, so the 32-bit bias is \
@@ -66,6 +88,55 @@ impl std::fmt::Display for Warning {
             ),
         }
     }
+}
+
+/// Tensors named in one grouped line before "and N more".
+const GROUPED_NAMES: usize = 5;
+
+/// Words `warnings` for a user, one line each, except that [`Warning::NonFinite`] of several
+/// tensors become one line naming the first few: a sample full of NaN reaches every activation,
+/// and hundreds of lines saying so would bury the one line (its [`Warning::NonFiniteInput`])
+/// that names the cause. Order is kept; the grouped line stands where the first one was.
+pub fn word_warnings<'a>(warnings: impl IntoIterator<Item = &'a Warning>) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut non_finite: Vec<(&str, u64)> = Vec::new();
+    let mut grouped_at = None;
+    for warning in warnings {
+        match warning {
+            Warning::NonFinite { tensor, count } => {
+                grouped_at.get_or_insert(lines.len());
+                non_finite.push((tensor, *count));
+            }
+            other => lines.push(other.to_string()),
+        }
+    }
+    if let Some(at) = grouped_at {
+        let line = match non_finite.as_slice() {
+            [(tensor, count)] => Warning::NonFinite {
+                tensor: tensor.to_string(),
+                count: *count,
+            }
+            .to_string(),
+            all => {
+                let named: Vec<String> = all
+                    .iter()
+                    .take(GROUPED_NAMES)
+                    .map(|(tensor, count)| format!("`{tensor}` ({count})"))
+                    .collect();
+                let more = match all.len().saturating_sub(GROUPED_NAMES) {
+                    0 => String::new(),
+                    n => format!(" and {n} more"),
+                };
+                format!(
+                    "{} activations saw NaN/infinite values, left out of their statistics: {}{more}",
+                    all.len(),
+                    named.join(", ")
+                )
+            }
+        };
+        lines.insert(at, line);
+    }
+    lines
 }
 
 /// Why a tensor could not be encoded.
@@ -501,4 +572,53 @@ pub fn is_activation_like(role: Role) -> bool {
             | Role::BatchNormMean
             | Role::BatchNormVariance
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn non_finite(tensor: &str, count: u64) -> Warning {
+        Warning::NonFinite {
+            tensor: tensor.to_string(),
+            count,
+        }
+    }
+
+    #[test]
+    fn non_finite_tensors_are_worded_as_one_line_where_the_first_stood() {
+        let before = Warning::NoStatistics {
+            tensor: "a".to_string(),
+        };
+        let after = Warning::BiasOwnRange {
+            tensor: "b".to_string(),
+        };
+        let many: Vec<Warning> = (0..7)
+            .map(|i| non_finite(&format!("t{i}"), 10 + i))
+            .collect();
+        let mut warnings = vec![before.clone()];
+        warnings.extend(many[..3].iter().cloned());
+        warnings.push(after.clone());
+        warnings.extend(many[3..].iter().cloned());
+        assert_eq!(
+            word_warnings(&warnings),
+            [
+                before.to_string(),
+                "7 activations saw NaN/infinite values, left out of their statistics: `t0` (10), \
+                 `t1` (11), `t2` (12), `t3` (13), `t4` (14) and 2 more"
+                    .to_string(),
+                after.to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn one_non_finite_tensor_keeps_its_own_line() {
+        let one = [non_finite("x", 3)];
+        assert_eq!(
+            word_warnings(&one),
+            ["`x`: 3 NaN/infinite values were left out of its statistics"]
+        );
+        assert!(word_warnings(&[]).is_empty());
+    }
 }
