@@ -170,15 +170,27 @@ fn watch_rebuilds_after_a_rename_save_and_after_a_sample_comes_back() {
     watch.wait_for("watching to resume", REBUILD, watching);
     let after = fs::read_to_string(&encodings).unwrap();
     assert_ne!(before, after, "encodings.json did not change on disk");
-    let changed: Vec<_> = watch
-        .since(mark)
+    let since = watch.since(mark);
+    let changed: Vec<_> = since
         .iter()
-        .filter(|line| line.contains('→'))
+        .filter(|line| line.contains("Changed"))
         .collect();
     assert!(
-        changed.iter().all(|line| line.contains(HEAD_TENSOR)),
+        !changed.is_empty() && changed.iter().all(|line| line.contains(HEAD_TENSOR)),
         "an override edit reported other tensors as changed: {changed:#?}"
     );
+    // What the edit did to accuracy: one line per evaluated target, old → new.
+    for target in ["htp", "htp-a16"] {
+        let prefix = format!("Evaluated {target}/cls: top-1 ");
+        let metrics: Vec<_> = since.iter().filter(|l| l.contains(&prefix)).collect();
+        assert_eq!(metrics.len(), 1, "{since:#?}");
+        assert!(
+            metrics[0].contains(" % → ")
+                && metrics[0].contains("output SQNR ")
+                && metrics[0].ends_with(" dB"),
+            "{since:#?}"
+        );
+    }
 
     // A calibration sample disappears: the build fails with a diagnostic naming it, and
     // watching goes on; when it is back, the next build succeeds again.

@@ -44,15 +44,16 @@ use super::export::unit_encodings_json;
 use super::inputs::source_file;
 use super::keys::{BuildContext, ModelKey, Unit};
 use super::log::{WorkLog, WorkRecord};
-use super::model::{model_graph, model_key};
+use super::model::{LoadedModel, model_graph, model_key};
 use super::plan::{UnitPlan, unit_eval_set, unit_plan};
 use super::source::{FileError, FileSnapshot, SourceFile};
 use super::stored::stable_digest;
 use crate::calib::{CalibError, InputList};
 use crate::eval::{
-    EvalError, Evaluator, FloatTotals, FloatTrace, Labels, Runners, SimTrace, TraceStore,
-    declared_classes,
+    EvalError, Evaluation, Evaluator, FloatTotals, FloatTrace, Labels, Runners, SimTrace,
+    TraceStore, declared_classes,
 };
+use crate::graph::Graph;
 use crate::quantizer::ModelEncodings;
 use crate::quantsim::QuantSim;
 use crate::report::{Report, ReportContext};
@@ -468,6 +469,23 @@ fn calibration_ranges(
         .collect())
 }
 
+/// What an evaluation reads, gathered and checked before anything runs: the errors of its
+/// inputs (encodings, model, eval list, labels) come out here, in that order.
+struct EvaluationInputs<'db> {
+    plan: &'db Arc<UnitPlan>,
+    model: ModelKey<'db>,
+    loaded: &'db Arc<LoadedModel>,
+    model_digest: Digest,
+    encodings_digest: Digest,
+    list_file: SourceFile,
+    list: &'db Arc<InputList>,
+    /// Every eval sample file with the digest it had when the evaluation began.
+    samples: Vec<(PathBuf, Digest)>,
+    labels: Option<(Labels, Digest)>,
+    ranges: BTreeMap<String, (f64, f64)>,
+    context: ReportContext,
+}
+
 /// The evaluation of a unit whose target says `evaluate = "NAME"`: float vs QuantSim on the eval
 /// set, rendered. `None` for float targets and targets without `evaluate`. Read back from the
 /// store when an entry has the same inputs; otherwise run (and stored).
@@ -476,6 +494,37 @@ pub fn unit_evaluation<'db>(
     db: &'db dyn Db,
     unit: Unit<'db>,
 ) -> Result<Option<Arc<UnitEvaluation>>, BuildError> {
+    let Some(inputs) = evaluation_inputs(db, unit)? else {
+        return Ok(None);
+    };
+    let key = evaluation_key(db, &inputs);
+    let store_and_log = unit.project(db).context(db);
+    if let Some(hit) = store_and_log
+        .store(db)
+        .as_ref()
+        .and_then(|store| lookup::<UnitEvaluation>(store, store_and_log.log(db), EVALUATIONS, &key))
+    {
+        return Ok(Some(Arc::new(hit)));
+    }
+    db.unwind_if_revision_cancelled();
+    let evaluation = run_evaluation(db, unit, &inputs)?;
+    // The evaluator read the samples from disk itself: a file that changed since its digest
+    // was taken would put this result under the wrong key.
+    for (path, digest) in &inputs.samples {
+        if FileSnapshot::read(path).digest != Some(*digest) {
+            return Err(BuildError::Changed {
+                path: display_path(path),
+            });
+        }
+    }
+    Ok(Some(store_evaluation(db, unit, &inputs, &evaluation, &key)))
+}
+
+/// Gathers and checks what the evaluation reads (`None` when the unit has none to do).
+fn evaluation_inputs<'db>(
+    db: &'db dyn Db,
+    unit: Unit<'db>,
+) -> Result<Option<EvaluationInputs<'db>>, BuildError> {
     let plan = unit_plan(db, unit).as_ref().map_err(Clone::clone)?;
     if plan.settings().is_none() {
         return Ok(None);
@@ -495,10 +544,45 @@ pub fn unit_evaluation<'db>(
             path: display_path(&plan.model.path),
         });
     };
-
     let list_file = source_file(db, &set.input_list);
     let list = input_list(db, list_file).as_ref().map_err(Clone::clone)?;
-    let mut samples: Vec<(PathBuf, Digest)> = Vec::new();
+    let samples = eval_sample_digests(db, list)?;
+    let labels = match &set.labels {
+        Some(path) => Some(read_labels(db, source_file(db, path))?),
+        None => None,
+    };
+    if let Some((labels, _)) = &labels {
+        check_labels(labels, list, &loaded.graph)?;
+    }
+    let ranges = calibration_ranges(db, unit)?;
+    let context = ReportContext {
+        target: Some(plan.target.name.clone()),
+        model: plan.model.name.clone(),
+        encodings: Some("encodings.json".to_string()),
+        input_list: project_label(plan, &set.input_list),
+        labels: set.labels.as_deref().map(|p| project_label(plan, p)),
+    };
+    Ok(Some(EvaluationInputs {
+        plan,
+        model,
+        loaded,
+        model_digest,
+        encodings_digest,
+        list_file,
+        list,
+        samples,
+        labels,
+        ranges,
+        context,
+    }))
+}
+
+/// Every eval sample file with its digest; an unreadable one is the list's diagnostic.
+fn eval_sample_digests(
+    db: &dyn Db,
+    list: &InputList,
+) -> Result<Vec<(PathBuf, Digest)>, BuildError> {
+    let mut samples = Vec::new();
     for (index, sample) in list.samples.iter().enumerate() {
         for file in &sample.files {
             let source = source_file(db, &file.path);
@@ -515,52 +599,49 @@ pub fn unit_evaluation<'db>(
             }
         }
     }
-    let labels = match &set.labels {
-        Some(path) => Some(read_labels(db, source_file(db, path))?),
-        None => None,
-    };
-    if let Some((labels, _)) = &labels {
-        labels
-            .check_count(&list.path, list.samples.len())
-            .map_err(eval_error)?;
-        if let Some(output) = loaded.graph.outputs().first()
-            && let Some(classes) = declared_classes(&loaded.graph, output.as_str())
-        {
-            labels
-                .check_range(classes, output.as_str())
-                .map_err(eval_error)?;
-        }
-    }
-    let ranges = calibration_ranges(db, unit)?;
-    let context = ReportContext {
-        target: Some(plan.target.name.clone()),
-        model: plan.model.name.clone(),
-        encodings: Some("encodings.json".to_string()),
-        input_list: project_label(plan, &set.input_list),
-        labels: set.labels.as_deref().map(|p| project_label(plan, p)),
-    };
+    Ok(samples)
+}
 
-    let range_bits: Vec<(&str, u64, u64)> = ranges
+/// One label per sample, each a class the model's first output has.
+fn check_labels(labels: &Labels, list: &InputList, graph: &Graph) -> Result<(), BuildError> {
+    labels
+        .check_count(&list.path, list.samples.len())
+        .map_err(eval_error)?;
+    if let Some(output) = graph.outputs().first()
+        && let Some(classes) = declared_classes(graph, output.as_str())
+    {
+        labels
+            .check_range(classes, output.as_str())
+            .map_err(eval_error)?;
+    }
+    Ok(())
+}
+
+/// The `evaluations` key: everything the rendered evaluation depends on (see the registry).
+fn evaluation_key(db: &dyn Db, inputs: &EvaluationInputs<'_>) -> Digest {
+    let range_bits: Vec<(&str, u64, u64)> = inputs
+        .ranges
         .iter()
         .map(|(name, (min, max))| (name.as_str(), min.to_bits(), max.to_bits()))
         .collect();
-    let mut key = KeyBuilder::new(EVALUATIONS)
+    let context = &inputs.context;
+    KeyBuilder::new(EVALUATIONS)
         .u64("version", u64::from(EVALUATION_VERSION))
         .str("runtime", RUNTIME)
-        .digest("model", &model_digest)
-        .digest("input_dims", &stable_digest(model.input_dims(db)))
-        .digest("encodings", &encodings_digest)
+        .digest("model", &inputs.model_digest)
+        .digest("input_dims", &stable_digest(inputs.model.input_dims(db)))
+        .digest("encodings", &inputs.encodings_digest)
         .digest(
             "list",
-            &list_file.digest(db).unwrap_or_else(|| Digest::of(b"")),
-        );
-    for (_, digest) in &samples {
-        key = key.digest("sample", digest);
-    }
-    let key = key
+            &inputs
+                .list_file
+                .digest(db)
+                .unwrap_or_else(|| Digest::of(b"")),
+        )
+        .digests("sample", inputs.samples.iter().map(|(_, digest)| digest))
         .digest(
             "labels",
-            &stable_digest(&labels.as_ref().map(|(_, d)| *d.as_bytes())),
+            &stable_digest(&inputs.labels.as_ref().map(|(_, d)| *d.as_bytes())),
         )
         .digest("calibration_ranges", &stable_digest(&range_bits))
         .digest(
@@ -573,46 +654,27 @@ pub fn unit_evaluation<'db>(
                 &context.labels,
             )),
         )
-        .finish();
+        .finish()
+}
 
-    let store_and_log = unit.project(db).context(db);
-    let log = store_and_log.log(db);
-    if let Some(hit) = store_and_log
-        .store(db)
-        .as_ref()
-        .and_then(|store| lookup::<UnitEvaluation>(store, log, EVALUATIONS, &key))
-    {
-        return Ok(Some(Arc::new(hit)));
-    }
-
-    db.unwind_if_revision_cancelled();
-    let encodings = model_encodings(db, unit)?;
-    let parameters = SimParameters::of(&loaded.graph, &encodings);
-    let sim_model = SimModel::new(db, model, parameters);
-    let float_structure = run_structure(db, model, None, store_and_log)
-        .as_ref()
-        .map_err(Clone::clone)?
-        .clone();
-    let sim_structure = run_structure(db, model, Some(sim_model), store_and_log)
-        .as_ref()
-        .map_err(Clone::clone)?
-        .clone();
-    let hooked = crate::quantsim::hooked_encodings(&sim_structure.names, &loaded.graph, &encodings)
-        .map_err(eval_error)?;
-    let evaluator = Evaluator::new(
-        Arc::unwrap_or_clone(float_structure),
-        Arc::unwrap_or_clone(sim_structure),
-        hooked,
-        &loaded.graph,
-    );
-    let float_keys: Vec<Digest> = list
+/// The store keys of the traces an evaluation starts from: each sample's float trace, the
+/// float totals, and the unit's simulation traces.
+fn stored_traces<'a>(
+    db: &'a dyn Db,
+    unit: Unit<'a>,
+    inputs: &EvaluationInputs<'a>,
+    sim_model: SimModel<'a>,
+) -> StoredTraces<'a> {
+    let input_dims = stable_digest(inputs.model.input_dims(db));
+    let float_keys: Vec<Digest> = inputs
+        .list
         .samples
         .iter()
         .map(|sample| {
             let mut key = KeyBuilder::new(FLOAT_TRACES)
                 .str("runtime", RUNTIME)
-                .digest("model", &model_digest)
-                .digest("input_dims", &stable_digest(model.input_dims(db)));
+                .digest("model", &inputs.model_digest)
+                .digest("input_dims", &input_dims);
             for file in &sample.files {
                 let digest = source_file(db, &file.path)
                     .digest(db)
@@ -624,48 +686,63 @@ pub fn unit_evaluation<'db>(
             key.finish()
         })
         .collect();
-    let totals_key = KeyBuilder::new(FLOAT_TOTALS)
+    let totals = KeyBuilder::new(FLOAT_TOTALS)
         .u64("samples", float_keys.len() as u64)
         .digests("sample", float_keys.iter())
         .finish();
-    let sims_key = KeyBuilder::new(SIM_TRACES)
+    let plan = inputs.plan;
+    let sims = KeyBuilder::new(SIM_TRACES)
         .str("runtime", RUNTIME)
-        .digest("model", &model_digest)
-        .digest("input_dims", &stable_digest(model.input_dims(db)))
+        .digest("model", &inputs.model_digest)
+        .digest("input_dims", &input_dims)
         .digest("parameters", &sim_model.parameters(db).digest)
         .str("pipeline", &plan.pipeline)
         .str("target", &plan.target.name)
         .str("model_name", &plan.model.name)
         .finish();
-    let traces = StoredTraces {
-        store: store_and_log.store(db).as_ref(),
+    let context = unit.project(db).context(db);
+    StoredTraces {
+        store: context.store(db).as_ref(),
         samples: float_keys,
-        totals: totals_key,
-        sims: sims_key,
+        totals,
+        sims,
         kept_sims: std::sync::OnceLock::new(),
         new_sims: std::sync::Mutex::new(BTreeMap::new()),
-        log,
+        log: context.log(db),
+    }
+}
+
+/// Runs what the traces do not already answer, and measures float vs QuantSim.
+fn run_evaluation(
+    db: &dyn Db,
+    unit: Unit<'_>,
+    inputs: &EvaluationInputs<'_>,
+) -> Result<Evaluation, BuildError> {
+    let (model, loaded, list) = (inputs.model, inputs.loaded, inputs.list);
+    let store_and_log = unit.project(db).context(db);
+    let encodings = model_encodings(db, unit)?;
+    let parameters = SimParameters::of(&loaded.graph, &encodings);
+    let sim_model = SimModel::new(db, model, parameters);
+    let structure = |sim| {
+        run_structure(db, model, sim, store_and_log)
+            .as_ref()
+            .map(|s| Arc::unwrap_or_clone(s.clone()))
+            .map_err(Clone::clone)
     };
-    let labels = labels.as_ref().map(|(l, _)| l);
+    let float_structure = structure(None)?;
+    let sim_structure = structure(Some(sim_model))?;
+    let hooked = crate::quantsim::hooked_encodings(&sim_structure.names, &loaded.graph, &encodings)
+        .map_err(eval_error)?;
+    let evaluator = Evaluator::new(float_structure, sim_structure, hooked, &loaded.graph);
+    let traces = stored_traces(db, unit, inputs, sim_model);
+    let labels = inputs.labels.as_ref().map(|(l, _)| l);
     let mut evaluation_plan = evaluator.plan(&traces, list.samples.len());
     let mut attempt = 0;
     let evaluation = loop {
         attempt += 1;
         let (samples_run, samples_reused) = evaluation_plan.counts();
         let runners = if evaluation_plan.needs_run() {
-            let float = evaluation_float_runner(db, model)
-                .as_ref()
-                .map_err(Clone::clone)?
-                .clone();
-            list.check(float.input_specs())
-                .map_err(|e| BuildError::List(Arc::new(e)))?;
-            let runner = sim_runner(db, sim_model)
-                .as_ref()
-                .map_err(Clone::clone)?
-                .clone();
-            let sim =
-                QuantSim::with_runner(runner, &loaded.graph, &encodings).map_err(eval_error)?;
-            Some((float, sim))
+            Some(evaluation_runners(db, inputs, sim_model, &encodings)?)
         } else {
             None
         };
@@ -686,7 +763,7 @@ pub fn unit_evaluation<'db>(
                 let mut record = WorkRecord::default();
                 record.eval_samples_run += samples_run;
                 record.eval_samples_reused += samples_reused;
-                log.append(record);
+                traces.log.append(record);
                 break evaluation;
             }
             // A trace went missing between planning and reading it: run every sample.
@@ -697,16 +774,41 @@ pub fn unit_evaluation<'db>(
         }
     };
     traces.save_sims();
-    // The evaluator read the samples from disk itself: a file that changed since its digest
-    // was taken would put this result under the wrong key.
-    for (path, digest) in &samples {
-        if FileSnapshot::read(path).digest != Some(*digest) {
-            return Err(BuildError::Changed {
-                path: display_path(path),
-            });
-        }
-    }
-    let report = Report::new(&evaluation, &context, Some(&ranges));
+    Ok(evaluation)
+}
+
+/// The float runner and the simulation, for an evaluation that runs samples.
+fn evaluation_runners(
+    db: &dyn Db,
+    inputs: &EvaluationInputs<'_>,
+    sim_model: SimModel<'_>,
+    encodings: &ModelEncodings,
+) -> Result<(Arc<FloatRunner>, QuantSim), BuildError> {
+    let float = evaluation_float_runner(db, inputs.model)
+        .as_ref()
+        .map_err(Clone::clone)?
+        .clone();
+    inputs
+        .list
+        .check(float.input_specs())
+        .map_err(|e| BuildError::List(Arc::new(e)))?;
+    let runner = sim_runner(db, sim_model)
+        .as_ref()
+        .map_err(Clone::clone)?
+        .clone();
+    let sim = QuantSim::with_runner(runner, &inputs.loaded.graph, encodings).map_err(eval_error)?;
+    Ok((float, sim))
+}
+
+/// Renders the evaluation, stores it, and records that it ran.
+fn store_evaluation(
+    db: &dyn Db,
+    unit: Unit<'_>,
+    inputs: &EvaluationInputs<'_>,
+    evaluation: &Evaluation,
+    key: &Digest,
+) -> Arc<UnitEvaluation> {
+    let report = Report::new(evaluation, &inputs.context, Some(&inputs.ranges));
     let computed = UnitEvaluation {
         report: serde_json::to_value(&report).unwrap_or(Value::Null),
         html: report.to_html(),
@@ -716,18 +818,20 @@ pub fn unit_evaluation<'db>(
     // clean and an incremental build then render the same bytes.
     let payload = serde_json::to_vec(&computed).unwrap_or_default();
     let evaluated: UnitEvaluation = serde_json::from_slice(&payload).unwrap_or(computed);
+    let store_and_log = unit.project(db).context(db);
     let mut record = WorkRecord::default();
     if let Some(store) = store_and_log.store(db)
-        && let Err(e) = store.put(EVALUATIONS, &key, &payload)
+        && let Err(e) = store.put(EVALUATIONS, key, &payload)
     {
         record.store_errors.push(format!("{e:#}"));
     }
+    let plan = inputs.plan;
     record.evaluations_run.push(format!(
         "{}/{}/{}",
         plan.pipeline, plan.target.name, plan.model.name
     ));
-    log.append(record);
-    Ok(Some(Arc::new(evaluated)))
+    store_and_log.log(db).append(record);
+    Arc::new(evaluated)
 }
 
 #[cfg(test)]

@@ -5,8 +5,9 @@
 //! modules declared before it (`tests/tidy.rs` fails on an arrow pointing up, and so on any
 //! circle):
 //!
-//! - `source`, `db`, `inputs`: files as salsa inputs, the database, reading files in;
-//! - `log`, `keys`, `error`: the work log, the salsa ids every query is keyed by, `BuildError`;
+//! - `source`, `db`: files as salsa inputs, and the database;
+//! - `log`, `keys`, `error`, `inputs`: the work log, the salsa ids every query is keyed by,
+//!   `BuildError`, reading files in;
 //! - `cache`, `stored`: the registry of store kinds (the cache contract) and the payloads' forms;
 //! - `plan`, `model`, `overrides`: the manifest as each unit sees it, its model, its overrides;
 //! - `calibrate`: samples → statistics → merged statistics → each tensor's statistics;
@@ -50,8 +51,8 @@
 //! Salsa memoizes within one process; the store (`crate::store`) carries results to the next
 //! one. Two queries consult it before computing: a sample's statistics and a tensor's
 //! encoding, each under a key made only of content digests and settings (the table in
-//! `book/src/cache.md`, generated from the registry in `cache`). The store is a cache of pure functions, so a query reading it stays
-//! deterministic. What was actually computed (a store miss) is reported through the
+//! `book/src/cache.md`, generated from the registry in `cache`). The store is a cache of pure
+//! functions, so a query reading it stays deterministic. What was actually computed (a store miss) is reported through the
 //! [`WorkLog`] of the build's [`BuildContext`] — the `--json` counts — a side
 //! channel outside dependency tracking, because memoization is exactly what hides it.
 //!
