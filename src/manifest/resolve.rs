@@ -12,9 +12,9 @@ use toml::Spanned;
 
 use super::raw::{Given, Problems, RawManifest, RawQuantizerOptions, RawTarget, suggestion};
 use super::{
-    CalibrationMethod, FloatBitwidth, Precision, Quantization, QuantizerSettings,
-    ResolvedCalibration, ResolvedEval, ResolvedModel, ResolvedOverrides, ResolvedPipeline,
-    ResolvedTarget,
+    Backend, CalibrationMethod, Capabilities, FloatBitwidth, Precision, Quantization,
+    QuantizerSettings, ResolvedCalibration, ResolvedEval, ResolvedModel, ResolvedOverrides,
+    ResolvedPipeline, ResolvedTarget,
 };
 use crate::encoding::Bitwidth;
 
@@ -469,14 +469,67 @@ fn val<T: Copy>(given: &Option<Given<T>>, default: T) -> T {
 }
 
 /// Backend capability checks on a target with `extends` applied; builds the resolved target.
+/// Every key is checked against the backend, so a target without one stops there; after that
+/// the float and the quantized paths report all they find, and a target is resolved only when
+/// neither reported anything.
 fn check_target(
     problems: &mut Problems,
     t: &RawTarget,
     all_models: &BTreeSet<String>,
     extends: Vec<String>,
 ) -> Option<ResolvedTarget> {
+    let backend = require_backend(problems, t)?;
+    let errors_before = problems.list.len();
+    let precision = if backend.caps.quantized {
+        Precision::Quantized(check_quantized(problems, &backend, t)?)
+    } else {
+        Precision::Float {
+            float_bitwidth: check_float(problems, &backend, t),
+        }
+    };
+    (problems.list.len() == errors_before).then(|| ResolvedTarget {
+        name: t.name.get_ref().clone(),
+        backend: backend.given.value,
+        models: target_models(t, all_models),
+        evaluate: t.evaluate.as_ref().map(|e| e.value.clone()),
+        extends,
+        precision,
+    })
+}
+
+/// A target's backend as written, with its row of the capability table: what every check
+/// compares a key against, and where its diagnostics point to say why.
+struct TargetBackend<'t> {
+    given: &'t Given<Backend>,
+    caps: &'static Capabilities,
+}
+
+impl TargetBackend<'_> {
+    /// A value the backend cannot run: labelled where it is given and at the backend.
+    fn reject(
+        &self,
+        problems: &mut Problems,
+        given_span: Range<usize>,
+        message: String,
+        label: String,
+        help: String,
+    ) {
+        let diagnostic = problems
+            .at("quant::manifest::backend", message, given_span, label)
+            .with_label(
+                self.given.value_span.clone(),
+                format!("backend {}", self.given.value),
+            )
+            .with_help(help);
+        problems.push(diagnostic);
+    }
+}
+
+/// The backend decides everything else a target may say, so a target without one (after
+/// `extends`) is reported once and checked no further.
+fn require_backend<'t>(problems: &mut Problems, t: &'t RawTarget) -> Option<TargetBackend<'t>> {
     let name = t.name.get_ref();
-    let Some(backend) = &t.backend else {
+    let Some(given) = &t.backend else {
         let diagnostic = problems
             .at(
                 "quant::manifest::missing_key",
@@ -488,9 +541,15 @@ fn check_target(
         problems.push(diagnostic);
         return None;
     };
-    let b = backend.value;
-    let caps = b.capabilities();
-    let models = match &t.models {
+    Some(TargetBackend {
+        given,
+        caps: given.value.capabilities(),
+    })
+}
+
+/// The models a target builds, sorted: those it lists, or every declared model.
+fn target_models(t: &RawTarget, all_models: &BTreeSet<String>) -> Vec<String> {
+    match &t.models {
         Some(list) => list
             .value
             .iter()
@@ -499,86 +558,102 @@ fn check_target(
         None => all_models.clone(),
     }
     .into_iter()
-    .collect();
+    .collect()
+}
+
+/// Bitwidths as the help lines list them: `8 or 16`.
+fn bits(list: &[u32]) -> String {
+    list.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+/// The float path (cpu, gpu): no quantization key applies, and the whole model runs at one
+/// float bitwidth the backend must support. Returns that bitwidth (FP32 unless given).
+fn check_float(problems: &mut Problems, backend: &TargetBackend, t: &RawTarget) -> FloatBitwidth {
+    reject_quantization_keys(problems, backend, t);
+    let b = backend.given.value;
     let o = &t.options;
-    let errors_before = problems.list.len();
-    let reject = |problems: &mut Problems,
-                  given_span: Range<usize>,
-                  message: String,
-                  label: String,
-                  help: String| {
-        let diagnostic = problems
-            .at("quant::manifest::backend", message, given_span, label)
-            .with_label(backend.value_span.clone(), format!("backend {b}"))
-            .with_help(help);
-        problems.push(diagnostic);
-    };
-
-    let listed = |list: &[&str]| list.join(" or ");
-    let bits = |list: &[u32]| {
-        listed(
-            &list
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-        )
-    };
-
-    if !caps.quantized {
-        let mut keys = o.given_keys();
-        if let Some(c) = &t.calibration {
-            keys.push((c.key, c.key_span.clone()));
-        }
-        if let Some(ov) = &t.overrides {
-            keys.push((ov.key, ov.key_span.clone()));
-        }
-        keys.sort_by_key(|(_, span)| span.start);
-        if let Some((first, span)) = keys.first() {
-            let mut diagnostic = problems
-                .at(
-                    "quant::manifest::backend",
-                    format!("target `{name}` runs on {b}, which runs float models, but sets quantization options"),
-                    span.clone(),
-                    format!("`{first}` needs a quantized backend"),
-                )
-                .with_label(backend.value_span.clone(), format!("{b} takes float models only"));
-            for (key, span) in &keys[1..] {
-                diagnostic = diagnostic.with_label(span.clone(), format!("`{key}` too"));
-            }
-            let diagnostic = diagnostic.with_help(format!(
-                "the seed's {upper} backend runs non-quantized models: remove these keys (only `float_bitwidth` applies), or use a quantized backend (dsp, htp, hta)",
-                upper = b.as_str().to_uppercase()
-            ));
-            problems.push(diagnostic);
-        }
-        let float_bitwidth = val(&o.float_bitwidth, FloatBitwidth::F32);
-        if let Some(f) = &o.float_bitwidth
-            && !b.allows_float_bitwidth(f.value)
-        {
-            reject(
-                problems,
-                f.value_span.clone(),
-                format!("{b} cannot run {}-bit float models", f.value),
-                format!("FP{}", f.value),
-                format!(
-                    "{b} runs float models at {} bit",
-                    bits(caps.float_bitwidths)
-                ),
-            );
-        }
-        return (problems.list.len() == errors_before).then(|| ResolvedTarget {
-            name: name.clone(),
-            backend: b,
-            models,
-            evaluate: t.evaluate.as_ref().map(|e| e.value.clone()),
-            extends,
-            precision: Precision::Float { float_bitwidth },
-        });
+    if let Some(f) = &o.float_bitwidth
+        && !b.allows_float_bitwidth(f.value)
+    {
+        backend.reject(
+            problems,
+            f.value_span.clone(),
+            format!("{b} cannot run {}-bit float models", f.value),
+            format!("FP{}", f.value),
+            format!(
+                "{b} runs float models at {} bit",
+                bits(backend.caps.float_bitwidths)
+            ),
+        );
     }
+    val(&o.float_bitwidth, FloatBitwidth::F32)
+}
 
+/// On a float backend, quantizer options, `calibration` and `overrides` are one mistake (the
+/// wrong backend, or keys left over), so they make one diagnostic: at the first key in the
+/// file, with a label on each other.
+fn reject_quantization_keys(problems: &mut Problems, backend: &TargetBackend, t: &RawTarget) {
+    let (name, b) = (t.name.get_ref(), backend.given.value);
+    let mut keys = t.options.given_keys();
+    if let Some(c) = &t.calibration {
+        keys.push((c.key, c.key_span.clone()));
+    }
+    if let Some(ov) = &t.overrides {
+        keys.push((ov.key, ov.key_span.clone()));
+    }
+    keys.sort_by_key(|(_, span)| span.start);
+    let Some((first, span)) = keys.first() else {
+        return;
+    };
+    let mut diagnostic = problems
+        .at(
+            "quant::manifest::backend",
+            format!("target `{name}` runs on {b}, which runs float models, but sets quantization options"),
+            span.clone(),
+            format!("`{first}` needs a quantized backend"),
+        )
+        .with_label(backend.given.value_span.clone(), format!("{b} takes float models only"));
+    for (key, span) in &keys[1..] {
+        diagnostic = diagnostic.with_label(span.clone(), format!("`{key}` too"));
+    }
+    let diagnostic = diagnostic.with_help(format!(
+        "the seed's {upper} backend runs non-quantized models: remove these keys (only `float_bitwidth` applies), or use a quantized backend (dsp, htp, hta)",
+        upper = b.as_str().to_uppercase()
+    ));
+    problems.push(diagnostic);
+}
+
+/// The quantized path (dsp, htp, hta): a calibration set is required (without one nothing is
+/// checked further), then every option is checked against the backend and against each other.
+/// Returns the quantization even when a check reported: the caller decides from the problems.
+fn check_quantized(
+    problems: &mut Problems,
+    backend: &TargetBackend,
+    t: &RawTarget,
+) -> Option<Quantization> {
+    let calibration = require_calibration(problems, backend, t)?;
+    let bitwidths = check_bitwidths(problems, backend, &t.options);
+    let overrides: Vec<String> = t
+        .overrides
+        .iter()
+        .flat_map(|o| o.value.iter().map(|n| n.get_ref().clone()))
+        .collect();
+    check_mixed_precision(problems, backend, t, &overrides);
+    check_calibration_methods(problems, &t.options, bitwidths.weights);
+    Some(quantization(calibration, overrides, &t.options, bitwidths))
+}
+
+/// The seed's quantized mode computes encodings from calibration data, so a quantized target
+/// without a calibration set cannot be built at all.
+fn require_calibration<'t>(
+    problems: &mut Problems,
+    backend: &TargetBackend,
+    t: &'t RawTarget,
+) -> Option<&'t Given<String>> {
+    let (name, b) = (t.name.get_ref(), backend.given.value);
     let Some(calibration) = &t.calibration else {
         let diagnostic = problems
             .at(
@@ -587,42 +662,63 @@ fn check_target(
                 t.name.span(),
                 "no calibration set",
             )
-            .with_label(backend.value_span.clone(), format!("{b} runs quantized models only"))
+            .with_label(backend.given.value_span.clone(), format!("{b} runs quantized models only"))
             .with_help("add `calibration = \"NAME\"` naming a [calibration.NAME] set: the seed's quantized mode computes encodings from calibration data");
         problems.push(diagnostic);
         return None;
     };
+    Some(calibration)
+}
+
+/// The effective activation, weight and bias bitwidths of a quantized target.
+#[derive(Clone, Copy)]
+struct TargetBitwidths {
+    act: Bitwidth,
+    weights: Bitwidth,
+    bias: Bitwidth,
+}
+
+/// Each given bitwidth must be one the backend runs for its role; defaults are not checked,
+/// since every quantized backend runs them. Returns the effective bitwidths.
+fn check_bitwidths(
+    problems: &mut Problems,
+    backend: &TargetBackend,
+    o: &RawQuantizerOptions,
+) -> TargetBitwidths {
+    let (b, caps) = (backend.given.value, backend.caps);
     let defaults = QuantizerSettings::default();
-    let act_bitwidth = val(&o.act_bitwidth, defaults.act_bitwidth);
-    let weights_bitwidth = val(&o.weights_bitwidth, defaults.weights_bitwidth);
-    let bias_bitwidth = val(&o.bias_bitwidth, defaults.bias_bitwidth);
+    let bitwidths = TargetBitwidths {
+        act: val(&o.act_bitwidth, defaults.act_bitwidth),
+        weights: val(&o.weights_bitwidth, defaults.weights_bitwidth),
+        bias: val(&o.bias_bitwidth, defaults.bias_bitwidth),
+    };
     for (given, value, role, allowed, list) in [
         (
             &o.act_bitwidth,
-            act_bitwidth,
+            bitwidths.act,
             "activations",
-            b.allows_act_bitwidth(act_bitwidth),
+            b.allows_act_bitwidth(bitwidths.act),
             caps.act_bitwidths,
         ),
         (
             &o.weights_bitwidth,
-            weights_bitwidth,
+            bitwidths.weights,
             "weights",
-            b.allows_weights_bitwidth(weights_bitwidth),
+            b.allows_weights_bitwidth(bitwidths.weights),
             caps.weights_bitwidths,
         ),
         (
             &o.bias_bitwidth,
-            bias_bitwidth,
+            bitwidths.bias,
             "biases",
-            b.allows_bias_bitwidth(bias_bitwidth),
+            b.allows_bias_bitwidth(bitwidths.bias),
             caps.bias_bitwidths,
         ),
     ] {
         if let Some(given) = given
             && !allowed
         {
-            reject(
+            backend.reject(
                 problems,
                 given.value_span.clone(),
                 format!("{b} cannot run {value}-bit {role}"),
@@ -634,42 +730,60 @@ fn check_target(
             );
         }
     }
-    let overrides: Vec<String> = t
-        .overrides
-        .iter()
-        .flat_map(|o| o.value.iter().map(|n| n.get_ref().clone()))
-        .collect();
-    if let Some(f) = &o.float_bitwidth {
-        if caps.float_bitwidths.is_empty() {
-            reject(
-                problems,
-                f.key_span.clone(),
-                format!("{b} has no float ops, so `{}` cannot apply", f.key),
-                "float tensors".into(),
-                format!(
-                    "{b} runs every tensor quantized: remove `{}`, or use htp for mixed precision",
-                    f.key
-                ),
-            );
-        } else if overrides.is_empty() {
-            reject(
-                problems,
-                f.key_span.clone(),
-                format!("`{}` on {b} needs mixed precision, but target `{name}` has no overrides", f.key),
-                "no tensor is float".into(),
-                "on a quantized backend float_bitwidth sets the precision of the tensors that overrides mark `dtype: \"float\"`; add `overrides = [...]` or remove the key".into(),
-            );
-        } else if !b.allows_float_bitwidth(f.value) {
-            reject(
-                problems,
-                f.value_span.clone(),
-                format!("{b} cannot run {}-bit float ops", f.value),
-                format!("FP{}", f.value),
-                format!("{b} runs float ops at {} bit", bits(caps.float_bitwidths)),
-            );
-        }
+    bitwidths
+}
+
+/// On a quantized backend `float_bitwidth` is the precision of the tensors overrides mark
+/// float (mixed precision): it needs a backend with float ops, overrides to mark them, and a
+/// float bitwidth the backend runs. The first of these that fails is the one reported.
+fn check_mixed_precision(
+    problems: &mut Problems,
+    backend: &TargetBackend,
+    t: &RawTarget,
+    overrides: &[String],
+) {
+    let Some(f) = &t.options.float_bitwidth else {
+        return;
+    };
+    let (name, b, caps) = (t.name.get_ref(), backend.given.value, backend.caps);
+    if caps.float_bitwidths.is_empty() {
+        backend.reject(
+            problems,
+            f.key_span.clone(),
+            format!("{b} has no float ops, so `{}` cannot apply", f.key),
+            "float tensors".into(),
+            format!(
+                "{b} runs every tensor quantized: remove `{}`, or use htp for mixed precision",
+                f.key
+            ),
+        );
+    } else if overrides.is_empty() {
+        backend.reject(
+            problems,
+            f.key_span.clone(),
+            format!("`{}` on {b} needs mixed precision, but target `{name}` has no overrides", f.key),
+            "no tensor is float".into(),
+            "on a quantized backend float_bitwidth sets the precision of the tensors that overrides mark `dtype: \"float\"`; add `overrides = [...]` or remove the key".into(),
+        );
+    } else if !b.allows_float_bitwidth(f.value) {
+        backend.reject(
+            problems,
+            f.value_span.clone(),
+            format!("{b} cannot run {}-bit float ops", f.value),
+            format!("FP{}", f.value),
+            format!("{b} runs float ops at {} bit", bits(caps.float_bitwidths)),
+        );
     }
-    let param_calibration = val(&o.param_calibration, defaults.param_calibration);
+}
+
+/// Calibration methods that cannot apply to the target's bitwidths: TF Adjusted is defined
+/// for 8-bit weights only. Not a backend limit, so the diagnostic points at the weights'
+/// bitwidth rather than the backend.
+fn check_calibration_methods(
+    problems: &mut Problems,
+    o: &RawQuantizerOptions,
+    weights_bitwidth: Bitwidth,
+) {
     if let Some(p) = &o.param_calibration
         && p.value == CalibrationMethod::Adjusted
         && weights_bitwidth != Bitwidth::B8
@@ -693,36 +807,37 @@ fn check_target(
         };
         problems.push(diagnostic);
     }
-    if problems.list.len() != errors_before {
-        return None;
+}
+
+/// The resolved quantization: the checked bitwidths, and every other option given or its
+/// default (the engine never sees an unset option).
+fn quantization(
+    calibration: &Given<String>,
+    overrides: Vec<String>,
+    o: &RawQuantizerOptions,
+    bitwidths: TargetBitwidths,
+) -> Quantization {
+    let defaults = QuantizerSettings::default();
+    Quantization {
+        calibration: calibration.value.clone(),
+        overrides,
+        ignore_quantization_overrides: val(&o.ignore_quantization_overrides, false),
+        settings: QuantizerSettings {
+            act_bitwidth: bitwidths.act,
+            weights_bitwidth: bitwidths.weights,
+            bias_bitwidth: bitwidths.bias,
+            float_bitwidth: o.float_bitwidth.as_ref().map(|f| f.value),
+            act_calibration: val(&o.act_calibration, defaults.act_calibration),
+            param_calibration: val(&o.param_calibration, defaults.param_calibration),
+            act_schema: val(&o.act_schema, defaults.act_schema),
+            param_schema: val(&o.param_schema, defaults.param_schema),
+            percentile: val(&o.percentile, defaults.percentile),
+            per_channel: val(&o.per_channel, defaults.per_channel),
+            per_row: val(&o.per_row, defaults.per_row),
+            calibrate_with_quantized_weights: val(
+                &o.calibrate_with_quantized_weights,
+                defaults.calibrate_with_quantized_weights,
+            ),
+        },
     }
-    Some(ResolvedTarget {
-        name: name.clone(),
-        backend: b,
-        models,
-        evaluate: t.evaluate.as_ref().map(|e| e.value.clone()),
-        extends,
-        precision: Precision::Quantized(Quantization {
-            calibration: calibration.value.clone(),
-            overrides,
-            ignore_quantization_overrides: val(&o.ignore_quantization_overrides, false),
-            settings: QuantizerSettings {
-                act_bitwidth,
-                weights_bitwidth,
-                bias_bitwidth,
-                float_bitwidth: o.float_bitwidth.as_ref().map(|f| f.value),
-                act_calibration: val(&o.act_calibration, defaults.act_calibration),
-                param_calibration,
-                act_schema: val(&o.act_schema, defaults.act_schema),
-                param_schema: val(&o.param_schema, defaults.param_schema),
-                percentile: val(&o.percentile, defaults.percentile),
-                per_channel: val(&o.per_channel, defaults.per_channel),
-                per_row: val(&o.per_row, defaults.per_row),
-                calibrate_with_quantized_weights: val(
-                    &o.calibrate_with_quantized_weights,
-                    defaults.calibrate_with_quantized_weights,
-                ),
-            },
-        }),
-    })
 }

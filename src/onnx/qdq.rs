@@ -464,6 +464,20 @@ struct Names {
 }
 
 impl Names {
+    /// Every name `graph` already uses: node names, inputs and outputs, initializers and graph
+    /// inputs.
+    fn taken_in(graph: &proto::GraphProto) -> Names {
+        let mut taken = HashSet::new();
+        for node in &graph.node {
+            taken.extend(node.output.iter().cloned());
+            taken.extend(node.input.iter().cloned());
+            taken.extend(node.name.iter().cloned());
+        }
+        taken.extend(graph.initializer.iter().filter_map(|t| t.name.clone()));
+        taken.extend(graph.input.iter().filter_map(|t| t.name.clone()));
+        Names { taken }
+    }
+
     fn fresh(&mut self, base: String) -> String {
         let mut name = base.clone();
         let mut n = 1;
@@ -569,232 +583,396 @@ fn qdq_node(
     }
 }
 
+/// Rewrites `model` in place as `plan` says, one phase after another. Placing the planned
+/// tensors owns every refusal, so the phases after it cannot fail: they build what the
+/// placements add, splice it into the graph, and declare what the new nodes need.
 fn rewrite(model: &mut proto::ModelProto, plan: &QdqPlan) -> Result<(), QdqError> {
-    let opset = model
+    let opset = default_domain_opset(model);
+    let graph = model.graph.get_or_insert_with(Default::default);
+    let placements = place(graph, plan, opset)?;
+    let Additions {
+        initializers,
+        nodes,
+        removed_parameters,
+    } = build(Names::taken_in(graph), &placements);
+    replace_parameters(graph, &removed_parameters, initializers);
+    splice_nodes(graph, nodes, &removed_parameters);
+    if placements.iter().any(|p| p.domain == QdqDomain::Microsoft) {
+        declare_microsoft_domain(model);
+    }
+    record_metadata(model, &plan.metadata);
+    Ok(())
+}
+
+/// The model's opset of the default ONNX domain: it decides which [`QdqDomain`] each pair
+/// needs. A model that declares none is read as opset 1, the most conservative.
+fn default_domain_opset(model: &proto::ModelProto) -> i64 {
+    model
         .opset_import
         .iter()
         .find(|o| {
             o.domain.as_deref().unwrap_or("").is_empty() || o.domain.as_deref() == Some("ai.onnx")
         })
         .and_then(|o| o.version)
-        .unwrap_or(1);
-    let graph = model.graph.get_or_insert_with(Default::default);
+        .unwrap_or(1)
+}
 
-    let mut names = Names {
-        taken: HashSet::new(),
-    };
-    for node in &graph.node {
-        names.taken.extend(node.output.iter().cloned());
-        names.taken.extend(node.input.iter().cloned());
-        names.taken.extend(node.name.iter().cloned());
+/// One planned tensor, checked against the model, with where its nodes go.
+struct Placement<'p> {
+    /// The tensor's name in the float model.
+    name: &'p str,
+    params: &'p QdqParams,
+    /// Decided once per tensor, so the nodes and the model's `opset_import` agree.
+    domain: QdqDomain,
+    kind: PlacementKind<'p>,
+}
+
+/// What a planned tensor is in the model, which decides the nodes it gets.
+enum PlacementKind<'p> {
+    /// An initializer or `Constant` output, replaced by `values` (in `dims`) behind a
+    /// DequantizeLinear.
+    Parameter {
+        dims: Vec<i64>,
+        values: &'p QdqValues,
+    },
+    /// A graph input or node output, followed by a QuantizeLinear → DequantizeLinear pair.
+    Activation { site: ActivationSite },
+}
+
+/// Where an activation's pair goes, and which name its consumers see.
+#[derive(Clone, Copy)]
+enum ActivationSite {
+    /// Before every node; a graph input cannot be renamed, so its consumers are rewired.
+    GraphInput,
+    /// Right after the producing node. A graph output keeps its name on the DequantizeLinear
+    /// (the producer's output is renamed); any other activation's consumers are rewired.
+    Producer { graph_output: bool },
+}
+
+/// The names the model gives its tensors, by what they are: what each planned tensor is
+/// checked against.
+struct ModelTensors<'g> {
+    /// Initializers and `Constant` outputs.
+    parameters: HashSet<&'g str>,
+    graph_inputs: HashSet<&'g str>,
+    graph_outputs: HashSet<&'g str>,
+    node_outputs: HashSet<&'g str>,
+}
+
+impl<'g> ModelTensors<'g> {
+    fn of(graph: &'g proto::GraphProto) -> Self {
+        let names = |values: &'g [proto::ValueInfoProto]| {
+            values.iter().filter_map(|v| v.name.as_deref()).collect()
+        };
+        let constant_outputs = graph
+            .node
+            .iter()
+            .filter(|n| n.op_type.as_deref() == Some("Constant"))
+            .filter_map(|n| n.output.first().map(String::as_str));
+        ModelTensors {
+            parameters: graph
+                .initializer
+                .iter()
+                .filter_map(|t| t.name.as_deref())
+                .chain(constant_outputs)
+                .collect(),
+            graph_inputs: names(&graph.input),
+            graph_outputs: names(&graph.output),
+            node_outputs: graph
+                .node
+                .iter()
+                .flat_map(|n| n.output.iter().map(String::as_str))
+                .collect(),
+        }
     }
-    names
-        .taken
-        .extend(graph.initializer.iter().filter_map(|t| t.name.clone()));
-    names
-        .taken
-        .extend(graph.input.iter().filter_map(|t| t.name.clone()));
+}
 
-    let initializer_names: HashSet<String> = graph
-        .initializer
-        .iter()
-        .filter_map(|t| t.name.clone())
-        .collect();
-    let constant_outputs: HashSet<String> = graph
-        .node
-        .iter()
-        .filter(|n| n.op_type.as_deref() == Some("Constant"))
-        .filter_map(|n| n.output.first().cloned())
-        .collect();
-    let graph_inputs: HashSet<String> = graph.input.iter().filter_map(|t| t.name.clone()).collect();
-    let graph_outputs: HashSet<String> =
-        graph.output.iter().filter_map(|t| t.name.clone()).collect();
-    let node_outputs: HashSet<&str> = graph
-        .node
-        .iter()
-        .flat_map(|n| n.output.iter().map(String::as_str))
-        .collect();
-
+/// Checks every planned tensor against the model and decides where its nodes go. Owns every
+/// refusal of the rewrite; tensors are checked in plan order, so the error is always the one
+/// of the first tensor that does not fit.
+fn place<'p>(
+    graph: &proto::GraphProto,
+    plan: &'p QdqPlan,
+    opset: i64,
+) -> Result<Vec<Placement<'p>>, QdqError> {
+    let model = ModelTensors::of(graph);
     let mut seen = HashSet::new();
-    let mut uses_microsoft = false;
-    // Nodes to insert before all others (parameters, graph inputs) and after a given producer.
-    let mut leading: Vec<NodeProto> = Vec::new();
-    let mut after: HashMap<String, Vec<NodeProto>> = HashMap::new();
-    // Consumers of these names read the replacement instead.
-    let mut rewire: HashMap<String, String> = HashMap::new();
-    // Producer outputs renamed so that a graph output keeps its name on the DequantizeLinear.
-    let mut renamed_outputs: HashMap<String, String> = HashMap::new();
-    let mut removed_parameters: HashSet<String> = HashSet::new();
-    let mut new_initializers: Vec<TensorProto> = Vec::new();
-
-    for tensor in &plan.tensors {
-        let name = tensor.name();
-        if !seen.insert(name.to_owned()) {
-            return Err(QdqError::Plan {
-                name: name.to_owned(),
-                message: "planned twice".into(),
-            });
-        }
-        let params = tensor.params();
-        check_params(name, params)?;
-        let domain = QdqDomain::for_params(params, opset);
-        uses_microsoft |= domain == QdqDomain::Microsoft;
-        let is_parameter = initializer_names.contains(name) || constant_outputs.contains(name);
-        match tensor {
-            QdqTensor::Parameter { values, .. } => {
-                if !is_parameter {
-                    return Err(
-                        if graph_inputs.contains(name) || node_outputs.contains(name) {
-                            QdqError::WrongKind {
-                                name: name.to_owned(),
-                                planned: "a parameter",
-                                actual: "an activation",
-                            }
-                        } else {
-                            QdqError::UnknownTensor {
-                                name: name.to_owned(),
-                            }
-                        },
-                    );
-                }
-                if values.dtype() != params.dtype {
-                    return Err(QdqError::Plan {
-                        name: name.to_owned(),
-                        message: format!(
-                            "values stored as {:?} for a {:?} parameter",
-                            values.dtype(),
-                            params.dtype
-                        ),
-                    });
-                }
-                let dims = parameter_dims(graph, name).ok_or_else(|| QdqError::Plan {
+    plan.tensors
+        .iter()
+        .map(|tensor| {
+            let name = tensor.name();
+            if !seen.insert(name) {
+                return Err(QdqError::Plan {
                     name: name.to_owned(),
-                    message: "the parameter's dims cannot be read".into(),
-                })?;
-                let count: i64 = dims.iter().product();
-                if count != values.len() as i64 {
-                    return Err(QdqError::Plan {
-                        name: name.to_owned(),
-                        message: format!(
-                            "{} stored values for dims {dims:?} ({count} elements)",
-                            values.len()
-                        ),
-                    });
-                }
-                if let Some(axis) = params.axis {
-                    let channels = dims.get(axis).copied();
-                    if channels != Some(params.scales.len() as i64) {
-                        return Err(QdqError::Plan {
-                            name: name.to_owned(),
-                            message: format!(
-                                "{} per-channel scales along axis {axis} of dims {dims:?}",
-                                params.scales.len()
-                            ),
-                        });
-                    }
-                }
-                let quantized = names.fresh(format!("{name}_quantized"));
-                new_initializers.push(tensor_proto(
-                    quantized.clone(),
-                    params.dtype.onnx_code(),
-                    dims,
-                    values.bytes.to_vec(),
-                ));
-                let (scale, zero_point) =
-                    push_params(&mut new_initializers, &mut names, name, params);
-                let node_name = names.fresh(format!("{name}_DequantizeLinear"));
-                leading.push(qdq_node(
-                    "DequantizeLinear",
-                    node_name,
-                    [quantized, scale, zero_point],
-                    name.to_owned(),
-                    params,
-                    domain,
-                ));
-                removed_parameters.insert(name.to_owned());
+                    message: "planned twice".into(),
+                });
             }
-            QdqTensor::Activation { .. } => {
-                if is_parameter {
-                    return Err(QdqError::WrongKind {
-                        name: name.to_owned(),
-                        planned: "an activation",
-                        actual: "a parameter",
-                    });
+            let params = tensor.params();
+            check_params(name, params)?;
+            let kind = match tensor {
+                QdqTensor::Parameter { values, .. } => {
+                    place_parameter(graph, &model, name, params, values)?
                 }
-                let is_input = graph_inputs.contains(name);
-                if !is_input && !node_outputs.contains(name) {
-                    return Err(QdqError::UnknownTensor {
-                        name: name.to_owned(),
-                    });
+                QdqTensor::Activation { .. } => place_activation(&model, name)?,
+            };
+            Ok(Placement {
+                name,
+                params,
+                domain: QdqDomain::for_params(params, opset),
+                kind,
+            })
+        })
+        .collect()
+}
+
+/// A planned parameter must be stored in the model, and its integers must fill the stored
+/// dims (and its scales the channel axis): the initializer is written with those dims.
+fn place_parameter<'p>(
+    graph: &proto::GraphProto,
+    model: &ModelTensors,
+    name: &str,
+    params: &QdqParams,
+    values: &'p QdqValues,
+) -> Result<PlacementKind<'p>, QdqError> {
+    let plan_error = |message: String| QdqError::Plan {
+        name: name.to_owned(),
+        message,
+    };
+    if !model.parameters.contains(name) {
+        return Err(
+            if model.graph_inputs.contains(name) || model.node_outputs.contains(name) {
+                QdqError::WrongKind {
+                    name: name.to_owned(),
+                    planned: "a parameter",
+                    actual: "an activation",
                 }
-                // A graph output written by a node keeps its name on the DequantizeLinear; a
-                // graph input cannot be renamed, so its consumers are rewired instead.
-                let keep_name = graph_outputs.contains(name) && !is_input;
-                let float_input = if keep_name {
-                    let renamed = names.fresh(format!("{name}_QuantizeLinear_Input"));
-                    renamed_outputs.insert(name.to_owned(), renamed.clone());
-                    renamed
-                } else {
-                    name.to_owned()
-                };
-                let (scale, zero_point) =
-                    push_params(&mut new_initializers, &mut names, name, params);
-                let quantized = names.fresh(format!("{name}_QuantizeLinear_Output"));
-                let dequantized = if keep_name {
-                    name.to_owned()
-                } else {
-                    names.fresh(format!("{name}_DequantizeLinear_Output"))
-                };
-                let q = qdq_node(
-                    "QuantizeLinear",
-                    names.fresh(format!("{name}_QuantizeLinear")),
-                    [float_input, scale.clone(), zero_point.clone()],
-                    quantized.clone(),
-                    params,
-                    domain,
-                );
-                let dq = qdq_node(
-                    "DequantizeLinear",
-                    names.fresh(format!("{name}_DequantizeLinear")),
-                    [quantized, scale, zero_point],
-                    dequantized.clone(),
-                    params,
-                    domain,
-                );
-                if !keep_name {
-                    rewire.insert(name.to_owned(), dequantized);
+            } else {
+                QdqError::UnknownTensor {
+                    name: name.to_owned(),
                 }
-                if is_input {
-                    leading.extend([q, dq]);
-                } else {
-                    after.entry(name.to_owned()).or_default().extend([q, dq]);
-                }
+            },
+        );
+    }
+    if values.dtype() != params.dtype {
+        return Err(plan_error(format!(
+            "values stored as {:?} for a {:?} parameter",
+            values.dtype(),
+            params.dtype
+        )));
+    }
+    let dims = parameter_dims(graph, name)
+        .ok_or_else(|| plan_error("the parameter's dims cannot be read".into()))?;
+    let count: i64 = dims.iter().product();
+    if count != values.len() as i64 {
+        return Err(plan_error(format!(
+            "{} stored values for dims {dims:?} ({count} elements)",
+            values.len()
+        )));
+    }
+    if let Some(axis) = params.axis {
+        let channels = dims.get(axis).copied();
+        if channels != Some(params.scales.len() as i64) {
+            return Err(plan_error(format!(
+                "{} per-channel scales along axis {axis} of dims {dims:?}",
+                params.scales.len()
+            )));
+        }
+    }
+    Ok(PlacementKind::Parameter { dims, values })
+}
+
+/// A planned activation must be a graph input or a node output, never a stored parameter
+/// (those are quantized as parameters, behind a DequantizeLinear only).
+fn place_activation(model: &ModelTensors, name: &str) -> Result<PlacementKind<'static>, QdqError> {
+    if model.parameters.contains(name) {
+        return Err(QdqError::WrongKind {
+            name: name.to_owned(),
+            planned: "an activation",
+            actual: "a parameter",
+        });
+    }
+    let site = if model.graph_inputs.contains(name) {
+        ActivationSite::GraphInput
+    } else if model.node_outputs.contains(name) {
+        ActivationSite::Producer {
+            graph_output: model.graph_outputs.contains(name),
+        }
+    } else {
+        return Err(QdqError::UnknownTensor {
+            name: name.to_owned(),
+        });
+    };
+    Ok(PlacementKind::Activation { site })
+}
+
+/// What the placements add to the graph and what they take out of it.
+struct Additions {
+    /// Scales, zero points and quantized parameters, in plan order.
+    initializers: Vec<TensorProto>,
+    nodes: NodeEdits,
+    /// Parameters now written by their DequantizeLinear: their float initializers, graph
+    /// inputs and `Constant` nodes go.
+    removed_parameters: HashSet<String>,
+}
+
+/// The Q/DQ nodes and how the existing nodes change around them.
+#[derive(Default)]
+struct NodeEdits {
+    /// Nodes to insert before all others (parameters, graph inputs).
+    leading: Vec<NodeProto>,
+    /// Nodes to insert right after the producer of a tensor.
+    after: HashMap<String, Vec<NodeProto>>,
+    /// Consumers of these names read the replacement instead.
+    rewire: HashMap<String, String>,
+    /// Producer outputs renamed so that a graph output keeps its name on the DequantizeLinear.
+    renamed_outputs: HashMap<String, String>,
+}
+
+/// Builds every placement's initializers and nodes. One placement at a time and in plan order,
+/// because fresh names are taken in that order: the same plan always gets the same names.
+fn build(mut names: Names, placements: &[Placement]) -> Additions {
+    let mut additions = Additions {
+        initializers: Vec::new(),
+        nodes: NodeEdits::default(),
+        removed_parameters: HashSet::new(),
+    };
+    for placement in placements {
+        match &placement.kind {
+            PlacementKind::Parameter { dims, values } => {
+                additions.add_parameter(&mut names, placement, dims.clone(), values);
+            }
+            PlacementKind::Activation { site } => {
+                additions.add_activation(&mut names, placement, *site);
             }
         }
     }
+    additions
+}
 
-    // Parameters now come from their DequantizeLinear: drop the float originals.
-    graph.initializer.retain(|t| {
-        !t.name
-            .as_deref()
-            .is_some_and(|n| removed_parameters.contains(n))
-    });
-    graph.input.retain(|t| {
-        !t.name
-            .as_deref()
-            .is_some_and(|n| removed_parameters.contains(n))
-    });
-    graph.initializer.extend(new_initializers);
+impl Additions {
+    /// `w` becomes `w_quantized` (the integers), its scale and zero point, and a leading
+    /// DequantizeLinear that writes `w`, so that its consumers stay as they are.
+    fn add_parameter(
+        &mut self,
+        names: &mut Names,
+        placement: &Placement,
+        dims: Vec<i64>,
+        values: &QdqValues,
+    ) {
+        let Placement {
+            name,
+            params,
+            domain,
+            ..
+        } = *placement;
+        let quantized = names.fresh(format!("{name}_quantized"));
+        self.initializers.push(tensor_proto(
+            quantized.clone(),
+            params.dtype.onnx_code(),
+            dims,
+            values.bytes.to_vec(),
+        ));
+        let (scale, zero_point) = push_params(&mut self.initializers, names, name, params);
+        let node_name = names.fresh(format!("{name}_DequantizeLinear"));
+        self.nodes.leading.push(qdq_node(
+            "DequantizeLinear",
+            node_name,
+            [quantized, scale, zero_point],
+            name.to_owned(),
+            params,
+            domain,
+        ));
+        self.removed_parameters.insert(name.to_owned());
+    }
 
+    /// `t` gets its scale and zero point and a QuantizeLinear → DequantizeLinear pair at its
+    /// site; consumers read the DequantizeLinear's output.
+    fn add_activation(&mut self, names: &mut Names, placement: &Placement, site: ActivationSite) {
+        let Placement {
+            name,
+            params,
+            domain,
+            ..
+        } = *placement;
+        let keep_name = matches!(site, ActivationSite::Producer { graph_output: true });
+        let float_input = if keep_name {
+            let renamed = names.fresh(format!("{name}_QuantizeLinear_Input"));
+            self.nodes
+                .renamed_outputs
+                .insert(name.to_owned(), renamed.clone());
+            renamed
+        } else {
+            name.to_owned()
+        };
+        let (scale, zero_point) = push_params(&mut self.initializers, names, name, params);
+        let quantized = names.fresh(format!("{name}_QuantizeLinear_Output"));
+        let dequantized = if keep_name {
+            name.to_owned()
+        } else {
+            names.fresh(format!("{name}_DequantizeLinear_Output"))
+        };
+        let q = qdq_node(
+            "QuantizeLinear",
+            names.fresh(format!("{name}_QuantizeLinear")),
+            [float_input, scale.clone(), zero_point.clone()],
+            quantized.clone(),
+            params,
+            domain,
+        );
+        let dq = qdq_node(
+            "DequantizeLinear",
+            names.fresh(format!("{name}_DequantizeLinear")),
+            [quantized, scale, zero_point],
+            dequantized.clone(),
+            params,
+            domain,
+        );
+        if !keep_name {
+            self.nodes.rewire.insert(name.to_owned(), dequantized);
+        }
+        match site {
+            ActivationSite::GraphInput => self.nodes.leading.extend([q, dq]),
+            ActivationSite::Producer { .. } => {
+                self.nodes
+                    .after
+                    .entry(name.to_owned())
+                    .or_default()
+                    .extend([q, dq]);
+            }
+        }
+    }
+}
+
+/// Parameters now come from their DequantizeLinear: their float initializers (and the graph
+/// inputs that declared them) give way to the new initializers, appended after the kept ones.
+fn replace_parameters(
+    graph: &mut proto::GraphProto,
+    removed: &HashSet<String>,
+    initializers: Vec<TensorProto>,
+) {
+    let is_removed = |name: &Option<String>| name.as_deref().is_some_and(|n| removed.contains(n));
+    graph.initializer.retain(|t| !is_removed(&t.name));
+    graph.input.retain(|t| !is_removed(&t.name));
+    graph.initializer.extend(initializers);
+}
+
+/// Inserts the Q/DQ nodes into the node list, rewires consumers and renames producers'
+/// outputs, dropping the `Constant` nodes of replaced parameters. The original nodes keep
+/// their order, and each pair sits right after its producer, so the list stays topologically
+/// sorted without sorting it.
+fn splice_nodes(graph: &mut proto::GraphProto, edits: NodeEdits, removed: &HashSet<String>) {
+    let NodeEdits {
+        leading,
+        mut after,
+        rewire,
+        renamed_outputs,
+    } = edits;
     let old_nodes = std::mem::take(&mut graph.node);
     let mut nodes = Vec::with_capacity(old_nodes.len() + leading.len() + 2 * after.len());
     nodes.extend(leading);
     for mut node in old_nodes {
         if node.op_type.as_deref() == Some("Constant")
-            && node
-                .output
-                .first()
-                .is_some_and(|o| removed_parameters.contains(o))
+            && node.output.first().is_some_and(|o| removed.contains(o))
         {
             continue;
         }
@@ -816,19 +994,27 @@ fn rewrite(model: &mut proto::ModelProto, plan: &QdqPlan) -> Result<(), QdqError
         nodes.extend(inserted);
     }
     graph.node = nodes;
+}
 
-    if uses_microsoft
-        && !model
-            .opset_import
-            .iter()
-            .any(|o| o.domain.as_deref() == Some("com.microsoft"))
+/// Declares opset 1 of `com.microsoft` (once): without it, onnxruntime rejects the contrib
+/// QuantizeLinear/DequantizeLinear the model's own opset could not express.
+fn declare_microsoft_domain(model: &mut proto::ModelProto) {
+    if !model
+        .opset_import
+        .iter()
+        .any(|o| o.domain.as_deref() == Some("com.microsoft"))
     {
         model.opset_import.push(OperatorSetIdProto {
             domain: Some("com.microsoft".into()),
             version: Some(1),
         });
     }
-    for (key, value) in &plan.metadata {
+}
+
+/// Sets the plan's `metadata_props` (e.g. the encodings digest the export reads back), each
+/// key once: an entry already there is replaced, not duplicated.
+fn record_metadata(model: &mut proto::ModelProto, metadata: &[(String, String)]) {
+    for (key, value) in metadata {
         model
             .metadata_props
             .retain(|entry| entry.key.as_deref() != Some(key.as_str()));
@@ -837,7 +1023,6 @@ fn rewrite(model: &mut proto::ModelProto, plan: &QdqPlan) -> Result<(), QdqError
             value: Some(value.clone()),
         });
     }
-    Ok(())
 }
 
 fn parameter_dims(graph: &proto::GraphProto, name: &str) -> Option<Vec<i64>> {
