@@ -5,9 +5,8 @@
 //! biases. It must not run models or quantize weights.
 
 use super::TransformError;
-use super::fold::Edits;
+use super::edits::{Edits, Parameters, fresh_name};
 use super::layer::Layer;
-use super::params::{Parameters, fresh_name};
 use super::report::{BiasCorrection, TransformEvent, TransformReport};
 use crate::graph::{Graph, TensorName};
 use crate::onnx::OnnxModel;

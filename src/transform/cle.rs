@@ -20,9 +20,9 @@
 //! It must not touch anything outside the matched patterns.
 
 use super::TransformError;
-use super::fold::{BatchNormData, Edits, fold};
+use super::edits::{Edits, Parameters, fresh_name};
+use super::fold::{BatchNormData, fold};
 use super::layer::{Layer, NotALayer};
-use super::params::{Parameters, fresh_name};
 use super::report::{
     HighBias, LayerRef, PairSkip, ScaledSet, SkipReason, TransformEvent, TransformReport,
 };

@@ -5,10 +5,10 @@
 //! whose output has other readers, or in training mode stays, and the report says why.
 
 use super::TransformError;
+use super::edits::{Edits, Parameters, fresh_name};
 use super::layer::{Layer, LayerOp, NotALayer};
-use super::params::{Parameters, fresh_name};
 use super::report::{Fold, KeptReason, LayerRef, TransformEvent, TransformReport};
-use crate::graph::{Attribute, Graph, Node, NodeId, TensorName};
+use crate::graph::{Attribute, Graph, Node, TensorName};
 use crate::onnx::OnnxModel;
 use std::collections::BTreeMap;
 
@@ -77,39 +77,6 @@ pub(super) fn fold(
     params.write(&mut out)?;
     edits.write(&mut out)?;
     Ok((out, report, folded))
-}
-
-/// Node edits collected while the graph is read, applied after every parameter is written.
-#[derive(Debug, Default)]
-pub(super) struct Edits {
-    /// (node, input index, tensor).
-    pub inputs: Vec<(NodeId, usize, TensorName)>,
-    /// (node, output index, tensor).
-    pub outputs: Vec<(NodeId, usize, TensorName)>,
-    /// (node, new op type, inputs kept).
-    pub ops: Vec<(NodeId, &'static str, usize)>,
-    /// Nodes to remove.
-    pub removals: Vec<NodeId>,
-}
-
-impl Edits {
-    /// Applies the edits (removals last, so positions stay valid), then prunes the parameters
-    /// nothing reads any more.
-    pub fn write(self, model: &mut OnnxModel) -> Result<(), TransformError> {
-        for (node, index, tensor) in &self.inputs {
-            model.set_node_input(node.0, *index, tensor.as_str())?;
-        }
-        for (node, index, tensor) in &self.outputs {
-            model.set_node_output(node.0, *index, tensor.as_str())?;
-        }
-        for (node, op, keep) in &self.ops {
-            model.replace_op(node.0, op, *keep)?;
-        }
-        let removals: Vec<usize> = self.removals.iter().map(|n| n.0).collect();
-        model.remove_nodes(&removals)?;
-        model.prune_unused_parameters();
-        Ok(())
-    }
 }
 
 /// What folding one BatchNorm needs, checked.

@@ -23,9 +23,9 @@
 
 mod bias_correction;
 mod cle;
+mod edits;
 mod fold;
 mod layer;
-mod params;
 mod report;
 
 pub use bias_correction::{ChannelMeans, correct_biases};

@@ -1,10 +1,11 @@
-//! The parameters a transform changes, held as `f32` values beside the unchanged model until the
-//! transform writes them back in one go. Reading a parameter the first time copies it out of the
-//! graph IR; later reads see earlier changes, so steps that touch the same weight (two scalings of
-//! the middle layer of a chain) compose. It must not decide what to change.
+//! What a transform changes, collected while it reads the unchanged model's graph and written
+//! into a copy of the model in one go: parameter values ([`Parameters`]) and node edits
+//! ([`Edits`]). Reading a parameter the first time copies it out of the graph IR; later reads
+//! see earlier changes, so steps that touch the same weight (two scalings of the middle layer of
+//! a chain) compose. It must not decide what to change.
 
 use super::TransformError;
-use crate::graph::{Graph, TensorName};
+use crate::graph::{Graph, NodeId, TensorName};
 use crate::onnx::OnnxModel;
 use std::collections::BTreeMap;
 
@@ -78,4 +79,37 @@ pub(super) fn fresh_name(
         .find(|name| free(name))
         .map(TensorName::new)
         .expect("some suffix is free")
+}
+
+/// Node edits collected while the graph is read, applied after every parameter is written.
+#[derive(Debug, Default)]
+pub(super) struct Edits {
+    /// (node, input index, tensor).
+    pub inputs: Vec<(NodeId, usize, TensorName)>,
+    /// (node, output index, tensor).
+    pub outputs: Vec<(NodeId, usize, TensorName)>,
+    /// (node, new op type, inputs kept).
+    pub ops: Vec<(NodeId, &'static str, usize)>,
+    /// Nodes to remove.
+    pub removals: Vec<NodeId>,
+}
+
+impl Edits {
+    /// Applies the edits (removals last, so positions stay valid), then prunes the parameters
+    /// nothing reads any more.
+    pub fn write(self, model: &mut OnnxModel) -> Result<(), TransformError> {
+        for (node, index, tensor) in &self.inputs {
+            model.set_node_input(node.0, *index, tensor.as_str())?;
+        }
+        for (node, index, tensor) in &self.outputs {
+            model.set_node_output(node.0, *index, tensor.as_str())?;
+        }
+        for (node, op, keep) in &self.ops {
+            model.replace_op(node.0, op, *keep)?;
+        }
+        let removals: Vec<usize> = self.removals.iter().map(|n| n.0).collect();
+        model.remove_nodes(&removals)?;
+        model.prune_unused_parameters();
+        Ok(())
+    }
 }
