@@ -273,6 +273,44 @@ mod tests {
         assert_eq!(l.out_channel(12 - 1), 2); // element [0, 2, 1, 1]
     }
 
+    proptest::proptest! {
+        /// The element map agrees with the ONNX definitions written as nested loops over the
+        /// weight's axes, for any groups and kernel size.
+        #[test]
+        fn element_map_follows_the_onnx_layouts(
+            groups in 1usize..4,
+            out_per_group in 1usize..4,
+            in_per_group in 1usize..4,
+            kernel in 1usize..4,
+        ) {
+            let (out, inp) = (groups * out_per_group, groups * in_per_group);
+            // Conv: W[o, j, k] reads input (o / out_per_group) * in_per_group + j.
+            let conv = layer(LayerOp::Conv, groups, &[out, in_per_group, kernel], out, inp);
+            let mut flat = 0;
+            for o in 0..out {
+                for j in 0..in_per_group {
+                    for _ in 0..kernel {
+                        proptest::prop_assert_eq!(conv.out_channel(flat), o);
+                        proptest::prop_assert_eq!(conv.in_channel(flat), (o / out_per_group) * in_per_group + j);
+                        flat += 1;
+                    }
+                }
+            }
+            // ConvTranspose: W[c, j, k] writes output (c / in_per_group) * out_per_group + j.
+            let transposed = layer(LayerOp::ConvTranspose, groups, &[inp, out_per_group, kernel], out, inp);
+            let mut flat = 0;
+            for c in 0..inp {
+                for j in 0..out_per_group {
+                    for _ in 0..kernel {
+                        proptest::prop_assert_eq!(transposed.in_channel(flat), c);
+                        proptest::prop_assert_eq!(transposed.out_channel(flat), (c / in_per_group) * out_per_group + j);
+                        flat += 1;
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn gemm_follows_trans_b() {
         let plain = layer(LayerOp::Gemm { trans_b: false }, 1, &[3, 2], 2, 3);

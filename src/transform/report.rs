@@ -326,8 +326,9 @@ impl fmt::Display for TransformEvent {
 /// Everything one transform (or a chain of them) did, in the order it happened.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct TransformReport {
-    /// The events, in order: folds in graph order, then Relu6 replacements, scaled and skipped
-    /// sets in graph order, then HBA warnings.
+    /// The events: the folds (and kept BatchNorms) in graph order; then, by the graph position
+    /// of each pair's first layer, skipped pairs and scaled sets, each scaled set preceded by its
+    /// Relu6 replacements and followed by its HBA warnings.
     pub events: Vec<TransformEvent>,
 }
 
