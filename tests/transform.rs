@@ -585,6 +585,29 @@ fn folding_cls_changes_no_output_beyond_rounding() {
     assert!(worst.0 <= 1e-5, "{worst:?}");
 }
 
+/// The as-shipped form keeps every parameter in a `Constant` node: folding rewrites those.
+#[test]
+fn folding_the_as_shipped_cls_rewrites_constant_nodes() {
+    let Some(fx) = common::fixtures() else { return };
+    let model = OnnxModel::read(&fx.join("models/cls.onnx")).unwrap();
+    let (folded, report) = equalize(&model, &scaling_only()).unwrap();
+    assert_eq!(report.folds().count(), 35);
+    let graph = Graph::from_model(&folded).unwrap();
+    assert!(
+        graph
+            .nodes()
+            .iter()
+            .all(|n| n.op_type != "BatchNormalization")
+    );
+    let samples = load(&model, &CLS_DIMS, &fx.join("cls/eval/input_list.txt"), 4);
+    let delta = relative_difference(
+        &run(&model, &CLS_DIMS, &samples),
+        &run(&folded, &CLS_DIMS, &samples),
+    );
+    eprintln!("cls as shipped, CLE scaling only: outputs max |Δ| / max |y| = {delta:.3e}");
+    assert!(delta <= 1e-5, "{delta:e}");
+}
+
 #[test]
 fn folding_det_keeps_the_batch_norm_after_an_add() {
     let Some(fx) = common::fixtures() else { return };
