@@ -3,7 +3,8 @@
 //! Modules follow the data flow (see `ARCHITECTURE.md`):
 //! `encoding` (pure math) · `stats` (mergeable statistics, range selection) · `onnx` (the only
 //! module that sees protobuf) · `graph` · `calib` (input lists, samples) · `run` (float execution)
-//! · `overrides` · `export` · `manifest` · `store` · `engine` · `cli`; beside them `atomic` (the
+//! · `transform` (model transforms: BatchNorm folding, CLE, bias correction) · `overrides` ·
+//! `export` · `manifest` · `store` · `engine` · `cli`; beside them `atomic` (the
 //! one way files are written) and `bytes` (the little-endian byte forms of stored payloads).
 
 pub mod atomic;
@@ -24,4 +25,5 @@ pub mod report;
 pub mod run;
 pub mod stats;
 pub mod store;
+pub mod transform;
 pub mod watch;

@@ -1,7 +1,8 @@
 //! ONNX in and out: the only module that sees protobuf. It reads a model from bytes or a file,
 //! writes it back byte-identically, transcribes the main graph into plain Rust data
-//! ([`GraphContents`]) for `graph` to build its IR from, replaces parameter values (calibration
-//! with fake-quantized weights) and fixes dynamic input dims.
+//! ([`GraphContents`]) for `graph` to build its IR from (and builds a model from such data),
+//! replaces parameter values (calibration with fake-quantized weights), fixes dynamic input dims,
+//! and offers the graph edits the model transforms are written with (`edit`).
 //!
 //! **Architecture Invariant:** no other module names a `proto` type except through this module's
 //! [`OnnxModel::proto`] accessors, which exist for the QDQ model writer. It must not decide what a
@@ -13,6 +14,7 @@
 mod contents;
 mod dims;
 mod dtype;
+mod edit;
 pub mod qdq;
 mod tensor;
 
@@ -80,6 +82,16 @@ pub enum OnnxError {
         /// The name asked for.
         name: String,
     },
+    /// A graph edit names a node position the graph does not have.
+    #[error("in {}: no node at position {index} ({detail})", path.display())]
+    NoSuchNode {
+        /// The model path.
+        path: PathBuf,
+        /// The position asked for.
+        index: usize,
+        /// What is there instead.
+        detail: String,
+    },
     /// `--input_dim` names no graph input.
     #[error("in {}: no graph input named `{name}` (inputs: {})", path.display(), inputs.join(", "))]
     UnknownInput {
@@ -136,6 +148,16 @@ impl OnnxModel {
             proto,
             origin: origin.to_owned(),
         })
+    }
+
+    /// A model whose main graph says exactly what `contents` says (the inverse of
+    /// [`OnnxModel::contents`], up to storage forms: floats are written as float32, all data as
+    /// raw little-endian bytes). Tests build small models with it; `origin` is named in errors.
+    pub fn from_contents(contents: &GraphContents, origin: &Path) -> OnnxModel {
+        OnnxModel {
+            proto: contents::assemble(contents),
+            origin: origin.to_owned(),
+        }
     }
 
     /// The path the model was read from (named in errors).
