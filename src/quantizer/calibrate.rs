@@ -84,8 +84,7 @@ pub fn merge_statistics(total: &mut SampleStatistics, next: &SampleStatistics) {
 }
 
 /// The model to calibrate with: `model` itself, or — when the settings ask to gather
-/// statistics with quantized weights, as AIMET does — a copy whose weights are replaced by
-/// their fake-quantized values under the target's weight encodings (overrides included).
+/// statistics with quantized weights, as AIMET does — [`fake_quantized_weights`].
 pub fn calibration_model(
     model: &OnnxModel,
     graph: &Graph,
@@ -95,6 +94,20 @@ pub fn calibration_model(
     if !settings.calibrate_with_quantized_weights {
         return Ok(None);
     }
+    fake_quantized_weights(model, graph, overrides, settings).map(Some)
+}
+
+/// A copy of `model` (whose IR is `graph`) with every parameter the target quantizes inside
+/// its op — weights and the batch-norm scale — replaced by its fake-quantized values under the
+/// target's weight encodings (overrides included); everything else, biases among them, is left
+/// as it is. The same graph, so tensor names and nodes match `model`'s one for one: what
+/// calibrating with quantized weights runs, and the W̃ bias correction compares against W.
+pub fn fake_quantized_weights(
+    model: &OnnxModel,
+    graph: &Graph,
+    overrides: &Overrides,
+    settings: &QuantizerSettings,
+) -> Result<OnnxModel, CalibrationError> {
     let mut quantized = model.clone();
     for tensor in graph.float_parameters() {
         // The parameters the target quantizes in its ops (AIMET's parameter quantizers):
@@ -120,7 +133,7 @@ pub fn calibration_model(
         })?;
         quantized.replace_parameter_f32(name, &values)?;
     }
-    Ok(Some(quantized))
+    Ok(quantized)
 }
 
 /// Quantize-dequantize of a parameter the way AIMET's parameter quantizers do it while

@@ -16,8 +16,8 @@ mod settings;
 mod tensor;
 
 pub use calibrate::{
-    CalibrationError, SampleStatistics, calibration_model, merge_statistics, non_finite_inputs,
-    sample_statistics,
+    CalibrationError, SampleStatistics, calibration_model, fake_quantized_weights,
+    merge_statistics, non_finite_inputs, sample_statistics,
 };
 pub use settings::{CalibrationMethod, LegacyQuantizer, Percentile, QuantizerSettings};
 pub use tensor::{

@@ -152,6 +152,11 @@ impl Layer {
             && self.groups == self.in_channels
     }
 
+    /// Elements per (weight row, weight column): the product of the kernel dims, 1 for Gemm.
+    pub fn kernel(&self) -> usize {
+        self.kernel
+    }
+
     /// The output channel weight element `flat` (row-major) contributes to.
     pub fn out_channel(&self, flat: usize) -> usize {
         match self.op {
