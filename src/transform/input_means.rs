@@ -258,8 +258,8 @@ impl BiasLayer {
                 self.in_channels
             ));
         }
-        if positions == 0 {
-            return Err(format!("Gemm input of shape {shape:?} has no rows"));
+        if positions == 0 || inner == 0 {
+            return Err(format!("Gemm input of shape {shape:?} is empty"));
         }
         let scale = 1.0 / positions as f64;
         if trans_a {
@@ -393,7 +393,8 @@ impl Window {
         })
     }
 
-    /// The number of spatial axes.
+    /// Whether every per-axis list has one entry per axis of `spatial` (the fields are public,
+    /// so a hand-built window may not).
     fn check_axes(&self, spatial: &[usize]) -> Result<(), String> {
         let axes = self.kernel.len();
         let lengths_fit = self.strides.len() == axes
@@ -697,9 +698,15 @@ pub fn channel_means(
                         .parameter(bias.as_str())
                         .and_then(|p| p.as_f32())
                         .unwrap_or(&[]);
+                    // `Layer::of` has checked the count: one per channel, or Gemm's broadcast one.
+                    let value = |c: usize| values.get(if values.len() == 1 { 0 } else { c });
                     (0..layer.out_channels)
-                        .map(|c| f64::from(values[if values.len() == 1 { 0 } else { c }]) * beta)
-                        .collect()
+                        .map(|c| {
+                            value(c)
+                                .map(|&b| f64::from(b) * beta)
+                                .ok_or_else(|| problem(format!("bias `{bias}` has no value {c}")))
+                        })
+                        .collect::<Result<_, _>>()?
                 }
             };
             let kernel = layer.kernel();
