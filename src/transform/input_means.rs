@@ -30,7 +30,9 @@
 //! offset reads form an arithmetic progression, so a patch entry is a sum over a product of
 //! progressions, reduced one axis at a time with strided prefix sums (outermost axis first, so
 //! the widest pass adds whole rows and vectorizes). A 3×3 Conv on a 64×80×80 input costs about
-//! one pass over the input, not one per kernel element.
+//! one pass over the input, not one per kernel element: 0.22 ms per sample in release, 4.6× a
+//! memcpy of the same input and 1.3× the 1×1 Conv's patch (`benches/bias_means.rs`, on a
+//! shared 2-core machine).
 //!
 //! It must not run models or quantize weights: it is handed activations and weight values.
 
