@@ -34,6 +34,8 @@ fn main() -> miette::Result<()> {
             per_channel: true,
             ..QuantizerSettings::default()
         },
+        // No model transforms (`--algorithms cle` would equalize the model first).
+        algorithms: Default::default(),
         jobs: None,
     };
     // Samples run side by side on every core; the callback (ignored here) hears of each one done.

@@ -187,6 +187,7 @@ fn one_shot(model: PathBuf, list: PathBuf, dims: &[u64]) -> oneshot::OneShotOutp
             vec![("x".to_string(), dims.to_vec())]
         },
         settings: defaults(),
+        algorithms: Default::default(),
         jobs: None,
     };
     oneshot::quantize(&job, |_, _| {}).unwrap()

@@ -93,6 +93,9 @@ struct PipelineState {
     /// Evaluation doubles a cold debug build; the random-edit test keeps it for one seed only,
     /// and the reproducibility and corruption tests, which build the shipped manifest, keep it.
     evaluate: bool,
+    /// `algorithms` of `htp` (and so of `htp-a16`, which extends it).
+    cle: bool,
+    bias_correction: bool,
 }
 
 impl PipelineState {
@@ -108,6 +111,8 @@ impl PipelineState {
             samples: list.lines().map(str::to_owned).collect(),
             next_sample: 0,
             evaluate: true,
+            cle: false,
+            bias_correction: false,
         }
     }
 
@@ -131,12 +136,17 @@ impl PipelineState {
              [targets.htp]\nbackend = \"htp\"\ncalibration = \"textlines\"\noverrides = [\"head\"]\n\
              act_bitwidth = {}\nweights_bitwidth = 8\nbias_bitwidth = 32\n\
              act_quantizer_calibration = \"{}\"\nparam_quantizer_schema = \"symmetric\"\n\
-             use_per_channel_quantization = {}\n{}\n\
+             use_per_channel_quantization = {}\nalgorithms = [{}]\n{}\n\
              [targets.htp-a16]\nextends = \"htp\"\nact_bitwidth = 16\n\n\
              [targets.gpu]\nbackend = \"gpu\"\nfloat_bitwidth = 16\n",
             self.act_bitwidth,
             self.act_calibration,
             self.per_channel,
+            [(self.cle, "\"cle\""), (self.bias_correction, "\"bias_correction\"")]
+                .iter()
+                .filter_map(|(on, name)| on.then_some(*name))
+                .collect::<Vec<_>>()
+                .join(", "),
             if self.evaluate { "evaluate = \"textlines\"\n" } else { "" }
         )
         .unwrap();
@@ -324,9 +334,11 @@ enum Edit {
     ActCalibration,
     PerChannel,
     AddModel,
+    ToggleCle,
+    ToggleBiasCorrection,
 }
 
-const EDITS: [Edit; 7] = [
+const EDITS: [Edit; 9] = [
     Edit::OverrideRange,
     Edit::AddSample,
     Edit::RemoveSample,
@@ -334,8 +346,10 @@ const EDITS: [Edit; 7] = [
     Edit::ActCalibration,
     Edit::PerChannel,
     Edit::AddModel,
+    Edit::ToggleCle,
+    Edit::ToggleBiasCorrection,
 ];
-const SEEDS: [u64; 3] = [1, 2, 3];
+const SEEDS: [u64; 3] = [1, 2, 4];
 const EDITS_PER_SEED: usize = 5;
 
 /// Applies `edit` to `state` (and to the files that are not rendered from it) in `root`.
@@ -371,6 +385,8 @@ fn apply(edit: Edit, state: &mut PipelineState, root: &Path, rng: &mut Rng) {
             }
         }
         Edit::PerChannel => state.per_channel = !state.per_channel,
+        Edit::ToggleCle => state.cle = !state.cle,
+        Edit::ToggleBiasCorrection => state.bias_correction = !state.bias_correction,
         Edit::AddModel => {
             let name = format!("cls{}", state.extra_models.len() + 2);
             fs::copy(
@@ -448,7 +464,21 @@ fn incremental_builds_after_random_edits_equal_clean_builds() {
                     );
                     assert!(count("samples_reused") >= 1, "{context}: {}", summary.json);
                 }
-                Edit::RemoveSample | Edit::ActCalibration | Edit::AddModel => {}
+                // The model changed for `htp` and `htp-a16` alike: one transform, and (unless
+                // the store has the statistics of that model already) one calibration for both.
+                Edit::ToggleCle if state.cle && !state.bias_correction => {
+                    assert!(count("transforms_run") <= 1, "{context}: {}", summary.json);
+                    assert!(
+                        count("samples_run") <= state.samples.len() as u64,
+                        "{context}: the equalized model was calibrated more than once: {}",
+                        summary.json
+                    );
+                }
+                Edit::RemoveSample
+                | Edit::ActCalibration
+                | Edit::AddModel
+                | Edit::ToggleCle
+                | Edit::ToggleBiasCorrection => {}
             }
             if edit == Edit::OverrideRange {
                 assert!(count("tensors_encoded") >= 1, "{context}: {}", summary.json);

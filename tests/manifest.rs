@@ -78,6 +78,7 @@ fn htp_quantization(settings: QuantizerSettings) -> Quantization {
         calibration: "textlines".into(),
         overrides: vec!["head".into()],
         ignore_quantization_overrides: false,
+        algorithms: Default::default(),
         settings,
     }
 }
@@ -172,6 +173,7 @@ fn good_manifest_applies_aliases_defaults_and_extends_chains() {
                 calibration: "textlines".into(),
                 overrides: vec![],
                 ignore_quantization_overrides: false,
+                algorithms: Default::default(),
                 settings: QuantizerSettings {
                     act_bitwidth: Bitwidth::B8,
                     weights_bitwidth: Bitwidth::B8,

@@ -289,3 +289,41 @@ fn encoding_version_1_0_0_has_the_same_encodings_as_0_6_1() {
     let new_params = new["param_encodings"].as_array().unwrap();
     assert_eq!(old_params.len(), new_params.len());
 }
+
+/// `--algorithms cle` equalizes the model before calibrating, writes the equalized model beside
+/// the encodings and reports what it did; an unknown algorithm is a usage error.
+#[test]
+fn algorithms_cle_writes_the_equalized_model_and_reports_it() {
+    let Some(scratch) = Scratch::new(4) else {
+        return;
+    };
+    let (code, _, stderr) = scratch.quantize("plain.json", &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = scratch.quantize(
+        "cle.json",
+        &["--algorithms", "cle", "--output_model", "cle.qdq.onnx"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("Transform"), "{stderr}");
+    assert!(stderr.contains("equalized"), "{stderr}");
+    let equalized = scratch.path("cls.prep.cle.onnx");
+    assert!(stderr.contains("cls.prep.cle.onnx"), "{stderr}");
+    assert_ne!(
+        read(&equalized),
+        read(Path::new(&scratch.model())),
+        "the equalized model is the original"
+    );
+    // The encodings are of the equalized model: its weights, so other values.
+    assert_ne!(
+        read(&scratch.path("cle.json")),
+        read(&scratch.path("plain.json"))
+    );
+    assert!(scratch.path("cle.qdq.onnx").exists());
+
+    let (code, stdout, stderr) = scratch.quantize("bad.json", &["--algorithms", "adaround"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(stderr.contains("--algorithms"), "{stderr}");
+    assert!(stderr.contains("cle or bias_correction"), "{stderr}");
+    assert!(!scratch.path("bad.json").exists());
+}

@@ -358,6 +358,7 @@ pub(crate) fn summary_json(report: &BuildReport) -> serde_json::Value {
         "evaluations_run": c.evaluations_run,
         "eval_samples_run": c.eval_samples_run,
         "eval_samples_reused": c.eval_samples_reused,
+        "transforms_run": c.transforms_run,
         "wall_ms": report.wall_ms,
         "targets": targets,
         "errors": report.errors().count() + report.unknown.len(),

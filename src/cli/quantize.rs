@@ -13,6 +13,7 @@ use crate::encoding::{Bitwidth, Schema};
 use crate::engine::oneshot::{self, OneShot, OneShotError};
 use crate::export::aimet::EncodingVersion;
 use crate::quantizer::{CalibrationMethod, LegacyQuantizer, Percentile, QuantizerSettings};
+use crate::transform::Algorithms;
 
 /// Options, spelled as qairt-quantizer spells them.
 #[derive(Args, Debug)]
@@ -77,6 +78,16 @@ pub struct QuantizeArgs {
     /// weight rule), as AIMET does.
     #[arg(long = "calibrate_with_quantized_weights")]
     calibrate_with_quantized_weights: bool,
+    /// Model transforms to run before calibration: `cle` (cross-layer equalization with
+    /// BatchNorm folding and high-bias absorption), `bias_correction`; comma-separated or
+    /// repeated.
+    #[arg(long = "algorithms", value_delimiter = ',', value_parser = parse_algorithm,
+          action = clap::ArgAction::Append, value_name = "NAME")]
+    algorithms: Vec<&'static str>,
+    /// Where to write the transformed float model the encodings refer to, when `--algorithms`
+    /// is given [default: `MODEL.cle.onnx` (or `.bc`, `.cle.bc`) beside the encodings].
+    #[arg(long = "output_float_model", value_name = "MODEL.cle.onnx")]
+    output_float_model: Option<PathBuf>,
     /// Also write the QDQ ONNX model (QuantizeLinear/DequantizeLinear on every encoding).
     #[arg(long = "output_model", value_name = "MODEL.qdq.onnx")]
     output_model: Option<PathBuf>,
@@ -131,11 +142,50 @@ fn parse_percentile(s: &str) -> Result<Percentile, String> {
         .ok_or_else(|| format!("percentile must be a number in [90, 100], not `{s}`"))
 }
 
+fn parse_algorithm(s: &str) -> Result<&'static str, String> {
+    Algorithms::NAMES
+        .into_iter()
+        .find(|name| *name == s)
+        .ok_or_else(|| {
+            format!(
+                "unknown algorithm `{s}` (expected {})",
+                Algorithms::NAMES.join(" or ")
+            )
+        })
+}
+
 fn parse_version(s: &str) -> Result<EncodingVersion, String> {
     s.parse::<EncodingVersion>().map_err(|e| e.to_string())
 }
 
 impl QuantizeArgs {
+    /// The transforms `--algorithms` names.
+    fn algorithms(&self) -> Algorithms {
+        let mut algorithms = Algorithms::default();
+        for name in &self.algorithms {
+            algorithms.enable(name);
+        }
+        algorithms
+    }
+
+    /// Where the transformed float model goes: `None` when no transform runs.
+    fn float_model_path(&self) -> Option<PathBuf> {
+        let infix = self.algorithms().file_infix()?;
+        if let Some(path) = &self.output_float_model {
+            return Some(path.clone());
+        }
+        let stem = self
+            .input_network
+            .file_stem()
+            .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+        let folder = self
+            .output_encodings
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        Some(folder.join(format!("{stem}.{infix}.onnx")))
+    }
+
     /// The settings these options give, qairt-quantizer's defaults (the quantizer's own) for
     /// every option not given.
     fn settings(&self) -> QuantizerSettings {
@@ -220,6 +270,7 @@ pub fn run(args: QuantizeArgs) -> ExitCode {
         },
         input_dims,
         settings: args.settings(),
+        algorithms: args.algorithms(),
         jobs: args.jobs,
     };
     shell.status(
@@ -247,8 +298,25 @@ pub fn run(args: QuantizeArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    for event in &output.transforms.events {
+        if event.is_warning() {
+            shell.warn(event.to_string().trim_start_matches("warning: "));
+        } else {
+            shell.status("Transform", event.to_string());
+        }
+    }
     for warning in &output.warnings {
         shell.warn(warning);
+    }
+    if let Some(path) = args.float_model_path() {
+        if let Err(err) = crate::atomic::write(&path, &output.model.to_bytes()) {
+            shell.error(format!("cannot write {}: {err}", path.display()));
+            return ExitCode::from(EXIT_FAILURE);
+        }
+        shell.status(
+            "Wrote",
+            format!("transformed float model {}", path.display()),
+        );
     }
     if let Err(err) = output
         .encodings

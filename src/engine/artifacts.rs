@@ -11,12 +11,14 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
+use super::correct::model_graph;
 use super::db::Db;
 use super::encode::{UnitEncodings, unit_encodings};
 use super::error::BuildError;
 use super::evaluate::unit_evaluation;
 use super::export::{unit_encodings_json, unit_qdq_model};
 use super::keys::Unit;
+use super::model::model_key;
 use super::plan::{UnitPlan, unit_plan};
 use crate::overrides::FixedEncoding;
 
@@ -31,7 +33,16 @@ pub struct Artifacts {
     pub qdq_model: Option<Arc<[u8]>>,
     /// The evaluation (targets with `evaluate`): `report.html` and the terminal summary.
     pub evaluation: Option<Arc<super::evaluate::UnitEvaluation>>,
+    /// The transformed float model the encodings refer to, `model.{infix}.onnx` (targets with
+    /// `algorithms`): its file name and bytes.
+    pub transformed_model: Option<(String, Arc<[u8]>)>,
 }
+
+/// Every name a transformed model's file can have, so a unit that stops transforming (or
+/// transforms differently) removes the file it wrote before, as a clean build would not have
+/// it.
+pub const TRANSFORMED_MODEL_FILES: [&str; 3] =
+    ["model.cle.onnx", "model.bc.onnx", "model.cle.bc.onnx"];
 
 /// paths, times or thread counts, so equal inputs give equal bytes on any machine.
 #[salsa::tracked(returns(ref))]
@@ -50,12 +61,27 @@ pub fn unit_artifacts<'db>(db: &'db dyn Db, unit: Unit<'db>) -> Result<Arc<Artif
         .as_ref()
         .map_err(Clone::clone)?
         .clone();
-    let report_json = unit_report(plan, encodings, evaluation.as_ref().map(|e| &e.report));
+    let transformed = match plan.algorithms().file_infix() {
+        Some(infix) => model_graph(db, model_key(db, unit, plan))
+            .as_ref()
+            .map_err(Clone::clone)?
+            .transformed
+            .clone()
+            .map(|t| (format!("model.{infix}.onnx"), t)),
+        None => None,
+    };
+    let report_json = unit_report(
+        plan,
+        encodings,
+        transformed.as_ref().map(|(_, t)| t.lines.as_slice()),
+        evaluation.as_ref().map(|e| &e.report),
+    );
     Ok(Arc::new(Artifacts {
         encodings_json,
         report_json,
         qdq_model,
         evaluation,
+        transformed_model: transformed.map(|(name, t)| (name, t.bytes.clone())),
     }))
 }
 
@@ -88,11 +114,13 @@ fn entry(fixed: &FixedEncoding) -> Value {
     }
 }
 
-/// The report of one unit, pretty-printed JSON with a trailing newline; `evaluation` is the
-/// evaluation's report as a JSON value, when the target is evaluated.
+/// The report of one unit, pretty-printed JSON with a trailing newline; `transforms` is the
+/// model transforms' report, one line per event, when the target transforms its model;
+/// `evaluation` is the evaluation's report as a JSON value, when the target is evaluated.
 pub fn unit_report(
     plan: &UnitPlan,
     encodings: &UnitEncodings,
+    transforms: Option<&[String]>,
     evaluation: Option<&Value>,
 ) -> String {
     let section = |map: &std::collections::BTreeMap<String, FixedEncoding>| {
@@ -119,6 +147,12 @@ pub fn unit_report(
         "activation_encodings": section(&encodings.activations),
         "param_encodings": section(&encodings.parameters),
     });
+    if let (Some(lines), Value::Object(fields)) = (transforms, &mut report) {
+        fields.insert(
+            "transforms".to_string(),
+            json!({ "algorithms": plan.algorithms().to_string(), "report": lines }),
+        );
+    }
     if let (Some(evaluation), Value::Object(fields)) = (evaluation, &mut report) {
         fields.insert("evaluation".to_string(), evaluation.clone());
     }

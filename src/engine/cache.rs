@@ -79,6 +79,45 @@ const STATISTICS_NAMES: [&str; 5] = names(&STATISTICS_FIELDS);
 /// Statistics of every activation over one calibration sample.
 pub const STATISTICS: Kind = Kind::new("statistics", 5).keyed_by(&STATISTICS_NAMES);
 
+const INPUT_MEANS_FIELDS: [Field; 5] = [
+    field("version", "the transforms' version"),
+    field(
+        "model",
+        "digest of the model measured (the one bias correction corrects)",
+    ),
+    field("runtime", "the float runtime and its exact version"),
+    field(
+        "input",
+        "per file of the sample, in the order the input-list line gives them: the input name (empty for a bare path)",
+    ),
+    field("file", "and the digest of the file's bytes"),
+];
+const INPUT_MEANS_NAMES: [&str; 5] = names(&INPUT_MEANS_FIELDS);
+/// Every correctable layer's mean input patch over one calibration sample.
+pub const INPUT_MEANS: Kind = Kind::new("input-means", 1).keyed_by(&INPUT_MEANS_NAMES);
+
+const TRANSFORMED_MODELS_FIELDS: [Field; 6] = [
+    field("transform", "`cle` or `bias_correction`"),
+    field("version", "the transforms' version"),
+    field("runtime", "the float runtime and its exact version"),
+    field(
+        "model",
+        "*cle*: digest of the ONNX file; *bias_correction*: digest of the model it corrects",
+    ),
+    field(
+        "inputs",
+        "*cle*: stable digest of the `input_dims`; *bias_correction*: of its samples' `input-means` keys, in list order",
+    ),
+    field(
+        "settings",
+        "*cle*: stable digest of its options; *bias_correction*: of the quantizer settings and the target's overrides (the weight encodings)",
+    ),
+];
+const TRANSFORMED_MODELS_NAMES: [&str; 6] = names(&TRANSFORMED_MODELS_FIELDS);
+/// A model transformed (equalized or bias-corrected), with its report.
+pub const TRANSFORMED_MODELS: Kind =
+    Kind::new("transformed-models", 1).keyed_by(&TRANSFORMED_MODELS_NAMES);
+
 const MERGED_FIELDS: [Field; 2] = [
     field("samples", "their count"),
     field("sample", "per sample, in list order, its `statistics` key"),
@@ -131,7 +170,10 @@ pub const EVALUATION_VERSION: u32 = 1;
 const EVALUATIONS_FIELDS: [Field; 10] = [
     field("version", "the evaluation's version"),
     field("runtime", "the float runtime and its exact version"),
-    field("model", "digest of the float ONNX file"),
+    field(
+        "model",
+        "digest of the float ONNX file (of the transformed model's bytes when the target transforms it; with bias correction, stable digest of the corrected and the uncorrected model's, the float side of the comparison)",
+    ),
     field("input_dims", "stable digest of the `input_dims`"),
     field("encodings", "blake3 of the unit's `encodings.json`"),
     field("list", "digest of the eval input list"),
@@ -156,7 +198,10 @@ pub const EVALUATIONS: Kind =
 
 const RUN_STRUCTURES_FIELDS: [Field; 4] = [
     field("runtime", "the float runtime and its exact version"),
-    field("model", "digest of the ONNX file"),
+    field(
+        "model",
+        "digest of the ONNX file (of the transformed model's bytes when transformed)",
+    ),
     field("input_dims", "stable digest of the `input_dims`"),
     field(
         "parameters",
@@ -169,7 +214,10 @@ pub const RUN_STRUCTURES: Kind = Kind::new("run-structures", 1).keyed_by(&RUN_ST
 
 const FLOAT_TRACES_FIELDS: [Field; 5] = [
     field("runtime", "the float runtime and its exact version"),
-    field("model", "digest of the ONNX file"),
+    field(
+        "model",
+        "digest of the ONNX file (of the transformed model's bytes when transformed)",
+    ),
     field("input_dims", "stable digest of the `input_dims`"),
     field("input", "per file of the sample: the input name"),
     field("file", "and the file's digest"),
@@ -191,7 +239,10 @@ pub const FLOAT_TOTALS: Kind = Kind::new("eval-float-totals", 1).keyed_by(&FLOAT
 
 const SIM_TRACES_FIELDS: [Field; 7] = [
     field("runtime", "the float runtime and its exact version"),
-    field("model", "digest of the ONNX file"),
+    field(
+        "model",
+        "digest of the ONNX file (of the transformed model's bytes when transformed)",
+    ),
     field("input_dims", "stable digest of the `input_dims`"),
     field(
         "parameters",
@@ -224,11 +275,25 @@ pub const UNIT_STATE: Kind = Kind::new("unit-state", 2).keyed_by(&UNIT_NAMES);
 /// Every kind of entry the build writes, in data-flow order.
 pub const KINDS: &[KindSpec] = &[
     KindSpec {
+        kind: TRANSFORMED_MODELS,
+        holds: "a transformed float model (cross-layer equalized, or bias-corrected) and its report lines",
+        payload: Payload::Binary("report lines, then the ONNX bytes, length-prefixed"),
+        fields: &TRANSFORMED_MODELS_FIELDS,
+        why: "a transform is a pure function of the model and its settings (and, for bias correction, of the measured means and the weight encodings); its output's own digest, not this key, names the model for every later stage, so a transform that lands on the same bytes spares them all",
+    },
+    KindSpec {
         kind: STATISTICS,
         holds: "min/max statistics (and histograms, when collected) of every activation over one calibration sample, with the activation names",
         payload: Payload::Binary("activation names, then `stats::encode_all`"),
         fields: &STATISTICS_FIELDS,
         why: "the activations depend on the model bytes, its fixed shapes (in the bytes), the sample's contents and the executor; names of files never enter. The byte codec is exact, histograms included, so every calibration method's statistics survive the process",
+    },
+    KindSpec {
+        kind: INPUT_MEANS,
+        holds: "for every layer bias correction can correct (Conv, ConvTranspose, Gemm with constant weights): its output name and the mean, over one sample's positions, of each input element its weights multiply",
+        payload: Payload::Binary("per layer: name, then the `f64` sums, length-prefixed"),
+        fields: &INPUT_MEANS_FIELDS,
+        why: "what one sample's float run through the model measures, like `statistics`; the means of a list are their average, so a new sample runs alone",
     },
     KindSpec {
         kind: MERGED_STATISTICS,

@@ -8,24 +8,24 @@
 //! range from re-encoding it.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::cache::{MERGED_STATISTICS, RUNTIME, STATISTICS, lookup_bytes};
+use super::correct::model_graph;
 use super::db::Db;
 use super::error::{BuildError, display_path};
-use super::inputs::{source_file, text_of};
+use super::inputs::source_file;
 use super::keys::{CalibrationKey, SampleKey, TensorKey, Unit};
 use super::log::SampleRun;
-use super::model::{model_graph, model_key};
+use super::model::model_key;
 use super::overrides::unit_overrides;
 use super::plan::unit_plan;
-use super::source::SourceFile;
+use super::samples::{SampleLine, listed_sample, load_sample, sample_count, sample_file_digests};
 use super::stored::{
     decode_merged_statistics, decode_sample_statistics, encode_merged_statistics,
     encode_sample_statistics, stable_digest,
 };
-use crate::calib::{CalibError, InputList, NonFinite, Sample};
+use crate::calib::NonFinite;
 use crate::quantizer::{self, SampleStatistics, Warning, statistics_settings};
 use crate::run::FloatRunner;
 use crate::stats::TensorStatistics;
@@ -42,21 +42,12 @@ pub fn unit_calibration<'db>(
     };
     Ok(Some(CalibrationKey::new(
         db,
-        model_key(db, plan),
+        model_key(db, unit, plan),
         source_file(db, list),
         statistics_settings(settings).histogram,
         settings.calibrate_with_quantized_weights.then_some(unit),
         unit.project(db).context(db),
     )))
-}
-
-/// The input list, parsed.
-#[salsa::tracked(returns(ref), no_eq)]
-pub fn input_list(db: &dyn Db, list: SourceFile) -> Result<Arc<InputList>, BuildError> {
-    let text = text_of(db, list, "input list")?;
-    InputList::parse(Path::new(&display_path(list.path(db))), text)
-        .map(Arc::new)
-        .map_err(|e| BuildError::List(Arc::new(e)))
 }
 
 /// The model bytes calibration runs and their digest (the statistics key's model field).
@@ -107,6 +98,11 @@ pub fn calibration_model<'db>(
                 rewritten: Some(bytes),
             }
         }
+        // A transformed model is named by its own bytes' digest, already at hand.
+        None if key.cle(db) || key.corrected_for(db).is_some() => CalibrationModel {
+            rewritten: None,
+            digest: model_graph(db, key).as_ref().map_err(Clone::clone)?.content,
+        },
         // Re-serializing a large model only to digest it cost more than the rest of an edit's
         // calibration lookups; the file digest and the dims name the same bytes.
         None => CalibrationModel {
@@ -152,68 +148,6 @@ pub fn float_runner<'db>(
         })
 }
 
-/// The number of samples of a calibration.
-pub fn sample_count<'db>(
-    db: &'db dyn Db,
-    calibration: CalibrationKey<'db>,
-) -> Result<usize, BuildError> {
-    let list = input_list(db, calibration.list(db))
-        .as_ref()
-        .map_err(Clone::clone)?;
-    Ok(list.samples.len())
-}
-
-/// One line of the input list as far as statistics care: its files (input name and path), and
-/// the parsed line itself for reading the sample.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SampleLine {
-    /// The files in the order written.
-    pub files: Vec<(Option<String>, PathBuf)>,
-    /// The line as parsed.
-    pub sample: Sample,
-    /// The list's path as given to the parser.
-    pub list_path: PathBuf,
-}
-
-/// The projection of the input list on one sample: adding a line re-runs this for every
-/// sample, but only the new one gets a new value, so only it is calibrated.
-#[salsa::tracked(returns(ref))]
-pub fn sample_line<'db>(db: &'db dyn Db, sample: SampleKey<'db>) -> Option<SampleLine> {
-    let list = input_list(db, sample.calibration(db).list(db))
-        .as_ref()
-        .ok()?;
-    let line = list.samples.get(sample.index(db))?;
-    Some(SampleLine {
-        files: line
-            .files
-            .iter()
-            .map(|f| (f.input.clone(), f.path.clone()))
-            .collect(),
-        sample: line.clone(),
-        list_path: list.path.clone(),
-    })
-}
-
-/// [`sample_line`], or the reason there is none: the list's own error when it failed to parse,
-/// or that it changed (shrank) under the build.
-fn listed_sample<'db>(
-    db: &'db dyn Db,
-    sample: SampleKey<'db>,
-) -> Result<&'db SampleLine, BuildError> {
-    match sample_line(db, sample) {
-        Some(line) => Ok(line),
-        None => {
-            let calibration = sample.calibration(db);
-            input_list(db, calibration.list(db))
-                .as_ref()
-                .map_err(Clone::clone)?;
-            Err(BuildError::Changed {
-                path: display_path(calibration.list(db).path(db)),
-            })
-        }
-    }
-}
-
 /// The statistics of one sample: every captured activation (by name) and its statistics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SampleStats {
@@ -250,51 +184,7 @@ pub fn sample_statistics<'db>(
     let runner = float_runner(db, calibration)
         .as_ref()
         .map_err(Clone::clone)?;
-    // Read through a one-line list built from the projection, not the whole parsed list: a
-    // dependency on the list would re-run every sample whenever a line is added.
-    let one = InputList {
-        path: line.list_path.clone(),
-        outputs: Default::default(),
-        samples: vec![line.sample.clone()],
-        source: Arc::from(""),
-    };
-    let entry = &one.samples[0];
-    let specs = runner.input_specs();
-    let read = one.load(entry, specs).ok().zip(one.bind(entry, specs).ok());
-    let (loaded, bound) = match read {
-        Some(read) => read,
-        None => {
-            // Failed: the whole list's diagnostic points at the right line and span.
-            let list = input_list(db, calibration.list(db))
-                .as_ref()
-                .map_err(Clone::clone)?;
-            let error = match list.samples.get(sample.index(db)) {
-                Some(entry) => list.load(entry, specs).err(),
-                None => None,
-            };
-            return Err(match error {
-                Some(e) => BuildError::List(Arc::new(e)),
-                None => BuildError::Changed {
-                    path: display_path(&line.list_path),
-                },
-            });
-        }
-    };
-    let mut expected = blake3::Hasher::new();
-    for file in bound {
-        let Ok(bytes) = source_file(db, &file.path).bytes(db) else {
-            return Err(BuildError::Changed {
-                path: display_path(&file.path),
-            });
-        };
-        expected.update(&(bytes.len() as u64).to_le_bytes());
-        expected.update(bytes);
-    }
-    if expected.finalize() != loaded.digest {
-        return Err(BuildError::Changed {
-            path: display_path(&line.files[0].1),
-        });
-    }
+    let loaded = load_sample(db, sample, line, runner.input_specs())?;
     let statistics = quantizer::sample_statistics(
         runner,
         &loaded,
@@ -330,14 +220,7 @@ fn sample_statistics_key(
     line: &SampleLine,
 ) -> Result<Digest, BuildError> {
     let calibration = sample.calibration(db);
-    let mut digests = Vec::with_capacity(line.files.len());
-    for (input, path) in &line.files {
-        let file = source_file(db, path);
-        match file.digest(db) {
-            Some(digest) => digests.push((input, digest)),
-            None => return Err(missing_sample(db, sample, path, file)),
-        }
-    }
+    let digests = sample_file_digests(db, sample, line)?;
     let model = calibration_model(db, calibration)
         .as_ref()
         .map_err(Clone::clone)?;
@@ -380,35 +263,6 @@ pub fn merged_statistics_stored(db: &dyn Db, calibration: CalibrationKey<'_>) ->
     match merged_statistics_key(db, calibration) {
         Ok(key) => store.contains(MERGED_STATISTICS, key),
         Err(_) => false,
-    }
-}
-
-/// The input list's own diagnostic for a sample file that cannot be read.
-fn missing_sample(db: &dyn Db, sample: SampleKey<'_>, path: &Path, file: SourceFile) -> BuildError {
-    let reason = match file.contents(db) {
-        Err(e) => e.to_string(),
-        Ok(_) => "unreadable".to_string(),
-    };
-    let calibration = sample.calibration(db);
-    match input_list(db, calibration.list(db)) {
-        Ok(list) => {
-            let entry = &list.samples[sample.index(db)];
-            let span = entry
-                .files
-                .iter()
-                .find(|f| f.path == path)
-                .map(|f| f.span)
-                .unwrap_or(entry.span);
-            BuildError::List(Arc::new(CalibError::ReadSample {
-                line: entry.line,
-                path: PathBuf::from(display_path(path)),
-                list_dir: list.dir(),
-                reason,
-                src: list.named_source(),
-                span,
-            }))
-        }
-        Err(e) => e.clone(),
     }
 }
 

@@ -11,11 +11,12 @@ use std::sync::Arc;
 
 use super::cache::{ENCODINGS, lookup};
 use super::calibrate::{merged_statistics, tensor_statistics, unit_calibration};
+use super::correct::model_graph;
 use super::db::Db;
 use super::error::{BuildError, display_path};
 use super::keys::{TensorKey, Unit};
 use super::log::TensorRun;
-use super::model::{model_graph, model_key, unit_model_key};
+use super::model::{model_key, unit_model_key};
 use super::overrides::{tensor_override, unit_overrides};
 use super::plan::unit_plan;
 use super::stored::{StoredEncoding, StoredTensorEntry, stable_digest};
@@ -67,7 +68,7 @@ pub struct TensorPlan {
 #[salsa::tracked(returns(ref))]
 pub fn unit_tensors<'db>(db: &'db dyn Db, unit: Unit<'db>) -> Result<Arc<TensorPlan>, BuildError> {
     let plan = unit_plan(db, unit).as_ref().map_err(Clone::clone)?;
-    let model = model_graph(db, model_key(db, plan))
+    let model = model_graph(db, model_key(db, unit, plan))
         .as_ref()
         .map_err(Clone::clone)?;
     let graph = &model.graph;
@@ -175,7 +176,7 @@ pub fn tensor_encoding<'db>(
         });
     };
     let tensors = unit_tensors(db, unit).as_ref().map_err(Clone::clone)?;
-    let model_key = unit_model_key(db, unit).unwrap_or_else(|| model_key(db, plan));
+    let model_key = unit_model_key(db, unit).unwrap_or_else(|| model_key(db, unit, plan));
     let model = model_graph(db, model_key).as_ref().map_err(Clone::clone)?;
     let graph = &model.graph;
     let Some(job) = tensors.jobs.get(name).copied() else {
@@ -439,7 +440,7 @@ pub fn unit_encodings<'db>(
     };
     match &plan.target.precision {
         Precision::Float { float_bitwidth } => {
-            let model = model_graph(db, model_key(db, plan))
+            let model = model_graph(db, model_key(db, unit, plan))
                 .as_ref()
                 .map_err(Clone::clone)?;
             let bits =
@@ -473,6 +474,12 @@ pub fn unit_encodings<'db>(
             // The coarse results first: their errors are the ones to report, and the
             // projections below read them as plain values.
             let overrides = unit_overrides(db, unit).as_ref().map_err(Clone::clone)?;
+            let model = model_graph(db, model_key(db, unit, plan))
+                .as_ref()
+                .map_err(Clone::clone)?;
+            if let Some(transformed) = &model.transformed {
+                out.warnings.extend(transform_warnings(&transformed.lines));
+            }
             out.warnings.extend(overrides.warnings.iter().cloned());
             let mut data_warnings = Vec::new();
             if let Some(calibration) = unit_calibration(db, unit)? {
@@ -521,6 +528,36 @@ pub fn unit_encodings<'db>(
         }
     }
     Ok(Arc::new(out))
+}
+
+/// The warnings among a transform report's lines, the same ones grouped into one line: a model
+/// without BatchNorm data warns for every equalized pair, and one line says it as well as ten.
+fn transform_warnings(lines: &[String]) -> Vec<String> {
+    let mut groups: Vec<(String, usize)> = Vec::new();
+    for line in lines {
+        let Some(warning) = line.strip_prefix("warning: ") else {
+            continue;
+        };
+        // Group by what the warning says, not by the layers it names.
+        let kind = warning.split(':').next().unwrap_or(warning);
+        match groups
+            .iter_mut()
+            .find(|(first, _)| first.split(':').next() == Some(kind))
+        {
+            Some((_, count)) => *count += 1,
+            None => groups.push((warning.to_string(), 1)),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(first, count)| match count {
+            1 => first,
+            n => format!(
+                "{first} (and {} more pairs like it; `report.json` lists them under `transforms`)",
+                n - 1
+            ),
+        })
+        .collect()
 }
 
 /// The unit's encodings as the library's [`ModelEncodings`]: channel axes from the per-tensor

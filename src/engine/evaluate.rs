@@ -36,7 +36,8 @@ use super::cache::{
     EVALUATIONS, FLOAT_TOTALS, FLOAT_TRACES, RUN_STRUCTURES, RUNTIME, SIM_TRACES, lookup,
     lookup_bytes,
 };
-use super::calibrate::{input_list, merged_statistics, unit_calibration};
+use super::calibrate::{merged_statistics, unit_calibration};
+use super::correct::model_graph;
 use super::db::Db;
 use super::encode::model_encodings;
 use super::error::{BuildError, display_path};
@@ -44,8 +45,9 @@ use super::export::unit_encodings_json;
 use super::inputs::source_file;
 use super::keys::{BuildContext, ModelKey, Unit};
 use super::log::{WorkLog, WorkRecord};
-use super::model::{LoadedModel, model_graph, model_key};
+use super::model::{LoadedModel, model_key, uncorrected_key};
 use super::plan::{UnitPlan, unit_eval_set, unit_plan};
+use super::samples::input_list;
 use super::source::{FileError, FileSnapshot, SourceFile};
 use super::stored::stable_digest;
 use crate::calib::{CalibError, InputList};
@@ -201,11 +203,11 @@ pub fn run_structure<'db>(
     sim: Option<SimModel<'db>>,
     context: BuildContext,
 ) -> Result<Arc<RunStructure>, BuildError> {
-    let Some(model_digest) = model.file(db).digest(db) else {
-        return Err(BuildError::Changed {
-            path: display_path(model.file(db).path(db)),
-        });
-    };
+    // The loaded model's content digest: the file's, or the transformed bytes'.
+    let model_digest = model_graph(db, model)
+        .as_ref()
+        .map_err(Clone::clone)?
+        .content;
     let mut key = KeyBuilder::new(RUN_STRUCTURES)
         .str("runtime", RUNTIME)
         .digest("model", &model_digest)
@@ -476,6 +478,10 @@ struct EvaluationInputs<'db> {
     model: ModelKey<'db>,
     loaded: &'db Arc<LoadedModel>,
     model_digest: Digest,
+    /// The float model the quantized one is compared with: the unit's model before bias
+    /// correction (which moves biases to make the *quantized* model match it), else the model.
+    float_model: ModelKey<'db>,
+    float_digest: Digest,
     encodings_digest: Digest,
     list_file: SourceFile,
     list: &'db Arc<InputList>,
@@ -537,13 +543,14 @@ fn evaluation_inputs<'db>(
         .as_ref()
         .map_err(Clone::clone)?;
     let encodings_digest = Digest::of(json.as_bytes());
-    let model = model_key(db, plan);
+    let model = model_key(db, unit, plan);
     let loaded = model_graph(db, model).as_ref().map_err(Clone::clone)?;
-    let Some(model_digest) = model.file(db).digest(db) else {
-        return Err(BuildError::Changed {
-            path: display_path(&plan.model.path),
-        });
-    };
+    let model_digest = loaded.content;
+    let float_model = uncorrected_key(db, model);
+    let float_digest = model_graph(db, float_model)
+        .as_ref()
+        .map_err(Clone::clone)?
+        .content;
     let list_file = source_file(db, &set.input_list);
     let list = input_list(db, list_file).as_ref().map_err(Clone::clone)?;
     let samples = eval_sample_digests(db, list)?;
@@ -567,6 +574,8 @@ fn evaluation_inputs<'db>(
         model,
         loaded,
         model_digest,
+        float_model,
+        float_digest,
         encodings_digest,
         list_file,
         list,
@@ -628,7 +637,14 @@ fn evaluation_key(db: &dyn Db, inputs: &EvaluationInputs<'_>) -> Digest {
     KeyBuilder::new(EVALUATIONS)
         .u64("version", u64::from(EVALUATION_VERSION))
         .str("runtime", RUNTIME)
-        .digest("model", &inputs.model_digest)
+        .digest(
+            "model",
+            &if inputs.float_digest == inputs.model_digest {
+                inputs.model_digest
+            } else {
+                stable_digest(&(inputs.model_digest, inputs.float_digest))
+            },
+        )
         .digest("input_dims", &stable_digest(inputs.model.input_dims(db)))
         .digest("encodings", &inputs.encodings_digest)
         .digest(
@@ -673,7 +689,7 @@ fn stored_traces<'a>(
         .map(|sample| {
             let mut key = KeyBuilder::new(FLOAT_TRACES)
                 .str("runtime", RUNTIME)
-                .digest("model", &inputs.model_digest)
+                .digest("model", &inputs.float_digest)
                 .digest("input_dims", &input_dims);
             for file in &sample.files {
                 let digest = source_file(db, &file.path)
@@ -723,8 +739,13 @@ fn run_evaluation(
     let encodings = model_encodings(db, unit)?;
     let parameters = SimParameters::of(&loaded.graph, &encodings);
     let sim_model = SimModel::new(db, model, parameters);
-    let structure = |sim| {
-        run_structure(db, model, sim, store_and_log)
+    let structure = |sim: Option<SimModel<'_>>| {
+        let of = if sim.is_some() {
+            model
+        } else {
+            inputs.float_model
+        };
+        run_structure(db, of, sim, store_and_log)
             .as_ref()
             .map(|s| Arc::unwrap_or_clone(s.clone()))
             .map_err(Clone::clone)
@@ -784,7 +805,7 @@ fn evaluation_runners(
     sim_model: SimModel<'_>,
     encodings: &ModelEncodings,
 ) -> Result<(Arc<FloatRunner>, QuantSim), BuildError> {
-    let float = evaluation_float_runner(db, inputs.model)
+    let float = evaluation_float_runner(db, inputs.float_model)
         .as_ref()
         .map_err(Clone::clone)?
         .clone();

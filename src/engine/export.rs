@@ -5,13 +5,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::correct::model_graph;
 use super::db::Db;
 use super::encode::{
     Section, UnitEncodings, encoded_from_own_range, tensor_encoding, unit_encodings, unit_tensors,
 };
 use super::error::{BuildError, display_path};
 use super::keys::{TensorKey, Unit};
-use super::model::{model_graph, model_key};
+use super::model::model_key;
 use super::plan::{UnitPlan, unit_plan};
 use crate::export::aimet::{AimetEncodings, EncodingVersion as AimetVersion};
 use crate::export::qdq;
@@ -114,7 +115,7 @@ pub fn unit_qdq_model<'db>(
         .as_ref()
         .map_err(Clone::clone)?;
     let digest = qdq::encodings_digest(json.as_bytes());
-    let model = model_graph(db, model_key(db, plan))
+    let model = model_graph(db, model_key(db, unit, plan))
         .as_ref()
         .map_err(Clone::clone)?;
     let export_error = |message: String| BuildError::Export {
@@ -159,7 +160,7 @@ pub fn qdq_tensor<'db>(
     };
     let tensors = unit_tensors(db, unit).as_ref().map_err(Clone::clone)?;
     let own_range = encoded_from_own_range(tensors, name, encoded);
-    let model = model_graph(db, model_key(db, plan))
+    let model = model_graph(db, model_key(db, unit, plan))
         .as_ref()
         .map_err(Clone::clone)?;
     // The graph holds every float parameter decoded already; anything else (an activation, a

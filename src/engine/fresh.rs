@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::cache::{BUILD_RECORD, ENCODINGS, FILE_STAMPS, STATISTICS, UNIT_STATE};
-use super::calibrate::input_list;
 use super::db::{Database, Db};
 use super::encode::UnitEncodings;
 use super::error::display_path;
@@ -22,6 +21,7 @@ use super::keys::{BuildContext, Unit};
 use super::log::WorkRecord;
 use super::outcome::{ProjectSpec, UnitDone};
 use super::plan::{UnitPlan, plan_of, unit_eval_set};
+use super::samples::input_list;
 use super::source::StampedDigest;
 use super::stored::{Reader, Writer, stable_digest};
 use crate::encoding::Bitwidth;
@@ -122,6 +122,8 @@ fn unit_fingerprint(db: &Database, unit: Unit<'_>, plan: &UnitPlan) -> Option<Di
         ENCODINGS.version(),
         STATISTICS.version(),
         super::evaluate::EVALUATION_VERSION,
+        super::cache::TRANSFORMED_MODELS.version(),
+        super::model::TRANSFORM_VERSION,
     );
     let cwd = std::env::current_dir().ok();
     Some(stable_digest(&(versions, cwd, plan, &eval, digests)))

@@ -55,7 +55,7 @@ mod ids {
         pub model: String,
     }
 
-    /// A model file with its input dims fixed.
+    /// A model file with its input dims fixed, and the transforms applied to it.
     #[salsa::interned(debug)]
     pub struct ModelKey<'db> {
         /// The ONNX file.
@@ -64,6 +64,17 @@ mod ids {
         /// `input_dims`, sorted by input name.
         #[returns(ref)]
         pub input_dims: Vec<(String, Vec<u64>)>,
+        /// Whether cross-layer equalization runs (it reads only the model, so every target
+        /// asking for it shares the result).
+        #[returns(copy)]
+        pub cle: bool,
+        /// The unit whose weight encodings and calibration data bias correction measures, when
+        /// the model is bias-corrected (then the model is that target's own).
+        #[returns(copy)]
+        pub corrected_for: Option<super::Unit<'db>>,
+        /// The store transformed models are looked up in (and the log they report to).
+        #[returns(copy)]
+        pub context: BuildContext,
     }
 
     /// Everything calibration statistics depend on: shared by every target that needs the same

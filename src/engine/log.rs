@@ -43,6 +43,8 @@ pub struct WorkRecord {
     pub eval_samples_run: usize,
     /// Eval samples served from their traces (reused, or terminal tensors re-quantized).
     pub eval_samples_reused: usize,
+    /// Model transforms computed (a store miss), as `transform model-path`.
+    pub transforms_run: Vec<String>,
 }
 
 /// A shared, append-only [`WorkRecord`]: the side channel through which queries report work.
@@ -69,6 +71,7 @@ impl WorkLog {
             r.tensors_encoded.extend(other.tensors_encoded);
             r.corruptions.extend(other.corruptions);
             r.store_errors.extend(other.store_errors);
+            r.transforms_run.extend(other.transforms_run);
             r.evaluations_run.extend(other.evaluations_run);
             r.eval_samples_run += other.eval_samples_run;
             r.eval_samples_reused += other.eval_samples_reused;

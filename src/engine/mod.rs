@@ -9,7 +9,10 @@
 //! - `log`, `keys`, `error`, `inputs`: the work log, the salsa ids every query is keyed by,
 //!   `BuildError`, reading files in;
 //! - `cache`, `stored`: the registry of store kinds (the cache contract) and the payloads' forms;
-//! - `plan`, `model`, `overrides`: the manifest as each unit sees it, its model, its overrides;
+//! - `plan`, `model`, `overrides`: the manifest as each unit sees it, its model (equalized when
+//!   the target asks for CLE), its overrides;
+//! - `samples`, `correct`: a calibration's input list and samples; bias correction, the
+//!   transform that measures them, and the front every later stage loads a model through;
 //! - `calibrate`: samples → statistics → merged statistics → each tensor's statistics;
 //! - `encode`: each tensor's encoding, and a unit's encodings;
 //! - `export`, `evaluate`, `artifacts`: `encodings.json` and the QDQ model, the evaluation,
@@ -29,7 +32,7 @@
 //! # The query chain
 //!
 //! ```text
-//! manifest file ──► resolved targets ──► model graph ──► per-sample statistics
+//! manifest file ──► resolved targets ──► model (CLE, bias correction) ──► per-sample statistics
 //!                                                            │
 //!            ┌────────────── merged statistics ◄─────────────┘
 //!            ▼
@@ -112,6 +115,10 @@ mod plan;
 mod model;
 
 mod overrides;
+
+mod samples;
+
+mod correct;
 
 mod calibrate;
 

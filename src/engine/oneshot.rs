@@ -21,6 +21,7 @@ use crate::quantizer::{
     statistics_settings,
 };
 use crate::run::{FloatRunner, RunError};
+use crate::transform::{Algorithms, CleOptions, TransformError, TransformReport};
 
 /// What to quantize, and how.
 #[derive(Debug, Clone)]
@@ -35,6 +36,8 @@ pub struct OneShot {
     pub input_dims: Vec<(String, Vec<u64>)>,
     /// The quantizer settings.
     pub settings: QuantizerSettings,
+    /// The model transforms run before calibration.
+    pub algorithms: Algorithms,
     /// Threads for running samples; `None` for all cores.
     pub jobs: Option<usize>,
 }
@@ -48,8 +51,11 @@ pub struct OneShotOutput {
     pub warnings: Vec<String>,
     /// How many samples were calibrated.
     pub samples: usize,
-    /// The float model as calibrated (input dims fixed), for writing a QDQ model.
+    /// The float model as calibrated (input dims fixed, transforms applied), for writing a QDQ
+    /// model and, when a transform ran, the transformed model itself.
     pub model: OnnxModel,
+    /// What the transforms did (empty when none ran).
+    pub transforms: TransformReport,
     /// The encodings before conversion to the AIMET layout, for writing a QDQ model.
     pub model_encodings: ModelEncodings,
 }
@@ -93,6 +99,14 @@ pub enum OneShotError {
     /// A tensor could not be encoded.
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// A model transform failed.
+    #[error("{}: {source}", model.display())]
+    Transform {
+        /// The model.
+        model: PathBuf,
+        /// What went wrong (boxed: it would make every `Result` of this module large).
+        source: Box<TransformError>,
+    },
 }
 
 // Boxed variants keep `Result<_, OneShotError>` small: these diagnostics carry source text.
@@ -135,6 +149,95 @@ pub fn aimet_encodings(encodings: &ModelEncodings, settings: &QuantizerSettings)
     }
 }
 
+/// Runs `work` on `jobs` threads (all cores when `None`).
+fn in_pool<R: Send>(
+    jobs: Option<usize>,
+    work: impl FnOnce() -> R + Send,
+) -> Result<R, OneShotError> {
+    match jobs {
+        Some(jobs) => Ok(rayon::ThreadPoolBuilder::new()
+            .num_threads(jobs)
+            .build()
+            .map_err(|e| OneShotError::Usage(format!("cannot start {jobs} threads: {e}")))?
+            .install(work)),
+        None => Ok(work()),
+    }
+}
+
+/// Bias correction: every layer's mean input patch measured over the calibration samples on
+/// `model`, then each layer's bias corrected for the shift its own quantized weights cause.
+fn correct_biases(
+    job: &OneShot,
+    model: &OnnxModel,
+    graph: &Graph,
+    overrides: &Overrides,
+    list: &InputList,
+    runner_dims: &[(String, Vec<usize>)],
+) -> Result<(OnnxModel, TransformReport), OneShotError> {
+    let failed = |source| OneShotError::Transform {
+        model: job.model.clone(),
+        source: Box::new(source),
+    };
+    let layers = crate::transform::bias_layers(model).map_err(failed)?;
+    let runner =
+        FloatRunner::new(&model.to_bytes(), runner_dims).map_err(|source| OneShotError::Run {
+            model: job.model.clone(),
+            source,
+        })?;
+    list.check(runner.input_specs())?;
+    let names = runner.activation_names();
+    let measure = |sample: &crate::calib::Sample| -> Result<Vec<Vec<f64>>, OneShotError> {
+        let loaded = list.load(sample, runner.input_specs())?;
+        let mut sums: Vec<Vec<f64>> = layers.iter().map(|l| vec![0.0; l.patch_len()]).collect();
+        let mut problem = None;
+        runner
+            .run(&loaded.tensors, |index, data, shape| {
+                for (layer, sums) in layers.iter().zip(&mut sums) {
+                    if layer.input.as_str() == names[index]
+                        && let Err(e) = layer.accumulate(data, shape, sums)
+                    {
+                        problem.get_or_insert((layer.output.to_string(), e));
+                    }
+                }
+            })
+            .map_err(|source| CalibrationError::Run {
+                line: sample.line,
+                source,
+            })?;
+        match problem {
+            Some((layer, problem)) => Err(failed(TransformError::BiasMeans { layer, problem })),
+            None => Ok(sums),
+        }
+    };
+    // Summed in list order, a batch at a time: float addition in a fixed order gives the same
+    // bits for any thread count, and a batch bounds the memory a long list takes.
+    let mut totals: Vec<Vec<f64>> = layers.iter().map(|l| vec![0.0; l.patch_len()]).collect();
+    for batch in list.samples.chunks(64) {
+        let measured: Vec<Vec<Vec<f64>>> =
+            batch.par_iter().map(measure).collect::<Result<_, _>>()?;
+        for sample in measured {
+            for (total, sums) in totals.iter_mut().zip(sample) {
+                for (t, s) in total.iter_mut().zip(sums) {
+                    *t += s;
+                }
+            }
+        }
+    }
+    let samples = list.samples.len().max(1) as f64;
+    let means: Vec<(crate::graph::TensorName, Vec<f64>)> = layers
+        .iter()
+        .zip(totals)
+        .map(|(layer, mut total)| {
+            total.iter_mut().for_each(|t| *t /= samples);
+            (layer.output.clone(), total)
+        })
+        .collect();
+    let quantized = quantizer::fake_quantized_weights(model, graph, overrides, &job.settings)?;
+    let channel_means =
+        crate::transform::channel_means(model, &quantized, &means).map_err(failed)?;
+    crate::transform::correct_biases(model, &channel_means).map_err(failed)
+}
+
 /// Reads, calibrates and encodes. `progress(done, total)` is called after each sample.
 pub fn quantize(
     job: &OneShot,
@@ -159,7 +262,18 @@ pub fn quantize(
     for (name, dims) in &job.input_dims {
         model.fix_input_dims(name, dims)?;
     }
-    let graph = Graph::from_model(&model)?;
+    let transform_failed = |source| OneShotError::Transform {
+        model: job.model.clone(),
+        source: Box::new(source),
+    };
+    let mut transforms = TransformReport::default();
+    if job.algorithms.cle {
+        let (equalized, report) =
+            crate::transform::equalize(&model, &CleOptions::default()).map_err(transform_failed)?;
+        model = equalized;
+        transforms.events.extend(report.events);
+    }
+    let mut graph = Graph::from_model(&model)?;
     let mut warnings = Vec::new();
     let overrides = match &job.overrides {
         Some(path) => {
@@ -171,18 +285,26 @@ pub fn quantize(
         None => Overrides::default(),
     };
     let settings = &job.settings;
-    let calibration_model = quantizer::calibration_model(&model, &graph, &overrides, settings)?;
-    let bytes = calibration_model.as_ref().unwrap_or(&model).to_bytes();
     let runner_dims: Vec<(String, Vec<usize>)> = job
         .input_dims
         .iter()
         .map(|(name, dims)| (name.clone(), dims.iter().map(|&d| d as usize).collect()))
         .collect();
+    let list = InputList::read(&job.input_list)?;
+    if job.algorithms.bias_correction {
+        let corrected = in_pool(job.jobs, || {
+            correct_biases(job, &model, &graph, &overrides, &list, &runner_dims)
+        })??;
+        model = corrected.0;
+        graph = Graph::from_model(&model)?;
+        transforms.events.extend(corrected.1.events);
+    }
+    let calibration_model = quantizer::calibration_model(&model, &graph, &overrides, settings)?;
+    let bytes = calibration_model.as_ref().unwrap_or(&model).to_bytes();
     let runner = FloatRunner::new(&bytes, &runner_dims).map_err(|source| OneShotError::Run {
         model: job.model.clone(),
         source,
     })?;
-    let list = InputList::read(&job.input_list)?;
     list.check(runner.input_specs())?;
 
     let stats_settings = statistics_settings(settings);
@@ -225,14 +347,7 @@ pub fn quantize(
                 },
             )
     };
-    let (merged, sample_warnings) = match job.jobs {
-        Some(jobs) => rayon::ThreadPoolBuilder::new()
-            .num_threads(jobs)
-            .build()
-            .map_err(|e| OneShotError::Usage(format!("cannot start {jobs} threads: {e}")))?
-            .install(calibrate)?,
-        None => calibrate()?,
-    };
+    let (merged, sample_warnings) = in_pool(job.jobs, calibrate)??;
     let statistics: HashMap<String, _> = runner
         .activation_names()
         .iter()
@@ -248,6 +363,7 @@ pub fn quantize(
         warnings,
         samples: total,
         model,
+        transforms,
         model_encodings: encodings,
     })
 }

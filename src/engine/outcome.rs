@@ -86,6 +86,9 @@ pub struct BuildCounts {
     pub eval_samples_run: usize,
     /// Eval samples those evaluations served from stored traces without running.
     pub eval_samples_reused: usize,
+    /// Model transforms computed (CLE, bias correction), each once however many targets use
+    /// the transformed model; the others were read from the store.
+    pub transforms_run: usize,
 }
 
 /// A unit built successfully.

@@ -8,7 +8,7 @@ use super::db::Db;
 use super::error::{BuildError, display_path};
 use super::inputs::{source_file, text_of};
 use super::keys::{TensorKey, Unit};
-use super::model::{model_graph, model_key};
+use super::model::{model_key, source_model, uncorrected_key};
 use super::plan::unit_plan;
 use super::source::SourceFile;
 use crate::overrides::{self, Override, Overrides, ParsedOverrides};
@@ -43,7 +43,9 @@ pub fn unit_overrides<'db>(
     if plan.overrides.is_empty() {
         return Ok(Arc::new(merged));
     }
-    let model = model_graph(db, model_key(db, plan))
+    // Checked against the model before bias correction: correction renames nothing an
+    // override could name, and must itself read the overrides.
+    let model = source_model(db, uncorrected_key(db, model_key(db, unit, plan)))
         .as_ref()
         .map_err(Clone::clone)?;
     for path in &plan.overrides {

@@ -17,11 +17,11 @@ use std::time::Instant;
 use rayon::ThreadPool;
 use rayon::prelude::*;
 
-use super::artifacts::unit_artifacts;
+use super::artifacts::{TRANSFORMED_MODEL_FILES, unit_artifacts};
 use super::calibrate::{
-    input_list, merged_statistics, merged_statistics_stored, sample_count, sample_statistics,
-    unit_calibration,
+    merged_statistics, merged_statistics_stored, sample_statistics, unit_calibration,
 };
+use super::correct::{means_calibration, model_graph, sample_input_means};
 use super::db::Database;
 use super::encode::unit_encodings;
 use super::error::{BuildError, display_path};
@@ -32,11 +32,12 @@ use super::fresh::{
 use super::inputs::{prefetch, source_file};
 use super::keys::{CalibrationKey, ModelKey, Project, SampleKey, Unit};
 use super::log::{WorkLog, WorkRecord};
-use super::model::{model_graph, model_key};
+use super::model::{model_key, uncorrected_key};
 use super::outcome::{
     BuildCounts, BuildOptions, BuildReport, Progress, ProjectSpec, UnitDone, UnitOutcome,
 };
 use super::plan::{pipeline, plan_of, unit_eval_set};
+use super::samples::{input_list, sample_count};
 use crate::manifest::ResolvedPipeline;
 use crate::store::Digest;
 
@@ -210,6 +211,7 @@ fn calibrate(
             }
         }
     }
+    measure_for_bias_correction(db, units, fresh, pool);
     let mut samples_total = 0;
     for (calibration, users, stale) in &calibrations {
         let Ok(count) = sample_count(db, *calibration) else {
@@ -243,6 +245,44 @@ fn calibrate(
     samples_total
 }
 
+/// Runs the samples bias correction measures, in parallel, for every stale unit that corrects
+/// its model, each model and list once: the corrected model, which calibration then runs, needs
+/// every sample's means.
+fn measure_for_bias_correction(
+    db: &Database,
+    units: &[Unit<'_>],
+    fresh: &[Option<UnitDone>],
+    pool: Option<&ThreadPool>,
+) {
+    let mut measured: Vec<CalibrationKey<'_>> = Vec::new();
+    for (unit, done) in units.iter().zip(fresh) {
+        let Ok(plan) = plan_of(db, *unit) else {
+            continue;
+        };
+        if done.is_some() || !plan.algorithms().bias_correction {
+            continue;
+        }
+        let Ok(Some(calibration)) = means_calibration(db, model_key(db, *unit, plan)) else {
+            continue;
+        };
+        if measured.contains(&calibration) {
+            continue;
+        }
+        measured.push(calibration);
+        let Ok(count) = sample_count(db, calibration) else {
+            continue;
+        };
+        on_pool(db, pool, |db| {
+            (0..count)
+                .into_par_iter()
+                .for_each_with(db.clone(), |db, index| {
+                    // An error is the unit's to report, when it asks for its model.
+                    let _ = sample_input_means(&*db, SampleKey::new(&*db, calibration, index));
+                })
+        });
+    }
+}
+
 /// Loads the models and merged statistics of the stale units side by side: each unit starts
 /// with both, and they would otherwise load one after the other inside the first unit to ask,
 /// on an edit's critical path.
@@ -259,7 +299,7 @@ fn warm_stale_units(
             continue;
         }
         if let Ok(plan) = plan_of(db, *unit) {
-            let model = model_key(db, plan);
+            let model = uncorrected_key(db, model_key(db, *unit, plan));
             if !models.contains(&model) {
                 models.push(model);
             }
@@ -358,6 +398,7 @@ fn count(
         evaluations_run: work.evaluations_run.len(),
         eval_samples_run: work.eval_samples_run,
         eval_samples_reused: work.eval_samples_reused,
+        transforms_run: work.transforms_run.len(),
     }
 }
 
@@ -442,7 +483,7 @@ fn build_unit<'db>(db: &'db Database, unit: Unit<'db>, progress: ProgressFn<'_>)
         let encodings_path = plan.out_dir.join("encodings.json");
         let evaluation = artifacts.evaluation.clone();
         crate::atomic::remove_stale_temporaries(&plan.out_dir);
-        let files: [(&str, Option<&[u8]>); 4] = [
+        let mut files: Vec<(&str, Option<&[u8]>)> = vec![
             ("encodings.json", Some(artifacts.encodings_json.as_bytes())),
             ("report.json", Some(artifacts.report_json.as_bytes())),
             ("model.qdq.onnx", artifacts.qdq_model.as_deref()),
@@ -451,7 +492,14 @@ fn build_unit<'db>(db: &'db Database, unit: Unit<'db>, progress: ProgressFn<'_>)
                 evaluation.as_ref().map(|e| e.html.as_bytes()),
             ),
         ];
-        for (name, bytes) in files {
+        for name in TRANSFORMED_MODEL_FILES {
+            let bytes = match &artifacts.transformed_model {
+                Some((written, bytes)) if written == name => Some(&bytes[..]),
+                _ => None,
+            };
+            files.push((name, bytes));
+        }
+        for &(name, bytes) in &files {
             let path = plan.out_dir.join(name);
             let output_error = |e: io::Error| BuildError::Output {
                 path: display_path(&path),

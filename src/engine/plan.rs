@@ -66,6 +66,14 @@ pub struct UnitPlan {
 }
 
 impl UnitPlan {
+    /// The model transforms the target asks for (none for float targets).
+    pub fn algorithms(&self) -> crate::transform::Algorithms {
+        self.target
+            .quantization()
+            .map(|q| q.algorithms)
+            .unwrap_or_default()
+    }
+
     /// The quantizer settings (`None` for float targets).
     pub fn settings(&self) -> Option<&crate::quantizer::QuantizerSettings> {
         self.target.quantizer()

@@ -41,6 +41,52 @@ pub fn decode_sample_statistics(bytes: &[u8]) -> Option<(Vec<String>, Vec<Tensor
     (statistics.len() == names.len()).then_some((names, statistics))
 }
 
+/// A transformed model as stored: its report lines, then its ONNX bytes (length prefixed).
+pub fn encode_transformed_model(lines: &[String], model: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(model.len() + 64);
+    let mut w = Writer(&mut out);
+    w.strings(lines);
+    w.prefixed_bytes(model);
+    out
+}
+
+/// Reads [`encode_transformed_model`]'s bytes back; `None` when they are not exactly that.
+pub fn decode_transformed_model(bytes: &[u8]) -> Option<(Vec<String>, Vec<u8>)> {
+    let mut r = Reader(bytes);
+    let lines = r.strings()?;
+    let model = r.prefixed_bytes()?.to_vec();
+    r.0.is_empty().then_some((lines, model))
+}
+
+/// One sample's bias-correction means as stored: per layer, its output name and its sums.
+pub fn encode_input_means(layers: &[(String, Vec<f64>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut w = Writer(&mut out);
+    w.count(layers.len());
+    for (name, sums) in layers {
+        w.prefixed_str(name);
+        w.count(sums.len());
+        for &s in sums {
+            w.f64(s);
+        }
+    }
+    out
+}
+
+/// Reads [`encode_input_means`]' bytes back; `None` when they are not exactly that.
+pub fn decode_input_means(bytes: &[u8]) -> Option<Vec<(String, Vec<f64>)>> {
+    let mut r = Reader(bytes);
+    let count = r.count(8)?;
+    let mut layers = Vec::with_capacity(count);
+    for _ in 0..count {
+        let name = r.prefixed_str()?.to_string();
+        let n = r.count(8)?;
+        let sums = (0..n).map(|_| r.f64()).collect::<Option<Vec<f64>>>()?;
+        layers.push((name, sums));
+    }
+    r.0.is_empty().then_some(layers)
+}
+
 /// A calibration's merged statistics as stored: [`encode_sample_statistics`]' bytes (length
 /// prefixed), then the samples whose inputs held NaN or infinite values, each as its label, the
 /// input's name, and the NaN and infinity counts. Those live here because the merged entry is

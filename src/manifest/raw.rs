@@ -17,6 +17,7 @@ use super::{
     Backend, CalibrationMethod, EncodingVersion, FloatBitwidth, LegacyQuantizer, Percentile,
 };
 use crate::encoding::{Bitwidth, Schema};
+use crate::transform::Algorithms;
 
 /// A value the user wrote for a key, with the spelling of the key they used (canonical name or
 /// legacy alias) and both spans, so later checks can point at either.
@@ -163,6 +164,8 @@ pub struct RawQuantizerOptions {
     pub ignore_quantization_overrides: Option<Given<bool>>,
     /// `calibrate_with_quantized_weights`.
     pub calibrate_with_quantized_weights: Option<Given<bool>>,
+    /// `algorithms`, each name checked.
+    pub algorithms: Option<Given<Algorithms>>,
 }
 
 impl RawQuantizerOptions {
@@ -185,6 +188,7 @@ impl RawQuantizerOptions {
             key(&self.per_row),
             key(&self.ignore_quantization_overrides),
             key(&self.calibrate_with_quantized_weights),
+            key(&self.algorithms),
         ]
         .into_iter()
         .flatten()
@@ -234,6 +238,7 @@ pub const TARGET_KEYS: &[&str] = &[
     "use_per_row_quantization",
     "ignore_quantization_overrides",
     "calibrate_with_quantized_weights",
+    "algorithms",
     "act_bw",
     "weight_bw",
     "bias_bw",
@@ -883,6 +888,30 @@ fn target(problems: &mut Problems, name: Spanned<String>, t: &DeTable<'_>) -> Ra
             "overrides" => {
                 if let Some(list) = string_array(problems, key, value, "overrides = [\"head\"]") {
                     out.overrides = Some(at.given(list));
+                }
+            }
+            "algorithms" => {
+                let example = "algorithms = [\"cle\", \"bias_correction\"]";
+                let Some(list) = string_array(problems, key, value, example) else {
+                    continue;
+                };
+                let mut algorithms = Algorithms::default();
+                let mut known = true;
+                for name in &list {
+                    if !algorithms.enable(name.get_ref()) {
+                        known = false;
+                        bad_value(
+                            problems,
+                            key,
+                            &format!("\"{}\"", name.get_ref()),
+                            name.span(),
+                            "unknown algorithm",
+                            suggestion(name.get_ref(), Algorithms::NAMES, "algorithm"),
+                        );
+                    }
+                }
+                if known {
+                    o.algorithms = Some(at.given(algorithms));
                 }
             }
             "calibration" | "evaluate" | "extends" => {

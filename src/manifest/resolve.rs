@@ -17,6 +17,7 @@ use super::{
     ResolvedPipeline, ResolvedTarget,
 };
 use crate::encoding::Bitwidth;
+use crate::transform::Algorithms;
 
 /// Whether resolution checks that the files the manifest names exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -426,6 +427,7 @@ fn inherit(child: &RawTarget, parent: &RawTarget) -> RawTarget {
                 &c.calibrate_with_quantized_weights,
                 &p.calibrate_with_quantized_weights,
             ),
+            algorithms: or(&c.algorithms, &p.algorithms),
         },
     }
 }
@@ -822,6 +824,7 @@ fn quantization(
         calibration: calibration.value.clone(),
         overrides,
         ignore_quantization_overrides: val(&o.ignore_quantization_overrides, false),
+        algorithms: val(&o.algorithms, Algorithms::default()),
         settings: QuantizerSettings {
             act_bitwidth: bitwidths.act,
             weights_bitwidth: bitwidths.weights,

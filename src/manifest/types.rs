@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::Backend;
+use crate::transform::Algorithms;
 
 pub use crate::encoding::FloatBitwidth;
 pub use crate::export::aimet::EncodingVersion;
@@ -122,6 +123,8 @@ pub struct Quantization {
     pub overrides: Vec<String>,
     /// `ignore_quantization_overrides`: build as if `overrides` were empty.
     pub ignore_quantization_overrides: bool,
+    /// `algorithms`: the model transforms run before calibration.
+    pub algorithms: Algorithms,
     /// The settings, defaults applied.
     pub settings: QuantizerSettings,
 }

@@ -242,6 +242,10 @@ struct Grid {
 /// family, which always do).
 const SCREENED: usize = 24;
 
+/// How many times its neighbour's count the last bin must hold to be read as a pile at the
+/// maximum rather than values spread over the bin.
+const PILE: u64 = 64;
+
 /// Grid steps past an observed end that a search over exact values may reach.
 const EXACT_REACH: f64 = 2.0;
 
@@ -332,6 +336,14 @@ impl NoiseSearch {
             if Some(k) == last_bin && at_max > 0 && max > min {
                 points_after = at_max.min(count);
                 count -= points_after;
+            }
+            // A pile in the last bin is a saturation pile too, a few ulps below the maximum
+            // (a sigmoid whose kernel saturates at 1 − 2⁻²¹ with stragglers at 1 − 2⁻²²):
+            // read as spread over the bin, clipping it would look almost free.
+            let previous = occupied.iter().rev().nth(1).map_or(0, |&p| h.counts()[p]);
+            if Some(k) == last_bin && k > 0 && max > min && count > PILE * previous.max(1) {
+                search.push(right, right, count as f64 / total, &mut sums);
+                count = 0;
             }
             if count > 0 {
                 search.push(left, right, count as f64 / total, &mut sums);

@@ -84,11 +84,18 @@ pub fn correct_biases(
                 name
             }
         };
+        // Gemm adds β·C: moving the output by `shift` moves C by `shift / β`.
+        let (_, beta) = super::input_means::gemm_scales(node);
+        if beta == 0.0 {
+            return Err(problem(
+                "a Gemm with beta = 0 ignores its C, so no bias can move".into(),
+            ));
+        }
         let mut max_shift = 0f32;
         for (c, b) in params.get_mut(&graph, &bias).iter_mut().enumerate() {
             let shift = m.quantized[c] - m.float[c];
             max_shift = max_shift.max(shift.abs() as f32);
-            *b = (f64::from(*b) - shift) as f32;
+            *b = (f64::from(*b) - shift / beta) as f32;
         }
         report
             .events

@@ -733,7 +733,7 @@ pub fn channel_means(
 }
 
 /// Gemm's `alpha` and `beta` (1 and 1 for the others, and when absent).
-fn gemm_scales(node: &Node) -> (f64, f64) {
+pub(super) fn gemm_scales(node: &Node) -> (f64, f64) {
     let scale = |name: &str| match node.attributes.get(name) {
         Some(Attribute::Float(v)) if node.op_type == "Gemm" => f64::from(*v),
         _ => 1.0,

@@ -41,6 +41,8 @@ pub use report::{
     TransformEvent, TransformReport,
 };
 
+use std::fmt;
+
 use crate::graph::GraphError;
 use crate::onnx::OnnxError;
 
@@ -71,4 +73,60 @@ pub enum TransformError {
         /// What does not fit.
         problem: String,
     },
+}
+
+/// The model transforms a quantized target asks for: qairt-quantizer's `--algorithms cle`, and
+/// bias correction. They run in a fixed order (CLE, then bias correction), whatever order they
+/// are named in, because bias correction measures the model it corrects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Algorithms {
+    /// `cle`: cross-layer equalization with its BatchNorm folding and high-bias absorption.
+    pub cle: bool,
+    /// `bias_correction`: empirical bias correction from the calibration data.
+    pub bias_correction: bool,
+}
+
+impl Algorithms {
+    /// The names `algorithms = [...]` and `--algorithms` accept.
+    pub const NAMES: [&'static str; 2] = ["cle", "bias_correction"];
+
+    /// Turns on the algorithm `name` spells; `false` for a name that is not one of [`Self::NAMES`].
+    pub fn enable(&mut self, name: &str) -> bool {
+        match name {
+            "cle" => self.cle = true,
+            "bias_correction" => self.bias_correction = true,
+            _ => return false,
+        }
+        true
+    }
+
+    /// Whether any transform runs.
+    pub fn any(self) -> bool {
+        self.cle || self.bias_correction
+    }
+
+    /// The infix of the transformed model's file name, `model.{infix}.onnx`: `cle`, `bc` or
+    /// `cle.bc`; `None` when nothing runs.
+    pub fn file_infix(self) -> Option<&'static str> {
+        match (self.cle, self.bias_correction) {
+            (false, false) => None,
+            (true, false) => Some("cle"),
+            (false, true) => Some("bc"),
+            (true, true) => Some("cle.bc"),
+        }
+    }
+}
+
+impl fmt::Display for Algorithms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = [(self.cle, "cle"), (self.bias_correction, "bias_correction")]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
+        if names.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&names.join(", "))
+        }
+    }
 }
