@@ -5,12 +5,14 @@
 //! a naive loop over random geometries, its refusal of shapes that do not fit, and bias
 //! correction end to end with 4-bit weights.
 
+mod common;
+
+use common::{Values, info};
 use ndarray::{ArrayD, Axis, IxDyn};
 use quant::encoding::Bitwidth;
 use quant::graph::{Graph, TensorName};
 use quant::onnx::{
-    AttributeValue, DType, Dim, GraphContents, NodeContents, OnnxModel, TensorContents,
-    TensorValues, ValueInfo,
+    AttributeValue, DType, GraphContents, NodeContents, OnnxModel, TensorContents, TensorValues,
 };
 use quant::overrides::Overrides;
 use quant::quantizer::{QuantizerSettings, fake_quantized_weights};
@@ -23,30 +25,6 @@ use std::path::Path;
 
 // ---------------------------------------------------------------------------------------------
 // Tiny models (the builder of tests/transform.rs, cut down to one layer)
-
-/// A deterministic generator of values in [-1, 1) (xorshift), so tiny models need no files.
-struct Values(u64);
-
-impl Values {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-
-    fn take(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.next()).collect()
-    }
-}
-
-fn info(name: &str, dims: Option<&[u64]>) -> ValueInfo {
-    ValueInfo {
-        name: name.into(),
-        dtype: Some(DType::Float32),
-        shape: dims.map(|d| d.iter().map(|&n| Dim::Fixed(n)).collect()),
-    }
-}
 
 fn ints(values: &[i64]) -> AttributeValue {
     AttributeValue::Ints(values.to_vec())

@@ -5,12 +5,12 @@
 
 mod common;
 
+use common::{Values, info};
 use ndarray::{ArrayD, IxDyn};
 use quant::calib::InputList;
 use quant::graph::Graph;
 use quant::onnx::{
-    AttributeValue, DType, Dim, GraphContents, NodeContents, OnnxModel, TensorContents,
-    TensorValues, ValueInfo,
+    AttributeValue, DType, GraphContents, NodeContents, OnnxModel, TensorContents, TensorValues,
 };
 use quant::run::FloatRunner;
 use quant::transform::{
@@ -23,22 +23,6 @@ use std::path::Path;
 
 // ---------------------------------------------------------------------------------------------
 // Tiny models
-
-/// A deterministic generator of values in [-1, 1) (xorshift), so tiny models need no files.
-struct Values(u64);
-
-impl Values {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-
-    fn take(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.next()).collect()
-    }
-}
 
 /// Builds tiny models node by node.
 struct Tiny {
@@ -186,14 +170,6 @@ impl Tiny {
     fn finish(mut self, output: &str) -> OnnxModel {
         self.contents.outputs.push(info(output, None));
         OnnxModel::from_contents(&self.contents, Path::new("<tiny>"))
-    }
-}
-
-fn info(name: &str, dims: Option<&[u64]>) -> ValueInfo {
-    ValueInfo {
-        name: name.into(),
-        dtype: Some(DType::Float32),
-        shape: dims.map(|d| d.iter().map(|&n| Dim::Fixed(n)).collect()),
     }
 }
 

@@ -17,10 +17,12 @@ use super::error::{BuildError, display_path};
 use super::inputs::source_file;
 use super::keys::{CalibrationKey, SampleKey, TensorKey, Unit};
 use super::log::SampleRun;
-use super::model::model_key;
+use super::model::{model_key, runner_dims};
 use super::overrides::unit_overrides;
 use super::plan::unit_plan;
-use super::samples::{SampleLine, listed_sample, load_sample, sample_count, sample_file_digests};
+use super::samples::{
+    SampleLine, key_files, listed_sample, load_sample, sample_count, sample_file_digests,
+};
 use super::stored::{
     decode_merged_statistics, decode_sample_statistics, encode_merged_statistics,
     encode_sample_statistics, stable_digest,
@@ -126,12 +128,7 @@ pub fn float_runner<'db>(
     let model = calibration_model(db, calibration)
         .as_ref()
         .map_err(Clone::clone)?;
-    let dims: Vec<(String, Vec<usize>)> = calibration
-        .model(db)
-        .input_dims(db)
-        .iter()
-        .map(|(name, dims)| (name.clone(), dims.iter().map(|&d| d as usize).collect()))
-        .collect();
+    let dims = runner_dims(calibration.model(db).input_dims(db));
     let bytes = match &model.rewritten {
         Some(bytes) => bytes.to_vec(),
         None => model_graph(db, calibration.model(db))
@@ -224,16 +221,11 @@ fn sample_statistics_key(
     let model = calibration_model(db, calibration)
         .as_ref()
         .map_err(Clone::clone)?;
-    let mut key = KeyBuilder::new(STATISTICS)
+    let key = KeyBuilder::new(STATISTICS)
         .digest("model", &model.digest)
         .str("runtime", RUNTIME)
         .bool("histogram", calibration.histogram(db));
-    for (input, digest) in &digests {
-        key = key
-            .str("input", input.as_deref().unwrap_or(""))
-            .digest("file", digest);
-    }
-    Ok(key.finish())
+    Ok(key_files(key, &digests).finish())
 }
 
 /// The store key of a calibration's merged statistics: its samples' keys in list order (so

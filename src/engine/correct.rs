@@ -12,11 +12,12 @@ use super::inputs::source_file;
 use super::keys::{CalibrationKey, ModelKey, SampleKey};
 use super::log::SampleRun;
 use super::model::{
-    LoadedModel, TRANSFORM_VERSION, TransformedModel, loaded, source_model, uncorrected_key,
+    LoadedModel, TRANSFORM_VERSION, TransformedModel, loaded, runner_dims, source_model,
+    uncorrected_key,
 };
 use super::overrides::unit_overrides;
 use super::plan::unit_plan;
-use super::samples::{listed_sample, load_sample, sample_count, sample_file_digests};
+use super::samples::{key_files, listed_sample, load_sample, sample_count, sample_file_digests};
 use super::stored::{
     decode_input_means, decode_transformed_model, encode_input_means, encode_transformed_model,
     stable_digest,
@@ -79,12 +80,7 @@ pub fn means_runner<'db>(
     model: ModelKey<'db>,
 ) -> Result<Arc<FloatRunner>, BuildError> {
     let loaded = source_model(db, model).as_ref().map_err(Clone::clone)?;
-    let dims: Vec<(String, Vec<usize>)> = model
-        .input_dims(db)
-        .iter()
-        .map(|(name, dims)| (name.clone(), dims.iter().map(|&d| d as usize).collect()))
-        .collect();
-    FloatRunner::new(&loaded.onnx.to_bytes(), &dims)
+    FloatRunner::new(&loaded.onnx.to_bytes(), &runner_dims(model.input_dims(db)))
         .map(Arc::new)
         .map_err(|e| BuildError::Runner {
             path: display_path(model.file(db).path(db)),
@@ -100,16 +96,11 @@ fn sample_means_key(db: &dyn Db, sample: SampleKey<'_>) -> Result<Digest, BuildE
     let model = source_model(db, calibration.model(db))
         .as_ref()
         .map_err(Clone::clone)?;
-    let mut key = KeyBuilder::new(INPUT_MEANS)
+    let key = KeyBuilder::new(INPUT_MEANS)
         .u64("version", TRANSFORM_VERSION)
         .digest("model", &model.content)
         .str("runtime", RUNTIME);
-    for (input, digest) in &digests {
-        key = key
-            .str("input", input.as_deref().unwrap_or(""))
-            .digest("file", digest);
-    }
-    Ok(key.finish())
+    Ok(key_files(key, &digests).finish())
 }
 
 /// A sample's means: from the store when kept, otherwise the sample is run through the model

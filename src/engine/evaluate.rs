@@ -45,7 +45,7 @@ use super::export::unit_encodings_json;
 use super::inputs::source_file;
 use super::keys::{BuildContext, ModelKey, Unit};
 use super::log::{WorkLog, WorkRecord};
-use super::model::{LoadedModel, model_key, uncorrected_key};
+use super::model::{LoadedModel, model_key, runner_dims, uncorrected_key};
 use super::plan::{UnitPlan, unit_eval_set, unit_plan};
 use super::samples::input_list;
 use super::source::{FileError, FileSnapshot, SourceFile};
@@ -392,12 +392,6 @@ pub fn evaluation_float_runner<'db>(
             path: display_path(model.file(db).path(db)),
             message: e.to_string(),
         })
-}
-
-fn runner_dims(dims: &[(String, Vec<u64>)]) -> Vec<(String, Vec<usize>)> {
-    dims.iter()
-        .map(|(name, dims)| (name.clone(), dims.iter().map(|&d| d as usize).collect()))
-        .collect()
 }
 
 fn eval_error(error: impl Into<EvalError>) -> BuildError {

@@ -104,6 +104,13 @@ pub fn source_key<'db>(db: &'db dyn Db, key: ModelKey<'db>) -> ModelKey<'db> {
     )
 }
 
+/// `input_dims` as the runner takes them.
+pub fn runner_dims(dims: &[(String, Vec<u64>)]) -> Vec<(String, Vec<usize>)> {
+    dims.iter()
+        .map(|(name, dims)| (name.clone(), dims.iter().map(|&d| d as usize).collect()))
+        .collect()
+}
+
 fn dims(plan: &UnitPlan) -> Vec<(String, Vec<u64>)> {
     plan.model
         .input_dims

@@ -11,7 +11,7 @@ use super::inputs::{source_file, text_of};
 use super::keys::{CalibrationKey, SampleKey};
 use super::source::SourceFile;
 use crate::calib::{CalibError, InputList, InputSpec, LoadedSample, Sample};
-use crate::store::Digest;
+use crate::store::{Digest, KeyBuilder};
 
 /// The input list, parsed.
 #[salsa::tracked(returns(ref), no_eq)]
@@ -190,4 +190,15 @@ pub fn load_sample(
         });
     }
     Ok(loaded)
+}
+
+/// Adds a sample's files to a store key: per file, its input name (empty for a bare path) and
+/// its digest, in the order the line gives them.
+pub fn key_files(mut key: KeyBuilder, digests: &[(&Option<String>, Digest)]) -> KeyBuilder {
+    for (input, digest) in digests {
+        key = key
+            .str("input", input.as_deref().unwrap_or(""))
+            .digest("file", digest);
+    }
+    key
 }

@@ -121,3 +121,31 @@ pub fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A deterministic generator of values in [-1, 1) (xorshift), so tiny models need no files.
+pub struct Values(pub u64);
+
+impl Values {
+    /// The next value.
+    pub fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// The next `n` values.
+    pub fn take(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+}
+
+/// A float32 value info of fixed dims (`None`: no shape).
+pub fn info(name: &str, dims: Option<&[u64]>) -> quant::onnx::ValueInfo {
+    use quant::onnx::{DType, Dim, ValueInfo};
+    ValueInfo {
+        name: name.into(),
+        dtype: Some(DType::Float32),
+        shape: dims.map(|d| d.iter().map(|&n| Dim::Fixed(n)).collect()),
+    }
+}
