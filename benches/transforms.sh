@@ -9,6 +9,7 @@
 #   FIXTURES  the fixtures folder (default ../shared/fixtures)
 #   FORM      canonical (BatchNorms present, the default) or prep (folded by onnxruntime)
 # Needs a Python with onnxruntime as $PYTHON (default .venv/bin/python) for the cross-check.
+# ONLY=cost runs only the last part: the cost of CLE in a det build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QUANT="$(realpath "${1:-target/release/quant}")"
@@ -18,6 +19,7 @@ PYTHON="${PYTHON:-.venv/bin/python}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
+if [ "${ONLY:-}" != cost ]; then
 {
     cat <<TOML
 [pipeline]
@@ -110,6 +112,7 @@ for model in ("cls", "det"):
                 ort = "—"
             print(f"| {target} | {sim} | {ort} |")
 PY
+fi
 
 # The cost of CLE in a build: det alone, no evaluation, cold (empty store each time), plain
 # against `algorithms = ["cle"]`, alternating, 3 times each; medians and their ratio.
