@@ -53,6 +53,7 @@ fn render_warnings(parsed: &ParsedOverrides) -> String {
 /// The tensors of a small model shaped like the seed's three-Conv example.
 fn seed_model() -> ModelTensors {
     ModelTensors {
+        removed: Default::default(),
         activations: ["data_0", "conv1_1", "conv2_1", "conv3_1", "relu_0"]
             .map(String::from)
             .into(),

@@ -327,3 +327,48 @@ fn algorithms_cle_writes_the_equalized_model_and_reports_it() {
     assert!(stderr.contains("cle or bias_correction"), "{stderr}");
     assert!(!scratch.path("bad.json").exists());
 }
+
+/// An override naming a tensor that CLE folds away (a Conv's output before its BatchNorm) is
+/// told why the tensor is gone, not that it never existed; without CLE it applies.
+#[test]
+fn an_override_of_a_folded_away_tensor_says_cle_removed_it() {
+    let Some(scratch) = Scratch::new(2) else {
+        return;
+    };
+    std::fs::write(
+        scratch.path("overrides.json"),
+        r#"{"activation_encodings": {"conv2d_53.tmp_0": [{"bitwidth": 8, "dtype": "int",
+            "is_symmetric": "False", "min": -4.0, "max": 4.0}]}, "param_encodings": {}}"#,
+    )
+    .unwrap();
+    let model = scratch
+        .fixtures
+        .join("models/cls.onnx")
+        .display()
+        .to_string();
+    let args = |extra: &[&'static str]| {
+        let mut args = vec![
+            "quantize",
+            "--input_network",
+            model.as_str(),
+            "--input_list",
+            "list.txt",
+            "--output_encodings",
+            "out.json",
+            "--input_dim",
+            "x",
+            "1,3,48,192",
+            "--quantization_overrides",
+            "overrides.json",
+        ];
+        args.extend_from_slice(extra);
+        args
+    };
+    let (code, _, stderr) = scratch.run(&args(&[]));
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = scratch.run(&args(&["--algorithms", "cle"]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("removed_by_transform"), "{stderr}");
+    assert!(stderr.contains("conv2d_53.tmp_0"), "{stderr}");
+    assert!(stderr.contains("folded it away"), "{stderr}");
+}

@@ -149,7 +149,16 @@ pub fn source_model<'db>(
         let equalized = equalized_model(db, model).as_ref().map_err(Clone::clone)?;
         let onnx =
             OnnxModel::from_bytes(&equalized.bytes, path).map_err(|e| failed(e.to_string()))?;
-        return loaded(onnx, equalized.digest, Some(equalized.clone())).map_err(failed);
+        let source = source_model(db, source_key(db, model))
+            .as_ref()
+            .map_err(Clone::clone)?;
+        let mut equalized =
+            loaded(onnx, equalized.digest, Some(equalized.clone())).map_err(failed)?;
+        // Just built, so not shared yet.
+        if let Some(loaded) = Arc::get_mut(&mut equalized) {
+            loaded.tensors = std::mem::take(&mut loaded.tensors).removed_from(&source.tensors);
+        }
+        return Ok(equalized);
     }
     let bytes = file
         .bytes(db)

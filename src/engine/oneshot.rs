@@ -267,7 +267,10 @@ pub fn quantize(
         source: Box::new(source),
     };
     let mut transforms = TransformReport::default();
+    // What overrides could name before CLE, so one naming a folded-away tensor is told so.
+    let mut source_tensors = ModelTensors::default();
     if job.algorithms.cle {
+        source_tensors = ModelTensors::of(&Graph::from_model(&model)?);
         let (equalized, report) =
             crate::transform::equalize(&model, &CleOptions::default()).map_err(transform_failed)?;
         model = equalized;
@@ -278,7 +281,7 @@ pub fn quantize(
     let overrides = match &job.overrides {
         Some(path) => {
             let parsed = overrides::read(path)?;
-            parsed.validate(&ModelTensors::of(&graph))?;
+            parsed.validate(&ModelTensors::of(&graph).removed_from(&source_tensors))?;
             warnings.extend(parsed.warnings.iter().map(|w| w.to_string()));
             parsed.overrides
         }

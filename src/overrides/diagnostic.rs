@@ -93,6 +93,12 @@ pub enum ErrorKind {
         /// The model's nearest names, best first.
         suggestions: Vec<String>,
     },
+    /// A name the model file has but the target's transforms removed.
+    #[error("tensor `{tensor}` is not in the model once its transforms ran")]
+    RemovedByTransform {
+        /// The name in the file.
+        tensor: String,
+    },
     /// A per-channel list whose length is not the parameter's channel count.
     #[error(
         "tensor `{tensor}` has {found} per-channel encodings, but the model's tensor has {expected} channels"
@@ -154,6 +160,7 @@ impl ErrorKind {
                         .join(", ")
                 ),
             },
+            ErrorKind::RemovedByTransform { .. } => "`algorithms` folded it away: a BatchNorm folded into the layer before it leaves that layer writing the BatchNorm's output, so name the BatchNorm's output instead (`report.json` lists every fold under `transforms`); a folded BatchNorm's parameters are gone".into(),
             ErrorKind::ChannelCount { expected, .. } => format!(
                 "give exactly {expected} entries (one per output channel), or one entry for a per-tensor encoding"
             ),
@@ -167,6 +174,7 @@ impl ErrorKind {
         match self {
             ErrorKind::MalformedJson(_) => "here",
             ErrorKind::UnknownTensor { .. } => "unknown tensor",
+            ErrorKind::RemovedByTransform { .. } => "removed by a transform",
             ErrorKind::ChannelCount { .. } => "wrong number of channels",
             ErrorKind::InvalidBitwidth { .. } => "invalid bitwidth",
             ErrorKind::Duplicate(_) => "listed again here",
@@ -189,6 +197,7 @@ impl ErrorKind {
             ErrorKind::PerChannelNotSymmetric { .. } => "quant::overrides::per_channel_symmetric",
             ErrorKind::Duplicate(_) => "quant::overrides::duplicate",
             ErrorKind::UnknownTensor { .. } => "quant::overrides::unknown_tensor",
+            ErrorKind::RemovedByTransform { .. } => "quant::overrides::removed_by_transform",
             ErrorKind::ChannelCount { .. } => "quant::overrides::channel_count",
             ErrorKind::PerChannelActivation { .. } => "quant::overrides::per_channel_activation",
         }

@@ -215,6 +215,10 @@ pub struct ModelTensors {
     pub activations: BTreeSet<TensorName>,
     /// Parameter tensors (initializers and `Constant` outputs) with their output-channel count.
     pub parameters: BTreeMap<TensorName, usize>,
+    /// Tensors of the model file that the target's transforms removed (the output of a layer a
+    /// BatchNorm was folded into, the BatchNorm's parameters): an override naming one is told
+    /// why it is gone rather than that it never existed.
+    pub removed: BTreeSet<TensorName>,
 }
 
 impl ModelTensors {
@@ -244,7 +248,22 @@ impl ModelTensors {
         ModelTensors {
             activations,
             parameters,
+            removed: BTreeSet::new(),
         }
+    }
+
+    /// These tensors, noting which of `source`'s (the model before its transforms) they lost.
+    pub fn removed_from(mut self, source: &ModelTensors) -> ModelTensors {
+        self.removed = source
+            .activations
+            .iter()
+            .chain(source.parameters.keys())
+            .filter(|name| {
+                !self.activations.contains(*name) && !self.parameters.contains_key(*name)
+            })
+            .cloned()
+            .collect();
+        self
     }
 }
 
@@ -312,6 +331,10 @@ impl ParsedOverrides {
                     (channels != 1).then(|| ErrorKind::PerChannelActivation {
                         tensor: name.clone(),
                         found: channels,
+                    })
+                } else if model.removed.contains(name) {
+                    Some(ErrorKind::RemovedByTransform {
+                        tensor: name.clone(),
                     })
                 } else {
                     Some(ErrorKind::UnknownTensor {
@@ -447,6 +470,7 @@ mod tests {
                 .map(String::from)
                 .into(),
             parameters: [("conv1_w_0".to_string(), 8)].into(),
+            removed: Default::default(),
         };
         assert_eq!(nearest_names("conv9_1", &model), ["conv1_1", "conv2_1"]);
         assert_eq!(
