@@ -38,9 +38,15 @@ pub fn pipeline<'db>(
             })));
         }
     };
-    crate::manifest::resolve_text(&text, Path::new(project.shown_as(db)), FileCheck::Skip)
-        .map(Arc::new)
-        .map_err(|e| BuildError::Manifest(Arc::new(e)))
+    // Paths resolve against the manifest's own folder; `shown_as` only names it.
+    crate::manifest::resolve_text_as(
+        &text,
+        file.path(db),
+        Path::new(project.shown_as(db)),
+        FileCheck::Skip,
+    )
+    .map(Arc::new)
+    .map_err(|e| BuildError::Manifest(Arc::new(e)))
 }
 
 /// What one unit builds, taken out of the pipeline so that an edit elsewhere in the manifest

@@ -65,11 +65,24 @@ pub fn resolve_text(
     path: &Path,
     files: FileCheck,
 ) -> Result<ResolvedPipeline, ManifestError> {
+    resolve_text_as(text, path, path, files)
+}
+
+/// [`resolve_text`] for a manifest at `manifest` that diagnostics name `shown_as` (an embedder's
+/// label, a path relative to another folder): paths resolve against `manifest`'s folder, never
+/// against the label's.
+pub fn resolve_text_as(
+    text: &str,
+    manifest: &Path,
+    shown_as: &Path,
+    files: FileCheck,
+) -> Result<ResolvedPipeline, ManifestError> {
+    let path = shown_as;
     let mut problems = problems_for(text, path);
     let Some(raw) = raw::parse(&mut problems, text) else {
         return Err(invalid(path, problems));
     };
-    let manifest_path = absolute(path);
+    let manifest_path = absolute(manifest);
     let root = manifest_path
         .parent()
         .map(Path::to_path_buf)
