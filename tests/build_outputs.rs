@@ -554,3 +554,46 @@ fn a_sample_full_of_nan_warns_once_per_sample_and_once_per_unit() {
     let stderr_again = String::from_utf8_lossy(&again.stderr);
     assert_eq!(stderr_again.matches(&cause).count(), 1, "{stderr_again}");
 }
+
+/// A target with `algorithms = ["cle"]` writes the equalized model its encodings refer to, and
+/// says what CLE did in `report.json`; its QDQ model is of the equalized model; turning CLE off
+/// removes the file, as a clean build would not have it.
+#[test]
+fn cle_writes_the_equalized_model_and_its_report() {
+    let example = Example::new();
+    let manifest = example.root.join("quant.toml");
+    let text = fs::read_to_string(&manifest).unwrap();
+    let with_cle = text.replace(
+        "use_per_channel_quantization = true\n",
+        "use_per_channel_quantization = true\nalgorithms = [\"cle\"]\n",
+    );
+    assert_ne!(with_cle, text);
+    fs::write(&manifest, &with_cle).unwrap();
+    let summary = example.build_json();
+    // Both quantized targets share one equalized model.
+    assert_eq!(summary["transforms_run"], 1, "{summary}");
+
+    let equalized = OnnxModel::read(&example.out("htp", "model.cle.onnx")).unwrap();
+    let original = OnnxModel::read(&example.root.join("models/cls.onnx")).unwrap();
+    assert_ne!(equalized.to_bytes(), original.to_bytes());
+    for target in QUANTIZED {
+        let report = example.report(target);
+        let lines = report["transforms"]["report"].as_array().unwrap();
+        assert_eq!(report["transforms"]["algorithms"], "cle");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.as_str().unwrap().starts_with("equalized ")),
+            "{target}: {lines:?}"
+        );
+        let encodings = fs::read(example.out(target, "encodings.json")).unwrap();
+        check_qdq_model(&example.out(target, "model.qdq.onnx"), &encodings);
+    }
+    // The gpu target runs the float model as given: no transform.
+    assert!(!example.out("gpu", "model.cle.onnx").exists());
+
+    fs::write(&manifest, &text).unwrap();
+    example.build_json();
+    assert!(!example.out("htp", "model.cle.onnx").exists());
+    assert!(example.report("htp").get("transforms").is_none());
+}
