@@ -166,6 +166,8 @@ pub struct RawQuantizerOptions {
     pub calibrate_with_quantized_weights: Option<Given<bool>>,
     /// `algorithms`, each name checked.
     pub algorithms: Option<Given<Algorithms>>,
+    /// `keep_io_types`: a float16 model's graph inputs and outputs stay float32.
+    pub keep_io_types: Option<Given<bool>>,
 }
 
 impl RawQuantizerOptions {
@@ -239,6 +241,7 @@ pub const TARGET_KEYS: &[&str] = &[
     "ignore_quantization_overrides",
     "calibrate_with_quantized_weights",
     "algorithms",
+    "keep_io_types",
     "act_bw",
     "weight_bw",
     "bias_bw",
@@ -1122,6 +1125,7 @@ fn target(problems: &mut Problems, name: Spanned<String>, t: &DeTable<'_>) -> Ra
                     "use_per_channel_quantization" => &mut o.per_channel,
                     "use_per_row_quantization" => &mut o.per_row,
                     "ignore_quantization_overrides" => &mut o.ignore_quantization_overrides,
+                    "keep_io_types" => &mut o.keep_io_types,
                     _ => &mut o.calibrate_with_quantized_weights,
                 };
                 *slot = Some(at.given(b));

@@ -428,6 +428,7 @@ fn inherit(child: &RawTarget, parent: &RawTarget) -> RawTarget {
                 &p.calibrate_with_quantized_weights,
             ),
             algorithms: or(&c.algorithms, &p.algorithms),
+            keep_io_types: or(&c.keep_io_types, &p.keep_io_types),
         },
     }
 }
@@ -487,6 +488,7 @@ fn check_target(
     } else {
         Precision::Float {
             float_bitwidth: check_float(problems, &backend, t),
+            keep_io_types: val(&t.options.keep_io_types, true),
         }
     };
     (problems.list.len() == errors_before).then(|| ResolvedTarget {

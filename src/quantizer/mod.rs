@@ -12,6 +12,7 @@
 //! function computes one tensor (or one sample) so the build engine can memoize at that grain.
 
 mod calibrate;
+pub mod precision;
 mod settings;
 mod tensor;
 

@@ -164,6 +164,9 @@ pub enum EncodeError {
         /// What does not fit.
         message: String,
     },
+    /// The overrides ask for a precision the specification forbids.
+    #[error(transparent)]
+    Precision(#[from] super::precision::PrecisionError),
 }
 
 /// Every encoding of one model for one target.
@@ -173,6 +176,11 @@ pub struct ModelEncodings {
     pub activations: BTreeMap<String, TensorEncoding>,
     /// Weights, biases and batch-norm parameters, by name.
     pub parameters: BTreeMap<String, TensorEncoding>,
+    /// Ops that do not compute in integer (float or INT32 overrides), by first output.
+    pub ops: BTreeMap<String, crate::onnx::precision::NodePrecision>,
+    /// The integer encoding of each float or INT32 activation an integer op writes or reads:
+    /// what the conversion between them quantizes to.
+    pub converted: BTreeMap<String, TensorEncoding>,
     /// Warnings, deduplicated, in the order they arose.
     pub warnings: Vec<Warning>,
 }
@@ -482,6 +490,8 @@ pub fn encode_model(
     overrides: &Overrides,
     settings: &QuantizerSettings,
 ) -> Result<ModelEncodings, EncodeError> {
+    let implied = super::precision::with_implied_floats(graph, overrides, None);
+    let overrides = &implied;
     let mut out = ModelEncodings::default();
     let warn = |out: &mut ModelEncodings, warnings: Vec<Warning>| {
         for w in warnings {
@@ -557,6 +567,14 @@ pub fn encode_model(
             }
         }
     }
+    let mixed = super::precision::conversions(graph, &out.activations)?;
+    for name in &mixed.converted {
+        let (encoding, _) = encode_activation(name, statistics.get(name), None, settings)?;
+        if let Some(encoding) = encoding {
+            out.converted.insert(name.clone(), encoding);
+        }
+    }
+    out.ops = mixed.ops;
     Ok(out)
 }
 
