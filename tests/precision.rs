@@ -268,3 +268,133 @@ fn an_fp16_conv_runs_in_float16_with_casts() {
     assert_eq!(op, "DequantizeLinear");
     assert_eq!(g.chain(&q_out), ("QuantizeLinear".into(), "conv2_1".into()));
 }
+
+/// Runs `quant quantize` in `dir` with `args`, returning exit code and stderr with `dir` shown
+/// as `<scratch>`.
+fn quantize_in(dir: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(common::quant_bin())
+        .arg("quantize")
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr =
+        String::from_utf8_lossy(&out.stderr).replace(&dir.display().to_string(), "<scratch>");
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+#[test]
+fn precision_usage_errors_are_diagnostics() {
+    let dir = tempfile::tempdir().unwrap();
+    three_convs(dir.path());
+    samples(dir.path(), 4 * 8 * 8);
+    std::fs::write(
+        dir.path().join("int32_conv.json"),
+        "{\n  \"activation_encodings\": {\n    \"data_0\": [{\"bitwidth\": 32, \"dtype\": \"int\"}],\n    \"conv1_1\": [{\"bitwidth\": 32, \"dtype\": \"int\"}]\n  },\n  \"param_encodings\": {}\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("double.json"),
+        "{\n  \"activation_encodings\": {\n    \"conv2_1\": [{\"bitwidth\": 64, \"dtype\": \"double\"}]\n  },\n  \"param_encodings\": {}\n}\n",
+    )
+    .unwrap();
+    let base = [
+        "--input_network",
+        "three_convs.onnx",
+        "--output_encodings",
+        "out.json",
+    ];
+    let cases: [(&str, Vec<&str>, i32); 4] = [
+        (
+            "float fallback with an input list",
+            vec!["--input_list", "list.txt", "--enable_float_fallback"],
+            2,
+        ),
+        ("neither an input list nor float fallback", vec![], 2),
+        (
+            "INT32 on every input and output of a Conv",
+            vec![
+                "--input_list",
+                "list.txt",
+                "--quantization_overrides",
+                "int32_conv.json",
+            ],
+            1,
+        ),
+        (
+            "an unknown dtype",
+            vec![
+                "--enable_float_fallback",
+                "--quantization_overrides",
+                "double.json",
+            ],
+            1,
+        ),
+    ];
+    let mut transcript = Vec::new();
+    for (what, extra, expected) in cases {
+        let args: Vec<&str> = base.iter().copied().chain(extra).collect();
+        let (code, stderr) = quantize_in(dir.path(), &args);
+        assert_eq!(code, expected, "{what}: {stderr}");
+        assert!(
+            !dir.path().join("out.json").exists(),
+            "{what}: wrote output"
+        );
+        transcript.push(format!("## {what} (exit {code})\n{}", stderr.trim_end()));
+    }
+    insta::assert_snapshot!(transcript.join("\n\n"));
+}
+
+#[test]
+fn float_fallback_keeps_the_overrides_and_falls_back_to_float() {
+    let dir = tempfile::tempdir().unwrap();
+    three_convs(dir.path());
+    // conv1's input and output fixed: conv1 is an integer op, its weight encoded from its
+    // values; everything without an encoding is float, and conv2 and conv3 with it.
+    std::fs::write(
+        dir.path().join("fixed.json"),
+        r#"{"activation_encodings": {
+            "data_0": [{"bitwidth": 8, "dtype": "int", "min": -1.0, "max": 1.0}],
+            "conv1_1": [{"bitwidth": 8, "dtype": "int", "min": -2.0, "max": 2.0}]},
+            "param_encodings": {}}"#,
+    )
+    .unwrap();
+    let (code, stderr) = quantize_in(
+        dir.path(),
+        &[
+            "--input_network",
+            "three_convs.onnx",
+            "--enable_float_fallback",
+            "--quantization_overrides",
+            "fixed.json",
+            "--output_encodings",
+            "out.json",
+            "--output_model",
+            "out.qdq.onnx",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("out.json")).unwrap()).unwrap();
+    let a = &json["activation_encodings"];
+    let p = &json["param_encodings"];
+    assert_eq!(a["conv1_1"][0]["dtype"], "int");
+    // The override's range, nudged onto a grid holding zero exactly.
+    assert!((a["conv1_1"][0]["min"].as_f64().unwrap() + 2.0).abs() < 0.01);
+    assert_eq!(p["conv1_w_0"][0]["dtype"], "int");
+    assert_eq!(p["conv1_b_0"][0]["dtype"], "int");
+    for float in ["conv2_1", "conv3_1"] {
+        assert_eq!(a[float][0]["dtype"], "float", "{float}");
+    }
+    for float in ["conv2_w_0", "conv2_b_0", "conv3_w_0"] {
+        assert_eq!(p[float][0]["dtype"], "float", "{float}");
+    }
+    let g = Graph::read(&dir.path().join("out.qdq.onnx"));
+    assert_eq!(g.chain(&g.node("conv1").inputs[1]).0, "DequantizeLinear");
+    assert_eq!(g.chain(&g.node("conv2").inputs[0]).0, "DequantizeLinear");
+    assert_eq!(
+        g.initializers.get(&g.node("conv3").inputs[1]),
+        Some(&DType::Float32)
+    );
+}

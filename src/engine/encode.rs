@@ -193,8 +193,13 @@ pub fn tensor_encoding<'db>(
     // other two float too, at the overriding tensor's bitwidth.
     let ov = tensor_override(db, tensor).clone().or_else(|| {
         let merged = super::overrides::unit_overrides(db, unit).as_ref().ok()?;
-        quantizer::precision::implied_float(graph, &merged.overrides, name, None)
-            .map(|bits| Override::Fixed(FixedEncoding::Float(bits)))
+        quantizer::precision::implied_float(
+            graph,
+            &merged.overrides,
+            name,
+            settings.float_bias_bitwidth.0,
+        )
+        .map(|bits| Override::Fixed(FixedEncoding::Float(bits)))
     });
     let partner = |partner: &str,
                    section: Section|

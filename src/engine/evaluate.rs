@@ -322,6 +322,11 @@ impl SimParameters {
             hasher.update(name.as_bytes());
             crate::eval::trace::hash_encoding(&mut hasher, Some(encoding));
         }
+        for op in parameters.ops.keys() {
+            hasher.update(b"int32 op");
+            hasher.update(&(op.len() as u64).to_le_bytes());
+            hasher.update(op.as_bytes());
+        }
         SimParameters {
             digest: Digest::from(hasher.finalize()),
             encodings: Arc::new(parameters),

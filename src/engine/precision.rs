@@ -107,7 +107,7 @@ pub fn model_encodings(db: &dyn Db, unit: Unit<'_>) -> Result<ModelEncodings, Bu
 pub fn unit_float_model<'db>(
     db: &'db dyn Db,
     unit: Unit<'db>,
-) -> Result<Option<(String, Arc<[u8]>)>, BuildError> {
+) -> Result<Option<NamedModel>, BuildError> {
     let plan = unit_plan(db, unit).as_ref().map_err(Clone::clone)?;
     let Precision::Float {
         float_bitwidth,
@@ -125,23 +125,15 @@ pub fn unit_float_model<'db>(
         message,
     };
     let converted = match float_bitwidth.bits() {
-        16 => {
-            // qairt-converter folds BatchNorm into the layer before it before choosing
-            // precisions; unfolded, a BatchNorm's variance (1e7 in the det model) is beyond
-            // float16's range, and the folded weights are not.
-            let (folded, _) = crate::transform::fold_batch_norms(&model.onnx)
-                .map_err(|e| export_error(e.to_string()))?;
-            let graph = crate::graph::Graph::from_model(&folded)
-                .map_err(|e| export_error(e.to_string()))?;
-            let plan16 = precision::float16_model(&graph, *keep_io_types);
-            folded
-                .with_precisions(&plan16)
-                .map_err(|e| export_error(e.to_string()))?
-        }
+        16 => crate::export::float::float16(&model.onnx, *keep_io_types)
+            .map_err(|e| export_error(e.to_string()))?,
         _ => model.onnx.clone(),
     };
     Ok(Some((name, converted.to_bytes().into())))
 }
+
+/// A model file's name and bytes.
+pub type NamedModel = (String, Arc<[u8]>);
 
 /// The files [`unit_float_model`] may write, so a target that changes bitwidth (or becomes
 /// quantized) loses the other.
