@@ -91,6 +91,7 @@ def session(model, optimize):
 
 
 def main():
+    ort.set_default_logger_severity(3)
     parser = argparse.ArgumentParser()
     parser.add_argument("model")
     parser.add_argument("float_model")
