@@ -22,7 +22,7 @@ fn main() -> miette::Result<()> {
     let job = OneShot {
         model: pipeline.join("models/cls.onnx"),
         // One `.raw` file per line: float32 tensors of the model's input shape.
-        input_list: pipeline.join("calib/input_list.txt"),
+        input_list: Some(pipeline.join("calib/input_list.txt")),
         overrides: None,
         // The export leaves batch, height and width dynamic; calibration needs them fixed.
         input_dims: vec![("x".to_string(), vec![1, 3, 48, 192])],

@@ -37,6 +37,7 @@ fn defaults() -> QuantizerSettings {
         per_channel: false,
         per_row: false,
         calibrate_with_quantized_weights: false,
+        float_bias_bitwidth: Default::default(),
     }
 }
 
@@ -179,7 +180,7 @@ fn first_samples(list: &Path, count: usize, dir: &Path) -> PathBuf {
 fn one_shot(model: PathBuf, list: PathBuf, dims: &[u64]) -> oneshot::OneShotOutput {
     let job = OneShot {
         model,
-        input_list: list,
+        input_list: Some(list),
         overrides: None,
         input_dims: if dims.is_empty() {
             Vec::new()

@@ -70,6 +70,7 @@ fn htp_settings() -> QuantizerSettings {
         per_channel: true,
         per_row: false,
         calibrate_with_quantized_weights: false,
+        float_bias_bitwidth: Default::default(),
     }
 }
 
@@ -187,6 +188,7 @@ fn good_manifest_applies_aliases_defaults_and_extends_chains() {
                     per_channel: false,
                     per_row: false,
                     calibrate_with_quantized_weights: false,
+                    float_bias_bitwidth: Default::default(),
                 },
             }),
         }
@@ -194,14 +196,16 @@ fn good_manifest_applies_aliases_defaults_and_extends_chains() {
     assert_eq!(
         t["gpu"].precision,
         Precision::Float {
-            float_bitwidth: FloatBitwidth::F16
+            float_bitwidth: FloatBitwidth::F16,
+            keep_io_types: true,
         }
     );
     assert_eq!(t["gpu"].evaluate.as_deref(), Some("textlines"));
     assert_eq!(
         t["cpu"].precision,
         Precision::Float {
-            float_bitwidth: FloatBitwidth::F32
+            float_bitwidth: FloatBitwidth::F32,
+            keep_io_types: true,
         }
     );
     assert_eq!(t["cpu"].models, ["cls", "det"]);

@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::shell::Shell;
 use super::{EXIT_FAILURE, EXIT_USAGE};
-use crate::encoding::{Bitwidth, Schema};
+use crate::encoding::{Bitwidth, FloatBitwidth, Schema};
 use crate::engine::oneshot::{self, OneShot, OneShotError};
 use crate::export::aimet::EncodingVersion;
 use crate::quantizer::{CalibrationMethod, LegacyQuantizer, Percentile, QuantizerSettings};
@@ -23,10 +23,31 @@ pub struct QuantizeArgs {
     input_network: PathBuf,
     /// Calibration samples, one line per sample (`path` or `name:=path ...`).
     #[arg(long = "input_list", value_name = "LIST.txt")]
-    input_list: PathBuf,
-    /// Where to write the AIMET encodings JSON.
+    input_list: Option<PathBuf>,
+    /// No calibration: the overrides give the encodings, data-movement outputs share them, and
+    /// every other tensor falls back to float (exclusive with `--input_list`).
+    #[arg(
+        long = "enable_float_fallback",
+        visible_alias = "float_fallback",
+        conflicts_with = "input_list"
+    )]
+    enable_float_fallback: bool,
+    /// Float bitwidth, 16 or 32: of a non-quantized model (no `--input_list`, no float
+    /// fallback: every tensor float), and of tensors that fall back to float.
+    #[arg(long = "float_bitwidth", visible_alias = "float_bw", value_parser = parse_float_bitwidth)]
+    float_bitwidth: Option<FloatBitwidth>,
+    /// Bitwidth of a float op's bias that has no override entry: 16 or 32 [default: the op's].
+    #[arg(long = "float_bias_bitwidth", visible_alias = "float_bias_bw",
+          value_parser = parse_float_bitwidth)]
+    float_bias_bitwidth: Option<FloatBitwidth>,
+    /// A float16 model's graph inputs and outputs stay float32, with casts inside.
+    #[arg(long = "keep_io_types", default_value_t = true, action = clap::ArgAction::Set,
+          value_name = "true|false")]
+    keep_io_types: bool,
+
+    /// Where to write the AIMET encodings JSON (not written for a non-quantized model).
     #[arg(long = "output_encodings", value_name = "ENCODINGS.json")]
-    output_encodings: PathBuf,
+    output_encodings: Option<PathBuf>,
     /// Activation bitwidth (2–16) [default: 8].
     #[arg(long = "act_bitwidth", visible_alias = "act_bw", value_parser = parse_bitwidth)]
     act_bitwidth: Option<Bitwidth>,
@@ -111,6 +132,13 @@ fn parse_bitwidth(s: &str) -> Result<Bitwidth, String> {
     }
 }
 
+fn parse_float_bitwidth(s: &str) -> Result<FloatBitwidth, String> {
+    s.parse::<u32>()
+        .ok()
+        .and_then(FloatBitwidth::new)
+        .ok_or_else(|| format!("float bitwidth must be 16 or 32, not `{s}`"))
+}
+
 fn parse_bias_bitwidth(s: &str) -> Result<Bitwidth, String> {
     match s {
         "8" => Ok(Bitwidth::B8),
@@ -184,7 +212,8 @@ impl QuantizeArgs {
             .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
         let folder = self
             .output_encodings
-            .parent()
+            .as_deref()
+            .and_then(|p| p.parent())
             .map(PathBuf::from)
             .unwrap_or_default();
         Some(folder.join(format!("{stem}.{infix}.onnx")))
@@ -225,7 +254,8 @@ impl QuantizeArgs {
             per_channel: self.use_per_channel_quantization,
             per_row: self.use_per_row_quantization,
             calibrate_with_quantized_weights: self.calibrate_with_quantized_weights,
-            ..defaults
+            float_bitwidth: self.float_bitwidth,
+            float_bias_bitwidth: crate::quantizer::FloatBiasBitwidth(self.float_bias_bitwidth),
         }
     }
 
@@ -247,6 +277,35 @@ impl QuantizeArgs {
     }
 }
 
+/// What `quant quantize` was asked to do.
+enum Mode {
+    /// Calibrate on an input list.
+    Calibrate(PathBuf),
+    /// `--enable_float_fallback`: the overrides give the encodings.
+    FloatFallback,
+    /// Neither, with `--float_bitwidth`: the non-quantized model.
+    NonQuantized(FloatBitwidth),
+}
+
+impl QuantizeArgs {
+    fn mode(&self) -> Result<Mode, String> {
+        match (
+            &self.input_list,
+            self.enable_float_fallback,
+            self.float_bitwidth,
+        ) {
+            (Some(list), _, _) => Ok(Mode::Calibrate(list.clone())),
+            (None, true, _) => Ok(Mode::FloatFallback),
+            (None, false, Some(bits)) => Ok(Mode::NonQuantized(bits)),
+            (None, false, None) => Err("one of --input_list (calibrate) and \
+                 --enable_float_fallback (encodings from --quantization_overrides only) is \
+                 required; for a non-quantized model give --float_bitwidth 16|32 and \
+                 --output_model"
+                .to_string()),
+        }
+    }
+}
+
 /// Runs `quant quantize`.
 pub fn run(args: QuantizeArgs) -> ExitCode {
     let shell = Shell::new();
@@ -264,6 +323,24 @@ pub fn run(args: QuantizeArgs) -> ExitCode {
         shell.error("--jobs must be at least 1");
         return ExitCode::from(EXIT_USAGE);
     }
+    let mode = match args.mode() {
+        Ok(mode) => mode,
+        Err(message) => {
+            shell.error(message);
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if let Mode::NonQuantized(bits) = mode {
+        return non_quantized(&shell, &args, &input_dims, bits, started);
+    }
+    let Some(output_encodings) = args.output_encodings.clone() else {
+        shell.error("--output_encodings is required: where to write the encodings");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let input_list = match &mode {
+        Mode::Calibrate(list) => Some(list.clone()),
+        _ => None,
+    };
     let settings = args.settings();
     if args.pack_4_bit_weights && settings.weights_bitwidth.bits() > 4 {
         shell.warn(format!(
@@ -273,7 +350,7 @@ pub fn run(args: QuantizeArgs) -> ExitCode {
     }
     let job = OneShot {
         model: args.input_network.clone(),
-        input_list: args.input_list.clone(),
+        input_list: input_list.clone(),
         overrides: if args.ignore_quantization_overrides {
             None
         } else {
@@ -284,14 +361,19 @@ pub fn run(args: QuantizeArgs) -> ExitCode {
         algorithms: args.algorithms(),
         jobs: args.jobs,
     };
-    shell.status(
-        "Calibrating",
-        format!(
-            "{} with {}",
-            args.input_network.display(),
-            args.input_list.display()
+    match &input_list {
+        Some(list) => shell.status(
+            "Calibrating",
+            format!("{} with {}", args.input_network.display(), list.display()),
         ),
-    );
+        None => shell.status(
+            "Encoding",
+            format!(
+                "{} from its overrides, the rest in float",
+                args.input_network.display()
+            ),
+        ),
+    }
     let progress = shell.progress("Calibrating", 0);
     let result = oneshot::quantize(&job, |done, total| {
         progress.set_length(total as u64);
@@ -331,11 +413,11 @@ pub fn run(args: QuantizeArgs) -> ExitCode {
     }
     if let Err(err) = output
         .encodings
-        .write(&args.output_encodings, args.encoding_version)
+        .write(&output_encodings, args.encoding_version)
     {
         shell.error(format!(
             "cannot write {}: {err}",
-            args.output_encodings.display()
+            output_encodings.display()
         ));
         return ExitCode::from(EXIT_FAILURE);
     }
@@ -359,7 +441,56 @@ pub fn run(args: QuantizeArgs) -> ExitCode {
             output.encodings.parameters.len(),
             output.samples,
             started.elapsed().as_secs_f64(),
-            args.output_encodings.display()
+            output_encodings.display()
+        ),
+    );
+    ExitCode::SUCCESS
+}
+
+/// The non-quantized mode: the model with every tensor in `bits`, written to `--output_model`.
+fn non_quantized(
+    shell: &Shell,
+    args: &QuantizeArgs,
+    input_dims: &[(String, Vec<u64>)],
+    bits: FloatBitwidth,
+    started: Instant,
+) -> ExitCode {
+    let Some(path) = &args.output_model else {
+        shell.error(
+            "a non-quantized model (no --input_list) is written to --output_model: give its path",
+        );
+        return ExitCode::from(EXIT_USAGE);
+    };
+    if args.output_encodings.is_some() {
+        shell.error(
+            "a non-quantized model has no encodings: drop --output_encodings, or give \
+             --input_list to quantize",
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let made = oneshot::float_model(&args.input_network, input_dims, bits, args.keep_io_types);
+    let model = match made {
+        Ok(model) => model,
+        Err(OneShotError::Usage(message)) => {
+            shell.error(message);
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Err(err) => {
+            shell.diagnostic(err.into_report());
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    if let Err(err) = model.write(path) {
+        shell.error(format!("cannot write {}: {err}", path.display()));
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    shell.status(
+        "Finished",
+        format!(
+            "FP{} model in {:.2}s → {}",
+            bits.bits(),
+            started.elapsed().as_secs_f64(),
+            path.display()
         ),
     );
     ExitCode::SUCCESS

@@ -241,6 +241,16 @@ pub fn fake_quantize_tensor_in_place(
         TensorEncoding::PerChannel { axis, channels } => {
             fake_quantize_per_channel_in_place(data, shape, *axis, channels)
         }
+        // A float16 tensor holds what float16 can: each value rounded to nearest even, as a
+        // Cast to float16 does (saturating at ±65504 is left to infinity, as the cast does).
+        TensorEncoding::Float {
+            bitwidth: FloatBitwidth::F16,
+        } => {
+            for x in data.iter_mut() {
+                *x = half::f16::from_f32(*x).to_f32();
+            }
+            Ok(())
+        }
         TensorEncoding::Float { .. } => Ok(()),
     }
 }
@@ -327,6 +337,17 @@ mod tests {
         };
         fake_quantize_tensor_in_place(&mut data, &[2], &float).unwrap();
         assert_eq!(data, [1.0, 2.0]);
+        // Float16 keeps 11 significant bits: 0.1 becomes the nearest half, 0.0999755859375;
+        // float32 leaves it alone.
+        let mut tenth = [0.1f32];
+        fake_quantize_tensor_in_place(&mut tenth, &[1], &float).unwrap();
+        assert_eq!(tenth, [0.099_975_586]);
+        let single = TensorEncoding::Float {
+            bitwidth: FloatBitwidth::F32,
+        };
+        let mut tenth = [0.1f32];
+        fake_quantize_tensor_in_place(&mut tenth, &[1], &single).unwrap();
+        assert_eq!(tenth, [0.1]);
         assert!(float.encodings().is_empty());
         let e = Encoding::symmetric(1.0, Bitwidth::B8, Schema::Symmetric);
         assert!(matches!(

@@ -20,6 +20,7 @@ use super::export::{unit_encodings_json, unit_qdq_model};
 use super::keys::Unit;
 use super::model::model_key;
 use super::plan::{UnitPlan, unit_plan};
+use super::precision::unit_float_model;
 use crate::overrides::FixedEncoding;
 
 /// The bytes of a unit's output files.
@@ -36,6 +37,9 @@ pub struct Artifacts {
     /// The transformed float model the encodings refer to, `model.{infix}.onnx` (targets with
     /// `algorithms`): its file name and bytes.
     pub transformed_model: Option<(String, Arc<[u8]>)>,
+    /// A float target's model, `model.fp16.onnx` or `model.fp32.onnx`: its file name and
+    /// bytes.
+    pub float_model: Option<(String, Arc<[u8]>)>,
 }
 
 /// Every name a transformed model's file can have, so a unit that stops transforming (or
@@ -54,6 +58,10 @@ pub fn unit_artifacts<'db>(db: &'db dyn Db, unit: Unit<'db>) -> Result<Arc<Artif
         .map_err(Clone::clone)?
         .clone();
     let qdq_model = unit_qdq_model(db, unit)
+        .as_ref()
+        .map_err(Clone::clone)?
+        .clone();
+    let float_model = unit_float_model(db, unit)
         .as_ref()
         .map_err(Clone::clone)?
         .clone();
@@ -82,6 +90,7 @@ pub fn unit_artifacts<'db>(db: &'db dyn Db, unit: Unit<'db>) -> Result<Arc<Artif
         qdq_model,
         evaluation,
         transformed_model: transformed.map(|(name, t)| (name, t.bytes.clone())),
+        float_model,
     }))
 }
 

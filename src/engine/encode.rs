@@ -26,7 +26,7 @@ use crate::export::aimet::QuantizerArgs;
 use crate::graph::{EncodingRule, Role};
 use crate::manifest::{Precision, Quantization};
 use crate::overrides::{FixedEncoding, Override};
-use crate::quantizer::{self, EncodeError, ModelEncodings, Warning};
+use crate::quantizer::{self, EncodeError, Warning};
 use crate::stats::TensorStatistics;
 use crate::store::{Digest, KeyBuilder};
 
@@ -189,7 +189,18 @@ pub fn tensor_encoding<'db>(
             tensor: name.clone(),
         }));
     };
-    let ov = tensor_override(db, tensor);
+    // The specification's weighted-op rule: an output, weight or bias kept float makes the
+    // other two float too, at the overriding tensor's bitwidth.
+    let ov = tensor_override(db, tensor).clone().or_else(|| {
+        let merged = super::overrides::unit_overrides(db, unit).as_ref().ok()?;
+        quantizer::precision::implied_float(
+            graph,
+            &merged.overrides,
+            name,
+            settings.float_bias_bitwidth.0,
+        )
+        .map(|bits| Override::Fixed(FixedEncoding::Float(bits)))
+    });
     let partner = |partner: &str,
                    section: Section|
      -> Result<Option<Arc<EncodedTensor>>, BuildError> {
@@ -439,7 +450,7 @@ pub fn unit_encodings<'db>(
         computed_tensors: 0,
     };
     match &plan.target.precision {
-        Precision::Float { float_bitwidth } => {
+        Precision::Float { float_bitwidth, .. } => {
             let model = model_graph(db, model_key(db, unit, plan))
                 .as_ref()
                 .map_err(Clone::clone)?;
@@ -558,32 +569,6 @@ fn transform_warnings(lines: &[String]) -> Vec<String> {
             ),
         })
         .collect()
-}
-
-/// The unit's encodings as the library's [`ModelEncodings`]: channel axes from the per-tensor
-/// queries, and the one warning the QDQ export acts on (a bias encoded from its own range).
-pub fn model_encodings(db: &dyn Db, unit: Unit<'_>) -> Result<ModelEncodings, BuildError> {
-    let tensors = unit_tensors(db, unit).as_ref().map_err(Clone::clone)?;
-    let mut out = ModelEncodings::default();
-    for name in &tensors.order {
-        db.unwind_if_revision_cancelled();
-        let encoded = tensor_encoding(db, TensorKey::new(db, unit, name.clone()))
-            .as_ref()
-            .map_err(Clone::clone)?;
-        let Some(encoding) = encoded.tensor_encoding() else {
-            continue;
-        };
-        match encoded.section {
-            Section::Activations => out.activations.insert(name.clone(), encoding),
-            Section::Parameters => out.parameters.insert(name.clone(), encoding),
-        };
-        if encoded_from_own_range(tensors, name, encoded) {
-            out.warnings.push(Warning::BiasOwnRange {
-                tensor: name.clone(),
-            });
-        }
-    }
-    Ok(out)
 }
 
 /// Whether `name` is a bias the quantizer had to encode from its own range (its input or

@@ -84,6 +84,15 @@ pub enum BuildError {
         /// What went wrong.
         message: String,
     },
+    /// The encodings ask for a precision the specification forbids (INT32 on an op with
+    /// weights, or on one ONNX cannot run in int32).
+    #[error("`{path}`: {message}")]
+    Precision {
+        /// The model as shown.
+        path: String,
+        /// What the overrides ask for, and why it cannot be.
+        message: String,
+    },
     /// A file changed while it was being read; the next build sees the new contents.
     #[error("`{path}` changed while it was being read; build again")]
     Changed {
@@ -134,6 +143,7 @@ impl Diagnostic for BuildError {
                 BuildError::Encode(_) => "quant::build::encode",
                 BuildError::Output { .. } => "quant::build::output",
                 BuildError::Export { .. } => "quant::build::export",
+                BuildError::Precision { .. } => "quant::build::precision",
                 _ => "quant::build::changed",
             })),
         }

@@ -39,7 +39,6 @@ use super::cache::{
 use super::calibrate::{merged_statistics, unit_calibration};
 use super::correct::model_graph;
 use super::db::Db;
-use super::encode::model_encodings;
 use super::error::{BuildError, display_path};
 use super::export::unit_encodings_json;
 use super::inputs::source_file;
@@ -47,6 +46,7 @@ use super::keys::{BuildContext, ModelKey, Unit};
 use super::log::{WorkLog, WorkRecord};
 use super::model::{LoadedModel, model_key, runner_dims, uncorrected_key};
 use super::plan::{UnitPlan, unit_eval_set, unit_plan};
+use super::precision::model_encodings;
 use super::samples::input_list;
 use super::source::{FileError, FileSnapshot, SourceFile};
 use super::stored::stable_digest;
@@ -321,6 +321,11 @@ impl SimParameters {
             hasher.update(&(name.len() as u64).to_le_bytes());
             hasher.update(name.as_bytes());
             crate::eval::trace::hash_encoding(&mut hasher, Some(encoding));
+        }
+        for op in parameters.ops.keys() {
+            hasher.update(b"int32 op");
+            hasher.update(&(op.len() as u64).to_le_bytes());
+            hasher.update(op.as_bytes());
         }
         SimParameters {
             digest: Digest::from(hasher.finalize()),

@@ -14,10 +14,13 @@ use super::error::{BuildError, display_path};
 use super::keys::{TensorKey, Unit};
 use super::model::model_key;
 use super::plan::{UnitPlan, unit_plan};
+use super::precision::unit_conversions;
 use crate::export::aimet::{AimetEncodings, EncodingVersion as AimetVersion};
 use crate::export::qdq;
 use crate::manifest::EncodingVersion;
 use crate::onnx::qdq::QdqTensor;
+use crate::overrides::FixedEncoding;
+use crate::quantizer::precision;
 
 /// The AIMET layout for a manifest's `encoding_version`.
 pub fn aimet_version(version: EncodingVersion) -> AimetVersion {
@@ -125,22 +128,54 @@ pub fn unit_qdq_model<'db>(
     // The order of `qdq::plan`: activations, then parameters, each by name (the unit's
     // memoized encodings list exactly the tensors that have one, in that order).
     let encodings = unit_encodings(db, unit).as_ref().map_err(Clone::clone)?;
+    let conversions = unit_conversions(db, unit).as_ref().map_err(Clone::clone)?;
     let mut tensors = Vec::new();
     for name in encodings
         .activations
         .keys()
         .chain(encodings.parameters.keys())
     {
+        // A converted tensor is quantized with its integer side's encoding; an INT32 one
+        // between int32 ops is only cast.
+        if let Some(converted) = conversions.encodings.get(name) {
+            let planned = qdq::plan_tensor_with(name, converted, false, None)
+                .map_err(|e| export_error(e.to_string()))?;
+            tensors.extend(planned);
+            continue;
+        }
+        if is_int32_activation(encodings, name) {
+            continue;
+        }
         let planned = qdq_tensor(db, TensorKey::new(db, unit, name.clone()))
             .as_ref()
             .map_err(Clone::clone)?;
         tensors.extend(planned.iter().cloned());
     }
-    let exported = model
-        .onnx
-        .with_qdq(&qdq::assemble(tensors, &digest))
-        .map_err(|e| export_error(qdq::QdqExportError::from(e).to_string()))?;
+    let plan = qdq::assemble(tensors, &digest);
+    let exported = if conversions.conversions.ops.is_empty() {
+        model
+            .onnx
+            .with_qdq(&plan)
+            .map_err(|e| export_error(qdq::QdqExportError::from(e).to_string()))?
+    } else {
+        qdq::with_precisions_and_qdq(
+            &model.onnx,
+            precision::float32_tensors(&model.graph),
+            &conversions.conversions.ops,
+            &plan,
+        )
+        .map_err(|e| export_error(e.to_string()))?
+    };
     Ok(Some(exported.to_bytes().into()))
+}
+
+/// Whether `name` is an INT32 activation: written as int32 by the precision rewrite, never as a
+/// QuantizeLinear (which has no 32-bit output).
+fn is_int32_activation(encodings: &UnitEncodings, name: &str) -> bool {
+    matches!(
+        encodings.activations.get(name),
+        Some(FixedEncoding::PerTensor(e)) if e.bitwidth == crate::encoding::Bitwidth::B32
+    )
 }
 
 /// One tensor's part of its unit's QDQ model ([`qdq::plan_tensor`]), kept per tensor: after an

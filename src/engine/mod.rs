@@ -124,6 +124,8 @@ mod calibrate;
 
 mod encode;
 
+mod precision;
+
 mod export;
 
 mod evaluate;

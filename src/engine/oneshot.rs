@@ -28,8 +28,9 @@ use crate::transform::{Algorithms, CleOptions, TransformError, TransformReport};
 pub struct OneShot {
     /// The float ONNX model.
     pub model: PathBuf,
-    /// The calibration input list.
-    pub input_list: PathBuf,
+    /// The calibration input list; `None` for float fallback (`--enable_float_fallback`): no
+    /// calibration, encodings from the overrides, float elsewhere.
+    pub input_list: Option<PathBuf>,
     /// An AIMET encodings file whose entries win over calibration.
     pub overrides: Option<PathBuf>,
     /// Dims for inputs the model leaves dynamic.
@@ -99,6 +100,14 @@ pub enum OneShotError {
     /// A tensor could not be encoded.
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// The non-quantized model could not be made.
+    #[error("{}: {message}", model.display())]
+    FloatModel {
+        /// The model.
+        model: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// A model transform failed.
     #[error("{}: {source}", model.display())]
     Transform {
@@ -238,6 +247,28 @@ fn correct_biases(
     crate::transform::correct_biases(model, &channel_means).map_err(failed)
 }
 
+/// The non-quantized model of `path` (input dims fixed as given): FP32 as it is, FP16 with every
+/// op converted ([`crate::export::float::float16`]).
+pub fn float_model(
+    path: &std::path::Path,
+    input_dims: &[(String, Vec<u64>)],
+    bits: crate::encoding::FloatBitwidth,
+    keep_io_types: bool,
+) -> Result<OnnxModel, OneShotError> {
+    let mut model = OnnxModel::read(path)?;
+    for (name, dims) in input_dims {
+        model.fix_input_dims(name, dims)?;
+    }
+    match bits {
+        crate::encoding::FloatBitwidth::F32 => Ok(model),
+        crate::encoding::FloatBitwidth::F16 => crate::export::float::float16(&model, keep_io_types)
+            .map_err(|e| OneShotError::FloatModel {
+                model: path.to_path_buf(),
+                message: e.to_string(),
+            }),
+    }
+}
+
 /// Reads, calibrates and encodes. `progress(done, total)` is called after each sample.
 pub fn quantize(
     job: &OneShot,
@@ -282,6 +313,7 @@ pub fn quantize(
         Some(path) => {
             let parsed = overrides::read(path)?;
             parsed.validate(&ModelTensors::of(&graph).removed_from(&source_tensors))?;
+            parsed.validate_precision(&graph)?;
             warnings.extend(parsed.warnings.iter().map(|w| w.to_string()));
             parsed.overrides
         }
@@ -293,7 +325,26 @@ pub fn quantize(
         .iter()
         .map(|(name, dims)| (name.clone(), dims.iter().map(|&d| d as usize).collect()))
         .collect();
-    let list = InputList::read(&job.input_list)?;
+    let Some(input_list) = &job.input_list else {
+        if job.algorithms.bias_correction {
+            return Err(OneShotError::Usage(
+                "bias correction measures the model on calibration data: give --input_list, \
+                 or drop bias_correction"
+                    .into(),
+            ));
+        }
+        let encodings = quantizer::encode_model_fallback(&graph, &overrides, settings)?;
+        warnings.extend(quantizer::word_warnings(&encodings.warnings));
+        return Ok(OneShotOutput {
+            encodings: aimet_encodings(&encodings, settings),
+            warnings,
+            samples: 0,
+            model,
+            transforms,
+            model_encodings: encodings,
+        });
+    };
+    let list = InputList::read(input_list)?;
     if job.algorithms.bias_correction {
         let corrected = in_pool(job.jobs, || {
             correct_biases(job, &model, &graph, &overrides, &list, &runner_dims)

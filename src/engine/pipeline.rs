@@ -37,6 +37,7 @@ use super::outcome::{
     BuildCounts, BuildOptions, BuildReport, Progress, ProjectSpec, UnitDone, UnitOutcome,
 };
 use super::plan::{pipeline, plan_of, unit_eval_set};
+use super::precision::FLOAT_MODEL_FILES;
 use super::samples::{input_list, sample_count};
 use crate::manifest::ResolvedPipeline;
 use crate::store::Digest;
@@ -494,6 +495,13 @@ fn build_unit<'db>(db: &'db Database, unit: Unit<'db>, progress: ProgressFn<'_>)
         ];
         for name in TRANSFORMED_MODEL_FILES {
             let bytes = match &artifacts.transformed_model {
+                Some((written, bytes)) if written == name => Some(&bytes[..]),
+                _ => None,
+            };
+            files.push((name, bytes));
+        }
+        for name in FLOAT_MODEL_FILES {
+            let bytes = match &artifacts.float_model {
                 Some((written, bytes)) if written == name => Some(&bytes[..]),
                 _ => None,
             };

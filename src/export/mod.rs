@@ -7,4 +7,5 @@
 //! quantized; equal inputs give equal bytes.
 
 pub mod aimet;
+pub mod float;
 pub mod qdq;

@@ -113,6 +113,15 @@ pub fn plan(
     let own_range_biases = own_range_biases(encodings);
     let mut tensors = Vec::new();
     for (name, encoding) in encodings.activations.iter().chain(&encodings.parameters) {
+        // A float or INT32 activation next to an integer op is quantized with its integer
+        // side's encoding; an INT32 one between int32 ops is only cast.
+        if let Some(converted) = encodings.converted.get(name) {
+            tensors.extend(plan_tensor_with(name, converted, false, None)?);
+            continue;
+        }
+        if encodings.activations.contains_key(name) && is_int32(encoding) {
+            continue;
+        }
         let own_range = own_range_biases.contains(name.as_str());
         if let Some(tensor) = plan_tensor(model, name, encoding, own_range)? {
             tensors.push(tensor);
@@ -301,7 +310,42 @@ pub fn export(
     digest: &str,
 ) -> Result<OnnxModel, QdqExportError> {
     let plan = plan(model, encodings, digest)?;
-    Ok(model.with_qdq(&plan)?)
+    if encodings.ops.is_empty() {
+        return Ok(model.with_qdq(&plan)?);
+    }
+    let graph = crate::graph::Graph::from_model(model).map_err(|e| QdqExportError::Shape {
+        tensor: String::new(),
+        message: e.to_string(),
+    })?;
+    with_precisions_and_qdq(
+        model,
+        crate::quantizer::precision::float32_tensors(&graph),
+        &encodings.ops,
+        &plan,
+    )
+}
+
+/// Whether an encoding is INT32 (an INT32 override's).
+pub fn is_int32(encoding: &TensorEncoding) -> bool {
+    matches!(encoding, TensorEncoding::PerTensor(e) if e.bitwidth.bits() == 32)
+}
+
+/// The QDQ model of `plan` on `model` whose `ops` compute in their own precision: the
+/// precision rewrite first (casts, float16 weights, int32 ops), then the Q/DQ pairs on the
+/// tensors the rewrite left under their names. `float32` lists the model's float32 tensors.
+pub fn with_precisions_and_qdq(
+    model: &OnnxModel,
+    float32: HashSet<String>,
+    ops: &std::collections::BTreeMap<String, crate::onnx::precision::NodePrecision>,
+    plan: &QdqPlan,
+) -> Result<OnnxModel, QdqExportError> {
+    let precisions = crate::onnx::precision::PrecisionPlan {
+        nodes: ops.clone(),
+        float32,
+        quantized: plan.tensors.iter().map(|t| t.name().to_string()).collect(),
+        keep_io_types: true,
+    };
+    Ok(model.with_precisions(&precisions)?.with_qdq(plan)?)
 }
 
 #[cfg(test)]

@@ -146,6 +146,8 @@ pub struct RawQuantizerOptions {
     pub bias_bitwidth: Option<Given<Bitwidth>>,
     /// `float_bitwidth` / `float_bw`.
     pub float_bitwidth: Option<Given<FloatBitwidth>>,
+    /// `float_bias_bitwidth` / `float_bias_bw`.
+    pub float_bias_bitwidth: Option<Given<FloatBitwidth>>,
     /// `act_quantizer_calibration`, or from `act_quantizer`.
     pub act_calibration: Option<Given<CalibrationMethod>>,
     /// `param_quantizer_calibration`, or from `param_quantizer`.
@@ -166,6 +168,8 @@ pub struct RawQuantizerOptions {
     pub calibrate_with_quantized_weights: Option<Given<bool>>,
     /// `algorithms`, each name checked.
     pub algorithms: Option<Given<Algorithms>>,
+    /// `keep_io_types`: a float16 model's graph inputs and outputs stay float32.
+    pub keep_io_types: Option<Given<bool>>,
 }
 
 impl RawQuantizerOptions {
@@ -189,6 +193,7 @@ impl RawQuantizerOptions {
             key(&self.ignore_quantization_overrides),
             key(&self.calibrate_with_quantized_weights),
             key(&self.algorithms),
+            key(&self.float_bias_bitwidth),
         ]
         .into_iter()
         .flatten()
@@ -229,6 +234,7 @@ pub const TARGET_KEYS: &[&str] = &[
     "weights_bitwidth",
     "bias_bitwidth",
     "float_bitwidth",
+    "float_bias_bitwidth",
     "act_quantizer_calibration",
     "param_quantizer_calibration",
     "act_quantizer_schema",
@@ -239,10 +245,12 @@ pub const TARGET_KEYS: &[&str] = &[
     "ignore_quantization_overrides",
     "calibrate_with_quantized_weights",
     "algorithms",
+    "keep_io_types",
     "act_bw",
     "weight_bw",
     "bias_bw",
     "float_bw",
+    "float_bias_bw",
     "act_quantizer",
     "param_quantizer",
 ];
@@ -811,6 +819,7 @@ pub(crate) fn canonical(key: &str) -> &str {
         "weight_bw" => "weights_bitwidth",
         "bias_bw" => "bias_bitwidth",
         "float_bw" => "float_bitwidth",
+        "float_bias_bw" => "float_bias_bitwidth",
         "act_quantizer" => "act_quantizer_calibration",
         "param_quantizer" => "param_quantizer_calibration",
         other => other,
@@ -959,12 +968,17 @@ fn target(problems: &mut Problems, name: Spanned<String>, t: &DeTable<'_>) -> Ra
                 };
                 set(problems, slot, at.given(bitwidth));
             }
-            "float_bitwidth" | "float_bw" => {
+            "float_bitwidth" | "float_bw" | "float_bias_bitwidth" | "float_bias_bw" => {
                 let Some(n) = integer(problems, key, value, &format!("{key} = 16")) else {
                     continue;
                 };
+                let slot = if canonical(key) == "float_bitwidth" {
+                    &mut o.float_bitwidth
+                } else {
+                    &mut o.float_bias_bitwidth
+                };
                 match u32::try_from(n).ok().and_then(FloatBitwidth::new) {
-                    Some(f) => set(problems, &mut o.float_bitwidth, at.given(f)),
+                    Some(f) => set(problems, slot, at.given(f)),
                     None => bad_value(
                         problems,
                         key,
@@ -1122,6 +1136,7 @@ fn target(problems: &mut Problems, name: Spanned<String>, t: &DeTable<'_>) -> Ra
                     "use_per_channel_quantization" => &mut o.per_channel,
                     "use_per_row_quantization" => &mut o.per_row,
                     "ignore_quantization_overrides" => &mut o.ignore_quantization_overrides,
+                    "keep_io_types" => &mut o.keep_io_types,
                     _ => &mut o.calibrate_with_quantized_weights,
                 };
                 *slot = Some(at.given(b));

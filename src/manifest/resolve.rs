@@ -412,6 +412,7 @@ fn inherit(child: &RawTarget, parent: &RawTarget) -> RawTarget {
             weights_bitwidth: or(&c.weights_bitwidth, &p.weights_bitwidth),
             bias_bitwidth: or(&c.bias_bitwidth, &p.bias_bitwidth),
             float_bitwidth: or(&c.float_bitwidth, &p.float_bitwidth),
+            float_bias_bitwidth: or(&c.float_bias_bitwidth, &p.float_bias_bitwidth),
             act_calibration: or(&c.act_calibration, &p.act_calibration),
             param_calibration: or(&c.param_calibration, &p.param_calibration),
             act_schema: or(&c.act_schema, &p.act_schema),
@@ -428,6 +429,7 @@ fn inherit(child: &RawTarget, parent: &RawTarget) -> RawTarget {
                 &p.calibrate_with_quantized_weights,
             ),
             algorithms: or(&c.algorithms, &p.algorithms),
+            keep_io_types: or(&c.keep_io_types, &p.keep_io_types),
         },
     }
 }
@@ -487,6 +489,7 @@ fn check_target(
     } else {
         Precision::Float {
             float_bitwidth: check_float(problems, &backend, t),
+            keep_io_types: val(&t.options.keep_io_types, true),
         }
     };
     (problems.list.len() == errors_before).then(|| ResolvedTarget {
@@ -840,6 +843,9 @@ fn quantization(
             calibrate_with_quantized_weights: val(
                 &o.calibrate_with_quantized_weights,
                 defaults.calibrate_with_quantized_weights,
+            ),
+            float_bias_bitwidth: crate::quantizer::FloatBiasBitwidth(
+                o.float_bias_bitwidth.as_ref().map(|f| f.value),
             ),
         },
     }

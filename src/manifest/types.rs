@@ -105,6 +105,9 @@ pub enum Precision {
     Float {
         /// FP16 or FP32 for the whole model.
         float_bitwidth: FloatBitwidth,
+        /// An FP16 model's graph inputs and outputs stay float32, with casts inside
+        /// (`keep_io_types`, default true).
+        keep_io_types: bool,
     },
     /// The seed's quantized mode (dsp, htp, hta).
     Quantized(Quantization),

@@ -15,6 +15,7 @@ mod contents;
 mod dims;
 mod dtype;
 mod edit;
+pub mod precision;
 pub mod qdq;
 mod tensor;
 

@@ -93,6 +93,16 @@ pub enum ErrorKind {
         /// The model's nearest names, best first.
         suggestions: Vec<String>,
     },
+    /// INT32 overrides on every input and output of an op that cannot run in int32.
+    #[error("{message}")]
+    Int32Op {
+        /// The tensor whose entry is pointed at.
+        tensor: String,
+        /// Which op, and why.
+        message: String,
+        /// Whether the op has weights or bias (otherwise ONNX has no int32 form of it).
+        weighted: bool,
+    },
     /// A name the model file has but the target's transforms removed.
     #[error("tensor `{tensor}` is not in the model once its transforms ran")]
     RemovedByTransform {
@@ -161,6 +171,8 @@ impl ErrorKind {
                 ),
             },
             ErrorKind::RemovedByTransform { .. } => "`algorithms` folded it away: a BatchNorm folded into the layer before it leaves that layer writing the BatchNorm's output, so name the BatchNorm's output instead (`report.json` lists every fold under `transforms`); a folded BatchNorm's parameters are gone".into(),
+            ErrorKind::Int32Op { weighted: true, .. } => "the specification allows INT32 only on ops without weights and bias: remove the INT32 entries of this op's inputs or outputs, or keep it in float with `\"dtype\": \"float\"`".into(),
+            ErrorKind::Int32Op { weighted: false, .. } => "ONNX runs Add, Sub, Mul, Div, Concat, Reshape, Transpose, Slice, Gather and other data-movement and arithmetic ops in int32: remove the INT32 entries of this op's inputs or outputs".into(),
             ErrorKind::ChannelCount { expected, .. } => format!(
                 "give exactly {expected} entries (one per output channel), or one entry for a per-tensor encoding"
             ),
@@ -175,6 +187,7 @@ impl ErrorKind {
             ErrorKind::MalformedJson(_) => "here",
             ErrorKind::UnknownTensor { .. } => "unknown tensor",
             ErrorKind::RemovedByTransform { .. } => "removed by a transform",
+            ErrorKind::Int32Op { .. } => "INT32 here",
             ErrorKind::ChannelCount { .. } => "wrong number of channels",
             ErrorKind::InvalidBitwidth { .. } => "invalid bitwidth",
             ErrorKind::Duplicate(_) => "listed again here",
@@ -198,6 +211,7 @@ impl ErrorKind {
             ErrorKind::Duplicate(_) => "quant::overrides::duplicate",
             ErrorKind::UnknownTensor { .. } => "quant::overrides::unknown_tensor",
             ErrorKind::RemovedByTransform { .. } => "quant::overrides::removed_by_transform",
+            ErrorKind::Int32Op { .. } => "quant::overrides::int32_op",
             ErrorKind::ChannelCount { .. } => "quant::overrides::channel_count",
             ErrorKind::PerChannelActivation { .. } => "quant::overrides::per_channel_activation",
         }

@@ -359,6 +359,61 @@ impl ParsedOverrides {
     }
 }
 
+impl ParsedOverrides {
+    /// Checks the INT32 overrides against the specification: an op whose inputs and outputs
+    /// are all INT32 runs in int32, which is forbidden for ops with weights or bias and
+    /// impossible for ops ONNX has no int32 form of. The error points at the first of the op's
+    /// entries in the file.
+    pub fn validate_precision(&self, graph: &crate::graph::Graph) -> Result<(), OverridesInvalid> {
+        let int32 =
+            crate::encoding::Encoding::from_range(0.0, 1.0, Bitwidth::B32, Schema::Asymmetric);
+        let Ok(int32) = int32 else {
+            return Ok(());
+        };
+        let activations: BTreeMap<String, crate::encoding::TensorEncoding> = self
+            .overrides
+            .activations
+            .iter()
+            .filter(|(_, o)| o.is_int32())
+            .map(|(name, _)| {
+                (
+                    name.clone(),
+                    crate::encoding::TensorEncoding::PerTensor(int32),
+                )
+            })
+            .collect();
+        if activations.is_empty() {
+            return Ok(());
+        }
+        let Err(error) = crate::quantizer::precision::conversions(graph, &activations) else {
+            return Ok(());
+        };
+        let mut entries: Vec<(String, Option<miette::SourceSpan>)> = error
+            .tensors()
+            .iter()
+            .map(|t| {
+                let span = self.spans.get(&(Section::Activations, t.clone())).copied();
+                (t.clone(), span)
+            })
+            .collect();
+        entries.sort_by_key(|(_, span)| span.map_or(usize::MAX, |s| s.offset()));
+        let (tensor, span) = entries.into_iter().next().unwrap_or_default();
+        let weighted = matches!(
+            error,
+            crate::quantizer::precision::PrecisionError::Int32WithParameters { .. }
+        );
+        let kind = ErrorKind::Int32Op {
+            tensor,
+            message: error.to_string(),
+            weighted,
+        };
+        Err(OverridesInvalid {
+            file: self.source.name().to_string(),
+            errors: vec![OverridesError::new(kind, &self.source, span)],
+        })
+    }
+}
+
 /// Up to three of the model's names closest to `name` by edit distance, close enough to be a
 /// plausible typo (distance at most a third of the name, and at least 2 allowed).
 fn nearest_names(name: &str, model: &ModelTensors) -> Vec<String> {

@@ -12,6 +12,7 @@
 //! function computes one tensor (or one sample) so the build engine can memoize at that grain.
 
 mod calibrate;
+pub mod precision;
 mod settings;
 mod tensor;
 
@@ -19,11 +20,13 @@ pub use calibrate::{
     CalibrationError, SampleStatistics, calibration_model, fake_quantized_weights,
     merge_statistics, non_finite_inputs, sample_statistics,
 };
-pub use settings::{CalibrationMethod, LegacyQuantizer, Percentile, QuantizerSettings};
+pub use settings::{
+    CalibrationMethod, FloatBiasBitwidth, LegacyQuantizer, Percentile, QuantizerSettings,
+};
 pub use tensor::{
     EncodeError, ModelEncodings, Warning, bias_encoding, bias_partners, encode_activation,
-    encode_model, encode_parameter, is_activation_like, parameter_values, statistics_settings,
-    word_warnings,
+    encode_model, encode_model_fallback, encode_parameter, is_activation_like, parameter_values,
+    statistics_settings, word_warnings,
 };
 
 use crate::encoding::{Bitwidth, SymmetricConvention};

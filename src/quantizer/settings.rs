@@ -183,6 +183,24 @@ pub struct QuantizerSettings {
     /// `calibrate_with_quantized_weights`: gather activation statistics with the weights
     /// already fake-quantized (with AIMET's symmetric weight rule), as AIMET does.
     pub calibrate_with_quantized_weights: bool,
+    /// `float_bias_bitwidth` (`float_bias_bw`).
+    pub float_bias_bitwidth: FloatBiasBitwidth,
+}
+
+/// `float_bias_bitwidth`: the bitwidth of a float op's bias that has no entry of its own
+/// (otherwise it takes its op's overriding bitwidth).
+///
+/// Hashed only when given, so the settings' digests (and every store key built on them) stay
+/// what they were for settings that do not use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FloatBiasBitwidth(pub Option<FloatBitwidth>);
+
+impl std::hash::Hash for FloatBiasBitwidth {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        if let Some(bits) = self.0 {
+            bits.hash(state);
+        }
+    }
 }
 
 impl Default for QuantizerSettings {
@@ -200,6 +218,7 @@ impl Default for QuantizerSettings {
             per_channel: false,
             per_row: false,
             calibrate_with_quantized_weights: false,
+            float_bias_bitwidth: FloatBiasBitwidth(None),
         }
     }
 }

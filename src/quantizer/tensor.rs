@@ -164,6 +164,9 @@ pub enum EncodeError {
         /// What does not fit.
         message: String,
     },
+    /// The overrides ask for a precision the specification forbids.
+    #[error(transparent)]
+    Precision(#[from] super::precision::PrecisionError),
 }
 
 /// Every encoding of one model for one target.
@@ -173,6 +176,11 @@ pub struct ModelEncodings {
     pub activations: BTreeMap<String, TensorEncoding>,
     /// Weights, biases and batch-norm parameters, by name.
     pub parameters: BTreeMap<String, TensorEncoding>,
+    /// Ops that do not compute in integer (float or INT32 overrides), by first output.
+    pub ops: BTreeMap<String, crate::onnx::precision::NodePrecision>,
+    /// The integer encoding of each float or INT32 activation an integer op writes or reads:
+    /// what the conversion between them quantizes to.
+    pub converted: BTreeMap<String, TensorEncoding>,
     /// Warnings, deduplicated, in the order they arose.
     pub warnings: Vec<Warning>,
 }
@@ -483,6 +491,112 @@ pub fn bias_partners<'g>(graph: &'g Graph, tensor: &Tensor) -> Option<(&'g str, 
     Some((input.as_str(), weight.as_str()))
 }
 
+/// Float fallback (qairt's `--enable_float_fallback`): no calibration. Activations take the
+/// encodings the overrides give, data-movement outputs their source's (the rule of
+/// [`EncodingRule::SharesInput`]), and every other activation falls back to float
+/// (`float_bitwidth`, FP32 by default). An op whose output is integer is an integer op: its
+/// weights are encoded from their values, which needs no calibration, and its bias from its
+/// input and weight encodings; parameters of float ops stay float.
+pub fn encode_model_fallback(
+    graph: &Graph,
+    overrides: &Overrides,
+    settings: &QuantizerSettings,
+) -> Result<ModelEncodings, EncodeError> {
+    let implied =
+        super::precision::with_implied_floats(graph, overrides, settings.float_bias_bitwidth.0);
+    let overrides = &implied;
+    let float = TensorEncoding::Float {
+        bitwidth: settings
+            .float_bitwidth
+            .unwrap_or(crate::encoding::FloatBitwidth::F32),
+    };
+    let mut out = ModelEncodings::default();
+    for tensor in graph.float_activations() {
+        let name = tensor.name.as_str();
+        let fixed = match overrides.get(name) {
+            Some(Override::Fixed(fixed)) => Some(fixed.clone().with_axis(0)),
+            _ => None,
+        };
+        match (&tensor.rule, fixed) {
+            (_, Some(encoding)) => {
+                out.activations.insert(name.to_string(), encoding);
+            }
+            (EncodingRule::SharesInput(_), None) => {
+                let shared = graph
+                    .encoding_source(name)
+                    .and_then(|source| out.activations.get(source.as_str()).cloned());
+                if let Some(encoding) = shared {
+                    out.activations.insert(name.to_string(), encoding);
+                }
+            }
+            _ => {}
+        }
+    }
+    for tensor in graph.float_activations() {
+        let name = tensor.name.as_str();
+        if !out.activations.contains_key(name) && tensor.rule != EncodingRule::NotFloat {
+            out.activations.insert(name.to_string(), float.clone());
+        }
+    }
+    // An op is integer when what it writes is.
+    let integer_op = |tensor: &Tensor| {
+        !tensor.consumers.is_empty()
+            && tensor.consumers.iter().all(|u| {
+                graph
+                    .node(u.node)
+                    .outputs
+                    .first()
+                    .and_then(|o| out.activations.get(o.as_str()))
+                    .is_some_and(|e| !matches!(e, TensorEncoding::Float { .. }))
+            })
+    };
+    let mut biases = Vec::new();
+    let mut parameters = BTreeMap::new();
+    for tensor in graph.float_parameters() {
+        if tensor.rule != EncodingRule::Own {
+            continue;
+        }
+        let name = tensor.name.as_str();
+        let ov = overrides.get(name);
+        if ov.is_none() && !integer_op(tensor) {
+            parameters.insert(name.to_string(), (tensor, float.clone()));
+            continue;
+        }
+        if tensor.role == Role::Bias {
+            biases.push(tensor);
+            continue;
+        }
+        let (values, shape) = parameter_values(graph, name)?;
+        let (encoding, warnings) = encode_parameter(tensor, values, shape, ov, settings)?;
+        out.warnings.extend(warnings);
+        parameters.insert(name.to_string(), (tensor, encoding));
+    }
+    for tensor in biases {
+        let name = tensor.name.as_str();
+        let (values, _) = parameter_values(graph, name)?;
+        let (input, weight) = match bias_partners(graph, tensor) {
+            Some((input, weight)) => (
+                out.activations.get(input),
+                parameters.get(weight).map(|(_, e)| e),
+            ),
+            None => (None, None),
+        };
+        let (encoding, warnings) =
+            bias_encoding(tensor, values, overrides.get(name), input, weight, settings)?;
+        out.warnings.extend(warnings);
+        parameters.insert(name.to_string(), (tensor, encoding));
+    }
+    for (name, (tensor, encoding)) in parameters {
+        if is_activation_like(tensor.role) {
+            out.activations.insert(name, encoding);
+        } else {
+            out.parameters.insert(name, encoding);
+        }
+    }
+    out.ops = super::precision::conversions(graph, &out.activations)?.ops;
+    Ok(out)
+}
+
 /// Encodes every tensor of `graph`: activations from `statistics` (by name), parameters from
 /// their values, then biases (which need their op's input and weight encodings), then shared
 /// encodings of data-movement outputs. Overrides win where given.
@@ -492,6 +606,9 @@ pub fn encode_model(
     overrides: &Overrides,
     settings: &QuantizerSettings,
 ) -> Result<ModelEncodings, EncodeError> {
+    let implied =
+        super::precision::with_implied_floats(graph, overrides, settings.float_bias_bitwidth.0);
+    let overrides = &implied;
     let mut out = ModelEncodings::default();
     let warn = |out: &mut ModelEncodings, warnings: Vec<Warning>| {
         for w in warnings {
@@ -567,6 +684,14 @@ pub fn encode_model(
             }
         }
     }
+    let mixed = super::precision::conversions(graph, &out.activations)?;
+    for name in &mixed.converted {
+        let (encoding, _) = encode_activation(name, statistics.get(name), None, settings)?;
+        if let Some(encoding) = encoding {
+            out.converted.insert(name.clone(), encoding);
+        }
+    }
+    out.ops = mixed.ops;
     Ok(out)
 }
 

@@ -142,8 +142,8 @@ fn lookup<'e>(encodings: &'e ModelEncodings, name: &str) -> Option<&'e TensorEnc
 }
 
 /// The encodings a simulation's parameters take: each float parameter's, from either section
-/// (AIMET lists constant operands as activations). [`parameters_runner`] depends on nothing
-/// else of the encodings.
+/// (AIMET lists constant operands as activations), and the INT32 ops. [`parameters_runner`]
+/// depends on nothing else of the encodings.
 pub fn simulated_parameters(graph: &Graph, encodings: &ModelEncodings) -> ModelEncodings {
     let mut out = ModelEncodings::default();
     for tensor in graph.float_parameters() {
@@ -152,6 +152,13 @@ pub fn simulated_parameters(graph: &Graph, encodings: &ModelEncodings) -> ModelE
             out.parameters.insert(name.to_string(), encoding.clone());
         }
     }
+    // INT32 ops change the simulated model itself (see `quantized_parameters_model`).
+    out.ops = encodings
+        .ops
+        .iter()
+        .filter(|(_, p)| **p == crate::onnx::precision::NodePrecision::Int32)
+        .map(|(name, p)| (name.clone(), *p))
+        .collect();
     out
 }
 
@@ -179,7 +186,12 @@ pub fn quantized_parameters_model(
         let Some(encoding) = lookup(encodings, name) else {
             continue;
         };
-        if matches!(encoding, TensorEncoding::Float { .. }) {
+        if matches!(
+            encoding,
+            TensorEncoding::Float {
+                bitwidth: crate::encoding::FloatBitwidth::F32
+            }
+        ) {
             continue;
         }
         let Some(data) = graph.parameter(name) else {
@@ -197,6 +209,23 @@ pub fn quantized_parameters_model(
             }
         })?;
         quantized.replace_parameter_f32(name, &values)?;
+    }
+    // INT32 ops run as the QDQ export writes them: inputs cast to int32 (truncating toward
+    // zero), the op in int32, the output cast back; the runner hooks only float tensors, so
+    // the casts' int32 tensors pass untouched.
+    let int32_ops: std::collections::BTreeMap<_, _> = encodings
+        .ops
+        .iter()
+        .filter(|(_, p)| **p == crate::onnx::precision::NodePrecision::Int32)
+        .map(|(name, p)| (name.clone(), *p))
+        .collect();
+    if !int32_ops.is_empty() {
+        quantized = quantized.with_precisions(&crate::onnx::precision::PrecisionPlan {
+            nodes: int32_ops,
+            float32: crate::quantizer::precision::float32_tensors(graph),
+            quantized: Default::default(),
+            keep_io_types: true,
+        })?;
     }
     Ok(quantized)
 }
@@ -236,7 +265,12 @@ pub fn hooked_encodings(
 ) -> Result<Vec<Option<TensorEncoding>>, QuantSimError> {
     let mut hooked = Vec::with_capacity(names.len());
     for name in names {
-        let own = encodings.activations.get(name.as_str());
+        // A float or INT32 tensor next to an integer op is read as its conversion quantizes
+        // it (float readers of the same tensor see that too: the one approximation here).
+        let own = encodings
+            .converted
+            .get(name.as_str())
+            .or_else(|| encodings.activations.get(name.as_str()));
         let shared = || match graph.tensor(name).map(|t| &t.rule) {
             Some(EncodingRule::SharesInput(_)) => graph
                 .encoding_source(name)
