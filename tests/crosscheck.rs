@@ -403,3 +403,153 @@ fn det_min_max_w8a8_output_sqnr_agrees_with_onnxruntime_on_our_qdq_export() {
         mean(&to_fake)
     );
 }
+
+/// W4A8 per-channel (per-row on Gemm/MatMul), qairt's defaults otherwise, with the packed 4-bit
+/// weights flag.
+const W4A8_PER_CHANNEL: &[&str] = &[
+    "--weights_bitwidth",
+    "4",
+    "--use_per_channel_quantization",
+    "--use_per_row_quantization",
+    "--pack_4_bit_weights",
+];
+
+/// The stored weights of a QDQ model: the initializers behind a DequantizeLinear that feeds input
+/// 1 of a Conv, ConvTranspose, Gemm or MatMul. Returns (raw bytes, ONNX data types seen).
+fn weight_bytes(qdq: &Path) -> (usize, std::collections::BTreeSet<i32>) {
+    let model = OnnxModel::read(qdq).unwrap();
+    let graph = model.proto().graph.as_ref().unwrap();
+    let weight_inputs: std::collections::HashSet<&str> = graph
+        .node
+        .iter()
+        .filter(|n| {
+            matches!(
+                n.op_type.as_deref(),
+                Some("Conv" | "ConvTranspose" | "Gemm" | "MatMul")
+            )
+        })
+        .filter_map(|n| n.input.get(1).map(String::as_str))
+        .collect();
+    let stored: std::collections::HashSet<&str> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type.as_deref() == Some("DequantizeLinear"))
+        .filter(|n| weight_inputs.contains(n.output[0].as_str()))
+        .map(|n| n.input[0].as_str())
+        .collect();
+    let mut bytes = 0;
+    let mut types = std::collections::BTreeSet::new();
+    for init in &graph.initializer {
+        if stored.contains(init.name.as_deref().unwrap_or("")) {
+            bytes += init.raw_data.as_ref().map_or(0, Vec::len);
+            types.insert(init.data_type.unwrap_or(0));
+        }
+    }
+    (bytes, types)
+}
+
+/// The W4A8 export's weights against the W8A8 one's of the same settings: INT4 (ONNX data type
+/// 22, the per-channel weights being symmetric) at no more than 55 % of the INT8 bytes.
+fn assert_packed_weights(dir: &Path, float: &Path, calib: &Path, w4_qdq: &Path) {
+    let w8_dir = dir.join("w8");
+    std::fs::create_dir_all(&w8_dir).unwrap();
+    let (_, w8_qdq) = quantize(&w8_dir, float, calib, &W4A8_PER_CHANNEL[2..4]);
+    let (w8_bytes, w8_types) = weight_bytes(&w8_qdq);
+    let (w4_bytes, w4_types) = weight_bytes(w4_qdq);
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    eprintln!(
+        "  weights: INT8 {w8_bytes} bytes, packed INT4 {w4_bytes} bytes ({:.1} %); files: {} and {} bytes",
+        100.0 * w4_bytes as f64 / w8_bytes as f64,
+        size(&w8_qdq),
+        size(w4_qdq),
+    );
+    assert_eq!(w8_types.into_iter().collect::<Vec<_>>(), [3]);
+    assert_eq!(w4_types.into_iter().collect::<Vec<_>>(), [22]);
+    assert!(
+        w4_bytes * 100 <= w8_bytes * 55,
+        "packed INT4 weights take {w4_bytes} bytes against INT8 {w8_bytes}"
+    );
+}
+
+#[test]
+fn cls_w4a8_per_channel_packed_int4_runs_in_onnxruntime_and_agrees_with_quantsim() {
+    let Some(fixtures) = common::fixtures() else {
+        return;
+    };
+    let Some(python) = common::python() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let float = fixtures.join("models/cls.prep.onnx");
+    let calib = fixtures.join("cls/calib/input_list.txt");
+    let (encodings, qdq) = quantize(tmp.path(), &float, &calib, W4A8_PER_CHANNEL);
+    let list = fixtures.join("cls/eval/input_list.txt");
+    let labels_path = fixtures.join("cls/eval/labels.txt");
+    let labels = labels(&labels_path);
+
+    let ours = evaluate(&float, &encodings, &list, Some(&labels_path));
+    let accuracy = ours.evaluation.accuracy.unwrap();
+    let integer = onnxruntime(&python, &qdq, &float, &list, "all", &[]);
+    let fake = onnxruntime(&python, &qdq, &float, &list, "disable", &[]);
+    let ort_integer_correct = correct(&integer["qdq_argmax"], &labels);
+    let ort_fake_correct = correct(&fake["qdq_argmax"], &labels);
+    eprintln!(
+        "cls/eval, 400 samples, W4A8 per-channel, packed INT4 weights:\n\
+         \x20 quantsim top-1:                       {}/400\n\
+         \x20 onnxruntime on our QDQ (optimized):   {ort_integer_correct}/400\n\
+         \x20 onnxruntime on our QDQ (float Q/DQ):  {ort_fake_correct}/400\n\
+         \x20 AIMET (aimet_algorithms.md):          370/400",
+        accuracy.quantized_correct,
+    );
+    assert_packed_weights(tmp.path(), &float, &calib, &qdq);
+    // One point of 400 samples is 4 samples.
+    for ort in [ort_integer_correct, ort_fake_correct] {
+        assert!(
+            accuracy.quantized_correct.abs_diff(ort) <= 4,
+            "quantsim {}/400 vs onnxruntime {ort}/400",
+            accuracy.quantized_correct
+        );
+    }
+    // The low-bit defaults keep 4-bit weights within a point of AIMET's 370/400.
+    assert!(
+        ort_integer_correct >= 366,
+        "onnxruntime {ort_integer_correct}/400 on the W4A8 export"
+    );
+}
+
+#[test]
+fn det_w4a8_per_channel_packed_int4_runs_in_onnxruntime_and_agrees_with_quantsim() {
+    let Some(fixtures) = common::fixtures() else {
+        return;
+    };
+    let Some(python) = common::python() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let float = fixtures.join("models/det.prep.onnx");
+    let calib = fixtures.join("det/calib/input_list.txt");
+    let (encodings, qdq) = quantize(tmp.path(), &float, &calib, W4A8_PER_CHANNEL);
+    let list = fixtures.join("det/eval/input_list.txt");
+
+    let ours = evaluate(&float, &encodings, &list, None);
+    let ours_mean = ours.evaluation.outputs[0].mean_sqnr_db();
+    let integer = onnxruntime(&python, &qdq, &float, &list, "all", &[]);
+    let fake = onnxruntime(&python, &qdq, &float, &list, "disable", &[]);
+    let integer_mean = integer["sqnr_db"][0].as_f64().unwrap();
+    let fake_mean = fake["sqnr_db"][0].as_f64().unwrap();
+    eprintln!(
+        "det/eval, 8 samples, W4A8 per-channel, packed INT4 weights, output SQNR vs float:\n\
+         \x20 quantsim {ours_mean:.2} dB, onnxruntime optimized {integer_mean:.2} dB, float Q/DQ {fake_mean:.2} dB, AIMET 6.86 dB"
+    );
+    assert_packed_weights(tmp.path(), &float, &calib, &qdq);
+    for ort in [integer_mean, fake_mean] {
+        assert!(
+            (ours_mean - ort).abs() <= 0.5,
+            "quantsim {ours_mean:.2} dB vs onnxruntime {ort:.2} dB"
+        );
+    }
+    assert!(
+        integer_mean >= 6.0,
+        "onnxruntime {integer_mean:.2} dB on the W4A8 export"
+    );
+}

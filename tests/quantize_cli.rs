@@ -372,3 +372,59 @@ fn an_override_of_a_folded_away_tensor_says_cle_removed_it() {
     assert!(stderr.contains("conv2d_53.tmp_0"), "{stderr}");
     assert!(stderr.contains("folded it away"), "{stderr}");
 }
+
+/// `--pack_4_bit_weights` is accepted: with 4-bit weights the QDQ model stores them as packed
+/// ONNX INT4 (half a byte each); with 8-bit weights it warns that it changes nothing.
+#[test]
+fn pack_4_bit_weights_stores_int4_and_warns_when_weights_are_wider() {
+    let Some(scratch) = Scratch::new(2) else {
+        return;
+    };
+    let (code, _, stderr) = scratch.quantize(
+        "w4.json",
+        &[
+            "--weights_bitwidth",
+            "4",
+            "--use_per_channel_quantization",
+            "--pack_4_bit_weights",
+            "--output_model",
+            "w4.qdq.onnx",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("pack_4_bit_weights"), "{stderr}");
+    let model = quant::onnx::OnnxModel::read(&scratch.path("w4.qdq.onnx")).unwrap();
+    let graph = model.proto().graph.as_ref().unwrap();
+    let conv_weight = graph
+        .node
+        .iter()
+        .find(|n| n.op_type.as_deref() == Some("Conv"))
+        .map(|n| n.input[1].clone())
+        .unwrap();
+    let dequantize = graph
+        .node
+        .iter()
+        .find(|n| n.output[0] == conv_weight)
+        .unwrap();
+    assert_eq!(dequantize.op_type.as_deref(), Some("DequantizeLinear"));
+    // cls.prep is opset 11: only onnxruntime's DequantizeLinear reads INT4 there.
+    assert_eq!(dequantize.domain.as_deref(), Some("com.microsoft"));
+    let stored = graph
+        .initializer
+        .iter()
+        .find(|t| t.name.as_deref() == Some(dequantize.input[0].as_str()))
+        .unwrap();
+    assert_eq!(stored.data_type, Some(22), "INT4");
+    let elements: i64 = stored.dims.iter().product();
+    assert_eq!(
+        stored.raw_data.as_ref().unwrap().len() as i64,
+        (elements + 1) / 2
+    );
+
+    let (code, _, stderr) = scratch.quantize("w8.json", &["--pack_4_bit_weights"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("--pack_4_bit_weights has no effect: weights are 8-bit"),
+        "{stderr}"
+    );
+}

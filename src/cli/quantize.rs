@@ -86,6 +86,10 @@ pub struct QuantizeArgs {
     /// Per-row weights for Gemm/MatMul (forces symmetric weights).
     #[arg(long = "use_per_row_quantization")]
     use_per_row_quantization: bool,
+    /// Store 4-bit weights packed two per byte. Accepted as qairt-quantizer spells it: the QDQ
+    /// model (`--output_model`) always stores weights of 4 bits or fewer as ONNX int4/uint4.
+    #[arg(long = "pack_4_bit_weights")]
+    pack_4_bit_weights: bool,
     /// AIMET encodings JSON (0.4–1.0.0) whose entries win over calibration.
     #[arg(long = "quantization_overrides", value_name = "OVERRIDES.json")]
     quantization_overrides: Option<PathBuf>,
@@ -337,6 +341,13 @@ pub fn run(args: QuantizeArgs) -> ExitCode {
         Mode::Calibrate(list) => Some(list.clone()),
         _ => None,
     };
+    let settings = args.settings();
+    if args.pack_4_bit_weights && settings.weights_bitwidth.bits() > 4 {
+        shell.warn(format!(
+            "--pack_4_bit_weights has no effect: weights are {}-bit (give --weights_bitwidth 4)",
+            settings.weights_bitwidth.bits()
+        ));
+    }
     let job = OneShot {
         model: args.input_network.clone(),
         input_list: input_list.clone(),
@@ -346,7 +357,7 @@ pub fn run(args: QuantizeArgs) -> ExitCode {
             args.quantization_overrides.clone()
         },
         input_dims,
-        settings: args.settings(),
+        settings,
         algorithms: args.algorithms(),
         jobs: args.jobs,
     };

@@ -6,6 +6,10 @@
 //! encoding is one row holding the whole tensor. Rows are contiguous runs of `row_len` values;
 //! for channels along an axis other than the outermost, the caller lays the values out by
 //! channel first. This module only moves bits: it must not quantize.
+//!
+//! ONNX's `INT4`/`UINT4` tensors use the same nibble order but pack the whole flattened tensor
+//! as one run, rows not starting on a byte boundary ([`pack_nibbles`] over all values): the two
+//! layouts agree exactly when every row has an even length.
 
 use super::kernels::StoredInteger;
 
@@ -98,14 +102,22 @@ pub fn pack_4bit<T: Nibble>(values: &[T], row_len: usize) -> Result<Vec<u8>, Pac
         });
     }
     let mut packed = Vec::with_capacity(packed_len(values.len() / row_len, row_len));
+    let mut nibbles = Vec::with_capacity(row_len);
     for row in values.chunks_exact(row_len) {
-        for pair in row.chunks(2) {
-            let low = pair[0].to_nibble();
-            let high = pair.get(1).map_or(0, |v| v.to_nibble());
-            packed.push(low | (high << 4));
-        }
+        nibbles.clear();
+        nibbles.extend(row.iter().map(|v| v.to_nibble()));
+        packed.extend(pack_nibbles(&nibbles));
     }
     Ok(packed)
+}
+
+/// The low four bits of each byte of `nibbles`, two per byte, the first in the low nibble; an
+/// odd count leaves the last high nibble 0. This is ONNX's `INT4`/`UINT4` `raw_data` when
+/// `nibbles` is the whole tensor (a signed value's two's-complement low bits, `-1` → `0xF`).
+pub fn pack_nibbles(nibbles: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    nibbles
+        .chunks(2)
+        .map(|pair| (pair[0] & 0x0F) | (pair.get(1).map_or(0, |high| high & 0x0F) << 4))
 }
 
 /// Unpacks rows of `row_len` values packed by [`pack_4bit`]; `packed` must hold whole rows of
@@ -152,6 +164,47 @@ mod tests {
             unpack_4bit::<u8>(&[0x10, 0x02, 0x43, 0x05], 3).unwrap(),
             values
         );
+    }
+
+    #[test]
+    fn seed_per_channel_example_takes_14_bytes_a_channel() {
+        // The seed's (3,3,3,32) weight, laid out by channel: 32 rows of 27 values.
+        let value = |c: usize, i: usize| ((c * 5 + i) % 16) as u8;
+        let values: Vec<u8> = (0..32)
+            .flat_map(|c| (0..27).map(move |i| value(c, i)))
+            .collect();
+        let packed = pack_4bit(&values, 27).unwrap();
+        assert_eq!(packed.len(), 32 * 14);
+        for c in 0..32 {
+            let row = &packed[c * 14..(c + 1) * 14];
+            for (b, &byte) in row.iter().enumerate() {
+                let low = value(c, 2 * b);
+                let high = if 2 * b + 1 < 27 {
+                    value(c, 2 * b + 1)
+                } else {
+                    0
+                };
+                assert_eq!(byte, low | (high << 4), "channel {c} byte {b}");
+            }
+        }
+        assert_eq!(unpack_4bit::<u8>(&packed, 27).unwrap(), values);
+    }
+
+    #[test]
+    fn onnx_layout_runs_across_rows() {
+        // ONNX packs the flattened tensor: [[1, 2, 3], [4, 5, 6]] → 0x21 0x43 0x65, where the
+        // per-row layout gives 0x21 0x03 0x54 0x06. (onnx.helper.make_tensor(..., INT4, [2, 3],
+        // [1, 2, 3, 4, 5, 6]) writes 0x21 0x43 0x65.)
+        let values = [1u8, 2, 3, 4, 5, 6];
+        assert_eq!(
+            pack_nibbles(&values).collect::<Vec<_>>(),
+            [0x21, 0x43, 0x65]
+        );
+        assert_eq!(pack_4bit(&values, 3).unwrap(), [0x21, 0x03, 0x54, 0x06]);
+        // One padding nibble at the end of an odd count; signed values keep their low bits.
+        let signed = [-1i8, -8, 7];
+        let low_bits: Vec<u8> = signed.iter().map(|&v| v as u8).collect();
+        assert_eq!(pack_nibbles(&low_bits).collect::<Vec<_>>(), [0x8F, 0x07]);
     }
 
     #[test]

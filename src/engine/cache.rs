@@ -161,7 +161,7 @@ const ENCODINGS_FIELDS: [Field; 10] = [
 ];
 const ENCODINGS_NAMES: [&str; 10] = names(&ENCODINGS_FIELDS);
 /// The encoding of one tensor.
-pub const ENCODINGS: Kind = Kind::new("encodings", 2).keyed_by(&ENCODINGS_NAMES);
+pub const ENCODINGS: Kind = Kind::new("encodings", 3).keyed_by(&ENCODINGS_NAMES);
 
 /// Version of what an evaluation computes and how its store entry is laid out; bump when
 /// either changes, so older entries are never read back.

@@ -12,18 +12,21 @@
 //!   otherwise. Zero points are [`Encoding::zero_point`]: `-offset` for unsigned asymmetric, 0 for
 //!   signed symmetric. An unsigned 32-bit encoding (a bias encoded from its own range) is stored
 //!   as `int32` with values and zero point shifted by `2^31`, which dequantizes to the same floats.
-//! - Other bitwidths (4, 12, ...) use the next container with the encoding's own grid: stored
-//!   parameters hold exactly the encoding's integers, but an activation's QuantizeLinear
-//!   saturates at the container's limits, not the encoding's, so values beyond the encoding's
-//!   range are clipped less than on the target.
+//! - Parameters (weights, and constants AIMET lists) of 4 bits or fewer are stored as ONNX
+//!   `int4`/`uint4`, packed two per byte (see [`QuantizedType::raw_bytes`]): the seed's packed
+//!   4-bit weights, at half the size of the 8-bit container.
+//! - Other bitwidths (activations of 4 bits or fewer, 12, ...) use the next container with the
+//!   encoding's own grid: stored parameters hold exactly the encoding's integers, but an
+//!   activation's QuantizeLinear saturates at the container's limits, not the encoding's, so
+//!   values beyond the encoding's range are clipped less than on the target.
 //! - A 32-bit bias the quantizer encoded from its own range (its input or weight had no integer
 //!   encoding: [`Warning::BiasOwnRange`]) stays in float: onnxruntime's fused kernels assume every
 //!   int32 bias is at input scale × weight scale.
 //! - Tensors kept in float (overrides with `dtype: float`, 16 or 32 bit) are left untouched in
 //!   float32.
 //! - The Q/DQ operator domain depends on the model's opset, which is never changed: see
-//!   [`crate::onnx::qdq::QdqDomain`] (16-bit pairs below opset 21 and per-channel pairs below
-//!   opset 13 use onnxruntime's `com.microsoft` operators).
+//!   [`crate::onnx::qdq::QdqDomain`] (16-bit pairs and 4-bit weights below opset 21, and
+//!   per-channel pairs below opset 13, use onnxruntime's `com.microsoft` operators).
 
 use crate::encoding::tensor::ChannelLayout;
 use crate::encoding::{Encoding, TensorEncoding};
@@ -66,12 +69,15 @@ pub enum QdqExportError {
     },
 }
 
-/// The stored integer type of an encoding, and the shift that moves its unsigned 32-bit
-/// integers into `int32`.
-fn stored_type(encoding: &Encoding) -> (QuantizedType, i64) {
+/// The stored integer type of an encoding (of a parameter the model stores, when `parameter`),
+/// and the shift that moves its unsigned 32-bit integers into `int32`.
+fn stored_type(encoding: &Encoding, parameter: bool) -> (QuantizedType, i64) {
     let bits = encoding.bitwidth.bits();
     let signed = encoding.schema.is_signed();
     match (bits, signed) {
+        // Packed two per byte: the seed's `--pack_4_bit_weights`, in ONNX's own 4-bit types.
+        (..=4, false) if parameter => (QuantizedType::Uint4, 0),
+        (..=4, true) if parameter => (QuantizedType::Int4, 0),
         (..=8, false) => (QuantizedType::Uint8, 0),
         (..=8, true) => (QuantizedType::Int8, 0),
         (..=16, false) => (QuantizedType::Uint16, 0),
@@ -81,8 +87,12 @@ fn stored_type(encoding: &Encoding) -> (QuantizedType, i64) {
     }
 }
 
-fn params(encodings: &[Encoding], axis: Option<usize>) -> Option<(QdqParams, i64)> {
-    let (dtype, shift) = stored_type(encodings.first()?);
+fn params(
+    encodings: &[Encoding],
+    axis: Option<usize>,
+    parameter: bool,
+) -> Option<(QdqParams, i64)> {
+    let (dtype, shift) = stored_type(encodings.first()?, parameter);
     Some((
         QdqParams {
             dtype,
@@ -179,7 +189,7 @@ pub fn plan_tensor_with(
         TensorEncoding::PerChannel { axis, .. } => Some(*axis),
         TensorEncoding::Float { .. } => return Ok(None),
     };
-    let Some((params, shift)) = params(encoding.encodings(), axis) else {
+    let Some((params, shift)) = params(encoding.encodings(), axis, stored.is_some()) else {
         return Ok(None);
     };
     // Constants AIMET lists as activations are stored quantized too: the model holds them.
@@ -346,29 +356,35 @@ mod tests {
     #[test]
     fn stored_types_and_zero_points_per_schema() {
         let asym = Encoding::from_range(-1.8, 0.5, Bitwidth::B8, Schema::Asymmetric).unwrap();
-        let (p, _) = params(&[asym], None).unwrap();
+        let (p, _) = params(&[asym], None, true).unwrap();
         assert_eq!((p.dtype, p.zero_points[0]), (QuantizedType::Uint8, 200));
         let sym = Encoding::symmetric(1.0, Bitwidth::B8, Schema::Symmetric);
-        let (p, _) = params(&[sym], None).unwrap();
+        let (p, _) = params(&[sym], None, true).unwrap();
         assert_eq!((p.dtype, p.zero_points[0]), (QuantizedType::Int8, 0));
         let signed =
             Encoding::from_range(-1.8, 0.5, Bitwidth::B8, Schema::SignedAsymmetric).unwrap();
-        let (p, _) = params(&[signed], None).unwrap();
+        let (p, _) = params(&[signed], None, true).unwrap();
         assert_eq!((p.dtype, p.zero_points[0]), (QuantizedType::Int8, 72));
         let a16 = Encoding::from_range(0.0, 1.0, Bitwidth::B16, Schema::Asymmetric).unwrap();
-        assert_eq!(stored_type(&a16).0, QuantizedType::Uint16);
+        assert_eq!(stored_type(&a16, false).0, QuantizedType::Uint16);
         let a4 =
             Encoding::from_range(-1.0, 1.0, Bitwidth::new(4).unwrap(), Schema::Asymmetric).unwrap();
-        let (p, _) = params(&[a4], None).unwrap();
+        // A 4-bit activation lives in the 8-bit container; a 4-bit parameter is packed.
+        let (p, _) = params(&[a4], None, false).unwrap();
         assert_eq!((p.dtype, p.zero_points[0]), (QuantizedType::Uint8, 8));
+        let (p, _) = params(&[a4], None, true).unwrap();
+        assert_eq!((p.dtype, p.zero_points[0]), (QuantizedType::Uint4, 8));
+        let s4 = Encoding::symmetric(1.0, Bitwidth::new(4).unwrap(), Schema::Symmetric);
+        let (p, _) = params(&[s4], Some(0), true).unwrap();
+        assert_eq!((p.dtype, p.zero_points[0]), (QuantizedType::Int4, 0));
         let bias = Encoding::int32_bias(0.01, 0.02);
-        let (p, shift) = params(&[bias], None).unwrap();
+        let (p, shift) = params(&[bias], None, true).unwrap();
         assert_eq!(
             (p.dtype, p.zero_points[0], shift),
             (QuantizedType::Int32, 0, 0)
         );
         let own = Encoding::from_range(-1.0, 1.0, Bitwidth::B32, Schema::Asymmetric).unwrap();
-        let (p, shift) = params(&[own], None).unwrap();
+        let (p, shift) = params(&[own], None, true).unwrap();
         assert_eq!(p.dtype, QuantizedType::Int32);
         // Shifted into int32, the zero point still dequantizes 0.0 exactly.
         assert_eq!(p.zero_points[0] + shift, own.zero_point());

@@ -110,6 +110,9 @@ impl fmt::Display for DType {
             DType::Uint64 => "uint64",
             DType::Bool => "bool",
             DType::String => "string",
+            // The packed 4-bit integers a QDQ model stores 4-bit weights in.
+            DType::Other(21) => "uint4",
+            DType::Other(22) => "int4",
             DType::Other(code) => return write!(f, "onnx-type-{code}"),
         };
         f.write_str(name)
@@ -127,6 +130,8 @@ mod tests {
             assert_eq!(dtype.to_onnx(), code);
         }
         assert_eq!(DType::from_onnx(0), None);
+        assert_eq!(DType::from_onnx(22).unwrap().to_string(), "int4");
+        assert_eq!(DType::from_onnx(21).unwrap().to_string(), "uint4");
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub enum QuantizedType {
     Int16,
     /// `INT32` (biases).
     Int32,
+    /// `UINT4` (opset 21): packed two per byte in initializers, see [`Self::raw_bytes`].
+    Uint4,
+    /// `INT4` (opset 21): packed two per byte in initializers, see [`Self::raw_bytes`].
+    Int4,
 }
 
 impl QuantizedType {
@@ -51,6 +55,8 @@ impl QuantizedType {
             QuantizedType::Uint16 => 4,
             QuantizedType::Int16 => 5,
             QuantizedType::Int32 => 6,
+            QuantizedType::Uint4 => 21,
+            QuantizedType::Int4 => 22,
         }
     }
 
@@ -62,11 +68,24 @@ impl QuantizedType {
             QuantizedType::Uint16 => (0, 65_535),
             QuantizedType::Int16 => (-32_768, 32_767),
             QuantizedType::Int32 => (i32::MIN.into(), i32::MAX.into()),
+            QuantizedType::Uint4 => (0, 15),
+            QuantizedType::Int4 => (-8, 7),
         }
     }
 
-    fn is_16_bit(self) -> bool {
-        matches!(self, QuantizedType::Uint16 | QuantizedType::Int16)
+    /// Whether the standard operators need opset 21 for this type (16- and 4-bit types).
+    fn needs_opset_21(self) -> bool {
+        matches!(
+            self,
+            QuantizedType::Uint16
+                | QuantizedType::Int16
+                | QuantizedType::Uint4
+                | QuantizedType::Int4
+        )
+    }
+
+    fn is_4_bit(self) -> bool {
+        matches!(self, QuantizedType::Uint4 | QuantizedType::Int4)
     }
 
     /// `values` little-endian in this type's width; they were checked against [`Self::range`].
@@ -75,13 +94,28 @@ impl QuantizedType {
         for &v in values {
             self.push(&mut bytes, v);
         }
-        bytes
+        self.raw_bytes(&bytes)
     }
 
-    /// Bytes per stored value.
+    /// A tensor's `raw_data` from its values held one per [`Self::width`] bytes: the same bytes,
+    /// except for the 4-bit types, which ONNX stores packed over the whole flattened tensor
+    /// (two values per byte, the first in the low nibble, one padding nibble at the end of an
+    /// odd count; not row by row as QNN's packed weights, see [`crate::encoding::packed`]).
+    pub fn raw_bytes(self, held: &[u8]) -> Vec<u8> {
+        if !self.is_4_bit() {
+            return held.to_vec();
+        }
+        crate::encoding::packed::pack_nibbles(held).collect()
+    }
+
+    /// Bytes per stored value as [`QdqValues`] holds them (a 4-bit value takes a byte until
+    /// [`Self::raw_bytes`] packs it).
     pub fn width(self) -> usize {
         match self {
-            QuantizedType::Uint8 | QuantizedType::Int8 => 1,
+            QuantizedType::Uint8
+            | QuantizedType::Int8
+            | QuantizedType::Uint4
+            | QuantizedType::Int4 => 1,
             QuantizedType::Uint16 | QuantizedType::Int16 => 2,
             QuantizedType::Int32 => 4,
         }
@@ -89,8 +123,8 @@ impl QuantizedType {
 
     fn push(self, bytes: &mut Vec<u8>, v: i64) {
         match self {
-            QuantizedType::Uint8 => bytes.push(v as u8),
-            QuantizedType::Int8 => bytes.push(v as i8 as u8),
+            QuantizedType::Uint8 | QuantizedType::Uint4 => bytes.push(v as u8),
+            QuantizedType::Int8 | QuantizedType::Int4 => bytes.push(v as i8 as u8),
             QuantizedType::Uint16 => bytes.extend((v as u16).to_le_bytes()),
             QuantizedType::Int16 => bytes.extend((v as i16).to_le_bytes()),
             QuantizedType::Int32 => bytes.extend((v as i32).to_le_bytes()),
@@ -202,7 +236,8 @@ pub struct QdqPlan {
 /// Which operator set a QuantizeLinear/DequantizeLinear pair uses.
 ///
 /// The default ONNX domain when the model's opset already has what the pair needs (8-bit and
-/// int32 per-tensor: opset 10; per-channel `axis`: 13; `uint16`/`int16`: 21). Otherwise
+/// int32 per-tensor: opset 10; per-channel `axis`: 13; `uint16`/`int16`, `uint4`/`int4`: 21).
+/// Otherwise
 /// onnxruntime's `com.microsoft` QuantizeLinear/DequantizeLinear (opset 1 of that domain),
 /// which accept all of these at any ONNX opset. Raising the model's own opset instead would
 /// need every other op converted (Squeeze, Split, ReduceMean, ... changed signature between
@@ -218,7 +253,7 @@ pub enum QdqDomain {
 impl QdqDomain {
     /// The lowest ONNX opset whose QuantizeLinear/DequantizeLinear express `params`.
     pub fn required_opset(params: &QdqParams) -> i64 {
-        if params.dtype.is_16_bit() {
+        if params.dtype.needs_opset_21() {
             21
         } else if params.axis.is_some() {
             13
@@ -870,7 +905,7 @@ impl Additions {
             quantized.clone(),
             params.dtype.onnx_code(),
             dims,
-            values.bytes.to_vec(),
+            params.dtype.raw_bytes(&values.bytes),
         ));
         let (scale, zero_point) = push_params(&mut self.initializers, names, name, params);
         let node_name = names.fresh(format!("{name}_DequantizeLinear"));
@@ -1197,6 +1232,46 @@ mod tests {
         assert_eq!(out.proto().metadata_props[0].value.as_deref(), Some("abc"));
         // Opset 11 has everything an 8-bit per-tensor pair needs.
         assert!(graph.node.iter().all(|n| n.domain.is_none()));
+    }
+
+    #[test]
+    fn four_bit_parameters_are_packed_int4_behind_a_microsoft_dequantize_below_opset_21() {
+        let params = QdqParams {
+            dtype: QuantizedType::Int4,
+            scales: vec![0.5, 0.25],
+            zero_points: vec![0, -1],
+            axis: Some(0),
+        };
+        assert_eq!(QdqDomain::for_params(&params, 11), QdqDomain::Microsoft);
+        assert_eq!(QdqDomain::for_params(&params, 21), QdqDomain::Onnx);
+        assert_eq!(QdqValues::new(QuantizedType::Int4, [8]), Err(8));
+        let plan = QdqPlan {
+            tensors: vec![QdqTensor::Parameter {
+                name: "w".into(),
+                params,
+                values: QdqValues::new(QuantizedType::Int4, [-1, 7]).unwrap(),
+            }],
+            metadata: Vec::new(),
+        };
+        let out = tiny().with_qdq(&plan).unwrap();
+        let graph = out.proto().graph.as_ref().unwrap();
+        let find = |name: &str| {
+            graph
+                .initializer
+                .iter()
+                .find(|t| t.name.as_deref() == Some(name))
+                .unwrap()
+        };
+        let w = find("w_quantized");
+        // ONNX INT4: two values a byte, the first in the low nibble.
+        assert_eq!((w.data_type, &w.dims[..]), (Some(22), &[2i64][..]));
+        assert_eq!(w.raw_data.as_deref(), Some(&[0x7Fu8][..]));
+        let zero_point = find("w_zero_point");
+        assert_eq!(zero_point.data_type, Some(22));
+        assert_eq!(zero_point.raw_data.as_deref(), Some(&[0xF0u8][..]));
+        let dq = &graph.node[0];
+        assert_eq!(dq.op_type.as_deref(), Some("DequantizeLinear"));
+        assert_eq!(dq.domain.as_deref(), Some("com.microsoft"));
     }
 
     #[test]

@@ -153,6 +153,8 @@ impl fmt::Display for Percentile {
 ///
 /// [`Default`] is qairt-quantizer's: 8-bit activations, weights and biases, min-max calibration,
 /// asymmetric schemas, percentile 99.99, per-tensor weights, float weights while calibrating.
+/// One default follows the bitwidth instead of a field: symmetric encodings of 4 bits or fewer
+/// use the whole signed grid ([`super::weight_convention`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct QuantizerSettings {
     /// `act_bitwidth` (`act_bw`).

@@ -255,9 +255,14 @@ pub fn encode_activation(
         bitwidth,
         schema,
     );
-    let encoding =
-        Encoding::from_range_with(min, max, bitwidth, schema, weight_convention(settings))
-            .map_err(encoding_error(tensor))?;
+    let encoding = Encoding::from_range_with(
+        min,
+        max,
+        bitwidth,
+        schema,
+        weight_convention(settings, bitwidth),
+    )
+    .map_err(encoding_error(tensor))?;
     Ok((Some(TensorEncoding::PerTensor(encoding)), warnings))
 }
 
@@ -322,7 +327,6 @@ pub fn encode_parameter(
         }
         return Ok((encoding, warnings));
     }
-    let convention = weight_convention(settings);
     let (bitwidth, schema, method) = match tensor.role {
         Role::Weight { .. }
         | Role::BatchNormScale
@@ -353,6 +357,7 @@ pub fn encode_parameter(
         _ => schema,
     };
     let (bitwidth, mut schema) = overridden_grid(ov, bitwidth, schema);
+    let convention = weight_convention(settings, bitwidth);
     let strategy = calibration(method, settings);
     let stats_settings = required_statistics(strategy);
     if let Role::Weight {
@@ -454,9 +459,14 @@ pub fn bias_encoding(
     let statistics = value_statistics(values, required_statistics(strategy));
     let (bitwidth, schema) = overridden_grid(ov, bitwidth, settings.param_schema);
     let (min, max) = select_range(&statistics, strategy, bitwidth, schema);
-    let encoding =
-        Encoding::from_range_with(min, max, bitwidth, schema, weight_convention(settings))
-            .map_err(encoding_error(name))?;
+    let encoding = Encoding::from_range_with(
+        min,
+        max,
+        bitwidth,
+        schema,
+        weight_convention(settings, bitwidth),
+    )
+    .map_err(encoding_error(name))?;
     Ok((TensorEncoding::PerTensor(encoding), warnings))
 }
 
