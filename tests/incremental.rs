@@ -22,6 +22,8 @@ use tempfile::TempDir;
 use common::{EXAMPLE, copy_tree};
 /// The tensor `overrides/head.json` pins (the classifier's softmax output).
 const HEAD_TENSOR: &str = "save_infer_model/scale_0.tmp_1";
+/// The classifier's last MatMul output: the float16 edit keeps it (and so the MatMul) in float.
+const FLOAT_TENSOR: &str = "linear_1.tmp_0";
 /// One cls input, 1×3×48×192 little-endian f32.
 const SAMPLE_BYTES: usize = 3 * 48 * 192 * 4;
 /// Output folder of a build, next to the manifest.
@@ -96,6 +98,9 @@ struct PipelineState {
     /// `algorithms` of `htp` (and so of `htp-a16`, which extends it).
     cle: bool,
     bias_correction: bool,
+    /// Whether the overrides keep the classifier's last MatMul output in float16, which makes
+    /// that MatMul (weight included) a float16 op with conversions around it.
+    float_matmul: bool,
 }
 
 impl PipelineState {
@@ -113,6 +118,7 @@ impl PipelineState {
             evaluate: true,
             cle: false,
             bias_correction: false,
+            float_matmul: false,
         }
     }
 
@@ -154,8 +160,13 @@ impl PipelineState {
     }
 
     fn overrides(&self) -> String {
+        let float = if self.float_matmul {
+            format!("        \"{FLOAT_TENSOR}\": [{{\"bitwidth\": 16, \"dtype\": \"float\"}}],\n")
+        } else {
+            String::new()
+        };
         format!(
-            "{{\n    \"activation_encodings\": {{\n        \"{HEAD_TENSOR}\": [\n            {{\n                \
+            "{{\n    \"activation_encodings\": {{\n{float}        \"{HEAD_TENSOR}\": [\n            {{\n                \
              \"bitwidth\": 8,\n                \"dtype\": \"int\",\n                \
              \"is_symmetric\": \"False\",\n                \"max\": {:?},\n                \
              \"min\": {:?}\n            }}\n        ]\n    }},\n    \"param_encodings\": {{}}\n}}\n",
@@ -336,9 +347,10 @@ enum Edit {
     AddModel,
     ToggleCle,
     ToggleBiasCorrection,
+    ToggleFloatMatMul,
 }
 
-const EDITS: [Edit; 9] = [
+const EDITS: [Edit; 10] = [
     Edit::OverrideRange,
     Edit::AddSample,
     Edit::RemoveSample,
@@ -348,8 +360,9 @@ const EDITS: [Edit; 9] = [
     Edit::AddModel,
     Edit::ToggleCle,
     Edit::ToggleBiasCorrection,
+    Edit::ToggleFloatMatMul,
 ];
-const SEEDS: [u64; 3] = [1, 2, 4];
+const SEEDS: [u64; 3] = [1, 2, 13];
 const EDITS_PER_SEED: usize = 5;
 
 /// Applies `edit` to `state` (and to the files that are not rendered from it) in `root`.
@@ -387,6 +400,7 @@ fn apply(edit: Edit, state: &mut PipelineState, root: &Path, rng: &mut Rng) {
         Edit::PerChannel => state.per_channel = !state.per_channel,
         Edit::ToggleCle => state.cle = !state.cle,
         Edit::ToggleBiasCorrection => state.bias_correction = !state.bias_correction,
+        Edit::ToggleFloatMatMul => state.float_matmul = !state.float_matmul,
         Edit::AddModel => {
             let name = format!("cls{}", state.extra_models.len() + 2);
             fs::copy(
@@ -450,7 +464,10 @@ fn incremental_builds_after_random_edits_equal_clean_builds() {
             let count = |key| summary.count(key);
             match edit {
                 // None touches what statistics are gathered from or how.
-                Edit::OverrideRange | Edit::ActBitwidth | Edit::PerChannel => {
+                Edit::OverrideRange
+                | Edit::ActBitwidth
+                | Edit::PerChannel
+                | Edit::ToggleFloatMatMul => {
                     assert_eq!(count("samples_run"), 0, "{context}: {}", summary.json);
                 }
                 // The new sample runs once per model (once for identical model files); every

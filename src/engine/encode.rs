@@ -159,6 +159,30 @@ fn values_digest(values: &[f32]) -> Digest {
     Digest::from(hasher.finalize())
 }
 
+/// A tensor's override with the specification's weighted-op rule applied: an output, weight or
+/// bias kept float makes the other two float too, at the overriding tensor's bitwidth. Its own
+/// query, so an overrides edit re-runs it for every tensor but backdates where the result is
+/// unchanged, and the encodings behind it do not run again.
+#[salsa::tracked]
+pub fn effective_override<'db>(db: &'db dyn Db, tensor: TensorKey<'db>) -> Option<Override> {
+    if let Some(own) = tensor_override(db, tensor) {
+        return Some(own.clone());
+    }
+    let unit = tensor.unit(db);
+    let plan = unit_plan(db, unit).as_ref().ok()?;
+    let settings = plan.settings()?;
+    let model_key = unit_model_key(db, unit).unwrap_or_else(|| model_key(db, unit, plan));
+    let model = model_graph(db, model_key).as_ref().ok()?;
+    let merged = super::overrides::unit_overrides(db, unit).as_ref().ok()?;
+    quantizer::precision::implied_float(
+        &model.graph,
+        &merged.overrides,
+        tensor.name(db),
+        settings.float_bias_bitwidth.0,
+    )
+    .map(|bits| Override::Fixed(FixedEncoding::Float(bits)))
+}
+
 /// One tensor's encoding, computed exactly as [`quantizer::encode_model`] would, from the
 /// per-tensor projections only; looked up in the store first.
 #[salsa::tracked(returns(ref))]
@@ -189,18 +213,7 @@ pub fn tensor_encoding<'db>(
             tensor: name.clone(),
         }));
     };
-    // The specification's weighted-op rule: an output, weight or bias kept float makes the
-    // other two float too, at the overriding tensor's bitwidth.
-    let ov = tensor_override(db, tensor).clone().or_else(|| {
-        let merged = super::overrides::unit_overrides(db, unit).as_ref().ok()?;
-        quantizer::precision::implied_float(
-            graph,
-            &merged.overrides,
-            name,
-            settings.float_bias_bitwidth.0,
-        )
-        .map(|bits| Override::Fixed(FixedEncoding::Float(bits)))
-    });
+    let ov = effective_override(db, tensor);
     let partner = |partner: &str,
                    section: Section|
      -> Result<Option<Arc<EncodedTensor>>, BuildError> {
