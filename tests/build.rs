@@ -124,7 +124,7 @@ fn fresh_processes_recompute_only_what_an_edit_touches() {
     let [run, reused, encoded, tensors_reused, written, unchanged] = counts(&noop);
     assert_eq!(
         (run, reused, encoded, written, unchanged),
-        (0, 8, 0, 0, 10),
+        (0, 8, 0, 0, 11),
         "{noop}"
     );
     assert_eq!(tensors_reused, count(&cold, "tensors_encoded"), "{noop}");
