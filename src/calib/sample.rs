@@ -19,9 +19,16 @@ pub struct InputSpec {
 }
 
 impl InputSpec {
-    /// Number of `f32` values in one tensor of this input.
+    /// Number of `f32` values in one tensor of this input, saturating: a model may declare dims
+    /// whose product overflows, and no file can hold that many values anyway.
     pub fn element_count(&self) -> usize {
-        self.shape.iter().product()
+        self.shape.iter().fold(1usize, |n, &d| n.saturating_mul(d))
+    }
+
+    /// Bytes one tensor of this input takes in a sample file (saturating like
+    /// [`InputSpec::element_count`]).
+    pub fn byte_count(&self) -> u64 {
+        (self.element_count() as u64).saturating_mul(4)
     }
 }
 
@@ -163,7 +170,7 @@ impl InputList {
             line: sample.line,
             input: spec.name.clone(),
             path: file.path.clone(),
-            expected: spec.element_count() as u64 * 4,
+            expected: spec.byte_count(),
             found,
             shape: spec.shape.clone(),
             src: self.named_source(),
@@ -186,7 +193,7 @@ fn decode<'b>(
     file: &SampleFile,
     bytes: &'b [u8],
 ) -> Result<&'b [u8], CalibError> {
-    let expected = spec.element_count() as u64 * 4;
+    let expected = spec.byte_count();
     if !is_npy(&file.path) {
         if bytes.len() as u64 != expected {
             return Err(list.size_error(sample, spec, file, bytes.len() as u64));
@@ -232,7 +239,7 @@ pub(super) fn check_file(
 ) -> Result<(), CalibError> {
     let read_err = |e: std::io::Error| list.read_error(sample, file, &e);
     let len = std::fs::metadata(&file.path).map_err(read_err)?.len();
-    let expected = spec.element_count() as u64 * 4;
+    let expected = spec.byte_count();
     if !is_npy(&file.path) {
         if len != expected {
             return Err(list.size_error(sample, spec, file, len));

@@ -42,6 +42,9 @@ pub struct BuildArgs {
     /// Print every evaluated target's tables, also when its evaluation was reused.
     #[arg(long, short = 'v')]
     verbose: bool,
+    /// Let manifests write outside their own folder and read files outside PATH.
+    #[arg(long)]
+    allow_outside_root: bool,
 }
 
 /// What went wrong before a build could start.
@@ -50,6 +53,8 @@ pub(crate) enum SetupError {
     Usage(String),
     /// A manifest or store problem (exit 1).
     Failure(miette::Report),
+    /// Problems in several manifests (exit 1).
+    Failures(Vec<miette::Report>),
 }
 
 impl SetupError {
@@ -63,15 +68,32 @@ impl SetupError {
                 shell.diagnostic(report);
                 ExitCode::from(EXIT_FAILURE)
             }
+            SetupError::Failures(reports) => {
+                for report in reports {
+                    shell.diagnostic(report);
+                }
+                ExitCode::from(EXIT_FAILURE)
+            }
         }
     }
 }
 
 /// The manifests at `path` (see [`manifest::discover`]), each with the context of its store.
-/// Manifests sharing a store folder share one context; all share one work log.
-pub(crate) fn projects(db: &Database, path: &Path) -> Result<Vec<ProjectSpec>, SetupError> {
+/// Manifests sharing a store folder share one context; all share one work log. The manifests
+/// must pass [`manifest::check_workspace`] (paths confined unless `allow_outside_root`).
+pub(crate) fn projects(
+    db: &Database,
+    path: &Path,
+    allow_outside_root: bool,
+) -> Result<Vec<ProjectSpec>, SetupError> {
     let manifests =
         manifest::discover(path).map_err(|e| SetupError::Failure(miette::Report::new(e)))?;
+    let problems = manifest::check_workspace(path, &manifests, allow_outside_root);
+    if !problems.is_empty() {
+        return Err(SetupError::Failures(
+            problems.into_iter().map(miette::Report::new).collect(),
+        ));
+    }
     if manifests.is_empty() {
         return Err(SetupError::Usage(format!(
             "no {} found in {}",
@@ -403,7 +425,7 @@ pub fn run(args: BuildArgs) -> ExitCode {
     }
     let path = args.path.clone().unwrap_or_else(|| PathBuf::from("."));
     let db = Database::new();
-    let projects = match projects(&db, &path) {
+    let projects = match projects(&db, &path, args.allow_outside_root) {
         Ok(projects) => projects,
         Err(e) => return e.report(&shell),
     };

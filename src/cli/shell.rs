@@ -72,7 +72,7 @@ impl Shell {
 
     /// A miette diagnostic, rendered with its source snippet.
     pub fn diagnostic(&self, diagnostic: miette::Report) {
-        let _ = writeln!(std::io::stderr(), "{diagnostic:?}");
+        let _ = writeln!(std::io::stderr(), "{}", render_diagnostic(&diagnostic));
     }
 
     /// A progress bar of `len` steps, hidden unless stderr is a terminal.
@@ -91,6 +91,43 @@ impl Shell {
         bar.enable_steady_tick(Duration::from_millis(200));
         bar
     }
+}
+
+/// A diagnostic as [`Shell::diagnostic`] prints it: miette's graphical form with the source
+/// snippet, or its narrated form when a label sits on a line too long to draw under.
+///
+/// The graphical handler pads underlines with `format!` widths, which Rust caps at `u16::MAX`: a
+/// label past column 65535 (minified JSON, a one-line generated manifest) would panic while the
+/// error is being reported.
+pub fn render_diagnostic(report: &miette::Report) -> String {
+    let diagnostic: &dyn miette::Diagnostic = report.as_ref();
+    if drawable(diagnostic) {
+        return format!("{report:?}");
+    }
+    let mut out = String::new();
+    match miette::NarratableReportHandler::new().render_report(&mut out, diagnostic) {
+        Ok(()) => out,
+        Err(_) => report.to_string(),
+    }
+}
+
+/// Longest line the graphical handler may underline (with room for the gutter and tabs).
+const DRAWABLE_LINE: usize = 30_000;
+
+fn drawable(diagnostic: &dyn miette::Diagnostic) -> bool {
+    let labels_fit = diagnostic.source_code().is_none_or(|source| {
+        diagnostic.labels().into_iter().flatten().all(|label| {
+            source.read_span(label.inner(), 1, 1).is_ok_and(|contents| {
+                contents
+                    .data()
+                    .split(|&b| b == b'\n')
+                    .all(|line| line.len() < DRAWABLE_LINE)
+            })
+        })
+    });
+    labels_fit
+        && diagnostic.related().into_iter().flatten().all(drawable)
+        && diagnostic.diagnostic_source().is_none_or(drawable)
 }
 
 impl Default for Shell {

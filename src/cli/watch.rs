@@ -40,6 +40,9 @@ pub struct WatchArgs {
     /// Print why each recomputation happened.
     #[arg(long)]
     explain: bool,
+    /// Let manifests write outside their own folder and read files outside PATH.
+    #[arg(long)]
+    allow_outside_root: bool,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -121,7 +124,7 @@ pub fn run(args: WatchArgs) -> ExitCode {
     catch_interrupt();
     let path = args.path.clone().unwrap_or_else(|| PathBuf::from("."));
     let mut db = Database::new();
-    let projects = match projects(&db, &path) {
+    let projects = match projects(&db, &path, args.allow_outside_root) {
         Ok(projects) => projects,
         Err(e) => return e.report(&shell),
     };

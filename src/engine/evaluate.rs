@@ -140,7 +140,7 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Reads [`StoredTraces::save_sims`]' bytes: a count, then per sample its float trace key, the
 /// length of its simulation trace and the trace. `None` when they are not exactly that.
-fn decode_sim_traces(bytes: &[u8]) -> Option<BTreeMap<Digest, SimTrace>> {
+pub(super) fn decode_sim_traces(bytes: &[u8]) -> Option<BTreeMap<Digest, SimTrace>> {
     let (count, mut rest) = bytes.split_first_chunk::<8>()?;
     let mut traces = BTreeMap::new();
     for _ in 0..u64::from_le_bytes(*count) {

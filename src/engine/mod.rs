@@ -147,6 +147,9 @@ pub mod lines;
 
 pub mod oneshot;
 
+#[cfg(test)]
+mod payload_fuzz;
+
 // The front: everything the CLI, the watcher, the tests and embedders use.
 pub use build::Build;
 pub use cache::{Field, KINDS, KindSpec, Payload, markdown_table as cache_table};

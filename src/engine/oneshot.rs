@@ -354,11 +354,17 @@ pub fn quantize(
         transforms.events.extend(corrected.1.events);
     }
     let calibration_model = quantizer::calibration_model(&model, &graph, &overrides, settings)?;
-    let bytes = calibration_model.as_ref().unwrap_or(&model).to_bytes();
-    let runner = FloatRunner::new(&bytes, &runner_dims).map_err(|source| OneShotError::Run {
+    // The encoded model is only tract's input: dropped at once, it does not add a model's size
+    // to the peak memory of the whole calibration.
+    let runner = {
+        let bytes = calibration_model.as_ref().unwrap_or(&model).to_bytes();
+        FloatRunner::new(&bytes, &runner_dims)
+    }
+    .map_err(|source| OneShotError::Run {
         model: job.model.clone(),
         source,
     })?;
+    drop(calibration_model);
     list.check(runner.input_specs())?;
 
     let stats_settings = statistics_settings(settings);

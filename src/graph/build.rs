@@ -41,6 +41,22 @@ pub enum GraphError {
         /// The name.
         tensor: String,
     },
+    /// A graph output nothing defines.
+    #[error("in {}: graph output `{tensor}` is defined by no graph input, initializer or node", path.display())]
+    UndefinedOutput {
+        /// The model path.
+        path: PathBuf,
+        /// The output's name.
+        tensor: String,
+    },
+    /// Nodes that read each other's outputs in a circle: no order runs them.
+    #[error("in {}: nodes read each other's outputs in a cycle: {}", path.display(), cycle.join(" → "))]
+    Cycle {
+        /// The model path.
+        path: PathBuf,
+        /// The nodes on the cycle, each as `name (op)`, the first repeated at the end.
+        cycle: Vec<String>,
+    },
 }
 
 pub(super) fn build(contents: GraphContents, origin: &Path) -> Result<Graph, GraphError> {
@@ -152,9 +168,19 @@ pub(super) fn build(contents: GraphContents, origin: &Path) -> Result<Graph, Gra
         .map(|o| TensorName::new(o.name.clone()))
         .collect();
     for output in &outputs {
-        if let Some(&i) = builder.index.get(output) {
-            builder.tensors[i].is_graph_output = true;
-        }
+        let Some(&i) = builder.index.get(output) else {
+            return Err(GraphError::UndefinedOutput {
+                path: origin.to_owned(),
+                tensor: output.as_str().to_string(),
+            });
+        };
+        builder.tensors[i].is_graph_output = true;
+    }
+    if let Some(cycle) = find_cycle(&nodes, &builder) {
+        return Err(GraphError::Cycle {
+            path: origin.to_owned(),
+            cycle,
+        });
     }
 
     // Rules in tensor order: a node output comes after its inputs, so a shared input's rule is
@@ -386,6 +412,60 @@ fn infer_dtype(node: &Node, k: usize, builder: &Builder<'_>) -> Option<DType> {
         ("Concat" | "Max" | "Min" | "Sum" | "Mean", _) => (0..node.inputs.len()).find_map(input),
         _ => input(0),
     }
+}
+
+/// A cycle among the nodes (a node depends on the producers of its inputs), as the nodes'
+/// `name (op)` from one back to itself; `None` when the nodes form a DAG. Iterative, so a
+/// chain of any length cannot overflow the stack.
+fn find_cycle(nodes: &[Node], builder: &Builder<'_>) -> Option<Vec<String>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnPath,
+        Done,
+    }
+    let producers = |node: &Node| -> Vec<usize> {
+        node.inputs
+            .iter()
+            .flatten()
+            .filter_map(|name| builder.index.get(name))
+            .filter_map(|&i| builder.tensors[i].producer.as_ref())
+            .map(|p| p.node.0)
+            .collect()
+    };
+    let mut marks = vec![Mark::New; nodes.len()];
+    for start in 0..nodes.len() {
+        if marks[start] != Mark::New {
+            continue;
+        }
+        // (node, its producers, next producer to visit)
+        let mut path: Vec<(usize, Vec<usize>, usize)> = vec![(start, producers(&nodes[start]), 0)];
+        marks[start] = Mark::OnPath;
+        while let Some((node, deps, next)) = path.last_mut() {
+            let Some(&dep) = deps.get(*next) else {
+                marks[*node] = Mark::Done;
+                path.pop();
+                continue;
+            };
+            *next += 1;
+            match marks[dep] {
+                Mark::Done => {}
+                Mark::New => {
+                    marks[dep] = Mark::OnPath;
+                    path.push((dep, producers(&nodes[dep]), 0));
+                }
+                Mark::OnPath => {
+                    let from = path.iter().position(|(n, _, _)| *n == dep).unwrap_or(0);
+                    let label = |n: usize| format!("`{}` ({})", nodes[n].name, nodes[n].op_type);
+                    let mut cycle: Vec<String> =
+                        path[from..].iter().map(|(n, _, _)| label(*n)).collect();
+                    cycle.push(label(dep));
+                    return Some(cycle);
+                }
+            }
+        }
+    }
+    None
 }
 
 fn rule_for(tensor: &Tensor, role: Role, nodes: &[Node], builder: &Builder<'_>) -> EncodingRule {

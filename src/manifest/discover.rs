@@ -273,6 +273,233 @@ fn declared_out_dir(manifest: &Path) -> Option<String> {
     raw.pipeline.out_dir.map(|d| d.into_inner())
 }
 
+/// The `quant build` flag that lets manifests write outside their own folder and read files
+/// outside the build root.
+pub const ALLOW_OUTSIDE_ROOT_FLAG: &str = "--allow-outside-root";
+
+/// Checks the manifests [`discover`] found under `root` against `root` and each other, before
+/// anything is read or written:
+///
+/// - a manifest's `out_dir` must stay inside the manifest's own folder, and the models, input
+///   lists (and the samples they list), overrides and labels it names inside `root`, unless
+///   `allow_outside` ([`ALLOW_OUTSIDE_ROOT_FLAG`]): a manifest found in a monorepo must not
+///   overwrite or read another project's files by a `../..` path;
+/// - two manifests must not share a pipeline name (reports and `--json` name units by it).
+///
+/// One error per manifest with problems, in `manifests` order. Paths are compared after
+/// resolving `..` and symbolic links, so neither leads out unnoticed.
+pub fn check_workspace(
+    root: &Path,
+    manifests: &[PathBuf],
+    allow_outside: bool,
+) -> Vec<ManifestError> {
+    // `quant build path/to/quant.toml`: the root is the manifest's folder.
+    let root = if root.is_file() {
+        real(folder_of(root))
+    } else {
+        real(root)
+    };
+    let mut names: Vec<(String, PathBuf)> = Vec::new();
+    let mut errors = Vec::new();
+    for manifest in manifests {
+        let Ok(text) = std::fs::read_to_string(manifest) else {
+            continue; // the build reports unreadable manifests itself
+        };
+        let mut problems = Problems::new(NamedSource::new(
+            manifest.display().to_string(),
+            Arc::from(text.as_str()),
+        ));
+        let Some(raw) = raw::parse(&mut problems, &text) else {
+            continue;
+        };
+        problems.list.clear(); // syntax problems are the build's to report
+        let folder = folder_of(manifest);
+        let name = raw
+            .pipeline
+            .name
+            .as_ref()
+            .map(|n| n.get_ref().clone())
+            .or_else(|| {
+                real(folder)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+            })
+            .unwrap_or_default();
+        if let Some((_, first)) = names.iter().find(|(n, _)| *n == name) {
+            let span = raw.pipeline.name.as_ref().map_or(0..0, |n| n.span());
+            let diagnostic = problems
+                .at(
+                    "quant::manifest::duplicate_pipeline",
+                    format!(
+                        "pipeline `{name}` is also the name of {}",
+                        first.display()
+                    ),
+                    span,
+                    "same name",
+                )
+                .with_help(format!(
+                    "pipeline names must be unique under one build root: set `[pipeline] name` in {} or {}",
+                    first.display(),
+                    manifest.display()
+                ));
+            problems.push(diagnostic);
+        } else {
+            names.push((name, manifest.clone()));
+        }
+        if !allow_outside {
+            confine(&mut problems, &raw, folder, &root);
+        }
+        if !problems.list.is_empty() {
+            errors.push(ManifestError::Invalid {
+                path: manifest.clone(),
+                problems: problems.list,
+            });
+        }
+    }
+    errors
+}
+
+/// The folder a file is in; `.` for a bare file name.
+fn folder_of(file: &Path) -> &Path {
+    file.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// Problems for every path of `raw` that leads out: `out_dir` out of `folder`, inputs out of
+/// `root`.
+fn confine(problems: &mut Problems, raw: &raw::RawManifest, folder: &Path, root: &Path) {
+    let own = real(folder);
+    let help = format!(
+        "paths in a manifest found under a build root stay inside it; pass {ALLOW_OUTSIDE_ROOT_FLAG} to allow this one"
+    );
+    if let Some(out_dir) = &raw.pipeline.out_dir {
+        let target = real(&folder.join(out_dir.get_ref()));
+        if !target.starts_with(&own) {
+            let diagnostic = problems
+                .at(
+                    "quant::manifest::outside",
+                    format!(
+                        "`out_dir` resolves to {}, outside the manifest's folder {}",
+                        target.display(),
+                        own.display()
+                    ),
+                    out_dir.span(),
+                    "writes outside the manifest's folder",
+                )
+                .with_help(help.clone());
+            problems.push(diagnostic);
+        }
+    }
+    let mut inputs: Vec<(&str, &toml::Spanned<String>)> = Vec::new();
+    inputs.extend(
+        raw.models
+            .iter()
+            .filter_map(|m| Some(("model", m.path.as_ref()?))),
+    );
+    inputs.extend(
+        raw.overrides
+            .iter()
+            .filter_map(|o| Some(("overrides", o.path.as_ref()?))),
+    );
+    inputs.extend(
+        raw.eval
+            .iter()
+            .filter_map(|e| Some(("labels", e.labels.as_ref()?))),
+    );
+    let lists = raw
+        .calibration
+        .iter()
+        .filter_map(|c| c.input_list.as_ref())
+        .chain(raw.eval.iter().filter_map(|e| e.input_list.as_ref()));
+    inputs.extend(lists.clone().map(|l| ("input list", l)));
+    for (what, given) in inputs {
+        let path = real(&folder.join(given.get_ref()));
+        if !path.starts_with(root) {
+            let diagnostic = problems
+                .at(
+                    "quant::manifest::outside",
+                    format!(
+                        "{what} `{}` resolves to {}, outside the build root {}",
+                        given.get_ref(),
+                        path.display(),
+                        root.display()
+                    ),
+                    given.span(),
+                    "reads outside the build root",
+                )
+                .with_help(help.clone());
+            problems.push(diagnostic);
+        }
+    }
+    // The samples a list names are read too: one problem per list, naming the first.
+    for list in lists {
+        let path = folder.join(list.get_ref());
+        let Ok(parsed) = crate::calib::InputList::read(&path) else {
+            continue; // the build reports a missing or broken list
+        };
+        let outside = parsed
+            .samples
+            .iter()
+            .flat_map(|s| s.files.iter().map(move |f| (s.line, &f.path)));
+        let mut outside = outside.filter(|(_, p)| !real(p).starts_with(root));
+        if let Some((line, sample)) = outside.next() {
+            let more = outside.count();
+            let diagnostic = problems
+                .at(
+                    "quant::manifest::outside",
+                    format!(
+                        "input list `{}` line {line} reads {}, outside the build root {}{}",
+                        list.get_ref(),
+                        real(sample).display(),
+                        root.display(),
+                        if more > 0 {
+                            format!(" (and {more} more)")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    list.span(),
+                    "lists samples outside the build root",
+                )
+                .with_help(help.clone());
+            problems.push(diagnostic);
+        }
+    }
+}
+
+/// `path` made absolute with `..` and symbolic links resolved: the deepest existing ancestor is
+/// canonicalized and the rest appended lexically, so paths that do not exist yet (an output
+/// folder) compare like those that do.
+fn real(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut lexical = PathBuf::new();
+    for component in absolute.components() {
+        match component {
+            Component::ParentDir => {
+                lexical.pop();
+            }
+            Component::CurDir => {}
+            other => lexical.push(other),
+        }
+    }
+    let mut existing = lexical.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(canonical) = existing.canonicalize() {
+            return rest.iter().rev().fold(canonical, |p, r| p.join(r));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return lexical,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,7 @@ use miette::NamedSource;
 
 pub use backend::{Backend, Capabilities};
 pub use diagnostic::{ManifestDiagnostic, ManifestError};
-pub use discover::{SKIPPED_FOLDERS, discover};
+pub use discover::{ALLOW_OUTSIDE_ROOT_FLAG, SKIPPED_FOLDERS, check_workspace, discover};
 pub use raw::{
     Given, RawCalibration, RawEval, RawManifest, RawModel, RawOverrides, RawPipeline,
     RawQuantizerOptions, RawTarget, TARGET_KEYS,

@@ -80,6 +80,14 @@ pub enum TensorDataError {
         /// Declared dims.
         dims: Vec<i64>,
     },
+    /// Dims whose product (taken left to right) does not fit in memory's address range.
+    #[error("tensor `{name}` declares dims {dims:?}, more elements than any memory holds")]
+    DimsOverflow {
+        /// Tensor name.
+        name: String,
+        /// Declared dims.
+        dims: Vec<i64>,
+    },
 }
 
 /// The element type of a tensor, `None` when undefined.
@@ -88,12 +96,19 @@ pub fn tensor_dtype(tensor: &TensorProto) -> Option<DType> {
 }
 
 /// The element count the dims promise (1 for a scalar).
+///
+/// Refuses dims whose running product overflows, even when a later dim is 0: every reader of
+/// the shape multiplies the dims in some order, and none of them may overflow.
 pub fn element_count(tensor: &TensorProto) -> Result<usize, TensorDataError> {
+    let name = || tensor.name.clone().unwrap_or_default();
     tensor.dims.iter().try_fold(1usize, |acc, &d| {
-        usize::try_from(d)
-            .map(|d| acc.saturating_mul(d))
-            .map_err(|_| TensorDataError::NegativeDim {
-                name: tensor.name.clone().unwrap_or_default(),
+        let d = usize::try_from(d).map_err(|_| TensorDataError::NegativeDim {
+            name: name(),
+            dims: tensor.dims.clone(),
+        })?;
+        acc.checked_mul(d)
+            .ok_or_else(|| TensorDataError::DimsOverflow {
+                name: name(),
                 dims: tensor.dims.clone(),
             })
     })
@@ -108,6 +123,8 @@ pub fn tensor_values(tensor: &TensorProto) -> Result<TensorValues, TensorDataErr
     let Some(dtype) = tensor_dtype(tensor) else {
         return Ok(TensorValues::Undecoded);
     };
+    // Before decoding: dims nothing can hold are refused whatever the data is.
+    let expected = element_count(tensor)?;
     let raw = tensor.raw_data.as_deref().filter(|r| !r.is_empty());
     let values = match raw {
         Some(raw) => decode_raw(dtype, raw).ok_or_else(|| TensorDataError::RawLength {
@@ -122,7 +139,6 @@ pub fn tensor_values(tensor: &TensorProto) -> Result<TensorValues, TensorDataErr
         TensorValues::Int(v) => v.len(),
         TensorValues::Undecoded => return Ok(values),
     };
-    let expected = element_count(tensor)?;
     if found != expected {
         return Err(TensorDataError::ElementCount {
             name: name(),

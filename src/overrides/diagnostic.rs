@@ -429,7 +429,12 @@ pub(crate) fn span_at(text: &str, line: usize, column: usize) -> SourceSpan {
         .take(line.saturating_sub(1))
         .map(str::len)
         .sum();
-    let offset = (line_start + column.saturating_sub(1)).min(text.len());
+    let mut offset = (line_start + column.saturating_sub(1)).min(text.len());
+    // serde_json counts columns in bytes: an error inside a multi-byte character points into
+    // its middle, and the label must start on the character.
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
     let len = text[offset..].chars().next().map_or(0, char::len_utf8);
     SourceSpan::new(offset.into(), len)
 }

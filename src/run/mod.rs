@@ -159,7 +159,22 @@ impl FloatRunner {
     }
 
     /// As [`FloatRunner::new`], choosing how far tract transforms the graph.
+    ///
+    /// A panic inside tract while loading is this model's [`RunError::Load`], not the end of
+    /// the process: models come from any exporter, and one tract cannot handle must not stop
+    /// the others of a build.
     pub fn with_plan_kind(
+        model_bytes: &[u8],
+        input_dims: &[(String, Vec<usize>)],
+        kind: PlanKind,
+    ) -> Result<FloatRunner, RunError> {
+        guarded(
+            || FloatRunner::load(model_bytes, input_dims, kind),
+            |message| RunError::Load(format!("tract panicked: {message}")),
+        )
+    }
+
+    fn load(
         model_bytes: &[u8],
         input_dims: &[(String, Vec<usize>)],
         kind: PlanKind,
@@ -531,11 +546,14 @@ impl FloatRunner {
         C: FnMut(usize, &mut TVec<TValue>) -> TractResult<()>,
     {
         let values = self.input_values(inputs)?;
-        let mut state = SimpleState::new(&self.plan).map_err(eval_error)?;
-        let outputs = state
-            .run_plan_with_eval(
+        // The node running when tract panics, to name it in the error.
+        let current = std::cell::Cell::new(None);
+        let run = || {
+            let mut state = SimpleState::new(&self.plan)?;
+            state.run_plan_with_eval(
                 values,
                 |ctx, op_state, node, node_inputs| -> TractResult<_> {
+                    current.set(Some(node.id));
                     let mut produced = eval_node(ctx, op_state, node, node_inputs)?;
                     if !points[node.id].is_empty() {
                         capture(node.id, &mut produced)?;
@@ -543,7 +561,17 @@ impl FloatRunner {
                     Ok(produced)
                 },
             )
-            .map_err(eval_error)?;
+        };
+        let outputs = guarded(
+            || run().map_err(eval_error),
+            |message| {
+                let at = current.get().map_or(String::new(), |id| {
+                    let node = self.plan.model().node(id);
+                    format!(" in node `{}` ({})", node.name, node.op.name())
+                });
+                RunError::Eval(format!("tract panicked{at}: {message}"))
+            },
+        )?;
         outputs
             .iter()
             .take(self.output_names.len())
@@ -553,6 +581,28 @@ impl FloatRunner {
             })
             .collect::<TractResult<Vec<_>>>()
             .map_err(eval_error)
+    }
+}
+
+/// Runs `f`, turning a panic with a message (what tract's `panic!`, `assert!`, `unwrap` and
+/// out-of-bounds indexing raise) into `error(message)`. Any other unwind (a cancellation the
+/// caller raised through a callback) continues.
+fn guarded<T>(
+    f: impl FnOnce() -> Result<T, RunError>,
+    error: impl FnOnce(String) -> RunError,
+) -> Result<T, RunError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(payload) => {
+            let message = match payload.downcast::<String>() {
+                Ok(message) => *message,
+                Err(payload) => match payload.downcast::<&'static str>() {
+                    Ok(message) => (*message).to_string(),
+                    Err(payload) => std::panic::resume_unwind(payload),
+                },
+            };
+            Err(error(message))
+        }
     }
 }
 

@@ -134,8 +134,10 @@ impl fmt::Display for Corruption {
 /// A store operation that failed for a reason other than a damaged entry.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// A filesystem operation failed; says which and on what path.
-    #[error("could not {action} `{}`", path.display())]
+    /// A filesystem operation failed; says which, on what path and why. The reason is part of
+    /// the message because every caller prints the error on one line (`{e:#}`), and "could not
+    /// write X" without "No space left on device" leaves the user guessing.
+    #[error("could not {action} `{}`: {source}", path.display())]
     Io {
         /// What was being done ("create", "read", "rename", ...).
         action: &'static str,
