@@ -52,11 +52,16 @@ pub fn unit_conversions<'db>(
         .iter()
         .map(|(name, fixed)| (name.clone(), fixed.clone().with_axis(0)))
         .collect();
-    let conversions =
-        precision::conversions(&model.graph, &activations).map_err(|e| BuildError::Precision {
+    let overrides = super::overrides::unit_overrides(db, unit)
+        .as_ref()
+        .map_err(Clone::clone)?;
+    let int32 = overrides.overrides.int32_tensors();
+    let conversions = precision::conversions(&model.graph, &activations, &int32).map_err(|e| {
+        BuildError::Precision {
             path: display_path(&plan.model.path),
             message: e.to_string(),
-        })?;
+        }
+    })?;
     let mut out = UnitConversions {
         conversions,
         encodings: BTreeMap::new(),

@@ -385,7 +385,9 @@ impl ParsedOverrides {
         if activations.is_empty() {
             return Ok(());
         }
-        let Err(error) = crate::quantizer::precision::conversions(graph, &activations) else {
+        let int32 = self.overrides.int32_tensors();
+        let Err(error) = crate::quantizer::precision::conversions(graph, &activations, &int32)
+        else {
             return Ok(());
         };
         let mut entries: Vec<(String, Option<miette::SourceSpan>)> = error

@@ -209,10 +209,14 @@ fn op_label(node: &Node) -> String {
 }
 
 /// The ops of a quantized graph that do not run in integer, from the activation encodings
-/// (`activations`: every activation's encoding by name, shared ones included).
+/// (`activations`: every activation's encoding by name, shared ones included) and the tensors
+/// the overrides make INT32 (`int32`). An op runs in int32 only when the overrides say so for
+/// every one of its inputs and outputs: a data-movement output that merely shares an INT32
+/// tensor's encoding does not make its op an int32 op, it is converted like any other.
 pub fn conversions(
     graph: &Graph,
     activations: &BTreeMap<String, TensorEncoding>,
+    int32: &BTreeSet<&str>,
 ) -> Result<Conversions, PrecisionError> {
     let mut out = Conversions::default();
     for node in graph.nodes() {
@@ -244,11 +248,8 @@ pub fn conversions(
             continue;
         }
         let all: Vec<&str> = float_inputs.iter().chain(&float_outputs).copied().collect();
-        let int32 = !all.is_empty()
-            && all
-                .iter()
-                .all(|t| activations.get(*t).is_some_and(is_int32));
-        if !int32 {
+        let int32_op = !all.is_empty() && all.iter().all(|t| int32.contains(t));
+        if !int32_op {
             continue;
         }
         let tensors: Vec<String> = all.iter().map(|t| t.to_string()).collect();
