@@ -10,8 +10,13 @@
 //!
 //! Pure: the caller runs the models and hands in the moments.
 
+mod config;
 mod moments;
 mod optimize;
+mod yaml;
+
+pub use config::AdaroundConfig;
+pub use yaml::{ConfigError, ConfigNames, parse_config, read_config};
 
 pub use moments::{AdaLayer, LayerMoments, WeightLayout, ada_layers};
 pub use optimize::{GAMMA, Hyperparameters, Problem, Rounding, ZETA, initial_v, rectified_sigmoid};

@@ -143,9 +143,12 @@ mod build;
 
 pub mod lines;
 
+mod adaround;
+
 pub mod oneshot;
 
 // The front: everything the CLI, the watcher, the tests and embedders use.
+pub use adaround::LayerSummary;
 pub use build::Build;
 pub use cache::{Field, KINDS, KindSpec, Payload, markdown_table as cache_table};
 pub use db::{Database, Db, ExecutedQuery};

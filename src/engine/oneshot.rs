@@ -38,6 +38,10 @@ pub struct OneShot {
     pub settings: QuantizerSettings,
     /// The model transforms run before calibration.
     pub algorithms: Algorithms,
+    /// AdaRound's settings, used when `algorithms.adaround` is on.
+    pub adaround: crate::adaround::AdaroundConfig,
+    /// Where the AdaRound config names layers and parameters, checked against the model.
+    pub adaround_names: crate::adaround::ConfigNames,
     /// Threads for running samples; `None` for all cores.
     pub jobs: Option<usize>,
 }
@@ -58,6 +62,8 @@ pub struct OneShotOutput {
     pub transforms: TransformReport,
     /// The encodings before conversion to the AIMET layout, for writing a QDQ model.
     pub model_encodings: ModelEncodings,
+    /// What AdaRound did to each layer (empty when it did not run).
+    pub adaround: Vec<super::LayerSummary>,
 }
 
 /// Why a one-shot quantization failed.
@@ -99,6 +105,18 @@ pub enum OneShotError {
     /// A tensor could not be encoded.
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// The AdaRound config names something the model does not have.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    AdaroundConfig(Box<crate::adaround::ConfigError>),
+    /// AdaRound could not run.
+    #[error("{}: adaround: {message}", model.display())]
+    Adaround {
+        /// The model.
+        model: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// A model transform failed.
     #[error("{}: {source}", model.display())]
     Transform {
@@ -302,6 +320,34 @@ pub fn quantize(
         graph = Graph::from_model(&model)?;
         transforms.events.extend(corrected.1.events);
     }
+    let mut adaround = Vec::new();
+    let overrides = if job.algorithms.adaround {
+        job.adaround_names
+            .check(&graph)
+            .map_err(|e| OneShotError::AdaroundConfig(Box::new(e)))?;
+        let done = AtomicUsize::new(0);
+        let output = in_pool(job.jobs, || {
+            super::adaround::adaround_model(
+                &model,
+                &overrides,
+                settings,
+                &job.adaround,
+                &list,
+                &runner_dims,
+                &|_, total, _| progress(done.fetch_add(1, Ordering::Relaxed) + 1, total),
+            )
+        })?
+        .map_err(|message| OneShotError::Adaround {
+            model: job.model.clone(),
+            message,
+        })?;
+        model = output.model;
+        graph = Graph::from_model(&model)?;
+        adaround = output.layers;
+        super::adaround::with_frozen(&overrides, &output.frozen)
+    } else {
+        overrides
+    };
     let calibration_model = quantizer::calibration_model(&model, &graph, &overrides, settings)?;
     let bytes = calibration_model.as_ref().unwrap_or(&model).to_bytes();
     let runner = FloatRunner::new(&bytes, &runner_dims).map_err(|source| OneShotError::Run {
@@ -368,5 +414,6 @@ pub fn quantize(
         model,
         transforms,
         model_encodings: encodings,
+        adaround,
     })
 }
