@@ -331,6 +331,16 @@ pub fn run(args: QuantizeArgs) -> ExitCode {
     for layer in &output.adaround {
         shell.status("AdaRound", layer.line());
     }
+    if args.algorithms().adaround {
+        shell.status(
+            "AdaRound",
+            format!(
+                "{} layers in {:.2}s",
+                output.adaround.len(),
+                output.adaround_time.as_secs_f64()
+            ),
+        );
+    }
     for warning in &output.warnings {
         shell.warn(warning);
     }

@@ -64,6 +64,8 @@ pub struct OneShotOutput {
     pub model_encodings: ModelEncodings,
     /// What AdaRound did to each layer (empty when it did not run).
     pub adaround: Vec<super::LayerSummary>,
+    /// Wall time of the AdaRound step (measuring and optimizing), zero when it did not run.
+    pub adaround_time: std::time::Duration,
 }
 
 /// Why a one-shot quantization failed.
@@ -321,6 +323,8 @@ pub fn quantize(
         transforms.events.extend(corrected.1.events);
     }
     let mut adaround = Vec::new();
+    let adaround_started = std::time::Instant::now();
+    let mut adaround_time = std::time::Duration::ZERO;
     let overrides = if job.algorithms.adaround {
         job.adaround_names
             .check(&graph)
@@ -344,6 +348,7 @@ pub fn quantize(
         model = output.model;
         graph = Graph::from_model(&model)?;
         adaround = output.layers;
+        adaround_time = adaround_started.elapsed();
         super::adaround::with_frozen(&overrides, &output.frozen)
     } else {
         overrides
@@ -415,5 +420,6 @@ pub fn quantize(
         transforms,
         model_encodings: encodings,
         adaround,
+        adaround_time,
     })
 }
