@@ -126,8 +126,8 @@ fn adarounded_weights_are_on_the_frozen_grid_and_identical_for_any_thread_count(
     }
 
     let float = Graph::from_model(&OnnxModel::read(&model).unwrap()).unwrap();
-    let rounded = Graph::from_model(&OnnxModel::read(&one.join("tiny.adaround.onnx")).unwrap())
-        .unwrap();
+    let rounded =
+        Graph::from_model(&OnnxModel::read(&one.join("tiny.adaround.onnx")).unwrap()).unwrap();
     let encodings: serde_json::Value =
         serde_json::from_slice(&std::fs::read(one.join("tiny.encodings")).unwrap()).unwrap();
     let mut away_from_nearest = 0;
@@ -140,7 +140,10 @@ fn adarounded_weights_are_on_the_frozen_grid_and_identical_for_any_thread_count(
             let scale = channels[i / per_channel]["scale"].as_f64().unwrap();
             let grid = f64::from(q) / scale;
             // On the frozen grid, and one of the two neighbours of the float weight.
-            assert!((grid - grid.round()).abs() < 1e-4, "{weight}[{i}]: {q} off the grid");
+            assert!(
+                (grid - grid.round()).abs() < 1e-4,
+                "{weight}[{i}]: {q} off the grid"
+            );
             let lower = (f64::from(w) / scale).floor();
             assert!(
                 grid.round() == lower || grid.round() == lower + 1.0,
@@ -151,5 +154,8 @@ fn adarounded_weights_are_on_the_frozen_grid_and_identical_for_any_thread_count(
             }
         }
     }
-    assert!(away_from_nearest > 0, "AdaRound chose nearest rounding everywhere");
+    assert!(
+        away_from_nearest > 0,
+        "AdaRound chose nearest rounding everywhere"
+    );
 }

@@ -7,9 +7,9 @@ use std::path::Path;
 
 use common::info;
 use quant::adaround::{ConfigError, parse_config};
-use quant::onnx::{GraphContents, NodeContents, OnnxModel};
 use quant::encoding::Bitwidth;
 use quant::graph::Graph;
+use quant::onnx::{GraphContents, NodeContents, OnnxModel};
 use quant::quantizer::CalibrationMethod;
 
 fn render(err: &ConfigError) -> String {
@@ -79,14 +79,13 @@ fn python_callback_keys_are_replaced_by_the_input_list() {
 
 #[test]
 fn bitwidth_3_is_refused() {
-    insta::assert_snapshot!(error(
-        "optional_adaround_args:\n  default_param_bw: 3\n"
-    ));
+    insta::assert_snapshot!(error("optional_adaround_args:\n  default_param_bw: 3\n"));
 }
 
 #[test]
 fn a_layer_the_model_lacks_is_named_at_its_line() {
-    let text = "optional_adaround_args:\n  ignore_quant_ops_list:\n    - conv1\n    - no_such_layer\n";
+    let text =
+        "optional_adaround_args:\n  ignore_quant_ops_list:\n    - conv1\n    - no_such_layer\n";
     let (_, names) = parse_config("adaround.yaml", text).unwrap();
     let contents = GraphContents {
         ir_version: Some(8),

@@ -75,7 +75,11 @@ pub fn round_layer(
 ) -> Result<LayerResult, String> {
     let expected: usize = layer.weight_dims.iter().product();
     if weights.len() != expected {
-        return Err(format!("{} weights for dims {:?}", weights.len(), layer.weight_dims));
+        return Err(format!(
+            "{} weights for dims {:?}",
+            weights.len(),
+            layer.weight_dims
+        ));
     }
     let Some(bitwidth) = encoding.encodings().first().map(|e| e.bitwidth) else {
         return Err("the weight stays float".into());

@@ -155,10 +155,18 @@ impl AdaLayer {
 
     /// One sample's patches of group `group` as a `positions × K` matrix. `input` is the
     /// layer's input in C order, of dims `shape`.
-    pub fn patches(&self, group: usize, input: &[f32], shape: &[usize]) -> Result<Array2<f32>, String> {
+    pub fn patches(
+        &self,
+        group: usize,
+        input: &[f32],
+        shape: &[usize],
+    ) -> Result<Array2<f32>, String> {
         let count = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
         if count != Some(input.len()) {
-            return Err(format!("{} values for an input of shape {shape:?}", input.len()));
+            return Err(format!(
+                "{} values for an input of shape {shape:?}",
+                input.len()
+            ));
         }
         let k = self.k();
         match &self.layer.geometry {
@@ -166,10 +174,13 @@ impl AdaLayer {
                 let &[rows, columns] = shape else {
                     return Err(format!("Gemm input of shape {shape:?}: rank 2 expected"));
                 };
-                let view = ArrayView2::from_shape((rows, columns), input).map_err(|e| e.to_string())?;
+                let view =
+                    ArrayView2::from_shape((rows, columns), input).map_err(|e| e.to_string())?;
                 let view = if *trans_a { view.reversed_axes() } else { view };
                 if view.ncols() != k {
-                    return Err(format!("Gemm input of shape {shape:?} does not give {k} columns"));
+                    return Err(format!(
+                        "Gemm input of shape {shape:?} does not give {k} columns"
+                    ));
                 }
                 Ok(view.as_standard_layout().into_owned())
             }

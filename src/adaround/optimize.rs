@@ -251,7 +251,10 @@ impl Block<'_> {
                     // d/dV of λ(1 − |2h − 1|^β) = −2λβ|2h − 1|^(β−1)·sign(2h − 1)·h'(V).
                     let u = 2.0 * h[i] - 1.0;
                     if u != 0.0 && dh[i] != 0.0 {
-                        g -= params.reg_param * beta * u.abs().powf(beta - 1.0) * u.signum()
+                        g -= params.reg_param
+                            * beta
+                            * u.abs().powf(beta - 1.0)
+                            * u.signum()
                             * 2.0
                             * dh[i];
                     }

@@ -8,7 +8,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 }
@@ -32,7 +35,16 @@ fn gemm_layer(inputs: usize, outputs: usize) -> AdaLayer {
 use crate::transform::{BiasLayer, Geometry};
 
 /// A Gemm problem: `positions` float inputs, the quantized ones a perturbation of them.
-fn gemm_case(seed: u64) -> (AdaLayer, Vec<f32>, TensorEncoding, LayerMoments, Vec<f32>, Vec<f32>) {
+fn gemm_case(
+    seed: u64,
+) -> (
+    AdaLayer,
+    Vec<f32>,
+    TensorEncoding,
+    LayerMoments,
+    Vec<f32>,
+    Vec<f32>,
+) {
     let (inputs, outputs, positions) = (12, 6, 200);
     let mut rng = Lcg(seed);
     let layer = gemm_layer(inputs, outputs);
@@ -144,7 +156,10 @@ fn rectified_sigmoid_derivative_and_initialization() {
         let eps = 1e-3;
         let numeric = (rectified_sigmoid(v + eps).0 - rectified_sigmoid(v - eps).0) / (2.0 * eps);
         let (_, analytic) = rectified_sigmoid(v);
-        assert!((numeric - analytic).abs() < 1e-3, "{v}: {numeric} vs {analytic}");
+        assert!(
+            (numeric - analytic).abs() < 1e-3,
+            "{v}: {numeric} vs {analytic}"
+        );
     }
     for &rest in &[0.05f32, 0.3, 0.5, 0.9] {
         let (h, _) = rectified_sigmoid(initial_v(rest));
@@ -240,7 +255,9 @@ fn conv_patches_times_weights_give_the_convolution() {
     let (c_in, h, wd, c_out, groups, k, stride, pad) = (4, 7, 6, 6, 2, 3, 2, 1);
     let mut rng = Lcg(11);
     let x: Vec<f32> = (0..c_in * h * wd).map(|_| rng.next()).collect();
-    let w: Vec<f32> = (0..c_out * (c_in / groups) * k * k).map(|_| rng.next()).collect();
+    let w: Vec<f32> = (0..c_out * (c_in / groups) * k * k)
+        .map(|_| rng.next())
+        .collect();
     let layer = AdaLayer {
         layer: BiasLayer {
             output: "y".into(),
@@ -267,10 +284,10 @@ fn conv_patches_times_weights_give_the_convolution() {
     };
     let (expected, oh, ow) = direct_conv(&x, &w, (c_in, h, wd), c_out, groups, k, stride, pad);
     let matrices = layer.matrices(&w);
-    for g in 0..groups {
+    for (g, matrix) in matrices.iter().enumerate() {
         let patches = layer.patches(g, &x, &[1, c_in, h, wd]).unwrap();
         assert_eq!(patches.nrows(), oh * ow);
-        let y = patches.dot(&matrices[g].t());
+        let y = patches.dot(&matrix.t());
         for p in 0..oh * ow {
             for r in 0..layer.rows() {
                 let co = g * layer.rows() + r;

@@ -72,17 +72,25 @@ impl Reader<'_> {
         start..end.max(start)
     }
 
-    fn error(&self, span: Option<Range<usize>>, message: String, label: &str, help: Option<String>) -> ConfigError {
-        ConfigError {
+    fn error(
+        &self,
+        span: Option<Range<usize>>,
+        message: String,
+        label: &str,
+        help: Option<String>,
+    ) -> Box<ConfigError> {
+        Box::new(ConfigError {
             message: format!("{}: {message}", self.path),
             source_code: NamedSource::new(self.path.clone(), self.text.clone()),
-            span: span.map(|r| SourceSpan::from(r.start..r.end.max(r.start + 1).min(self.text.len().max(1)))),
+            span: span.map(|r| {
+                SourceSpan::from(r.start..r.end.max(r.start + 1).min(self.text.len().max(1)))
+            }),
             label: label.to_string(),
             help,
-        }
+        })
     }
 
-    fn integer(&self, node: &MarkedYaml, key: &str, min: i64) -> Result<i64, ConfigError> {
+    fn integer(&self, node: &MarkedYaml, key: &str, min: i64) -> Result<i64, Box<ConfigError>> {
         match &node.data {
             YamlData::Value(Scalar::Integer(i)) if *i >= min => Ok(*i),
             _ => Err(self.error(
@@ -94,15 +102,20 @@ impl Reader<'_> {
         }
     }
 
-    fn string(&self, node: &MarkedYaml, what: &str) -> Result<String, ConfigError> {
+    fn string(&self, node: &MarkedYaml, what: &str) -> Result<String, Box<ConfigError>> {
         match &node.data {
             YamlData::Value(Scalar::String(s)) => Ok(s.to_string()),
             YamlData::Value(Scalar::Integer(i)) => Ok(i.to_string()),
-            _ => Err(self.error(Some(self.span(node)), format!("{what} must be a string"), "not a string", None)),
+            _ => Err(self.error(
+                Some(self.span(node)),
+                format!("{what} must be a string"),
+                "not a string",
+                None,
+            )),
         }
     }
 
-    fn bitwidth(&self, node: &MarkedYaml, key: &str) -> Result<Bitwidth, ConfigError> {
+    fn bitwidth(&self, node: &MarkedYaml, key: &str) -> Result<Bitwidth, Box<ConfigError>> {
         let bits = match &node.data {
             YamlData::Value(Scalar::Integer(i)) => *i,
             _ => -1,
@@ -112,20 +125,34 @@ impl Reader<'_> {
                 Some(self.span(node)),
                 format!("`{key}`: AdaRound weight bitwidths are 4 to 16"),
                 "unsupported bitwidth",
-                Some("AIMET's AdaRound takes 4 bits and more; use 4 for the smallest weights".into()),
+                Some(
+                    "AIMET's AdaRound takes 4 bits and more; use 4 for the smallest weights".into(),
+                ),
             ));
         }
-        Bitwidth::new(bits as u32).map_err(|e| self.error(Some(self.span(node)), e.to_string(), "unsupported bitwidth", None))
+        Bitwidth::new(bits as u32).map_err(|e| {
+            self.error(
+                Some(self.span(node)),
+                e.to_string(),
+                "unsupported bitwidth",
+                None,
+            )
+        })
     }
 
-    fn key_name(&self, key: &MarkedYaml) -> Result<String, ConfigError> {
+    fn key_name(&self, key: &MarkedYaml) -> Result<String, Box<ConfigError>> {
         match &key.data {
             YamlData::Value(Scalar::String(s)) => Ok(s.to_string()),
-            _ => Err(self.error(Some(self.span(key)), "keys must be names".into(), "not a name", None)),
+            _ => Err(self.error(
+                Some(self.span(key)),
+                "keys must be names".into(),
+                "not a name",
+                None,
+            )),
         }
     }
 
-    fn unknown(&self, key: &MarkedYaml, name: &str, known: &[&str]) -> ConfigError {
+    fn unknown(&self, key: &MarkedYaml, name: &str, known: &[&str]) -> Box<ConfigError> {
         if CALLBACK_KEYS.contains(&name) {
             return self.error(
                 Some(self.span(key)),
@@ -137,9 +164,7 @@ impl Reader<'_> {
         let near = known
             .iter()
             .filter(|k| strsim::jaro_winkler(name, k) > 0.8)
-            .max_by(|a, b| {
-                strsim::jaro_winkler(name, a).total_cmp(&strsim::jaro_winkler(name, b))
-            });
+            .max_by(|a, b| strsim::jaro_winkler(name, a).total_cmp(&strsim::jaro_winkler(name, b)));
         self.error(
             Some(self.span(key)),
             format!("unknown key `{name}`"),
@@ -153,20 +178,25 @@ impl Reader<'_> {
 }
 
 /// Reads an AdaRound YAML file.
-pub fn read_config(path: &Path) -> Result<(AdaroundConfig, ConfigNames), ConfigError> {
+pub fn read_config(path: &Path) -> Result<(AdaroundConfig, ConfigNames), Box<ConfigError>> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        message: format!("cannot read {shown}: {e}"),
-        source_code: NamedSource::new(shown.clone(), Arc::from("")),
-        span: None,
-        label: String::new(),
-        help: None,
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Box::new(ConfigError {
+            message: format!("cannot read {shown}: {e}"),
+            source_code: NamedSource::new(shown.clone(), Arc::from("")),
+            span: None,
+            label: String::new(),
+            help: None,
+        })
     })?;
     parse_config(&shown, &text)
 }
 
 /// Parses the text of an AdaRound YAML file named `path` (for diagnostics).
-pub fn parse_config(path: &str, text: &str) -> Result<(AdaroundConfig, ConfigNames), ConfigError> {
+pub fn parse_config(
+    path: &str,
+    text: &str,
+) -> Result<(AdaroundConfig, ConfigNames), Box<ConfigError>> {
     let reader = Reader {
         path: path.to_string(),
         text: Arc::from(text),
@@ -176,7 +206,12 @@ pub fn parse_config(path: &str, text: &str) -> Result<(AdaroundConfig, ConfigNam
     let documents = MarkedYaml::load_from_str(text).map_err(|e| {
         let at = e.marker().index();
         let byte = reader.offsets.get(at).copied().unwrap_or(text.len());
-        reader.error(Some(byte..byte + 1), format!("not YAML: {}", e.info()), "here", None)
+        reader.error(
+            Some(byte..byte + 1),
+            format!("not YAML: {}", e.info()),
+            "here",
+            None,
+        )
     })?;
     let mut config = AdaroundConfig::default();
     let mut names = ConfigNames {
@@ -188,7 +223,12 @@ pub fn parse_config(path: &str, text: &str) -> Result<(AdaroundConfig, ConfigNam
         return Ok((config, names));
     };
     let YamlData::Mapping(top) = &root.data else {
-        return Err(reader.error(Some(reader.span(root)), "the file must be a mapping of keys".into(), "not a mapping", None));
+        return Err(reader.error(
+            Some(reader.span(root)),
+            "the file must be a mapping of keys".into(),
+            "not a mapping",
+            None,
+        ));
     };
     for (key, value) in top {
         let name = reader.key_name(key)?;
@@ -198,17 +238,26 @@ pub fn parse_config(path: &str, text: &str) -> Result<(AdaroundConfig, ConfigNam
             "seed" => config.seed = reader.integer(value, &name, 0)? as u64,
             "optional_adaround_args" => {
                 let YamlData::Mapping(optional) = &value.data else {
-                    return Err(reader.error(Some(reader.span(value)), "`optional_adaround_args` must be a mapping".into(), "not a mapping", None));
+                    return Err(reader.error(
+                        Some(reader.span(value)),
+                        "`optional_adaround_args` must be a mapping".into(),
+                        "not a mapping",
+                        None,
+                    ));
                 };
                 for (key, value) in optional {
                     let name = reader.key_name(key)?;
                     match name.as_str() {
-                        "default_param_bw" => config.default_param_bw = Some(reader.bitwidth(value, &name)?),
+                        "default_param_bw" => {
+                            config.default_param_bw = Some(reader.bitwidth(value, &name)?)
+                        }
                         "default_quant_scheme" => {
                             let scheme = reader.string(value, "`default_quant_scheme`")?;
                             let method = match scheme.trim_start_matches("QuantScheme.") {
                                 "tf" | "post_training_tf" => CalibrationMethod::MinMax,
-                                "tf_enhanced" | "post_training_tf_enhanced" => CalibrationMethod::Sqnr,
+                                "tf_enhanced" | "post_training_tf_enhanced" => {
+                                    CalibrationMethod::Sqnr
+                                }
                                 _ => {
                                     return Err(reader.error(
                                         Some(reader.span(value)),
@@ -222,7 +271,12 @@ pub fn parse_config(path: &str, text: &str) -> Result<(AdaroundConfig, ConfigNam
                         }
                         "ignore_quant_ops_list" => {
                             let YamlData::Sequence(list) = &value.data else {
-                                return Err(reader.error(Some(reader.span(value)), "`ignore_quant_ops_list` must be a list of layer names".into(), "not a list", None));
+                                return Err(reader.error(
+                                    Some(reader.span(value)),
+                                    "`ignore_quant_ops_list` must be a list of layer names".into(),
+                                    "not a list",
+                                    None,
+                                ));
                             };
                             for item in list {
                                 let op = reader.string(item, "a layer name")?;
@@ -238,7 +292,13 @@ pub fn parse_config(path: &str, text: &str) -> Result<(AdaroundConfig, ConfigNam
                                 let pair = match &item.data {
                                     YamlData::Sequence(pair) if pair.len() == 2 => pair,
                                     _ => {
-                                        return Err(reader.error(Some(reader.span(item)), "each entry must be a [parameter, bitwidth] pair".into(), "not a pair", None));
+                                        return Err(reader.error(
+                                            Some(reader.span(item)),
+                                            "each entry must be a [parameter, bitwidth] pair"
+                                                .into(),
+                                            "not a pair",
+                                            None,
+                                        ));
                                     }
                                 };
                                 let param = reader.string(&pair[0], "a parameter name")?;
@@ -260,7 +320,7 @@ pub fn parse_config(path: &str, text: &str) -> Result<(AdaroundConfig, ConfigNam
 impl ConfigNames {
     /// Checks every name against `graph`: ops by node name or output tensor, parameters by
     /// tensor name.
-    pub fn check(&self, graph: &Graph) -> Result<(), ConfigError> {
+    pub fn check(&self, graph: &Graph) -> Result<(), Box<ConfigError>> {
         let reader = Reader {
             path: self.path.clone(),
             text: self.text.clone(),
@@ -268,7 +328,10 @@ impl ConfigNames {
             _text: std::marker::PhantomData,
         };
         for (op, span) in &self.ops {
-            let known = graph.nodes().iter().any(|n| &n.name == op || n.outputs.iter().any(|o| o.as_str() == op));
+            let known = graph
+                .nodes()
+                .iter()
+                .any(|n| &n.name == op || n.outputs.iter().any(|o| o.as_str() == op));
             if !known {
                 return Err(reader.error(
                     Some(span.clone()),

@@ -268,7 +268,7 @@ pub fn run(args: QuantizeArgs) -> ExitCode {
         (Some(path), true) => match crate::adaround::read_config(path) {
             Ok(read) => read,
             Err(err) => {
-                shell.diagnostic(miette::Report::new(err));
+                shell.diagnostic(miette::Report::new(*err));
                 return ExitCode::from(EXIT_USAGE);
             }
         },

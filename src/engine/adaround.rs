@@ -57,11 +57,7 @@ impl LayerSummary {
         format!(
             "adaround `{}`: {} of {} weights rounded the other way, reconstruction {:.6} → {:.6} \
              (relative to the float output)",
-            self.layer,
-            self.flipped,
-            self.total,
-            self.nearest_loss,
-            self.adaround_loss
+            self.layer, self.flipped, self.total, self.nearest_loss, self.adaround_loss
         )
     }
 }
@@ -188,7 +184,8 @@ pub fn adaround_model(
     }
     let wave_of = waves(&graph, &layers);
     let last_wave = wave_of.iter().copied().max().unwrap_or(0);
-    let float_runner = FloatRunner::new(&model.to_bytes(), runner_dims).map_err(|e| e.to_string())?;
+    let float_runner =
+        FloatRunner::new(&model.to_bytes(), runner_dims).map_err(|e| e.to_string())?;
     list.check(float_runner.input_specs())
         .map_err(|e| e.to_string())?;
     let mut current = model.clone();
@@ -261,6 +258,9 @@ pub fn with_frozen(overrides: &Overrides, frozen: &BTreeMap<String, FixedEncodin
     out
 }
 
+/// One run's copies of the wave's layer inputs (data, dims), per member.
+type Captured = Vec<Option<(Vec<f32>, Vec<usize>)>>;
+
 /// One wave's moments: per member layer, summed over `samples` in list order.
 fn wave_moments(
     float_runner: &FloatRunner,
@@ -270,29 +270,29 @@ fn wave_moments(
     members: &[&AdaLayer],
 ) -> Result<Vec<LayerMoments>, String> {
     let names = float_runner.activation_names();
-    let wanted: HashMap<&str, Vec<usize>> = members.iter().enumerate().fold(
-        HashMap::new(),
-        |mut map, (m, layer)| {
-            map.entry(layer.layer.input.as_str()).or_default().push(m);
-            map
-        },
-    );
-    let capture = |runner: &FloatRunner,
-                   loaded: &crate::calib::LoadedSample|
-     -> Result<Vec<Option<(Vec<f32>, Vec<usize>)>>, String> {
-        let mut inputs: Vec<Option<(Vec<f32>, Vec<usize>)>> = vec![None; members.len()];
-        let names = runner.activation_names();
-        runner
-            .run(&loaded.tensors, |index, data, shape| {
-                if let Some(ms) = wanted.get(names[index].as_str()) {
-                    for &m in ms {
-                        inputs[m] = Some((data.to_vec(), shape.to_vec()));
+    let wanted: HashMap<&str, Vec<usize>> =
+        members
+            .iter()
+            .enumerate()
+            .fold(HashMap::new(), |mut map, (m, layer)| {
+                map.entry(layer.layer.input.as_str()).or_default().push(m);
+                map
+            });
+    let capture =
+        |runner: &FloatRunner, loaded: &crate::calib::LoadedSample| -> Result<Captured, String> {
+            let mut inputs: Captured = vec![None; members.len()];
+            let names = runner.activation_names();
+            runner
+                .run(&loaded.tensors, |index, data, shape| {
+                    if let Some(ms) = wanted.get(names[index].as_str()) {
+                        for &m in ms {
+                            inputs[m] = Some((data.to_vec(), shape.to_vec()));
+                        }
                     }
-                }
-            })
-            .map_err(|e| e.to_string())?;
-        Ok(inputs)
-    };
+                })
+                .map_err(|e| e.to_string())?;
+            Ok(inputs)
+        };
     let _ = names;
     let per_sample = |sample: &crate::calib::Sample| -> Result<Vec<LayerMoments>, String> {
         let loaded = list
@@ -311,9 +311,14 @@ fn wave_moments(
                     .as_ref()
                     .ok_or_else(|| format!("the run did not produce `{}`", layer.layer.input))?;
                 let x_q = match &quantized {
-                    Some(q) => &q[m].as_ref().ok_or_else(|| {
-                        format!("the run did not produce `{}`", layer.layer.input)
-                    })?.0,
+                    Some(q) => {
+                        &q[m]
+                            .as_ref()
+                            .ok_or_else(|| {
+                                format!("the run did not produce `{}`", layer.layer.input)
+                            })?
+                            .0
+                    }
                     None => x_f,
                 };
                 LayerMoments::of_sample(layer, x_q, x_f, shape)

@@ -328,7 +328,7 @@ pub fn quantize(
     let overrides = if job.algorithms.adaround {
         job.adaround_names
             .check(&graph)
-            .map_err(|e| OneShotError::AdaroundConfig(Box::new(e)))?;
+            .map_err(OneShotError::AdaroundConfig)?;
         let done = AtomicUsize::new(0);
         let output = in_pool(job.jobs, || {
             super::adaround::adaround_model(

@@ -132,9 +132,9 @@ impl fmt::Display for Algorithms {
             (self.bias_correction, "bias_correction"),
             (self.adaround, "adaround"),
         ]
-            .into_iter()
-            .filter_map(|(on, name)| on.then_some(name))
-            .collect();
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
         if names.is_empty() {
             f.write_str("none")
         } else {
