@@ -36,6 +36,9 @@ fn main() -> miette::Result<()> {
         },
         // No model transforms (`--algorithms cle` would equalize the model first).
         algorithms: Default::default(),
+        // AdaRound's settings, read only when `algorithms.adaround` is on.
+        adaround: Default::default(),
+        adaround_names: Default::default(),
         jobs: None,
     };
     // Samples run side by side on every core; the callback (ignored here) hears of each one done.

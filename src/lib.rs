@@ -7,6 +7,7 @@
 //! `export` · `manifest` · `store` · `engine` · `cli`; beside them `atomic` (the
 //! one way files are written) and `bytes` (the little-endian byte forms of stored payloads).
 
+pub mod adaround;
 pub mod atomic;
 mod bytes;
 pub mod calib;

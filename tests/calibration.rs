@@ -189,6 +189,8 @@ fn one_shot(model: PathBuf, list: PathBuf, dims: &[u64]) -> oneshot::OneShotOutp
         },
         settings: defaults(),
         algorithms: Default::default(),
+        adaround: Default::default(),
+        adaround_names: Default::default(),
         jobs: None,
     };
     oneshot::quantize(&job, |_, _| {}).unwrap()

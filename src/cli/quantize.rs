@@ -106,9 +106,13 @@ pub struct QuantizeArgs {
     /// Model transforms to run before calibration: `cle` (cross-layer equalization with
     /// BatchNorm folding and high-bias absorption), `bias_correction`; comma-separated or
     /// repeated.
-    #[arg(long = "algorithms", value_delimiter = ',', value_parser = parse_algorithm,
-          action = clap::ArgAction::Append, value_name = "NAME")]
+    #[arg(long = "algorithms", visible_alias = "apply_algorithms", value_delimiter = ',',
+          value_parser = parse_algorithm, action = clap::ArgAction::Append, value_name = "NAME")]
     algorithms: Vec<&'static str>,
+    /// AdaRound's YAML settings (`num_iterations`, `num_batches`, `seed`,
+    /// `optional_adaround_args`), read when `--apply_algorithms adaround` is given.
+    #[arg(long = "config", value_name = "ADAROUND.yaml")]
+    config: Option<PathBuf>,
     /// Where to write the transformed float model the encodings refer to, when `--algorithms`
     /// is given [default: `MODEL.cle.onnx` (or `.bc`, `.cle.bc`) beside the encodings].
     #[arg(long = "output_float_model", value_name = "MODEL.cle.onnx")]
@@ -348,6 +352,23 @@ pub fn run(args: QuantizeArgs) -> ExitCode {
             settings.weights_bitwidth.bits()
         ));
     }
+    let (adaround, adaround_names) = match (&args.config, args.algorithms().adaround) {
+        (Some(path), true) => match crate::adaround::read_config(path) {
+            Ok(read) => read,
+            Err(err) => {
+                shell.diagnostic(miette::Report::new(*err));
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        (Some(path), false) => {
+            shell.error(format!(
+                "--config {} sets AdaRound, but `--apply_algorithms adaround` is not given",
+                path.display()
+            ));
+            return ExitCode::from(EXIT_USAGE);
+        }
+        (None, _) => Default::default(),
+    };
     let job = OneShot {
         model: args.input_network.clone(),
         input_list: input_list.clone(),
@@ -359,6 +380,8 @@ pub fn run(args: QuantizeArgs) -> ExitCode {
         input_dims,
         settings,
         algorithms: args.algorithms(),
+        adaround,
+        adaround_names,
         jobs: args.jobs,
     };
     match &input_list {
@@ -397,6 +420,19 @@ pub fn run(args: QuantizeArgs) -> ExitCode {
         } else {
             shell.status("Transform", event.to_string());
         }
+    }
+    for layer in &output.adaround {
+        shell.status("AdaRound", layer.line());
+    }
+    if args.algorithms().adaround {
+        shell.status(
+            "AdaRound",
+            format!(
+                "{} layers in {:.2}s",
+                output.adaround.len(),
+                output.adaround_time.as_secs_f64()
+            ),
+        );
     }
     for warning in &output.warnings {
         shell.warn(warning);

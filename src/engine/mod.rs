@@ -145,12 +145,15 @@ mod build;
 
 pub mod lines;
 
+mod adaround;
+
 pub mod oneshot;
 
 #[cfg(test)]
 mod payload_fuzz;
 
 // The front: everything the CLI, the watcher, the tests and embedders use.
+pub use adaround::LayerSummary;
 pub use build::Build;
 pub use cache::{Field, KINDS, KindSpec, Payload, markdown_table as cache_table};
 pub use db::{Database, Db, ExecutedQuery};

@@ -39,6 +39,10 @@ pub struct OneShot {
     pub settings: QuantizerSettings,
     /// The model transforms run before calibration.
     pub algorithms: Algorithms,
+    /// AdaRound's settings, used when `algorithms.adaround` is on.
+    pub adaround: crate::adaround::AdaroundConfig,
+    /// Where the AdaRound config names layers and parameters, checked against the model.
+    pub adaround_names: crate::adaround::ConfigNames,
     /// Threads for running samples; `None` for all cores.
     pub jobs: Option<usize>,
 }
@@ -59,6 +63,10 @@ pub struct OneShotOutput {
     pub transforms: TransformReport,
     /// The encodings before conversion to the AIMET layout, for writing a QDQ model.
     pub model_encodings: ModelEncodings,
+    /// What AdaRound did to each layer (empty when it did not run).
+    pub adaround: Vec<super::LayerSummary>,
+    /// Wall time of the AdaRound step (measuring and optimizing), zero when it did not run.
+    pub adaround_time: std::time::Duration,
 }
 
 /// Why a one-shot quantization failed.
@@ -103,6 +111,18 @@ pub enum OneShotError {
     /// The non-quantized model could not be made.
     #[error("{}: {message}", model.display())]
     FloatModel {
+        /// The model.
+        model: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The AdaRound config names something the model does not have.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    AdaroundConfig(Box<crate::adaround::ConfigError>),
+    /// AdaRound could not run.
+    #[error("{}: adaround: {message}", model.display())]
+    Adaround {
         /// The model.
         model: PathBuf,
         /// What went wrong.
@@ -326,10 +346,10 @@ pub fn quantize(
         .map(|(name, dims)| (name.clone(), dims.iter().map(|&d| d as usize).collect()))
         .collect();
     let Some(input_list) = &job.input_list else {
-        if job.algorithms.bias_correction {
+        if job.algorithms.bias_correction || job.algorithms.adaround {
             return Err(OneShotError::Usage(
-                "bias correction measures the model on calibration data: give --input_list, \
-                 or drop bias_correction"
+                "bias correction and AdaRound measure the model on calibration data: give \
+                 --input_list, or drop them"
                     .into(),
             ));
         }
@@ -342,6 +362,8 @@ pub fn quantize(
             model,
             transforms,
             model_encodings: encodings,
+            adaround: Vec::new(),
+            adaround_time: std::time::Duration::ZERO,
         });
     };
     let list = InputList::read(input_list)?;
@@ -353,6 +375,37 @@ pub fn quantize(
         graph = Graph::from_model(&model)?;
         transforms.events.extend(corrected.1.events);
     }
+    let mut adaround = Vec::new();
+    let adaround_started = std::time::Instant::now();
+    let mut adaround_time = std::time::Duration::ZERO;
+    let overrides = if job.algorithms.adaround {
+        job.adaround_names
+            .check(&graph)
+            .map_err(OneShotError::AdaroundConfig)?;
+        let done = AtomicUsize::new(0);
+        let output = in_pool(job.jobs, || {
+            super::adaround::adaround_model(
+                &model,
+                &overrides,
+                settings,
+                &job.adaround,
+                &list,
+                &runner_dims,
+                &|_, total, _| progress(done.fetch_add(1, Ordering::Relaxed) + 1, total),
+            )
+        })?
+        .map_err(|message| OneShotError::Adaround {
+            model: job.model.clone(),
+            message,
+        })?;
+        model = output.model;
+        graph = Graph::from_model(&model)?;
+        adaround = output.layers;
+        adaround_time = adaround_started.elapsed();
+        super::adaround::with_frozen(&overrides, &output.frozen)
+    } else {
+        overrides
+    };
     let calibration_model = quantizer::calibration_model(&model, &graph, &overrides, settings)?;
     // The encoded model is only tract's input: dropped at once, it does not add a model's size
     // to the peak memory of the whole calibration.
@@ -425,5 +478,7 @@ pub fn quantize(
         model,
         transforms,
         model_encodings: encodings,
+        adaround,
+        adaround_time,
     })
 }

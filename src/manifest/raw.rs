@@ -907,6 +907,20 @@ fn target(problems: &mut Problems, name: Spanned<String>, t: &DeTable<'_>) -> Ra
                 let mut algorithms = Algorithms::default();
                 let mut known = true;
                 for name in &list {
+                    if name.get_ref() == "adaround" {
+                        // Its per-layer engine stage does not exist yet: never accept it and
+                        // build without it.
+                        known = false;
+                        bad_value(
+                            problems,
+                            key,
+                            "\"adaround\"",
+                            name.span(),
+                            "adaround is not available in manifest builds",
+                            "run it with `quant quantize --apply_algorithms adaround`".into(),
+                        );
+                        continue;
+                    }
                     if !algorithms.enable(name.get_ref()) {
                         known = false;
                         bad_value(

@@ -593,7 +593,8 @@ pub fn encode_model_fallback(
             out.parameters.insert(name, encoding);
         }
     }
-    out.ops = super::precision::conversions(graph, &out.activations, &overrides.int32_tensors())?.ops;
+    out.ops =
+        super::precision::conversions(graph, &out.activations, &overrides.int32_tensors())?.ops;
     Ok(out)
 }
 
@@ -684,8 +685,7 @@ pub fn encode_model(
             }
         }
     }
-    let mixed =
-        super::precision::conversions(graph, &out.activations, &overrides.int32_tensors())?;
+    let mixed = super::precision::conversions(graph, &out.activations, &overrides.int32_tensors())?;
     for name in &mixed.converted {
         let (encoding, _) = encode_activation(name, statistics.get(name), None, settings)?;
         if let Some(encoding) = encoding {

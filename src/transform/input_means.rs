@@ -212,6 +212,20 @@ impl BiasLayer {
         }
     }
 
+    /// Per spatial axis of an input of dims `shape`: the number of output positions and the
+    /// padding before the first (see [`BiasLayer::accumulate`] for the checks). Empty for
+    /// Gemm. What an explicit patch extraction (AdaRound's second moments) walks.
+    pub fn spatial_map(&self, shape: &[usize]) -> Result<Vec<(usize, i64)>, String> {
+        let axes = match &self.geometry {
+            Geometry::Gemm { .. } => return Ok(Vec::new()),
+            Geometry::Conv(window) => window.conv_axes(self.spatial_shape(window, shape)?)?,
+            Geometry::ConvTranspose(window) => {
+                window.transpose_axes(self.spatial_shape(window, shape)?)?
+            }
+        };
+        Ok(axes.iter().map(|a| (a.outputs, a.begin)).collect())
+    }
+
     /// The spatial dims of `shape`, once it is checked to be `[N ≥ 1, in_channels, spatial...]`.
     fn spatial_shape<'s>(
         &self,
@@ -307,6 +321,9 @@ impl BiasLayer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Axis {
     outputs: usize,
+    /// Padding before the first position: output `o` reads (Conv) input `o·s + k·d − begin`,
+    /// input `i` writes (ConvTranspose) output `i·s + k·d − begin`.
+    begin: i64,
     /// Distance between consecutive input positions of one progression.
     step: usize,
     /// Per kernel offset: (first input position, count).
@@ -461,6 +478,7 @@ impl Window {
                 .collect();
             axes.push(Axis {
                 outputs: outputs as usize,
+                begin,
                 step: stride as usize,
                 sets,
             });
@@ -513,6 +531,7 @@ impl Window {
                 .collect();
             axes.push(Axis {
                 outputs: outputs as usize,
+                begin,
                 step: 1,
                 sets,
             });

@@ -84,17 +84,21 @@ pub struct Algorithms {
     pub cle: bool,
     /// `bias_correction`: empirical bias correction from the calibration data.
     pub bias_correction: bool,
+    /// `adaround`: each weight rounded up or down to reconstruct its layer's output (the
+    /// `adaround` module; it runs last, on the model the others made).
+    pub adaround: bool,
 }
 
 impl Algorithms {
     /// The names `algorithms = [...]` and `--algorithms` accept.
-    pub const NAMES: [&'static str; 2] = ["cle", "bias_correction"];
+    pub const NAMES: [&'static str; 3] = ["cle", "bias_correction", "adaround"];
 
     /// Turns on the algorithm `name` spells; `false` for a name that is not one of [`Self::NAMES`].
     pub fn enable(&mut self, name: &str) -> bool {
         match name {
             "cle" => self.cle = true,
             "bias_correction" => self.bias_correction = true,
+            "adaround" => self.adaround = true,
             _ => return false,
         }
         true
@@ -102,27 +106,35 @@ impl Algorithms {
 
     /// Whether any transform runs.
     pub fn any(self) -> bool {
-        self.cle || self.bias_correction
+        self.cle || self.bias_correction || self.adaround
     }
 
-    /// The infix of the transformed model's file name, `model.{infix}.onnx`: `cle`, `bc` or
-    /// `cle.bc`; `None` when nothing runs.
+    /// The infix of the transformed model's file name, `model.{infix}.onnx`: `cle`, `bc`,
+    /// `adaround`, or those that run joined by dots (`cle.bc`); `None` when nothing runs.
     pub fn file_infix(self) -> Option<&'static str> {
-        match (self.cle, self.bias_correction) {
-            (false, false) => None,
-            (true, false) => Some("cle"),
-            (false, true) => Some("bc"),
-            (true, true) => Some("cle.bc"),
+        match (self.cle, self.bias_correction, self.adaround) {
+            (false, false, false) => None,
+            (true, false, false) => Some("cle"),
+            (false, true, false) => Some("bc"),
+            (true, true, false) => Some("cle.bc"),
+            (false, false, true) => Some("adaround"),
+            (true, false, true) => Some("cle.adaround"),
+            (false, true, true) => Some("bc.adaround"),
+            (true, true, true) => Some("cle.bc.adaround"),
         }
     }
 }
 
 impl fmt::Display for Algorithms {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> = [(self.cle, "cle"), (self.bias_correction, "bias_correction")]
-            .into_iter()
-            .filter_map(|(on, name)| on.then_some(name))
-            .collect();
+        let names: Vec<&str> = [
+            (self.cle, "cle"),
+            (self.bias_correction, "bias_correction"),
+            (self.adaround, "adaround"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
         if names.is_empty() {
             f.write_str("none")
         } else {

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# AdaRound on cls and det (`.prep` forms): accuracy and cost of
+# `quant quantize --apply_algorithms adaround`, against AIMET's figures.
+#
+# Runs, each W4A8 per-channel min-max (weights symmetric per channel, activations 8-bit, bias 32,
+# statistics gathered with the weights quantized as AIMET does), plus cls W8A8 per-tensor:
+#   cls W4A8 pc, 1000 iterations      (AIMET: 97.25 %, 46.7 s)
+#   det W4A8 pc, 200 iterations       (AIMET: 9.56 dB, 122.9 s)
+#   cls W8A8, 1000 iterations         (AIMET: 98.00 %)
+# and, as the baseline measured in the same run, the same quantization without AdaRound.
+# For each: the AdaRound step's wall time (quant prints it), the whole process's wall time and
+# peak RSS (/usr/bin/time), quantsim top-1 (`quant eval`, cls), and onnxruntime on the QDQ export
+# (cls top-1; det output SQNR against the float det.prep.onnx, as AIMET's table measures it).
+# AIMET's seconds are the figures of ../shared/fixtures/reference/aimet_algorithms.md (an idle
+# machine), not measured here.
+#
+# Usage: benches/adaround.sh [QUANT] [FIXTURES]
+#   QUANT     the binary (default target/release/quant)
+#   FIXTURES  the fixtures folder (default ../shared/fixtures)
+# Needs $PYTHON (default /work/venv/bin/python) with onnxruntime. ITERATIONS_SCALE=10 runs the
+# default 10000 / 2000 iterations instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+QUANT="$(realpath "${1:-target/release/quant}")"
+FIXTURES="$(realpath "${2:-../shared/fixtures}")"
+PYTHON="${PYTHON:-/work/venv/bin/python}"
+SCALE="${ITERATIONS_SCALE:-1}"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+run() { # name model dims iterations weights-args...
+    local name=$1 model=$2 dims=$3 iterations=$4
+    shift 4
+    local algorithms=()
+    if [ "$iterations" != 0 ]; then
+        printf 'num_iterations: %s\n' "$iterations" > "$work/$name.yaml"
+        algorithms=(--apply_algorithms adaround --config "$work/$name.yaml")
+    fi
+    mkdir -p "$work/$name"
+    /usr/bin/time -v "$QUANT" quantize \
+        --input_network "$FIXTURES/models/$model.prep.onnx" \
+        --input_list "$FIXTURES/$model/calib/input_list.txt" \
+        --output_encodings "$work/$name/encodings.json" \
+        --output_float_model "$work/$name/model.adaround.onnx" \
+        --output_model "$work/$name/model.qdq.onnx" \
+        --act_bitwidth 8 --bias_bitwidth 32 --calibrate_with_quantized_weights \
+        --input_dim x "$dims" "${algorithms[@]}" "$@" \
+        > "$work/$name/stdout" 2> "$work/$name/stderr"
+    local step wall rss
+    step=$(grep -o 'layers in [0-9.]*s' "$work/$name/stderr" | grep -o '[0-9.]*' || echo -)
+    wall=$(grep 'Elapsed (wall clock)' "$work/$name/stderr" | awk '{print $NF}')
+    rss=$(grep 'Maximum resident' "$work/$name/stderr" | awk '{print $NF}')
+    local network="$FIXTURES/models/$model.prep.onnx"
+    [ -f "$work/$name/model.adaround.onnx" ] && network="$work/$name/model.adaround.onnx"
+    local sim=-
+    if [ "$model" = cls ]; then
+        sim=$("$QUANT" eval --input_network "$network" --encodings "$work/$name/encodings.json" \
+            --input_list "$FIXTURES/cls/eval/input_list.txt" --labels "$FIXTURES/cls/eval/labels.txt" \
+            --input_dim x "$dims" --json | "$PYTHON" -c \
+            'import json,sys; m=json.load(sys.stdin)["evaluation"]["metrics"]; print(f"{m[\"top1\"][\"quantized\"][\"accuracy\"]*100:.2f} %")' 2>/dev/null || echo -)
+    fi
+    local ort
+    ort=$("$PYTHON" tests/python/check_qdq.py "$work/$name/model.qdq.onnx" \
+        "$FIXTURES/$model/eval/input_list.txt" --float "$FIXTURES/models/$model.prep.onnx" \
+        --input_dim x "$dims" | "$PYTHON" -c '
+import json, sys
+r = json.load(sys.stdin)
+model, labels = sys.argv[1], sys.argv[2]
+if model == "cls":
+    argmax = r["qdq_argmax"][0]
+    truth = [int(l) for l in open(labels).read().split()]
+    print(f"top-1 {100 * sum(a == t for a, t in zip(argmax, truth)) / len(truth):.2f} %")
+else:
+    print(f"SQNR {r[\"sqnr_db\"][0]:.2f} dB")
+' "$model" "$FIXTURES/$model/eval/labels.txt")
+    printf '| %s | %s | %s s | %s | %s MiB | %s | %s |\n' "$name" "$iterations" "$step" "$wall" \
+        "$((rss / 1024))" "$sim" "$ort"
+}
+
+w4=(--weights_bitwidth 4 --use_per_channel_quantization --param_quantizer_schema symmetric)
+echo "| run | iterations | AdaRound step | process wall | peak RSS | quantsim top-1 | onnxruntime (QDQ) |"
+echo "|---|---|---|---|---|---|---|"
+run cls-w4-plain cls 1,3,48,192 0 "${w4[@]}"
+run cls-w4-adaround cls 1,3,48,192 $((1000 * SCALE)) "${w4[@]}"
+run det-w4-plain det 1,3,320,320 0 "${w4[@]}"
+run det-w4-adaround det 1,3,320,320 $((200 * SCALE)) "${w4[@]}"
+run cls-w8-plain cls 1,3,48,192 0 --weights_bitwidth 8
+run cls-w8-adaround cls 1,3,48,192 $((1000 * SCALE)) --weights_bitwidth 8
+cls_step=$(grep -o 'layers in [0-9.]*s' "$work/cls-w4-adaround/stderr" | grep -o '[0-9.]*')
+det_step=$(grep -o 'layers in [0-9.]*s' "$work/det-w4-adaround/stderr" | grep -o '[0-9.]*')
+echo
+echo "AdaRound step against AIMET's idle-machine figures (from the fixtures' table, not measured here):"
+echo "  cls: ${cls_step} s vs 46.7 s → $(echo "scale=1; 46.7 / $cls_step" | bc)× faster"
+echo "  det: ${det_step} s vs 122.9 s → $(echo "scale=1; 122.9 / $det_step" | bc)× faster"
