@@ -96,7 +96,7 @@ TOML
     done
 } > "$work/quant.toml"
 
-"$QUANT" build "$work" --json > "$work/build.json"
+"$QUANT" build "$work" --allow-outside-root --json > "$work/build.json"
 "$PYTHON" - "$work" "$FIXTURES" <<'PY'
 import json, os, subprocess, sys
 import numpy as np
