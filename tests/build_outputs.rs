@@ -202,8 +202,9 @@ fn build_writes_qdq_models_and_evaluated_reports() {
     let example = Example::new();
     let cold = example.build_json();
     assert_eq!(cold["evaluations_run"], 2, "{cold}");
-    // gpu: 2 files; htp, htp-a16: encodings, report.json, model.qdq.onnx, report.html.
-    assert_eq!(cold["artifacts_written"], 10, "{cold}");
+    // gpu: encodings, report.json, model.fp16.onnx; htp, htp-a16: encodings, report.json,
+    // model.qdq.onnx, report.html.
+    assert_eq!(cold["artifacts_written"], 11, "{cold}");
 
     for target in QUANTIZED {
         let encodings = fs::read(example.out(target, "encodings.json")).unwrap();
