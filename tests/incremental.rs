@@ -101,6 +101,18 @@ struct PipelineState {
     /// Whether the overrides keep the classifier's last MatMul output in float16, which makes
     /// that MatMul (weight included) a float16 op with conversions around it.
     float_matmul: bool,
+    /// Whether `htp-a16` falls back to float (`enable_float_fallback`) instead of calibrating:
+    /// it then drops `htp`'s calibration set, and bias correction, which needs data.
+    float_fallback: bool,
+}
+
+/// The `algorithms` list's items.
+fn algorithms(cle: bool, bias_correction: bool) -> String {
+    [(cle, "\"cle\""), (bias_correction, "\"bias_correction\"")]
+        .iter()
+        .filter_map(|(on, name)| on.then_some(*name))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl PipelineState {
@@ -119,6 +131,7 @@ impl PipelineState {
             cle: false,
             bias_correction: false,
             float_matmul: false,
+            float_fallback: false,
         }
     }
 
@@ -143,17 +156,21 @@ impl PipelineState {
              act_bitwidth = {}\nweights_bitwidth = 8\nbias_bitwidth = 32\n\
              act_quantizer_calibration = \"{}\"\nparam_quantizer_schema = \"symmetric\"\n\
              use_per_channel_quantization = {}\nalgorithms = [{}]\n{}\n\
-             [targets.htp-a16]\nextends = \"htp\"\nact_bitwidth = 16\n\n\
+             [targets.htp-a16]\nextends = \"htp\"\nact_bitwidth = 16\n{}\n\
              [targets.gpu]\nbackend = \"gpu\"\nfloat_bitwidth = 16\n",
             self.act_bitwidth,
             self.act_calibration,
             self.per_channel,
-            [(self.cle, "\"cle\""), (self.bias_correction, "\"bias_correction\"")]
-                .iter()
-                .filter_map(|(on, name)| on.then_some(*name))
-                .collect::<Vec<_>>()
-                .join(", "),
-            if self.evaluate { "evaluate = \"textlines\"\n" } else { "" }
+            algorithms(self.cle, self.bias_correction),
+            if self.evaluate { "evaluate = \"textlines\"\n" } else { "" },
+            if self.float_fallback {
+                format!(
+                    "enable_float_fallback = true\nalgorithms = [{}]\n",
+                    algorithms(self.cle, false)
+                )
+            } else {
+                String::new()
+            },
         )
         .unwrap();
         text
@@ -348,9 +365,10 @@ enum Edit {
     ToggleCle,
     ToggleBiasCorrection,
     ToggleFloatMatMul,
+    ToggleFloatFallback,
 }
 
-const EDITS: [Edit; 10] = [
+const EDITS: [Edit; 11] = [
     Edit::OverrideRange,
     Edit::AddSample,
     Edit::RemoveSample,
@@ -361,8 +379,9 @@ const EDITS: [Edit; 10] = [
     Edit::ToggleCle,
     Edit::ToggleBiasCorrection,
     Edit::ToggleFloatMatMul,
+    Edit::ToggleFloatFallback,
 ];
-const SEEDS: [u64; 3] = [1, 2, 13];
+const SEEDS: [u64; 3] = [1, 2, 18];
 const EDITS_PER_SEED: usize = 5;
 
 /// Applies `edit` to `state` (and to the files that are not rendered from it) in `root`.
@@ -401,6 +420,7 @@ fn apply(edit: Edit, state: &mut PipelineState, root: &Path, rng: &mut Rng) {
         Edit::ToggleCle => state.cle = !state.cle,
         Edit::ToggleBiasCorrection => state.bias_correction = !state.bias_correction,
         Edit::ToggleFloatMatMul => state.float_matmul = !state.float_matmul,
+        Edit::ToggleFloatFallback => state.float_fallback = !state.float_fallback,
         Edit::AddModel => {
             let name = format!("cls{}", state.extra_models.len() + 2);
             fs::copy(
@@ -467,7 +487,8 @@ fn incremental_builds_after_random_edits_equal_clean_builds() {
                 Edit::OverrideRange
                 | Edit::ActBitwidth
                 | Edit::PerChannel
-                | Edit::ToggleFloatMatMul => {
+                | Edit::ToggleFloatMatMul
+                | Edit::ToggleFloatFallback => {
                     assert_eq!(count("samples_run"), 0, "{context}: {}", summary.json);
                 }
                 // The new sample runs once per model (once for identical model files); every

@@ -76,7 +76,7 @@ fn htp_settings() -> QuantizerSettings {
 
 fn htp_quantization(settings: QuantizerSettings) -> Quantization {
     Quantization {
-        calibration: "textlines".into(),
+        calibration: Some("textlines".into()),
         overrides: vec!["head".into()],
         ignore_quantization_overrides: false,
         algorithms: Default::default(),
@@ -171,7 +171,7 @@ fn good_manifest_applies_aliases_defaults_and_extends_chains() {
             evaluate: None,
             extends: vec![],
             precision: Precision::Quantized(Quantization {
-                calibration: "textlines".into(),
+                calibration: Some("textlines".into()),
                 overrides: vec![],
                 ignore_quantization_overrides: false,
                 algorithms: Default::default(),

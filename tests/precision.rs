@@ -399,6 +399,104 @@ fn float_fallback_keeps_the_overrides_and_falls_back_to_float() {
     );
 }
 
+/// A manifest target with `enable_float_fallback` builds without calibration data and writes
+/// what `quant quantize --enable_float_fallback` writes for the same model and overrides; a
+/// second build recomputes nothing, and an overrides edit re-encodes in the engine.
+#[test]
+fn a_float_fallback_target_builds_what_quantize_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    three_convs(dir.path());
+    let fixed = |max: f64| {
+        format!(
+            r#"{{"activation_encodings": {{
+            "data_0": [{{"bitwidth": 8, "dtype": "int", "min": -1.0, "max": 1.0}}],
+            "conv1_1": [{{"bitwidth": 8, "dtype": "int", "min": -2.0, "max": {max}}}]}},
+            "param_encodings": {{}}}}"#
+        )
+    };
+    std::fs::write(dir.path().join("fixed.json"), fixed(2.0)).unwrap();
+    std::fs::write(
+        dir.path().join("quant.toml"),
+        r#"[pipeline]
+name = "fallback"
+
+[models.convs]
+path = "three_convs.onnx"
+
+[overrides.fixed]
+path = "fixed.json"
+
+[targets.htp]
+backend = "htp"
+enable_float_fallback = true
+overrides = ["fixed"]
+"#,
+    )
+    .unwrap();
+    let (code, stderr) = quantize_in(
+        dir.path(),
+        &[
+            "--input_network",
+            "three_convs.onnx",
+            "--enable_float_fallback",
+            "--quantization_overrides",
+            "fixed.json",
+            "--output_encodings",
+            "out.json",
+            "--output_model",
+            "out.qdq.onnx",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let build = || {
+        let out = Command::new(common::quant_bin())
+            .args(["build", "--json"])
+            .arg(dir.path())
+            .env("QUANT_CACHE_DIR", dir.path().join("store"))
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "quant build failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let sections = |path: &Path| {
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        (
+            json["activation_encodings"].clone(),
+            json["param_encodings"].clone(),
+        )
+    };
+    let cold = build();
+    assert_eq!(cold["samples_run"], 0, "{cold}");
+    let unit = dir.path().join("quant-out/htp/convs");
+    let built = sections(&unit.join("encodings.json"));
+    assert_eq!(built, sections(&dir.path().join("out.json")));
+    assert_eq!(built.0["conv2_1"][0]["dtype"], "float");
+    assert_eq!(built.1["conv1_w_0"][0]["dtype"], "int");
+    assert_eq!(
+        std::fs::read(unit.join("model.qdq.onnx")).unwrap(),
+        std::fs::read(dir.path().join("out.qdq.onnx")).unwrap(),
+        "the QDQ export differs from quant quantize's"
+    );
+
+    let noop = build();
+    assert_eq!(noop["tensors_encoded"], 0, "{noop}");
+    assert_eq!(noop["artifacts_written"], 0, "{noop}");
+
+    // An overrides edit re-keys the unit's tensors (one whole-model pass decides them all), and
+    // the new range is written.
+    std::fs::write(dir.path().join("fixed.json"), fixed(3.0)).unwrap();
+    let edit = build();
+    assert!(edit["tensors_encoded"].as_u64().unwrap() >= 1, "{edit}");
+    let edited = sections(&unit.join("encodings.json"));
+    assert!((edited.0["conv1_1"][0]["max"].as_f64().unwrap() - 3.0).abs() < 0.05);
+}
+
 /// The bundled example's gpu target (`float_bitwidth = 16`) writes an FP16 model, which runs in
 /// onnxruntime and stays close to the float model.
 #[test]

@@ -126,7 +126,7 @@ const MERGED_NAMES: [&str; 2] = names(&MERGED_FIELDS);
 /// Statistics merged over every sample of a calibration set.
 pub const MERGED_STATISTICS: Kind = Kind::new("merged-statistics", 5).keyed_by(&MERGED_NAMES);
 
-const ENCODINGS_FIELDS: [Field; 10] = [
+const ENCODINGS_FIELDS: [Field; 13] = [
     field("tensor", "the tensor's name"),
     field(
         "settings",
@@ -138,7 +138,7 @@ const ENCODINGS_FIELDS: [Field; 10] = [
     ),
     field(
         "role",
-        "`activation`, `parameter`, `bias` or `shared`; then by role",
+        "`activation`, `parameter`, `bias`, `shared` or `float fallback`; then by role",
     ),
     field(
         "statistics",
@@ -158,8 +158,20 @@ const ENCODINGS_FIELDS: [Field; 10] = [
         "source",
         "*shared* (data movement): stable digest of the source's encoding",
     ),
+    field(
+        "model",
+        "*float fallback*: digest of the model (of the transformed model's bytes when the target transforms it)",
+    ),
+    field(
+        "input_dims",
+        "*float fallback*: stable digest of the `input_dims`",
+    ),
+    field(
+        "overrides",
+        "*float fallback*: stable digest of the unit's merged overrides",
+    ),
 ];
-const ENCODINGS_NAMES: [&str; 10] = names(&ENCODINGS_FIELDS);
+const ENCODINGS_NAMES: [&str; 13] = names(&ENCODINGS_FIELDS);
 /// The encoding of one tensor.
 pub const ENCODINGS: Kind = Kind::new("encodings", 3).keyed_by(&ENCODINGS_NAMES);
 

@@ -125,6 +125,17 @@ impl EncodedTensor {
     }
 }
 
+/// The encodings file section of a tensor's job: a parameter is listed as an activation when
+/// it is one's stand-in (AIMET lists such constants as activations).
+fn section_of(job: TensorJob, role: Role) -> Section {
+    match job {
+        TensorJob::Activation | TensorJob::Shared => Section::Activations,
+        TensorJob::Bias => Section::Parameters,
+        TensorJob::Parameter if quantizer::is_activation_like(role) => Section::Activations,
+        TensorJob::Parameter => Section::Parameters,
+    }
+}
+
 /// What of a tensor's statistics its encoding can depend on. Without a histogram that is the
 /// range and the non-finite counts (for the warning), not how many finite values were seen:
 /// so a new sample inside every tensor's range re-encodes nothing.
@@ -239,126 +250,155 @@ pub fn tensor_encoding<'db>(
         .str("tensor", name)
         .digest("settings", &stable_digest(settings))
         .digest("override", &stable_digest(&ov));
+    let fallback = plan
+        .target
+        .quantization()
+        .is_some_and(Quantization::float_fallback);
     let (key, compute): (
         KeyBuilder,
         Box<dyn FnOnce() -> Result<EncodedTensor, BuildError> + '_>,
-    ) = match job {
-        TensorJob::Activation => {
-            let statistics = tensor_statistics(db, tensor);
-            let key = key
-                .str("role", "activation")
-                .digest("statistics", &statistics_digest(statistics.as_ref()));
-            (
-                key,
-                Box::new(move || {
-                    let (encoding, warnings) = quantizer::encode_activation(
-                        name,
-                        statistics.as_ref(),
-                        ov.as_ref(),
-                        settings,
-                    )
-                    .map_err(BuildError::Encode)?;
-                    Ok(encoded(Section::Activations, encoding.as_ref(), warnings))
-                }),
-            )
-        }
-        TensorJob::Parameter => {
-            let (values, shape) =
-                quantizer::parameter_values(graph, name).map_err(BuildError::Encode)?;
-            let consumers: Vec<&str> = info.consumers.iter().map(|u| u.op_type.as_str()).collect();
-            let key = key
-                .str("role", "parameter")
-                .digest("values", &values_digest(values))
-                .digest("layout", &stable_digest(&(shape, info.role, &consumers)));
-            (
-                key,
-                Box::new(move || {
-                    let (encoding, warnings) =
-                        quantizer::encode_parameter(info, values, shape, ov.as_ref(), settings)
-                            .map_err(BuildError::Encode)?;
-                    let section = if quantizer::is_activation_like(info.role) {
-                        Section::Activations
-                    } else {
-                        Section::Parameters
-                    };
-                    Ok(encoded(section, Some(&encoding), warnings))
-                }),
-            )
-        }
-        TensorJob::Bias => {
-            let (values, shape) =
-                quantizer::parameter_values(graph, name).map_err(BuildError::Encode)?;
-            let (input, weight) = match quantizer::bias_partners(graph, info) {
-                Some((input, weight)) => (
-                    partner(input, Section::Activations)?,
-                    partner(weight, Section::Parameters)?,
-                ),
-                None => (None, None),
-            };
-            let input_encoding = input.as_ref().and_then(|e| e.encoding.clone());
-            let weight_encoding = weight.as_ref().and_then(|e| e.encoding.clone());
-            let key = key
-                .str("role", "bias")
-                .digest("values", &values_digest(values))
-                .digest("layout", &stable_digest(&(shape, info.role)))
-                .digest("input", &stable_digest(&input_encoding))
-                .digest("weight", &stable_digest(&weight_encoding));
-            (
-                key,
-                Box::new(move || {
-                    let input = input_encoding.map(|(f, axis)| f.with_axis(axis));
-                    let weight = weight_encoding.map(|(f, axis)| f.with_axis(axis));
-                    let (encoding, warnings) = quantizer::bias_encoding(
-                        info,
-                        values,
-                        ov.as_ref(),
-                        input.as_ref(),
-                        weight.as_ref(),
-                        settings,
-                    )
-                    .map_err(BuildError::Encode)?;
-                    Ok(encoded(Section::Parameters, Some(&encoding), warnings))
-                }),
-            )
-        }
-        TensorJob::Shared => {
-            let source = match &ov {
-                Some(Override::Fixed(_)) => None,
-                _ => match graph.encoding_source(name) {
-                    Some(source) => partner(source.as_str(), Section::Activations)?
-                        .and_then(|e| e.encoding.clone()),
-                    None => None,
-                },
-            };
-            let key = key
-                .str("role", "shared")
-                .digest("source", &stable_digest(&source));
-            (
-                key,
-                Box::new(move || {
-                    let encoding = match ov {
-                        Some(Override::Fixed(fixed)) => Some((fixed.clone(), 0)),
-                        _ => source,
-                    };
-                    Ok(EncodedTensor {
-                        section: Section::Activations,
-                        encoding,
-                        warnings: Vec::new(),
-                    })
-                }),
-            )
+    ) = if fallback {
+        // What the whole-model pass reads: the model and every override (one override can
+        // reach this tensor through a data-movement chain, or make its op integer).
+        let merged = unit_overrides(db, unit).as_ref().map_err(Clone::clone)?;
+        let key = key
+            .str("role", "float fallback")
+            .digest("model", &model.content)
+            .digest("input_dims", &stable_digest(&plan.model.input_dims))
+            .digest("overrides", &stable_digest(&merged.overrides));
+        (
+            key,
+            Box::new(move || {
+                let all = super::precision::fallback_encodings(db, unit)
+                    .as_ref()
+                    .map_err(Clone::clone)?;
+                let encoding = all
+                    .activations
+                    .get(name)
+                    .or_else(|| all.parameters.get(name));
+                let warnings = all
+                    .warnings
+                    .iter()
+                    .filter(|w| w.tensor() == Some(name.as_str()))
+                    .cloned()
+                    .collect();
+                Ok(encoded(section_of(job, info.role), encoding, warnings))
+            }),
+        )
+    } else {
+        match job {
+            TensorJob::Activation => {
+                let statistics = tensor_statistics(db, tensor);
+                let key = key
+                    .str("role", "activation")
+                    .digest("statistics", &statistics_digest(statistics.as_ref()));
+                (
+                    key,
+                    Box::new(move || {
+                        let (encoding, warnings) = quantizer::encode_activation(
+                            name,
+                            statistics.as_ref(),
+                            ov.as_ref(),
+                            settings,
+                        )
+                        .map_err(BuildError::Encode)?;
+                        Ok(encoded(Section::Activations, encoding.as_ref(), warnings))
+                    }),
+                )
+            }
+            TensorJob::Parameter => {
+                let (values, shape) =
+                    quantizer::parameter_values(graph, name).map_err(BuildError::Encode)?;
+                let consumers: Vec<&str> =
+                    info.consumers.iter().map(|u| u.op_type.as_str()).collect();
+                let key = key
+                    .str("role", "parameter")
+                    .digest("values", &values_digest(values))
+                    .digest("layout", &stable_digest(&(shape, info.role, &consumers)));
+                (
+                    key,
+                    Box::new(move || {
+                        let (encoding, warnings) =
+                            quantizer::encode_parameter(info, values, shape, ov.as_ref(), settings)
+                                .map_err(BuildError::Encode)?;
+                        let section = if quantizer::is_activation_like(info.role) {
+                            Section::Activations
+                        } else {
+                            Section::Parameters
+                        };
+                        Ok(encoded(section, Some(&encoding), warnings))
+                    }),
+                )
+            }
+            TensorJob::Bias => {
+                let (values, shape) =
+                    quantizer::parameter_values(graph, name).map_err(BuildError::Encode)?;
+                let (input, weight) = match quantizer::bias_partners(graph, info) {
+                    Some((input, weight)) => (
+                        partner(input, Section::Activations)?,
+                        partner(weight, Section::Parameters)?,
+                    ),
+                    None => (None, None),
+                };
+                let input_encoding = input.as_ref().and_then(|e| e.encoding.clone());
+                let weight_encoding = weight.as_ref().and_then(|e| e.encoding.clone());
+                let key = key
+                    .str("role", "bias")
+                    .digest("values", &values_digest(values))
+                    .digest("layout", &stable_digest(&(shape, info.role)))
+                    .digest("input", &stable_digest(&input_encoding))
+                    .digest("weight", &stable_digest(&weight_encoding));
+                (
+                    key,
+                    Box::new(move || {
+                        let input = input_encoding.map(|(f, axis)| f.with_axis(axis));
+                        let weight = weight_encoding.map(|(f, axis)| f.with_axis(axis));
+                        let (encoding, warnings) = quantizer::bias_encoding(
+                            info,
+                            values,
+                            ov.as_ref(),
+                            input.as_ref(),
+                            weight.as_ref(),
+                            settings,
+                        )
+                        .map_err(BuildError::Encode)?;
+                        Ok(encoded(Section::Parameters, Some(&encoding), warnings))
+                    }),
+                )
+            }
+            TensorJob::Shared => {
+                let source = match &ov {
+                    Some(Override::Fixed(_)) => None,
+                    _ => match graph.encoding_source(name) {
+                        Some(source) => partner(source.as_str(), Section::Activations)?
+                            .and_then(|e| e.encoding.clone()),
+                        None => None,
+                    },
+                };
+                let key = key
+                    .str("role", "shared")
+                    .digest("source", &stable_digest(&source));
+                (
+                    key,
+                    Box::new(move || {
+                        let encoding = match ov {
+                            Some(Override::Fixed(fixed)) => Some((fixed.clone(), 0)),
+                            _ => source,
+                        };
+                        Ok(EncodedTensor {
+                            section: Section::Activations,
+                            encoding,
+                            warnings: Vec::new(),
+                        })
+                    }),
+                )
+            }
         }
     };
     let key = key.finish();
     let context = unit.project(db).context(db);
     let store = context.store(db);
     let log = context.log(db);
-    let section_of = |job: TensorJob| match job {
-        TensorJob::Activation | TensorJob::Shared => Section::Activations,
-        TensorJob::Bias => Section::Parameters,
-        TensorJob::Parameter if quantizer::is_activation_like(info.role) => Section::Activations,
-        _ => Section::Parameters,
-    };
     if let Some(store) = store
         && let Some(hit) = lookup::<StoredTensorEntry>(store, log, ENCODINGS, &key)
     {
@@ -368,7 +408,7 @@ pub fn tensor_encoding<'db>(
         };
         if let Some(encoding) = restored {
             return Ok(Arc::new(EncodedTensor {
-                section: section_of(job),
+                section: section_of(job, info.role),
                 encoding,
                 warnings: hit.warnings,
             }));
@@ -546,6 +586,23 @@ pub fn unit_encodings<'db>(
                         Section::Parameters => &mut out.parameters,
                     };
                     section.insert(name.clone(), fixed.clone());
+                }
+            }
+            if plan
+                .target
+                .quantization()
+                .is_some_and(Quantization::float_fallback)
+            {
+                // The fallback pass's warnings about no one tensor (a forced schema) are the
+                // unit's; the others came with their tensors above.
+                let fallback = super::precision::fallback_encodings(db, unit)
+                    .as_ref()
+                    .map_err(Clone::clone)?;
+                let general = fallback.warnings.iter().filter(|w| w.tensor().is_none());
+                for warning in quantizer::word_warnings(general) {
+                    if !out.warnings.contains(&warning) {
+                        out.warnings.push(warning);
+                    }
                 }
             }
             out.quantizer_args = QuantizerArgs::for_settings(settings);

@@ -106,9 +106,10 @@ pub fn unit_plan<'db>(db: &'db dyn Db, unit: Unit<'db>) -> Result<Arc<UnitPlan>,
         .ok_or_else(|| gone("model", unit.model(db)))?;
     let (input_list, overrides) = match target.quantization() {
         Some(quantization) => (
-            pipeline
+            quantization
                 .calibration
-                .get(&quantization.calibration)
+                .as_ref()
+                .and_then(|name| pipeline.calibration.get(name))
                 .map(|c| c.input_list.clone()),
             quantization
                 .effective_overrides()

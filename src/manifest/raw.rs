@@ -170,6 +170,9 @@ pub struct RawQuantizerOptions {
     pub algorithms: Option<Given<Algorithms>>,
     /// `keep_io_types`: a float16 model's graph inputs and outputs stay float32.
     pub keep_io_types: Option<Given<bool>>,
+    /// `enable_float_fallback` / `float_fallback`: no calibration; overrides give the
+    /// encodings and every other tensor falls back to float.
+    pub float_fallback: Option<Given<bool>>,
 }
 
 impl RawQuantizerOptions {
@@ -194,6 +197,7 @@ impl RawQuantizerOptions {
             key(&self.calibrate_with_quantized_weights),
             key(&self.algorithms),
             key(&self.float_bias_bitwidth),
+            key(&self.float_fallback),
         ]
         .into_iter()
         .flatten()
@@ -246,11 +250,13 @@ pub const TARGET_KEYS: &[&str] = &[
     "calibrate_with_quantized_weights",
     "algorithms",
     "keep_io_types",
+    "enable_float_fallback",
     "act_bw",
     "weight_bw",
     "bias_bw",
     "float_bw",
     "float_bias_bw",
+    "float_fallback",
     "act_quantizer",
     "param_quantizer",
 ];
@@ -820,6 +826,7 @@ pub(crate) fn canonical(key: &str) -> &str {
         "bias_bw" => "bias_bitwidth",
         "float_bw" => "float_bitwidth",
         "float_bias_bw" => "float_bias_bitwidth",
+        "float_fallback" => "enable_float_fallback",
         "act_quantizer" => "act_quantizer_calibration",
         "param_quantizer" => "param_quantizer_calibration",
         other => other,
@@ -1146,6 +1153,11 @@ fn target(problems: &mut Problems, name: Spanned<String>, t: &DeTable<'_>) -> Ra
                 let Some(b) = boolean(problems, key, value) else {
                     continue;
                 };
+                if canonical(key) == "enable_float_fallback" {
+                    // Two spellings: both given is reported, as for the bitwidth aliases.
+                    set(problems, &mut o.float_fallback, at.given(b));
+                    continue;
+                }
                 let slot = match key {
                     "use_per_channel_quantization" => &mut o.per_channel,
                     "use_per_row_quantization" => &mut o.per_row,

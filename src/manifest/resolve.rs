@@ -399,11 +399,22 @@ fn or<T: Clone>(child: &Option<T>, parent: &Option<T>) -> Option<T> {
 /// The target's own settings over its parent's.
 fn inherit(child: &RawTarget, parent: &RawTarget) -> RawTarget {
     let (c, p) = (&child.options, &parent.options);
+    // Calibrating and falling back to float exclude each other: a child that chooses one
+    // (and not both) drops the parent's other choice instead of contradicting it.
+    let child_falls_back = c.float_fallback.as_ref().is_some_and(|f| f.value);
+    let calibration = match (&child.calibration, child_falls_back) {
+        (None, true) => None,
+        _ => or(&child.calibration, &parent.calibration),
+    };
+    let float_fallback = match (&child.calibration, &c.float_fallback) {
+        (Some(_), None) => None,
+        _ => or(&c.float_fallback, &p.float_fallback),
+    };
     RawTarget {
         name: child.name.clone(),
         backend: or(&child.backend, &parent.backend),
         models: or(&child.models, &parent.models),
-        calibration: or(&child.calibration, &parent.calibration),
+        calibration,
         overrides: or(&child.overrides, &parent.overrides),
         evaluate: or(&child.evaluate, &parent.evaluate),
         extends: child.extends.clone(),
@@ -430,6 +441,7 @@ fn inherit(child: &RawTarget, parent: &RawTarget) -> RawTarget {
             ),
             algorithms: or(&c.algorithms, &p.algorithms),
             keep_io_types: or(&c.keep_io_types, &p.keep_io_types),
+            float_fallback,
         },
     }
 }
@@ -639,16 +651,90 @@ fn check_quantized(
     backend: &TargetBackend,
     t: &RawTarget,
 ) -> Option<Quantization> {
-    let calibration = require_calibration(problems, backend, t)?;
+    let calibration = match t.options.float_fallback.as_ref().filter(|f| f.value) {
+        Some(fallback) => {
+            check_float_fallback(problems, backend, t, fallback);
+            None
+        }
+        None => Some(require_calibration(problems, backend, t)?),
+    };
     let bitwidths = check_bitwidths(problems, backend, &t.options);
     let overrides: Vec<String> = t
         .overrides
         .iter()
         .flat_map(|o| o.value.iter().map(|n| n.get_ref().clone()))
         .collect();
-    check_mixed_precision(problems, backend, t, &overrides);
+    if calibration.is_some() {
+        check_mixed_precision(problems, backend, t, &overrides);
+    }
     check_calibration_methods(problems, &t.options, bitwidths.weights);
     Some(quantization(calibration, overrides, &t.options, bitwidths))
+}
+
+/// qairt-quantizer's `--enable_float_fallback`: no calibration data, the overrides give the
+/// encodings and every other tensor stays float. So a calibration set is a contradiction (the
+/// CLI makes the pair a usage error), an algorithm that measures data cannot run, and the
+/// backend must run float ops at the fallback's bitwidth.
+fn check_float_fallback(
+    problems: &mut Problems,
+    backend: &TargetBackend,
+    t: &RawTarget,
+    fallback: &Given<bool>,
+) {
+    let (name, b, caps) = (t.name.get_ref(), backend.given.value, backend.caps);
+    if let Some(c) = &t.calibration {
+        let diagnostic = problems
+            .at(
+                "quant::manifest::float_fallback",
+                format!("target `{name}` sets both `{}` and `calibration`", fallback.key),
+                c.key_span.clone(),
+                "calibration set",
+            )
+            .with_label(fallback.key_span.clone(), "no calibration")
+            .with_help("float fallback takes its encodings from the overrides alone: remove `calibration`, or the fallback to calibrate");
+        problems.push(diagnostic);
+    }
+    if let Some(algorithms) = &t.options.algorithms
+        && algorithms.value.bias_correction
+    {
+        let diagnostic = problems
+            .at(
+                "quant::manifest::float_fallback",
+                format!("target `{name}` falls back to float without data, but bias correction measures the model on calibration data"),
+                algorithms.value_span.clone(),
+                "bias_correction",
+            )
+            .with_label(fallback.key_span.clone(), "no calibration")
+            .with_help("remove `bias_correction`, or calibrate the target instead of falling back");
+        problems.push(diagnostic);
+    }
+    let fallback_bits = t
+        .options
+        .float_bitwidth
+        .as_ref()
+        .map_or(FloatBitwidth::F32, |f| f.value);
+    if !b.allows_float_bitwidth(fallback_bits) {
+        let span = t
+            .options
+            .float_bitwidth
+            .as_ref()
+            .map_or(fallback.value_span.clone(), |f| f.value_span.clone());
+        let help = if caps.float_bitwidths.is_empty() {
+            format!("{b} runs every tensor quantized, so nothing can fall back to float: use htp")
+        } else {
+            format!(
+                "{b} runs float ops at {} bit: set `float_bitwidth` to one of them",
+                bits(caps.float_bitwidths)
+            )
+        };
+        backend.reject(
+            problems,
+            span,
+            format!("{b} cannot run the {fallback_bits}-bit float ops tensors fall back to"),
+            format!("FP{fallback_bits}"),
+            help,
+        );
+    }
 }
 
 /// The seed's quantized mode computes encodings from calibration data, so a quantized target
@@ -668,7 +754,7 @@ fn require_calibration<'t>(
                 "no calibration set",
             )
             .with_label(backend.given.value_span.clone(), format!("{b} runs quantized models only"))
-            .with_help("add `calibration = \"NAME\"` naming a [calibration.NAME] set: the seed's quantized mode computes encodings from calibration data");
+            .with_help("add `calibration = \"NAME\"` naming a [calibration.NAME] set: the seed's quantized mode computes encodings from calibration data (or `enable_float_fallback = true` to take them from overrides alone)");
         problems.push(diagnostic);
         return None;
     };
@@ -817,14 +903,14 @@ fn check_calibration_methods(
 /// The resolved quantization: the checked bitwidths, and every other option given or its
 /// default (the engine never sees an unset option).
 fn quantization(
-    calibration: &Given<String>,
+    calibration: Option<&Given<String>>,
     overrides: Vec<String>,
     o: &RawQuantizerOptions,
     bitwidths: TargetBitwidths,
 ) -> Quantization {
     let defaults = QuantizerSettings::default();
     Quantization {
-        calibration: calibration.value.clone(),
+        calibration: calibration.map(|c| c.value.clone()),
         overrides,
         ignore_quantization_overrides: val(&o.ignore_quantization_overrides, false),
         algorithms: val(&o.algorithms, Algorithms::default()),

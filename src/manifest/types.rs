@@ -120,8 +120,9 @@ pub enum Precision {
 /// change when a set is renamed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Quantization {
-    /// Name of the calibration set.
-    pub calibration: String,
+    /// Name of the calibration set; `None` for float fallback (`enable_float_fallback`), where
+    /// the overrides give the encodings and every other tensor stays float.
+    pub calibration: Option<String>,
     /// Names of the overrides, in the order given (later ones win on the same tensor).
     pub overrides: Vec<String>,
     /// `ignore_quantization_overrides`: build as if `overrides` were empty.
@@ -133,6 +134,11 @@ pub struct Quantization {
 }
 
 impl Quantization {
+    /// Whether the target falls back to float instead of calibrating.
+    pub fn float_fallback(&self) -> bool {
+        self.calibration.is_none()
+    }
+
     /// Overrides that actually apply (none when `ignore_quantization_overrides`).
     pub fn effective_overrides(&self) -> &[String] {
         if self.ignore_quantization_overrides {

@@ -93,6 +93,18 @@ impl std::fmt::Display for Warning {
 /// Tensors named in one grouped line before "and N more".
 const GROUPED_NAMES: usize = 5;
 
+impl Warning {
+    /// The tensor a warning is about, for those about one tensor.
+    pub fn tensor(&self) -> Option<&str> {
+        match self {
+            Warning::NoStatistics { tensor }
+            | Warning::NonFinite { tensor, .. }
+            | Warning::BiasOwnRange { tensor } => Some(tensor),
+            Warning::ForcedSymmetric { .. } | Warning::NonFiniteInput { .. } => None,
+        }
+    }
+}
+
 /// Words `warnings` for a user, one line each, except that [`Warning::NonFinite`] of several
 /// tensors become one line naming the first few: a sample full of NaN reaches every activation,
 /// and hundreds of lines saying so would bury the one line (its [`Warning::NonFiniteInput`])
