@@ -565,3 +565,87 @@ fn the_examples_gpu_target_writes_an_fp16_model_that_onnxruntime_runs() {
     let sqnr = report["sqnr_db"].as_f64().unwrap();
     assert!(sqnr > 40.0, "FP16 output SQNR {sqnr} dB: {report}");
 }
+
+/// A float tensor that a float op and an integer op both read: QuantSim quantizes it for the
+/// integer reader only (through a copy), and the float reader gets the float value, as the QDQ
+/// export's Identity copy gives it.
+#[test]
+fn quantsim_quantizes_a_float_tensor_for_its_integer_readers_only() {
+    use quant::encoding::{Bitwidth, Encoding, FloatBitwidth, Schema, TensorEncoding};
+    use quant::onnx::precision::NodePrecision;
+    use quant::quantizer::ModelEncodings;
+    use quant::quantsim::{QuantSim, integer_copies};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = three_convs(dir.path());
+    // conv1 (float) → conv1_1, read by conv2 (integer) and by a float Add beside conv3.
+    let mut contents = OnnxModel::read(&path).unwrap().contents().unwrap();
+    contents.nodes.push(NodeContents {
+        name: "sum".into(),
+        op_type: "Add".into(),
+        domain: String::new(),
+        inputs: vec!["conv1_1".into(), "conv3_1".into()],
+        outputs: vec!["sum_1".into()],
+        attributes: Vec::new(),
+    });
+    contents.outputs = vec![info("sum_1", &[1, 4, 8, 8])];
+    let model = OnnxModel::from_contents(&contents, Path::new("sum.onnx"));
+    let graph = quant::graph::Graph::from_model(&model).unwrap();
+
+    let int8 = |absmax: f64| {
+        TensorEncoding::PerTensor(
+            Encoding::from_range(-absmax, absmax, Bitwidth::B8, Schema::Asymmetric).unwrap(),
+        )
+    };
+    let float = TensorEncoding::Float {
+        bitwidth: FloatBitwidth::F32,
+    };
+    let mut encodings = ModelEncodings::default();
+    encodings.activations.insert("data_0".into(), int8(1.0));
+    encodings
+        .activations
+        .insert("conv1_1".into(), float.clone());
+    encodings.activations.insert("conv2_1".into(), int8(4.0));
+    encodings.activations.insert("conv3_1".into(), int8(8.0));
+    encodings.activations.insert("sum_1".into(), float);
+    encodings
+        .ops
+        .insert("conv1_1".into(), NodePrecision::Float32);
+    encodings.ops.insert("sum_1".into(), NodePrecision::Float32);
+    // A coarse grid, so a quantized read is far from the float one.
+    encodings.converted.insert("conv1_1".into(), int8(4.0));
+
+    let copies = integer_copies(&graph, &encodings);
+    assert_eq!(copies.values().collect::<Vec<_>>(), ["conv1_1"]);
+    let sim = QuantSim::new(&model, &graph, &encodings, &[]).unwrap();
+    let names = sim.runner().activation_names().to_vec();
+    let index = |name: &str| names.iter().position(|n| n == name).unwrap();
+    let copy = copies.keys().next().unwrap().clone();
+    let (float_index, copy_index, conv3_index) = (index("conv1_1"), index(&copy), index("conv3_1"));
+    let mut seen: HashMap<usize, Vec<f32>> = HashMap::new();
+    let input = ndarray::ArrayD::from_shape_fn(vec![1, 4, 8, 8], |i| {
+        ((i[1] * 64 + i[2] * 8 + i[3]) as f32 * 0.37).sin()
+    });
+    let outputs = sim
+        .run(&[input], |i, data, _| {
+            if [float_index, copy_index, conv3_index].contains(&i) {
+                seen.insert(i, data.to_vec());
+            }
+        })
+        .unwrap();
+    let step = 8.0 / 255.0;
+    let on_grid = |v: &f32| ((*v as f64 / step) - (*v as f64 / step).round()).abs() < 1e-3;
+    assert!(
+        seen[&copy_index].iter().all(on_grid),
+        "the integer readers' copy is quantized"
+    );
+    assert!(
+        !seen[&float_index].iter().all(on_grid),
+        "the float tensor itself stays float"
+    );
+    // The float Add read the float value: its output is exactly float conv1_1 + conv3_1.
+    let sum = outputs[0].as_slice().unwrap();
+    for ((s, a), b) in sum.iter().zip(&seen[&float_index]).zip(&seen[&conv3_index]) {
+        assert!((s - (a + b)).abs() < 1e-5, "{s} != {a} + {b}");
+    }
+}

@@ -152,14 +152,117 @@ pub fn simulated_parameters(graph: &Graph, encodings: &ModelEncodings) -> ModelE
             out.parameters.insert(name.to_string(), encoding.clone());
         }
     }
-    // INT32 ops change the simulated model itself (see `quantized_parameters_model`).
-    out.ops = encodings
-        .ops
+    // The ops' precisions and which activations are float change the simulated model itself
+    // (INT32 casts, and the integer copies of float tensors: see `quantized_parameters_model`).
+    out.ops = encodings.ops.clone();
+    out.activations = encodings
+        .activations
         .iter()
-        .filter(|(_, p)| **p == crate::onnx::precision::NodePrecision::Int32)
-        .map(|(name, p)| (name.clone(), *p))
+        .filter(|(_, e)| matches!(e, TensorEncoding::Float { .. }))
+        .map(|(name, e)| (name.clone(), e.clone()))
         .collect();
     out
+}
+
+/// The float activations that both float and integer ops read, each with the name of the copy
+/// its integer readers read instead, by copy name.
+///
+/// The target converts such a tensor for its integer readers only (the QDQ export gives the
+/// float readers the float value and the integer ones its QuantizeLinear/DequantizeLinear), but
+/// the hook fake-quantizes a tensor in place for every reader. So the simulated model gets an
+/// `Identity` writing the copy, which the hook quantizes while the tensor itself stays float.
+/// A function of the graph, the ops' precisions and the float activations only, so the
+/// simulated model and the hook agree on the names.
+pub fn integer_copies(graph: &Graph, encodings: &ModelEncodings) -> BTreeMap<String, String> {
+    let float_op = |output: Option<&crate::graph::TensorName>| {
+        output
+            .and_then(|o| encodings.ops.get(o.as_str()))
+            .is_some_and(|p| p.is_float())
+    };
+    let mut copies = BTreeMap::new();
+    for (name, encoding) in &encodings.activations {
+        if !matches!(encoding, TensorEncoding::Float { .. }) {
+            continue;
+        }
+        let Some(tensor) = graph.tensor(name) else {
+            continue;
+        };
+        let (mut float, mut integer) = (false, false);
+        for reader in &tensor.consumers {
+            if float_op(graph.node(reader.node).outputs.first()) {
+                float = true;
+            } else {
+                integer = true;
+            }
+        }
+        if float && integer {
+            let mut copy = format!("{name}_integer");
+            while graph.tensor(&copy).is_some() || copies.contains_key(&copy) {
+                copy.push('_');
+            }
+            copies.insert(copy, name.clone());
+        }
+    }
+    copies
+}
+
+/// Adds the [`integer_copies`] to `model`: an `Identity` right after each tensor is written,
+/// and each integer reader rewired to the copy.
+fn add_integer_copies(
+    model: &mut OnnxModel,
+    graph: &Graph,
+    encodings: &ModelEncodings,
+) -> Result<(), QuantSimError> {
+    let copies = integer_copies(graph, encodings);
+    if copies.is_empty() {
+        return Ok(());
+    }
+    let float_op = |output: Option<&crate::graph::TensorName>| {
+        output
+            .and_then(|o| encodings.ops.get(o.as_str()))
+            .is_some_and(|p| p.is_float())
+    };
+    let proto = model.proto_mut().graph.get_or_insert_with(Default::default);
+    for (copy, name) in &copies {
+        let Some(tensor) = graph.tensor(name) else {
+            continue;
+        };
+        // Readers by their first output: the IR's node order need not be the file's.
+        for reader in &tensor.consumers {
+            let node = graph.node(reader.node);
+            let Some(first) = node.outputs.first() else {
+                continue;
+            };
+            if float_op(Some(first)) {
+                continue;
+            }
+            if let Some(proto_node) = proto
+                .node
+                .iter_mut()
+                .find(|n| n.output.first().map(String::as_str) == Some(first.as_str()))
+                && let Some(input) = proto_node.input.get_mut(reader.input_index)
+                && input == name
+            {
+                *input = copy.clone();
+            }
+        }
+        let at = proto
+            .node
+            .iter()
+            .position(|n| n.output.iter().any(|o| o == name))
+            .map_or(0, |i| i + 1);
+        proto.node.insert(
+            at,
+            crate::onnx::proto::NodeProto {
+                name: Some(format!("{copy}_Identity")),
+                op_type: Some("Identity".into()),
+                input: vec![name.clone()],
+                output: vec![copy.clone()],
+                ..Default::default()
+            },
+        );
+    }
+    Ok(())
 }
 
 /// The runner of `model` with its encoded parameters fake-quantized (the costly part of a
@@ -210,6 +313,7 @@ pub fn quantized_parameters_model(
         })?;
         quantized.replace_parameter_f32(name, &values)?;
     }
+    add_integer_copies(&mut quantized, graph, encodings)?;
     // INT32 ops run as the QDQ export writes them: inputs cast to int32 (truncating toward
     // zero), the op in int32, the output cast back; the runner hooks only float tensors, so
     // the casts' int32 tensors pass untouched.
@@ -263,14 +367,20 @@ pub fn hooked_encodings(
     graph: &Graph,
     encodings: &ModelEncodings,
 ) -> Result<Vec<Option<TensorEncoding>>, QuantSimError> {
+    let copies = integer_copies(graph, encodings);
+    let copied: std::collections::BTreeSet<&str> = copies.values().map(String::as_str).collect();
     let mut hooked = Vec::with_capacity(names.len());
     for name in names {
-        // A float or INT32 tensor next to an integer op is read as its conversion quantizes
-        // it (float readers of the same tensor see that too: the one approximation here).
-        let own = encodings
-            .converted
-            .get(name.as_str())
-            .or_else(|| encodings.activations.get(name.as_str()));
+        // A float or INT32 tensor next to an integer op is read as its conversion quantizes it;
+        // one that float ops read too stays float, and its integer copy is quantized.
+        let own = match copies.get(name.as_str()) {
+            Some(source) => encodings.converted.get(source.as_str()),
+            None if copied.contains(name.as_str()) => encodings.activations.get(name.as_str()),
+            None => encodings
+                .converted
+                .get(name.as_str())
+                .or_else(|| encodings.activations.get(name.as_str())),
+        };
         let shared = || match graph.tensor(name).map(|t| &t.rule) {
             Some(EncodingRule::SharesInput(_)) => graph
                 .encoding_source(name)
