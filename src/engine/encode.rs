@@ -125,6 +125,29 @@ impl EncodedTensor {
     }
 }
 
+/// A float-fallback unit's encodings (`enable_float_fallback`), for the whole model at once:
+/// an override reaches the data-movement outputs that share it and decides which ops are
+/// integer (and so whose weights are encoded), so one tensor's result depends on the whole
+/// graph. Nothing runs, so the whole pass costs less than reading one sample.
+#[salsa::tracked(returns(ref))]
+pub fn fallback_encodings<'db>(
+    db: &'db dyn Db,
+    unit: Unit<'db>,
+) -> Result<Arc<ModelEncodings>, BuildError> {
+    let plan = unit_plan(db, unit).as_ref().map_err(Clone::clone)?;
+    let Some(settings) = plan.settings() else {
+        return Ok(Arc::default());
+    };
+    let key = unit_model_key(db, unit).unwrap_or_else(|| model_key(db, unit, plan));
+    let model = model_graph(db, key).as_ref().map_err(Clone::clone)?;
+    let overrides = super::overrides::unit_overrides(db, unit)
+        .as_ref()
+        .map_err(Clone::clone)?;
+    quantizer::encode_model_fallback(&model.graph, &overrides.overrides, settings)
+        .map(Arc::new)
+        .map_err(BuildError::Encode)
+}
+
 /// The encodings file section of a tensor's job: a parameter is listed as an activation when
 /// it is one's stand-in (AIMET lists such constants as activations).
 fn section_of(job: TensorJob, role: Role) -> Section {
@@ -269,7 +292,7 @@ pub fn tensor_encoding<'db>(
         (
             key,
             Box::new(move || {
-                let all = super::precision::fallback_encodings(db, unit)
+                let all = fallback_encodings(db, unit)
                     .as_ref()
                     .map_err(Clone::clone)?;
                 let encoding = all
@@ -595,7 +618,7 @@ pub fn unit_encodings<'db>(
             {
                 // The fallback pass's warnings about no one tensor (a forced schema) are the
                 // unit's; the others came with their tensors above.
-                let fallback = super::precision::fallback_encodings(db, unit)
+                let fallback = fallback_encodings(db, unit)
                     .as_ref()
                     .map_err(Clone::clone)?;
                 let general = fallback.warnings.iter().filter(|w| w.tensor().is_none());

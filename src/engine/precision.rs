@@ -18,7 +18,7 @@ use super::encode::{
 };
 use super::error::{BuildError, display_path};
 use super::keys::{TensorKey, Unit};
-use super::model::{model_key, unit_model_key};
+use super::model::model_key;
 use super::plan::unit_plan;
 use crate::encoding::TensorEncoding;
 use crate::manifest::Precision;
@@ -75,29 +75,6 @@ pub fn unit_conversions<'db>(
         }
     }
     Ok(Arc::new(out))
-}
-
-/// A float-fallback unit's encodings (`enable_float_fallback`), for the whole model at once:
-/// an override reaches the data-movement outputs that share it and decides which ops are
-/// integer (and so whose weights are encoded), so one tensor's result depends on the whole
-/// graph. Nothing runs, so the whole pass costs less than reading one sample.
-#[salsa::tracked(returns(ref))]
-pub fn fallback_encodings<'db>(
-    db: &'db dyn Db,
-    unit: Unit<'db>,
-) -> Result<Arc<ModelEncodings>, BuildError> {
-    let plan = unit_plan(db, unit).as_ref().map_err(Clone::clone)?;
-    let Some(settings) = plan.settings() else {
-        return Ok(Arc::default());
-    };
-    let key = unit_model_key(db, unit).unwrap_or_else(|| model_key(db, unit, plan));
-    let model = model_graph(db, key).as_ref().map_err(Clone::clone)?;
-    let overrides = super::overrides::unit_overrides(db, unit)
-        .as_ref()
-        .map_err(Clone::clone)?;
-    quantizer::encode_model_fallback(&model.graph, &overrides.overrides, settings)
-        .map(Arc::new)
-        .map_err(BuildError::Encode)
 }
 
 /// The unit's encodings as the library's [`ModelEncodings`]: channel axes from the per-tensor
