@@ -26,7 +26,7 @@ use crate::export::aimet::QuantizerArgs;
 use crate::graph::{EncodingRule, Role};
 use crate::manifest::{Precision, Quantization};
 use crate::overrides::{FixedEncoding, Override};
-use crate::quantizer::{self, EncodeError, Warning};
+use crate::quantizer::{self, EncodeError, ModelEncodings, Warning};
 use crate::stats::TensorStatistics;
 use crate::store::{Digest, KeyBuilder};
 
