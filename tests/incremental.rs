@@ -101,6 +101,11 @@ struct PipelineState {
     /// Whether the overrides keep the classifier's last MatMul output in float16, which makes
     /// that MatMul (weight included) a float16 op with conversions around it.
     float_matmul: bool,
+    /// AdaRound on `htp` (and so `htp-a16`): 0 off, 1 on, 2 on with `adaround_ignored` in its
+    /// `ignore_quant_ops_list`.
+    adaround: u8,
+    /// A layer of cls in the middle of the network, the one AdaRound's state 2 ignores.
+    adaround_ignored: String,
 }
 
 impl PipelineState {
@@ -119,7 +124,31 @@ impl PipelineState {
             cle: false,
             bias_correction: false,
             float_matmul: false,
+            adaround: 0,
+            adaround_ignored: {
+                let model =
+                    quant::onnx::OnnxModel::read(&Path::new(EXAMPLE).join("models/cls.onnx"))
+                        .unwrap();
+                let layers = quant::adaround::ada_layers(&model).unwrap();
+                layers[layers.len() / 2].name().to_string()
+            },
         }
+    }
+
+    /// `htp`'s AdaRound table (few samples and steps: a debug build runs every layer), when on.
+    fn adaround_table(&self) -> String {
+        if self.adaround == 0 {
+            return String::new();
+        }
+        let ignored = if self.adaround == 2 {
+            format!("\"{}\"", self.adaround_ignored)
+        } else {
+            String::new()
+        };
+        format!(
+            "\n[targets.htp.adaround]\nnum_batches = 2\nnum_iterations = 10\n\
+             [targets.htp.adaround.optional_adaround_args]\nignore_quant_ops_list = [{ignored}]\n"
+        )
     }
 
     fn manifest(&self) -> String {
@@ -142,18 +171,23 @@ impl PipelineState {
              [targets.htp]\nbackend = \"htp\"\ncalibration = \"textlines\"\noverrides = [\"head\"]\n\
              act_bitwidth = {}\nweights_bitwidth = 8\nbias_bitwidth = 32\n\
              act_quantizer_calibration = \"{}\"\nparam_quantizer_schema = \"symmetric\"\n\
-             use_per_channel_quantization = {}\nalgorithms = [{}]\n{}\n\
+             use_per_channel_quantization = {}\nalgorithms = [{}]\n{}{}\n\
              [targets.htp-a16]\nextends = \"htp\"\nact_bitwidth = 16\n\n\
              [targets.gpu]\nbackend = \"gpu\"\nfloat_bitwidth = 16\n",
             self.act_bitwidth,
             self.act_calibration,
             self.per_channel,
-            [(self.cle, "\"cle\""), (self.bias_correction, "\"bias_correction\"")]
-                .iter()
+            [
+                (self.cle, "\"cle\""),
+                (self.bias_correction, "\"bias_correction\""),
+                (self.adaround > 0, "\"adaround\""),
+            ]
+            .iter()
                 .filter_map(|(on, name)| on.then_some(*name))
                 .collect::<Vec<_>>()
                 .join(", "),
-            if self.evaluate { "evaluate = \"textlines\"\n" } else { "" }
+            if self.evaluate { "evaluate = \"textlines\"\n" } else { "" },
+            self.adaround_table(),
         )
         .unwrap();
         text
@@ -348,9 +382,11 @@ enum Edit {
     ToggleCle,
     ToggleBiasCorrection,
     ToggleFloatMatMul,
+    /// AdaRound off → on → on with one more layer ignored → off.
+    CycleAdaround,
 }
 
-const EDITS: [Edit; 10] = [
+const EDITS: [Edit; 11] = [
     Edit::OverrideRange,
     Edit::AddSample,
     Edit::RemoveSample,
@@ -361,6 +397,7 @@ const EDITS: [Edit; 10] = [
     Edit::ToggleCle,
     Edit::ToggleBiasCorrection,
     Edit::ToggleFloatMatMul,
+    Edit::CycleAdaround,
 ];
 const SEEDS: [u64; 3] = [1, 2, 13];
 const EDITS_PER_SEED: usize = 5;
@@ -401,6 +438,7 @@ fn apply(edit: Edit, state: &mut PipelineState, root: &Path, rng: &mut Rng) {
         Edit::ToggleCle => state.cle = !state.cle,
         Edit::ToggleBiasCorrection => state.bias_correction = !state.bias_correction,
         Edit::ToggleFloatMatMul => state.float_matmul = !state.float_matmul,
+        Edit::CycleAdaround => state.adaround = (state.adaround + 1) % 3,
         Edit::AddModel => {
             let name = format!("cls{}", state.extra_models.len() + 2);
             fs::copy(
@@ -496,6 +534,21 @@ fn incremental_builds_after_random_edits_equal_clean_builds() {
                 | Edit::AddModel
                 | Edit::ToggleCle
                 | Edit::ToggleBiasCorrection => {}
+                // Turned on: every layer optimized once (`htp-a16` shares `htp`'s frozen
+                // encodings, so its layers come from the store); one more layer ignored: only
+                // layers downstream of it; turned off: none.
+                Edit::CycleAdaround => {
+                    let optimized = count("layers_optimized");
+                    match state.adaround {
+                        0 => assert_eq!(optimized, 0, "{context}: {}", summary.json),
+                        1 => assert!(optimized > 0, "{context}: {}", summary.json),
+                        _ => assert!(
+                            optimized > 0 && count("layers_reused") > 0,
+                            "{context}: {}",
+                            summary.json
+                        ),
+                    }
+                }
             }
             if edit == Edit::OverrideRange {
                 assert!(count("tensors_encoded") >= 1, "{context}: {}", summary.json);

@@ -430,6 +430,7 @@ fn inherit(child: &RawTarget, parent: &RawTarget) -> RawTarget {
             ),
             algorithms: or(&c.algorithms, &p.algorithms),
             keep_io_types: or(&c.keep_io_types, &p.keep_io_types),
+            adaround: or(&c.adaround, &p.adaround),
         },
     }
 }
@@ -648,7 +649,36 @@ fn check_quantized(
         .collect();
     check_mixed_precision(problems, backend, t, &overrides);
     check_calibration_methods(problems, &t.options, bitwidths.weights);
+    check_adaround(problems, t);
     Some(quantization(calibration, overrides, &t.options, bitwidths))
+}
+
+/// An `adaround` table configures the `adaround` algorithm: without it in `algorithms`, the
+/// table would be silently ignored.
+fn check_adaround(problems: &mut Problems, t: &RawTarget) {
+    let o = &t.options;
+    let Some(table) = &o.adaround else {
+        return;
+    };
+    if o.algorithms.as_ref().is_some_and(|a| a.value.adaround) {
+        return;
+    }
+    let diagnostic = problems
+        .at(
+            "quant::manifest::adaround_unused",
+            format!(
+                "target `{}` has an `adaround` table, but its `algorithms` do not include \"adaround\"",
+                t.name.get_ref()
+            ),
+            table.key_span.clone(),
+            "AdaRound's settings",
+        )
+        .with_help("add \"adaround\" to `algorithms`, or remove the table");
+    let diagnostic = match &o.algorithms {
+        Some(a) => diagnostic.with_label(a.value_span.clone(), "no \"adaround\" here"),
+        None => diagnostic,
+    };
+    problems.push(diagnostic);
 }
 
 /// The seed's quantized mode computes encodings from calibration data, so a quantized target
@@ -828,6 +858,11 @@ fn quantization(
         overrides,
         ignore_quantization_overrides: val(&o.ignore_quantization_overrides, false),
         algorithms: val(&o.algorithms, Algorithms::default()),
+        adaround: o
+            .adaround
+            .as_ref()
+            .map(|a| a.value.clone())
+            .unwrap_or_default(),
         settings: QuantizerSettings {
             act_bitwidth: bitwidths.act,
             weights_bitwidth: bitwidths.weights,
