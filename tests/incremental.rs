@@ -399,7 +399,7 @@ const EDITS: [Edit; 11] = [
     Edit::ToggleFloatMatMul,
     Edit::CycleAdaround,
 ];
-const SEEDS: [u64; 3] = [1, 2, 13];
+const SEEDS: [u64; 3] = [1, 3, 12];
 const EDITS_PER_SEED: usize = 5;
 
 /// Applies `edit` to `state` (and to the files that are not rendered from it) in `root`.
