@@ -102,17 +102,26 @@ struct PipelineState {
     /// that MatMul (weight included) a float16 op with conversions around it.
     float_matmul: bool,
     /// Whether `htp-a16` falls back to float (`enable_float_fallback`) instead of calibrating:
-    /// it then drops `htp`'s calibration set, and bias correction, which needs data.
+    /// it then drops `htp`'s calibration set, bias correction and AdaRound, which need data.
     float_fallback: bool,
+    /// AdaRound on `htp` (and so `htp-a16`): 0 off, 1 on, 2 on with `adaround_ignored` in its
+    /// `ignore_quant_ops_list`.
+    adaround: u8,
+    /// A layer of cls in the middle of the network, the one AdaRound's state 2 ignores.
+    adaround_ignored: String,
 }
 
 /// The `algorithms` list's items.
-fn algorithms(cle: bool, bias_correction: bool) -> String {
-    [(cle, "\"cle\""), (bias_correction, "\"bias_correction\"")]
-        .iter()
-        .filter_map(|(on, name)| on.then_some(*name))
-        .collect::<Vec<_>>()
-        .join(", ")
+fn algorithms(cle: bool, bias_correction: bool, adaround: bool) -> String {
+    [
+        (cle, "\"cle\""),
+        (bias_correction, "\"bias_correction\""),
+        (adaround, "\"adaround\""),
+    ]
+    .iter()
+    .filter_map(|(on, name)| on.then_some(*name))
+    .collect::<Vec<_>>()
+    .join(", ")
 }
 
 impl PipelineState {
@@ -132,7 +141,31 @@ impl PipelineState {
             bias_correction: false,
             float_matmul: false,
             float_fallback: false,
+            adaround: 0,
+            adaround_ignored: {
+                let model =
+                    quant::onnx::OnnxModel::read(&Path::new(EXAMPLE).join("models/cls.onnx"))
+                        .unwrap();
+                let layers = quant::adaround::ada_layers(&model).unwrap();
+                layers[layers.len() / 2].name().to_string()
+            },
         }
+    }
+
+    /// `htp`'s AdaRound table (few samples and steps: a debug build runs every layer), when on.
+    fn adaround_table(&self) -> String {
+        if self.adaround == 0 {
+            return String::new();
+        }
+        let ignored = if self.adaround == 2 {
+            format!("\"{}\"", self.adaround_ignored)
+        } else {
+            String::new()
+        };
+        format!(
+            "\n[targets.htp.adaround]\nnum_batches = 2\nnum_iterations = 10\n\
+             [targets.htp.adaround.optional_adaround_args]\nignore_quant_ops_list = [{ignored}]\n"
+        )
     }
 
     fn manifest(&self) -> String {
@@ -155,18 +188,19 @@ impl PipelineState {
              [targets.htp]\nbackend = \"htp\"\ncalibration = \"textlines\"\noverrides = [\"head\"]\n\
              act_bitwidth = {}\nweights_bitwidth = 8\nbias_bitwidth = 32\n\
              act_quantizer_calibration = \"{}\"\nparam_quantizer_schema = \"symmetric\"\n\
-             use_per_channel_quantization = {}\nalgorithms = [{}]\n{}\n\
+             use_per_channel_quantization = {}\nalgorithms = [{}]\n{}{}\n\
              [targets.htp-a16]\nextends = \"htp\"\nact_bitwidth = 16\n{}\n\
              [targets.gpu]\nbackend = \"gpu\"\nfloat_bitwidth = 16\n",
             self.act_bitwidth,
             self.act_calibration,
             self.per_channel,
-            algorithms(self.cle, self.bias_correction),
+            algorithms(self.cle, self.bias_correction, self.adaround > 0),
             if self.evaluate { "evaluate = \"textlines\"\n" } else { "" },
+            self.adaround_table(),
             if self.float_fallback {
                 format!(
                     "enable_float_fallback = true\nalgorithms = [{}]\n",
-                    algorithms(self.cle, false)
+                    algorithms(self.cle, false, false)
                 )
             } else {
                 String::new()
@@ -366,9 +400,11 @@ enum Edit {
     ToggleBiasCorrection,
     ToggleFloatMatMul,
     ToggleFloatFallback,
+    /// AdaRound off → on → on with one more layer ignored → off.
+    CycleAdaround,
 }
 
-const EDITS: [Edit; 11] = [
+const EDITS: [Edit; 12] = [
     Edit::OverrideRange,
     Edit::AddSample,
     Edit::RemoveSample,
@@ -380,8 +416,9 @@ const EDITS: [Edit; 11] = [
     Edit::ToggleBiasCorrection,
     Edit::ToggleFloatMatMul,
     Edit::ToggleFloatFallback,
+    Edit::CycleAdaround,
 ];
-const SEEDS: [u64; 3] = [1, 2, 18];
+const SEEDS: [u64; 3] = [1, 2, 259];
 const EDITS_PER_SEED: usize = 5;
 
 /// Applies `edit` to `state` (and to the files that are not rendered from it) in `root`.
@@ -421,6 +458,7 @@ fn apply(edit: Edit, state: &mut PipelineState, root: &Path, rng: &mut Rng) {
         Edit::ToggleBiasCorrection => state.bias_correction = !state.bias_correction,
         Edit::ToggleFloatMatMul => state.float_matmul = !state.float_matmul,
         Edit::ToggleFloatFallback => state.float_fallback = !state.float_fallback,
+        Edit::CycleAdaround => state.adaround = (state.adaround + 1) % 3,
         Edit::AddModel => {
             let name = format!("cls{}", state.extra_models.len() + 2);
             fs::copy(
@@ -517,6 +555,21 @@ fn incremental_builds_after_random_edits_equal_clean_builds() {
                 | Edit::AddModel
                 | Edit::ToggleCle
                 | Edit::ToggleBiasCorrection => {}
+                // Turned on: every layer optimized once (`htp-a16` shares `htp`'s frozen
+                // encodings, so its layers come from the store); one more layer ignored: only
+                // layers downstream of it; turned off: none.
+                Edit::CycleAdaround => {
+                    let optimized = count("layers_optimized");
+                    match state.adaround {
+                        0 => assert_eq!(optimized, 0, "{context}: {}", summary.json),
+                        1 => assert!(optimized > 0, "{context}: {}", summary.json),
+                        _ => assert!(
+                            optimized > 0 && count("layers_reused") > 0,
+                            "{context}: {}",
+                            summary.json
+                        ),
+                    }
+                }
             }
             if edit == Edit::OverrideRange {
                 assert!(count("tensors_encoded") >= 1, "{context}: {}", summary.json);

@@ -80,6 +80,7 @@ fn htp_quantization(settings: QuantizerSettings) -> Quantization {
         overrides: vec!["head".into()],
         ignore_quantization_overrides: false,
         algorithms: Default::default(),
+        adaround: Default::default(),
         settings,
     }
 }
@@ -175,6 +176,7 @@ fn good_manifest_applies_aliases_defaults_and_extends_chains() {
                 overrides: vec![],
                 ignore_quantization_overrides: false,
                 algorithms: Default::default(),
+                adaround: Default::default(),
                 settings: QuantizerSettings {
                     act_bitwidth: Bitwidth::B8,
                     weights_bitwidth: Bitwidth::B8,

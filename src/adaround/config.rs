@@ -49,3 +49,35 @@ impl AdaroundConfig {
         }
     }
 }
+
+/// The weight bitwidths AdaRound accepts, as AIMET does: 4 bits and more, up to 16.
+pub const BITWIDTHS: std::ops::RangeInclusive<u32> = 4..=16;
+
+/// The keys of the config's top level, and of `optional_adaround_args`.
+pub const TOP_KEYS: [&str; 4] = [
+    "num_batches",
+    "num_iterations",
+    "seed",
+    "optional_adaround_args",
+];
+
+/// The keys of `optional_adaround_args`.
+pub const OPTIONAL_KEYS: [&str; 4] = [
+    "default_param_bw",
+    "param_bw_override_list",
+    "ignore_quant_ops_list",
+    "default_quant_scheme",
+];
+
+/// qairt-quantizer's keys that name Python code; the input list replaces them.
+pub const CALLBACK_KEYS: [&str; 2] = ["dataloader_callback", "dataloader_kwargs"];
+
+/// `default_quant_scheme` as AIMET spells it (`tf`, `tf_enhanced`, with or without the
+/// `QuantScheme.` and `post_training_` prefixes): the weight range's calibration method.
+pub fn quant_scheme(name: &str) -> Option<CalibrationMethod> {
+    match name.trim_start_matches("QuantScheme.") {
+        "tf" | "post_training_tf" => Some(CalibrationMethod::MinMax),
+        "tf_enhanced" | "post_training_tf_enhanced" => Some(CalibrationMethod::Sqnr),
+        _ => None,
+    }
+}

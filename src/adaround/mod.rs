@@ -15,7 +15,7 @@ mod moments;
 mod optimize;
 mod yaml;
 
-pub use config::AdaroundConfig;
+pub use config::{AdaroundConfig, BITWIDTHS, CALLBACK_KEYS, OPTIONAL_KEYS, TOP_KEYS, quant_scheme};
 pub use yaml::{ConfigError, ConfigNames, parse_config, read_config};
 
 pub use moments::{AdaLayer, LayerMoments, WeightLayout, ada_layers};

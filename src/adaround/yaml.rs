@@ -12,9 +12,9 @@ use miette::{NamedSource, SourceSpan};
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 
 use super::AdaroundConfig;
+use super::config::{BITWIDTHS, CALLBACK_KEYS, OPTIONAL_KEYS, TOP_KEYS, quant_scheme};
 use crate::encoding::Bitwidth;
 use crate::graph::Graph;
-use crate::quantizer::CalibrationMethod;
 
 /// A problem with an AdaRound YAML file.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -42,20 +42,6 @@ pub struct ConfigNames {
     /// `param_bw_override_list` parameter names.
     params: Vec<(String, Range<usize>)>,
 }
-
-const TOP_KEYS: [&str; 4] = [
-    "num_batches",
-    "num_iterations",
-    "seed",
-    "optional_adaround_args",
-];
-const OPTIONAL_KEYS: [&str; 4] = [
-    "default_param_bw",
-    "param_bw_override_list",
-    "ignore_quant_ops_list",
-    "default_quant_scheme",
-];
-const CALLBACK_KEYS: [&str; 2] = ["dataloader_callback", "dataloader_kwargs"];
 
 struct Reader<'t> {
     path: String,
@@ -120,7 +106,7 @@ impl Reader<'_> {
             YamlData::Value(Scalar::Integer(i)) => *i,
             _ => -1,
         };
-        if !(4..=16).contains(&bits) {
+        if !(i64::from(*BITWIDTHS.start())..=i64::from(*BITWIDTHS.end())).contains(&bits) {
             return Err(self.error(
                 Some(self.span(node)),
                 format!("`{key}`: AdaRound weight bitwidths are 4 to 16"),
@@ -253,19 +239,13 @@ pub fn parse_config(
                         }
                         "default_quant_scheme" => {
                             let scheme = reader.string(value, "`default_quant_scheme`")?;
-                            let method = match scheme.trim_start_matches("QuantScheme.") {
-                                "tf" | "post_training_tf" => CalibrationMethod::MinMax,
-                                "tf_enhanced" | "post_training_tf_enhanced" => {
-                                    CalibrationMethod::Sqnr
-                                }
-                                _ => {
-                                    return Err(reader.error(
-                                        Some(reader.span(value)),
-                                        format!("unknown quant scheme `{scheme}`"),
-                                        "unknown scheme",
-                                        Some("use `tf` (min-max) or `tf_enhanced` (SQNR)".into()),
-                                    ));
-                                }
+                            let Some(method) = quant_scheme(&scheme) else {
+                                return Err(reader.error(
+                                    Some(reader.span(value)),
+                                    format!("unknown quant scheme `{scheme}`"),
+                                    "unknown scheme",
+                                    Some("use `tf` (min-max) or `tf_enhanced` (SQNR)".into()),
+                                ));
                             };
                             config.default_quant_scheme = Some(method);
                         }

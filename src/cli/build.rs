@@ -162,6 +162,30 @@ pub(crate) fn progress_printer(shell: Shell) -> impl Fn(Progress) + Send + Sync 
                     bar.inc(1);
                 }
             }
+            Progress::Adarounding {
+                pipeline,
+                target,
+                model,
+                layers,
+            } => {
+                if let Some(old) = bar.take() {
+                    old.finish_and_clear();
+                }
+                shell.status(
+                    "AdaRounding",
+                    format!(
+                        "{pipeline}/{target}/{model}, {layers} layer{}",
+                        plural(layers)
+                    ),
+                );
+                *bar = Some(shell.progress("AdaRounding", layers as u64));
+            }
+            Progress::LayerDone { layer } => {
+                if let Some(bar) = bar.as_ref() {
+                    bar.set_message(layer);
+                    bar.inc(1);
+                }
+            }
             Progress::Encoding {
                 pipeline,
                 target,
@@ -381,6 +405,8 @@ pub(crate) fn summary_json(report: &BuildReport) -> serde_json::Value {
         "eval_samples_run": c.eval_samples_run,
         "eval_samples_reused": c.eval_samples_reused,
         "transforms_run": c.transforms_run,
+        "layers_optimized": c.layers_optimized,
+        "layers_reused": c.layers_reused,
         "wall_ms": report.wall_ms,
         "targets": targets,
         "errors": report.errors().count() + report.unknown.len(),

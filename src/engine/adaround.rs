@@ -11,12 +11,13 @@
 //! Deterministic: samples are reduced in list order, layers are optimized in fixed row blocks,
 //! so the thread count changes no bit.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use rayon::prelude::*;
 
 use crate::adaround::{AdaLayer, AdaroundConfig, LayerMoments, ada_layers, round_layer};
-use crate::calib::InputList;
+use crate::calib::{InputList, LoadedSample};
+use crate::encoding::TensorEncoding;
 use crate::graph::{Graph, Role};
 use crate::onnx::OnnxModel;
 use crate::overrides::{FixedEncoding, Override, Overrides};
@@ -86,22 +87,24 @@ fn layer_settings(
     s
 }
 
-/// Each layer's wave (see the module docs).
-fn waves(graph: &Graph, layers: &[AdaLayer]) -> Vec<usize> {
+/// Each layer's wave (see the module docs), and the layers upstream of its input (indices,
+/// ascending): the only ones whose rounding its quantized input depends on.
+fn waves(graph: &Graph, layers: &[AdaLayer]) -> (Vec<usize>, Vec<Vec<usize>>) {
     let index: HashMap<&str, usize> = layers
         .iter()
         .enumerate()
         .map(|(i, l)| (l.name(), i))
         .collect();
-    // Per tensor: the latest wave of an AdaRound layer it depends on, or None.
-    let mut memo: HashMap<String, Option<usize>> = HashMap::new();
-    let mut result = vec![0; layers.len()];
+    // Per tensor: the AdaRound layers it depends on.
+    let mut memo: HashMap<String, BTreeSet<usize>> = HashMap::new();
+    let mut wave = vec![0; layers.len()];
+    let mut upstream = vec![Vec::new(); layers.len()];
     // Node order is topological, so layers come after everything they read.
     for node in graph.nodes() {
-        let mut upstream: Option<usize> = None;
+        let mut above: BTreeSet<usize> = BTreeSet::new();
         for input in node.inputs.iter().flatten() {
-            if let Some(Some(w)) = memo.get(input.as_str()) {
-                upstream = Some(upstream.map_or(*w, |u: usize| u.max(*w)));
+            if let Some(set) = memo.get(input.as_str()) {
+                above.extend(set);
             }
         }
         let own = node
@@ -109,33 +112,43 @@ fn waves(graph: &Graph, layers: &[AdaLayer]) -> Vec<usize> {
             .first()
             .and_then(|o| index.get(o.as_str()))
             .copied();
-        let value = match own {
-            Some(i) => {
-                let wave = upstream.map_or(0, |u| u + 1);
-                result[i] = wave;
-                Some(wave)
-            }
-            None => upstream,
-        };
+        if let Some(i) = own {
+            wave[i] = above.iter().map(|&u| wave[u] + 1).max().unwrap_or(0);
+            upstream[i] = above.iter().copied().collect();
+            above.insert(i);
+        }
         for output in &node.outputs {
-            memo.insert(output.to_string(), value);
+            memo.insert(output.to_string(), above.clone());
         }
     }
-    result
+    (wave, upstream)
 }
 
-/// AdaRounds every supported layer of `model` not in the ignore list. `runner_dims` fix the
-/// model's dynamic inputs; `progress(done, total, layer)` is called as layers finish.
-pub fn adaround_model(
+/// What AdaRound will do to a model, decided before anything runs: the layers it optimizes (in
+/// node order), their float weights and frozen encodings, their waves, and the layers upstream
+/// of each.
+#[derive(Debug, Clone)]
+pub struct LayerPlan {
+    /// The layers, supported and neither ignored nor fixed by an override.
+    pub layers: Vec<AdaLayer>,
+    /// Each layer's float weight values.
+    pub weights: Vec<Vec<f32>>,
+    /// Each layer's frozen weight encoding: from the float weights, before any rounding.
+    pub encodings: Vec<TensorEncoding>,
+    /// Each layer's wave.
+    pub waves: Vec<usize>,
+    /// Each layer's upstream layers (indices into `layers`, ascending).
+    pub upstream: Vec<Vec<usize>>,
+}
+
+/// Plans AdaRound over `model` (see [`LayerPlan`]).
+pub fn plan_layers(
     model: &OnnxModel,
+    graph: &Graph,
     overrides: &Overrides,
     settings: &QuantizerSettings,
     config: &AdaroundConfig,
-    list: &InputList,
-    runner_dims: &[(String, Vec<usize>)],
-    progress: &(dyn Fn(usize, usize, &str) + Sync),
-) -> Result<AdaroundOutput, String> {
-    let graph = Graph::from_model(model).map_err(|e| e.to_string())?;
+) -> Result<LayerPlan, String> {
     let ignored = |layer: &AdaLayer| {
         let node_name = graph
             .tensor(layer.name())
@@ -152,20 +165,7 @@ pub fn adaround_model(
         // A weight the overrides fix, or keep float, is not the optimizer's to choose.
         .filter(|l| overrides.get(l.weight.as_str()).is_none())
         .collect();
-    let samples = match config.num_batches {
-        Some(n) if n > list.samples.len() => {
-            return Err(format!(
-                "num_batches is {n}, but the input list has {} samples",
-                list.samples.len()
-            ));
-        }
-        Some(n) => &list.samples[..n],
-        None => &list.samples[..],
-    };
-    if samples.is_empty() {
-        return Err("the input list has no samples".into());
-    }
-    // The frozen encodings: from the float weights, before any rounding moves them.
+    let mut weights = Vec::with_capacity(layers.len());
     let mut encodings = Vec::with_capacity(layers.len());
     for layer in &layers {
         let tensor = graph
@@ -180,9 +180,56 @@ pub fn adaround_model(
             quantizer::encode_parameter(tensor, &data.0, &data.1, None, &layer_settings)
                 .map_err(|e| e.to_string())?;
         debug_assert!(matches!(tensor.role, Role::Weight { .. }));
-        encodings.push((encoding, data.0));
+        encodings.push(encoding);
+        weights.push(data.0);
     }
-    let wave_of = waves(&graph, &layers);
+    let (waves, upstream) = waves(graph, &layers);
+    Ok(LayerPlan {
+        layers,
+        weights,
+        encodings,
+        waves,
+        upstream,
+    })
+}
+
+/// How many samples of a list of `available` AdaRound reads; `Err` says why none.
+pub fn sample_count(config: &AdaroundConfig, available: usize) -> Result<usize, String> {
+    let count = match config.num_batches {
+        Some(n) if n > available => {
+            return Err(format!(
+                "num_batches is {n}, but the input list has {available} samples"
+            ));
+        }
+        Some(n) => n,
+        None => available,
+    };
+    if count == 0 {
+        return Err("the input list has no samples".into());
+    }
+    Ok(count)
+}
+
+/// AdaRounds every supported layer of `model` not in the ignore list. `runner_dims` fix the
+/// model's dynamic inputs; `progress(done, total, layer)` is called as layers finish.
+pub fn adaround_model(
+    model: &OnnxModel,
+    overrides: &Overrides,
+    settings: &QuantizerSettings,
+    config: &AdaroundConfig,
+    list: &InputList,
+    runner_dims: &[(String, Vec<usize>)],
+    progress: &(dyn Fn(usize, usize, &str) + Sync),
+) -> Result<AdaroundOutput, String> {
+    let graph = Graph::from_model(model).map_err(|e| e.to_string())?;
+    let LayerPlan {
+        layers,
+        weights,
+        encodings,
+        waves: wave_of,
+        ..
+    } = plan_layers(model, &graph, overrides, settings, config)?;
+    let samples = &list.samples[..sample_count(config, list.samples.len())?];
     let last_wave = wave_of.iter().copied().max().unwrap_or(0);
     let float_runner =
         FloatRunner::new(&model.to_bytes(), runner_dims).map_err(|e| e.to_string())?;
@@ -206,16 +253,18 @@ pub fn adaround_model(
         let moments = wave_moments(
             &float_runner,
             quantized_runner.as_ref(),
-            list,
-            samples,
+            samples.len(),
+            &mut |i| {
+                list.load(&samples[i], float_runner.input_specs())
+                    .map_err(|e| e.to_string())
+            },
             &members.iter().map(|&i| &layers[i]).collect::<Vec<_>>(),
         )?;
         let results: Vec<_> = members
             .par_iter()
             .zip(moments.par_iter())
             .map(|(&i, moments)| {
-                let (encoding, weights) = &encodings[i];
-                round_layer(&layers[i], weights, encoding, moments, &hyper)
+                round_layer(&layers[i], &weights[i], &encodings[i], moments, &hyper)
                     .map_err(|e| format!("layer `{}`: {e}", layers[i].name()))
             })
             .collect::<Result<_, _>>()?;
@@ -238,7 +287,7 @@ pub fn adaround_model(
     let frozen = layers
         .iter()
         .zip(&encodings)
-        .map(|(l, (e, _))| (l.weight.to_string(), FixedEncoding::from(e)))
+        .map(|(l, e)| (l.weight.to_string(), FixedEncoding::from(e)))
         .collect();
     Ok(AdaroundOutput {
         model: current,
@@ -261,15 +310,16 @@ pub fn with_frozen(overrides: &Overrides, frozen: &BTreeMap<String, FixedEncodin
 /// One run's copies of the wave's layer inputs (data, dims), per member.
 type Captured = Vec<Option<(Vec<f32>, Vec<usize>)>>;
 
-/// One wave's moments: per member layer, summed over `samples` in list order.
-fn wave_moments(
+/// One wave's moments: per member layer, summed over `count` samples in list order. `load`
+/// reads sample `i`; it is called on this thread, a batch at a time, and the batch then runs
+/// side by side (rayon): the runs read nothing but the runners and the loaded tensors.
+pub fn wave_moments(
     float_runner: &FloatRunner,
     quantized_runner: Option<&FloatRunner>,
-    list: &InputList,
-    samples: &[crate::calib::Sample],
+    count: usize,
+    load: &mut dyn FnMut(usize) -> Result<LoadedSample, String>,
     members: &[&AdaLayer],
 ) -> Result<Vec<LayerMoments>, String> {
-    let names = float_runner.activation_names();
     let wanted: HashMap<&str, Vec<usize>> =
         members
             .iter()
@@ -278,29 +328,24 @@ fn wave_moments(
                 map.entry(layer.layer.input.as_str()).or_default().push(m);
                 map
             });
-    let capture =
-        |runner: &FloatRunner, loaded: &crate::calib::LoadedSample| -> Result<Captured, String> {
-            let mut inputs: Captured = vec![None; members.len()];
-            let names = runner.activation_names();
-            runner
-                .run(&loaded.tensors, |index, data, shape| {
-                    if let Some(ms) = wanted.get(names[index].as_str()) {
-                        for &m in ms {
-                            inputs[m] = Some((data.to_vec(), shape.to_vec()));
-                        }
+    let capture = |runner: &FloatRunner, loaded: &LoadedSample| -> Result<Captured, String> {
+        let mut inputs: Captured = vec![None; members.len()];
+        let names = runner.activation_names();
+        runner
+            .run(&loaded.tensors, |index, data, shape| {
+                if let Some(ms) = wanted.get(names[index].as_str()) {
+                    for &m in ms {
+                        inputs[m] = Some((data.to_vec(), shape.to_vec()));
                     }
-                })
-                .map_err(|e| e.to_string())?;
-            Ok(inputs)
-        };
-    let _ = names;
-    let per_sample = |sample: &crate::calib::Sample| -> Result<Vec<LayerMoments>, String> {
-        let loaded = list
-            .load(sample, float_runner.input_specs())
+                }
+            })
             .map_err(|e| e.to_string())?;
-        let float = capture(float_runner, &loaded)?;
+        Ok(inputs)
+    };
+    let per_sample = |loaded: &LoadedSample| -> Result<Vec<LayerMoments>, String> {
+        let float = capture(float_runner, loaded)?;
         let quantized = match quantized_runner {
-            Some(runner) => Some(capture(runner, &loaded)?),
+            Some(runner) => Some(capture(runner, loaded)?),
             None => None,
         };
         members
@@ -328,9 +373,13 @@ fn wave_moments(
     };
     let mut totals: Vec<LayerMoments> = members.iter().map(|l| LayerMoments::empty(l)).collect();
     // A batch at a time, summed in list order: the same bits for any thread count.
-    for batch in samples.chunks(8) {
-        let measured: Vec<Vec<LayerMoments>> =
-            batch.par_iter().map(per_sample).collect::<Result<_, _>>()?;
+    let indices: Vec<usize> = (0..count).collect();
+    for batch in indices.chunks(8) {
+        let loaded: Vec<LoadedSample> = batch.iter().map(|&i| load(i)).collect::<Result<_, _>>()?;
+        let measured: Vec<Vec<LayerMoments>> = loaded
+            .par_iter()
+            .map(per_sample)
+            .collect::<Result<_, _>>()?;
         for sample in measured {
             for (total, m) in totals.iter_mut().zip(&sample) {
                 total.add(m);

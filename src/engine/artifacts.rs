@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use super::correct::model_graph;
+use super::adarounded::model_graph;
 use super::db::Db;
 use super::encode::{UnitEncodings, unit_encodings};
 use super::error::BuildError;
@@ -45,8 +45,15 @@ pub struct Artifacts {
 /// Every name a transformed model's file can have, so a unit that stops transforming (or
 /// transforms differently) removes the file it wrote before, as a clean build would not have
 /// it.
-pub const TRANSFORMED_MODEL_FILES: [&str; 3] =
-    ["model.cle.onnx", "model.bc.onnx", "model.cle.bc.onnx"];
+pub const TRANSFORMED_MODEL_FILES: [&str; 7] = [
+    "model.cle.onnx",
+    "model.bc.onnx",
+    "model.cle.bc.onnx",
+    "model.adaround.onnx",
+    "model.cle.adaround.onnx",
+    "model.bc.adaround.onnx",
+    "model.cle.bc.adaround.onnx",
+];
 
 /// paths, times or thread counts, so equal inputs give equal bytes on any machine.
 #[salsa::tracked(returns(ref))]

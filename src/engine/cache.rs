@@ -118,6 +118,37 @@ const TRANSFORMED_MODELS_NAMES: [&str; 6] = names(&TRANSFORMED_MODELS_FIELDS);
 pub const TRANSFORMED_MODELS: Kind =
     Kind::new("transformed-models", 1).keyed_by(&TRANSFORMED_MODELS_NAMES);
 
+/// Version of what AdaRound computes for a layer and how its entry is laid out; bump when
+/// either changes, so older entries are never read back.
+pub const ADAROUND_VERSION: u64 = 1;
+
+const ADAROUND_LAYERS_FIELDS: [Field; 9] = [
+    field("version", "AdaRound's version"),
+    field("runtime", "the float runtime and its exact version"),
+    field(
+        "model",
+        "digest of the model AdaRound starts from (the source, equalized or bias-corrected model)",
+    ),
+    field("input_dims", "stable digest of the `input_dims`"),
+    field("layer", "the layer's output tensor"),
+    field("weight", "blake3 of the layer's float weight values"),
+    field(
+        "settings",
+        "stable digest of the layer's frozen weight encoding (with its channel axis), `num_iterations` and `seed`",
+    ),
+    field(
+        "samples",
+        "stable digest of the selected calibration samples' files (input names and digests), in list order",
+    ),
+    field(
+        "upstream",
+        "the `adaround-layers` keys of the AdaRounded layers upstream of the layer's input, in node order",
+    ),
+];
+const ADAROUND_LAYERS_NAMES: [&str; 9] = names(&ADAROUND_LAYERS_FIELDS);
+/// One layer's AdaRounded weights.
+pub const ADAROUND_LAYERS: Kind = Kind::new("adaround-layers", 1).keyed_by(&ADAROUND_LAYERS_NAMES);
+
 const MERGED_FIELDS: [Field; 2] = [
     field("samples", "their count"),
     field("sample", "per sample, in list order, its `statistics` key"),
@@ -282,7 +313,7 @@ const UNIT_NAMES: [&str; 3] = names(&UNIT_FIELDS);
 /// What a unit's last build read and produced, for `--explain`.
 pub const BUILD_RECORD: Kind = Kind::new("build-record", 1).keyed_by(&UNIT_NAMES);
 /// A unit's last successful build.
-pub const UNIT_STATE: Kind = Kind::new("unit-state", 2).keyed_by(&UNIT_NAMES);
+pub const UNIT_STATE: Kind = Kind::new("unit-state", 3).keyed_by(&UNIT_NAMES);
 
 /// Every kind of entry the build writes, in data-flow order.
 pub const KINDS: &[KindSpec] = &[
@@ -306,6 +337,13 @@ pub const KINDS: &[KindSpec] = &[
         payload: Payload::Binary("per layer: name, then the `f64` sums, length-prefixed"),
         fields: &INPUT_MEANS_FIELDS,
         why: "what one sample's float run through the model measures, like `statistics`; the means of a list are their average, so a new sample runs alone",
+    },
+    KindSpec {
+        kind: ADAROUND_LAYERS,
+        holds: "one layer's AdaRound result: its AdaRounded weight values (each exactly a point of the frozen encoding's grid) and what the optimization changed (weights flipped, reconstruction before and after)",
+        payload: Payload::Binary("the weights as `f32`, then the counts and losses"),
+        fields: &ADAROUND_LAYERS_FIELDS,
+        why: "a layer's result is a function of its weights, its frozen encoding and the optimizer's settings, and of its input moments, which depend on the model, the samples and the layers upstream whose rounding feeds its quantized input (their keys, so a change upstream reaches it and a change elsewhere does not). Activation overrides and ignored layers elsewhere never enter: the runs measure no quantized activation",
     },
     KindSpec {
         kind: MERGED_STATISTICS,

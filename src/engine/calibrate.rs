@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::adarounded::model_graph;
 use super::cache::{MERGED_STATISTICS, RUNTIME, STATISTICS, lookup_bytes};
-use super::correct::model_graph;
 use super::db::Db;
 use super::error::{BuildError, display_path};
 use super::inputs::source_file;
@@ -101,10 +101,15 @@ pub fn calibration_model<'db>(
             }
         }
         // A transformed model is named by its own bytes' digest, already at hand.
-        None if key.cle(db) || key.corrected_for(db).is_some() => CalibrationModel {
-            rewritten: None,
-            digest: model_graph(db, key).as_ref().map_err(Clone::clone)?.content,
-        },
+        None if key.cle(db)
+            || key.corrected_for(db).is_some()
+            || key.adaround_for(db).is_some() =>
+        {
+            CalibrationModel {
+                rewritten: None,
+                digest: model_graph(db, key).as_ref().map_err(Clone::clone)?.content,
+            }
+        }
         // Re-serializing a large model only to digest it cost more than the rest of an edit's
         // calibration lookups; the file digest and the dims name the same bytes.
         None => CalibrationModel {

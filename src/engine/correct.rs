@@ -1,7 +1,7 @@
 //! Bias correction, the transform that needs calibration data: the mean input patch of every
 //! layer, measured per sample on the model before correction, and the corrected model built
-//! from those means and the target's weight encodings. Also the front every later stage loads
-//! a unit's model through ([`model_graph`]), whichever transforms made it.
+//! from those means and the target's weight encodings; [`corrected_or_source`], the model a key
+//! names with every transform but AdaRound applied.
 
 use std::sync::Arc;
 
@@ -29,9 +29,9 @@ use crate::run::FloatRunner;
 use crate::store::{Digest, KeyBuilder};
 use crate::transform::{bias_layers, channel_means, correct_biases};
 
-/// The model `key` names, with every transform applied: the untransformed or equalized model
-/// from `model`, or the bias-corrected one from here.
-pub fn model_graph<'db>(
+/// The model `key` names, with every transform but AdaRound applied: the untransformed or
+/// equalized model from `model`, or the bias-corrected one from here.
+pub fn corrected_or_source<'db>(
     db: &'db dyn Db,
     key: ModelKey<'db>,
 ) -> &'db Result<Arc<LoadedModel>, BuildError> {

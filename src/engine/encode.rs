@@ -9,9 +9,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::adarounded::model_graph;
+use super::adarounded::{adaround_plan, frozen_encoding};
 use super::cache::{ENCODINGS, lookup};
 use super::calibrate::{merged_statistics, tensor_statistics, unit_calibration};
-use super::correct::model_graph;
 use super::db::Db;
 use super::error::{BuildError, display_path};
 use super::keys::{TensorKey, Unit};
@@ -201,6 +202,9 @@ fn values_digest(values: &[f32]) -> Digest {
 pub fn effective_override<'db>(db: &'db dyn Db, tensor: TensorKey<'db>) -> Option<Override> {
     if let Some(own) = tensor_override(db, tensor) {
         return Some(own.clone());
+    }
+    if let Some(frozen) = frozen_encoding(db, tensor) {
+        return Some(Override::Fixed(frozen));
     }
     let unit = tensor.unit(db);
     let plan = unit_plan(db, unit).as_ref().ok()?;
@@ -505,6 +509,8 @@ pub struct UnitEncodings {
     pub samples: usize,
     /// Tensors whose encoding was asked for (each one a computation or a reuse).
     pub computed_tensors: usize,
+    /// Layers AdaRound rounds (each one optimized or reused); 0 without AdaRound.
+    pub adaround_layers: usize,
 }
 
 /// A unit's encodings: its per-tensor encodings collected (quantized targets), or every tensor
@@ -524,6 +530,7 @@ pub fn unit_encodings<'db>(
         float: false,
         samples: 0,
         computed_tensors: 0,
+        adaround_layers: 0,
     };
     match &plan.target.precision {
         Precision::Float { float_bitwidth, .. } => {
@@ -629,6 +636,10 @@ pub fn unit_encodings<'db>(
                 }
             }
             out.quantizer_args = QuantizerArgs::for_settings(settings);
+            if plan.algorithms().adaround {
+                let ada = adaround_plan(db, unit).as_ref().map_err(Clone::clone)?;
+                out.adaround_layers = ada.layers.len();
+            }
         }
     }
     Ok(Arc::new(out))

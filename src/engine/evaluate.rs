@@ -32,12 +32,12 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::adarounded::model_graph;
 use super::cache::{
     EVALUATIONS, FLOAT_TOTALS, FLOAT_TRACES, RUN_STRUCTURES, RUNTIME, SIM_TRACES, lookup,
     lookup_bytes,
 };
 use super::calibrate::{merged_statistics, unit_calibration};
-use super::correct::model_graph;
 use super::db::Db;
 use super::error::{BuildError, display_path};
 use super::export::unit_encodings_json;

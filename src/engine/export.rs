@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::correct::model_graph;
+use super::adarounded::model_graph;
 use super::db::Db;
 use super::encode::{
     Section, UnitEncodings, encoded_from_own_range, tensor_encoding, unit_encodings, unit_tensors,

@@ -124,6 +124,7 @@ fn unit_fingerprint(db: &Database, unit: Unit<'_>, plan: &UnitPlan) -> Option<Di
         super::evaluate::EVALUATION_VERSION,
         super::cache::TRANSFORMED_MODELS.version(),
         super::model::TRANSFORM_VERSION,
+        super::cache::ADAROUND_VERSION,
     );
     let cwd = std::env::current_dir().ok();
     Some(stable_digest(&(versions, cwd, plan, &eval, digests)))
@@ -339,6 +340,7 @@ impl StoredUnitState {
         w.u8(u8::from(e.float));
         w.u64(e.samples as u64);
         w.u64(e.computed_tensors as u64);
+        w.u64(e.adaround_layers as u64);
         match &self.evaluation {
             Some(json) => {
                 w.u8(1);
@@ -379,6 +381,7 @@ impl StoredUnitState {
         let float = r.u8()? != 0;
         let samples = usize::try_from(r.u64()?).ok()?;
         let computed_tensors = usize::try_from(r.u64()?).ok()?;
+        let adaround_layers = usize::try_from(r.u64()?).ok()?;
         let evaluation = match r.u8()? {
             0 => None,
             1 => Some(r.string()?),
@@ -395,6 +398,7 @@ impl StoredUnitState {
                 float,
                 samples,
                 computed_tensors,
+                adaround_layers,
             },
             evaluation,
         })
@@ -434,6 +438,7 @@ mod tests {
                 float: false,
                 samples: 8,
                 computed_tensors: 3,
+                adaround_layers: 2,
             },
             evaluation: Some("{\"samples\": 2}".to_string()),
         };

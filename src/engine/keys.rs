@@ -72,6 +72,10 @@ mod ids {
         /// the model is bias-corrected (then the model is that target's own).
         #[returns(copy)]
         pub corrected_for: Option<super::Unit<'db>>,
+        /// The unit whose AdaRound settings, weight encodings and calibration data round the
+        /// weights, when the model is AdaRounded (last, after the other transforms).
+        #[returns(copy)]
+        pub adaround_for: Option<super::Unit<'db>>,
         /// The store transformed models are looked up in (and the log they report to).
         #[returns(copy)]
         pub context: BuildContext,

@@ -45,6 +45,8 @@ pub struct WorkRecord {
     pub eval_samples_reused: usize,
     /// Model transforms computed (a store miss), as `transform model-path`.
     pub transforms_run: Vec<String>,
+    /// Layers AdaRound optimized (a store miss), as `pipeline/target/model layer`.
+    pub layers_optimized: Vec<String>,
 }
 
 /// A shared, append-only [`WorkRecord`]: the side channel through which queries report work.
@@ -72,6 +74,7 @@ impl WorkLog {
             r.corruptions.extend(other.corruptions);
             r.store_errors.extend(other.store_errors);
             r.transforms_run.extend(other.transforms_run);
+            r.layers_optimized.extend(other.layers_optimized);
             r.evaluations_run.extend(other.evaluations_run);
             r.eval_samples_run += other.eval_samples_run;
             r.eval_samples_reused += other.eval_samples_reused;

@@ -12,7 +12,10 @@
 //! - `plan`, `model`, `overrides`: the manifest as each unit sees it, its model (equalized when
 //!   the target asks for CLE), its overrides;
 //! - `samples`, `correct`: a calibration's input list and samples; bias correction, the
-//!   transform that measures them, and the front every later stage loads a model through;
+//!   transform that measures them;
+//! - `adaround`, `adarounded`: AdaRound over a model (the runs and the plan, shared with
+//!   `oneshot`), and AdaRound as a stage, one store entry per layer, with the front every later
+//!   stage loads a model through;
 //! - `calibrate`: samples → statistics → merged statistics → each tensor's statistics;
 //! - `encode`: each tensor's encoding, and a unit's encodings;
 //! - `export`, `evaluate`, `artifacts`: `encodings.json` and the QDQ model, the evaluation,
@@ -32,9 +35,9 @@
 //! # The query chain
 //!
 //! ```text
-//! manifest file ──► resolved targets ──► model (CLE, bias correction) ──► per-sample statistics
-//!                                                            │
-//!            ┌────────────── merged statistics ◄─────────────┘
+//! manifest file ──► resolved targets ──► model (CLE, bias correction, AdaRound) ──► per-sample statistics
+//!                                                                      │
+//!            ┌────────────── merged statistics ◄───────────────────────┘
 //!            ▼
 //!   per-tensor statistics ─┐
 //!                          ├──► per-tensor encoding ──► artifacts
@@ -71,7 +74,8 @@
 //! queries: `items.par_iter().map_with(db.clone(), |db, item| query(db, *item))`.
 //! *Rationale:* the database is `Send + Clone` but not `Sync`; results memoized on a clone are
 //! visible from every handle, and a query that spawned threads would hide their reads from
-//! dependency tracking.
+//! dependency tracking. An evaluation's samples and an AdaRound wave's runs are the exceptions:
+//! their parallel part reads no database state.
 //!
 //! **Architecture Invariant:** any loop that can run longer than a few milliseconds (samples,
 //! tensors, channels) calls `db.unwind_if_revision_cancelled()` on each iteration.
@@ -120,6 +124,10 @@ mod samples;
 
 mod correct;
 
+mod adaround;
+
+mod adarounded;
+
 mod calibrate;
 
 mod encode;
@@ -144,8 +152,6 @@ mod pipeline;
 mod build;
 
 pub mod lines;
-
-mod adaround;
 
 pub mod oneshot;
 

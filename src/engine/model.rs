@@ -75,18 +75,21 @@ pub fn model_key<'db>(db: &'db dyn Db, unit: Unit<'db>, plan: &UnitPlan) -> Mode
         dims(plan),
         algorithms.cle,
         algorithms.bias_correction.then_some(unit),
+        algorithms.adaround.then_some(unit),
         unit.project(db).context(db),
     )
 }
 
 /// The key of the model a unit's overrides are checked against: its model before bias
-/// correction, which adds no tensor an override could name and must not wait for calibration.
+/// correction and AdaRound, which add no tensor an override could name and must not wait for
+/// calibration.
 pub fn uncorrected_key<'db>(db: &'db dyn Db, key: ModelKey<'db>) -> ModelKey<'db> {
     ModelKey::new(
         db,
         key.file(db),
         key.input_dims(db).clone(),
         key.cle(db),
+        None,
         None,
         key.context(db),
     )
@@ -99,6 +102,7 @@ pub fn source_key<'db>(db: &'db dyn Db, key: ModelKey<'db>) -> ModelKey<'db> {
         key.file(db),
         key.input_dims(db).clone(),
         false,
+        None,
         None,
         key.context(db),
     )
@@ -127,7 +131,7 @@ pub(super) fn unit_model_key<'db>(db: &'db dyn Db, unit: Unit<'db>) -> Option<Mo
     Some(model_key(db, unit, plan))
 }
 
-/// The model's graph, for a model without bias correction (`correct::model_graph` is the one
+/// The model's graph, for a model without bias correction (`adarounded::model_graph` is the one
 /// for every key). Not compared for equality (a graph holds float attributes): a changed model
 /// file re-runs everything that reads it, which it has to anyway.
 #[salsa::tracked(returns(ref), no_eq)]
@@ -136,8 +140,8 @@ pub fn source_model<'db>(
     model: ModelKey<'db>,
 ) -> Result<Arc<LoadedModel>, BuildError> {
     debug_assert!(
-        model.corrected_for(db).is_none(),
-        "bias correction is `correct`'s"
+        model.corrected_for(db).is_none() && model.adaround_for(db).is_none(),
+        "bias correction is `correct`'s, AdaRound `adarounded`'s"
     );
     let file = model.file(db);
     let path = file.path(db);

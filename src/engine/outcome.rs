@@ -49,6 +49,22 @@ pub enum Progress {
     },
     /// One more sample of the current calibration is done.
     SampleDone,
+    /// A unit's AdaRound starts: `layers` layers, optimized or read back from the store.
+    Adarounding {
+        /// `[pipeline] name`.
+        pipeline: String,
+        /// The target.
+        target: String,
+        /// The model.
+        model: String,
+        /// How many layers.
+        layers: usize,
+    },
+    /// One more layer of the current AdaRound is done.
+    LayerDone {
+        /// The layer's output tensor.
+        layer: String,
+    },
     /// A unit's encodings are being collected.
     Encoding {
         /// `[pipeline] name`.
@@ -89,6 +105,10 @@ pub struct BuildCounts {
     /// Model transforms computed (CLE, bias correction), each once however many targets use
     /// the transformed model; the others were read from the store.
     pub transforms_run: usize,
+    /// Layers AdaRound optimized.
+    pub layers_optimized: usize,
+    /// Layers whose AdaRound result was reused (memoized or from the store).
+    pub layers_reused: usize,
 }
 
 /// A unit built successfully.

@@ -17,11 +17,12 @@ use std::time::Instant;
 use rayon::ThreadPool;
 use rayon::prelude::*;
 
+use super::adarounded::{adaround_plan, layer_rounding, model_graph, planned_layer, wave_moments};
 use super::artifacts::{TRANSFORMED_MODEL_FILES, unit_artifacts};
 use super::calibrate::{
     merged_statistics, merged_statistics_stored, sample_statistics, unit_calibration,
 };
-use super::correct::{means_calibration, model_graph, sample_input_means};
+use super::correct::{means_calibration, sample_input_means};
 use super::db::Database;
 use super::encode::unit_encodings;
 use super::error::{BuildError, display_path};
@@ -30,7 +31,7 @@ use super::fresh::{
     unit_inputs,
 };
 use super::inputs::{prefetch, source_file};
-use super::keys::{CalibrationKey, ModelKey, Project, SampleKey, Unit};
+use super::keys::{CalibrationKey, ModelKey, Project, SampleKey, TensorKey, Unit};
 use super::log::{WorkLog, WorkRecord};
 use super::model::{model_key, uncorrected_key};
 use super::outcome::{
@@ -84,6 +85,8 @@ pub fn build(
             .build()
             .ok()
     });
+    measure_for_bias_correction(db, &units, &fresh, pool.as_ref());
+    adaround(db, &units, &fresh, pool.as_ref(), progress);
     let samples_total = calibrate(db, &units, &fresh, pool.as_ref(), progress);
     warm_stale_units(db, &units, &fresh, pool.as_ref());
     let outcomes = build_units(db, &units, fresh, pool.as_ref(), progress);
@@ -212,7 +215,6 @@ fn calibrate(
             }
         }
     }
-    measure_for_bias_correction(db, units, fresh, pool);
     let mut samples_total = 0;
     for (calibration, users, stale) in &calibrations {
         let Ok(count) = sample_count(db, *calibration) else {
@@ -281,6 +283,55 @@ fn measure_for_bias_correction(
                     let _ = sample_input_means(&*db, SampleKey::new(&*db, calibration, index));
                 })
         });
+    }
+}
+
+/// AdaRounds the models of every stale unit that asks for it, wave after wave, the layers of a
+/// wave side by side (each reads its result from the store or optimizes it), reporting each
+/// layer as it finishes. A wave's moments are measured once, before its layers, for those the
+/// store does not have.
+fn adaround(
+    db: &Database,
+    units: &[Unit<'_>],
+    fresh: &[Option<UnitDone>],
+    pool: Option<&ThreadPool>,
+    progress: ProgressFn<'_>,
+) {
+    for (unit, done) in units.iter().zip(fresh) {
+        let Ok(plan) = plan_of(db, *unit) else {
+            continue;
+        };
+        if done.is_some() || !plan.algorithms().adaround {
+            continue;
+        }
+        // An error is the unit's to report, when it asks for its model.
+        let Ok(ada) = adaround_plan(db, *unit) else {
+            continue;
+        };
+        progress(Progress::Adarounding {
+            pipeline: plan.pipeline.clone(),
+            target: plan.target.name.clone(),
+            model: plan.model.name.clone(),
+            layers: ada.layers.len(),
+        });
+        let unit = *unit;
+        for wave in 0..=ada.last_wave() {
+            let members = ada.wave(wave);
+            on_pool(db, pool, |db| {
+                if wave_moments(db, unit, wave).is_err() {
+                    return;
+                }
+                members.par_iter().for_each_with(db.clone(), |db, weight| {
+                    let key = TensorKey::new(&*db, unit, weight.clone());
+                    let _ = layer_rounding(&*db, key);
+                    let layer = planned_layer(&*db, key)
+                        .as_ref()
+                        .map(|l| l.layer.name().to_string())
+                        .unwrap_or_else(|| weight.clone());
+                    progress(Progress::LayerDone { layer });
+                })
+            });
+        }
     }
 }
 
@@ -400,6 +451,11 @@ fn count(
         eval_samples_run: work.eval_samples_run,
         eval_samples_reused: work.eval_samples_reused,
         transforms_run: work.transforms_run.len(),
+        layers_optimized: work.layers_optimized.len(),
+        layers_reused: done()
+            .map(|d| d.encodings.adaround_layers)
+            .sum::<usize>()
+            .saturating_sub(work.layers_optimized.len()),
     }
 }
 

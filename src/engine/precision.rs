@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::adarounded::model_graph;
 use super::calibrate::tensor_statistics;
-use super::correct::model_graph;
 use super::db::Db;
 use super::encode::{
     Section, encoded_from_own_range, tensor_encoding, unit_encodings, unit_tensors,

@@ -16,6 +16,7 @@ use super::diagnostic::ManifestDiagnostic;
 use super::{
     Backend, CalibrationMethod, EncodingVersion, FloatBitwidth, LegacyQuantizer, Percentile,
 };
+use crate::adaround::AdaroundConfig;
 use crate::encoding::{Bitwidth, Schema};
 use crate::transform::Algorithms;
 
@@ -173,6 +174,8 @@ pub struct RawQuantizerOptions {
     /// `enable_float_fallback` / `float_fallback`: no calibration; overrides give the
     /// encodings and every other tensor falls back to float.
     pub float_fallback: Option<Given<bool>>,
+    /// `[targets.NAME.adaround]`: AdaRound's settings, the keys of its YAML config.
+    pub adaround: Option<Given<AdaroundConfig>>,
 }
 
 impl RawQuantizerOptions {
@@ -198,6 +201,7 @@ impl RawQuantizerOptions {
             key(&self.algorithms),
             key(&self.float_bias_bitwidth),
             key(&self.float_fallback),
+            key(&self.adaround),
         ]
         .into_iter()
         .flatten()
@@ -251,6 +255,7 @@ pub const TARGET_KEYS: &[&str] = &[
     "algorithms",
     "keep_io_types",
     "enable_float_fallback",
+    "adaround",
     "act_bw",
     "weight_bw",
     "bias_bw",
@@ -914,20 +919,6 @@ fn target(problems: &mut Problems, name: Spanned<String>, t: &DeTable<'_>) -> Ra
                 let mut algorithms = Algorithms::default();
                 let mut known = true;
                 for name in &list {
-                    if name.get_ref() == "adaround" {
-                        // Its per-layer engine stage does not exist yet: never accept it and
-                        // build without it.
-                        known = false;
-                        bad_value(
-                            problems,
-                            key,
-                            "\"adaround\"",
-                            name.span(),
-                            "adaround is not available in manifest builds",
-                            "run it with `quant quantize --apply_algorithms adaround`".into(),
-                        );
-                        continue;
-                    }
                     if !algorithms.enable(name.get_ref()) {
                         known = false;
                         bad_value(
@@ -942,6 +933,20 @@ fn target(problems: &mut Problems, name: Spanned<String>, t: &DeTable<'_>) -> Ra
                 }
                 if known {
                     o.algorithms = Some(at.given(algorithms));
+                }
+            }
+            "adaround" => {
+                let help = format!(
+                    "write `[targets.{}.adaround]` followed by its keys ({})",
+                    out.name.get_ref(),
+                    crate::adaround::TOP_KEYS.join(", ")
+                );
+                let Some(t) = table(problems, key, value, &help) else {
+                    continue;
+                };
+                let context = format!("[targets.{}.adaround]", out.name.get_ref());
+                if let Some(config) = adaround(problems, t, &context) {
+                    o.adaround = Some(at.given(config));
                 }
             }
             "calibration" | "evaluate" | "extends" => {
@@ -1188,6 +1193,184 @@ fn target(problems: &mut Problems, name: Spanned<String>, t: &DeTable<'_>) -> Ra
         problems.push(diagnostic);
     }
     out
+}
+
+/// `[targets.NAME.adaround]`: the keys of AdaRound's YAML config, checked as the YAML reader
+/// checks them, every problem pointing at its TOML value. `None` when any problem was found.
+fn adaround(problems: &mut Problems, t: &DeTable<'_>, context: &str) -> Option<AdaroundConfig> {
+    let before = problems.list.len();
+    let mut config = AdaroundConfig::default();
+    let known: Vec<&'static str> = crate::adaround::TOP_KEYS
+        .iter()
+        .chain(&crate::adaround::CALLBACK_KEYS)
+        .copied()
+        .collect();
+    for (key, (key_spanned, value)) in entries(problems, t, &known, context) {
+        match key {
+            "num_batches" | "num_iterations" => {
+                let Some(n) = integer(problems, key, value, &format!("{key} = 16")) else {
+                    continue;
+                };
+                match usize::try_from(n) {
+                    Ok(n) if n >= 1 => match key {
+                        "num_batches" => config.num_batches = Some(n),
+                        _ => config.num_iterations = n,
+                    },
+                    _ => bad_value(
+                        problems,
+                        key,
+                        &n.to_string(),
+                        value.span(),
+                        "not a positive count",
+                        format!("`{key}` is a count of at least 1"),
+                    ),
+                }
+            }
+            "seed" => {
+                let Some(n) = integer(problems, key, value, "seed = 0") else {
+                    continue;
+                };
+                match u64::try_from(n) {
+                    Ok(n) => config.seed = n,
+                    Err(_) => bad_value(
+                        problems,
+                        key,
+                        &n.to_string(),
+                        value.span(),
+                        "negative",
+                        "the seed is an integer of at least 0".into(),
+                    ),
+                }
+            }
+            "optional_adaround_args" => {
+                let help =
+                    "write `[targets.NAME.adaround.optional_adaround_args]` followed by its keys";
+                let Some(optional) = table(problems, key, value, help) else {
+                    continue;
+                };
+                let context = format!("{}.optional_adaround_args]", context.trim_end_matches(']'));
+                adaround_optional(problems, optional, &context, &mut config);
+            }
+            _ => {
+                // A Python callback key: the input list replaces it.
+                let diagnostic = problems
+                    .at(
+                        "quant::manifest::adaround_callback",
+                        format!("`{key}` names a Python data loader, which quant does not run"),
+                        key_spanned.span(),
+                        "Python callback",
+                    )
+                    .with_help(
+                        "the samples come from the target's `calibration` input list; remove this key (`num_batches` picks how many)",
+                    );
+                problems.push(diagnostic);
+            }
+        }
+    }
+    (problems.list.len() == before).then_some(config)
+}
+
+/// A weight bitwidth AdaRound takes (4 to 16), or the problem at its value.
+fn adaround_bitwidth(
+    problems: &mut Problems,
+    key: &str,
+    value: &Spanned<DeValue<'_>>,
+) -> Option<Bitwidth> {
+    let n = integer(problems, key, value, &format!("{key} = 4"))?;
+    let bits = u32::try_from(n)
+        .ok()
+        .filter(|b| crate::adaround::BITWIDTHS.contains(b))
+        .and_then(|b| Bitwidth::new(b).ok());
+    if bits.is_none() {
+        bad_value(
+            problems,
+            key,
+            &n.to_string(),
+            value.span(),
+            "unsupported bitwidth",
+            "AIMET's AdaRound takes weight bitwidths from 4 to 16; use 4 for the smallest weights"
+                .into(),
+        );
+    }
+    bits
+}
+
+/// `optional_adaround_args` of a target's `adaround` table.
+fn adaround_optional(
+    problems: &mut Problems,
+    t: &DeTable<'_>,
+    context: &str,
+    config: &mut AdaroundConfig,
+) {
+    for (key, (_, value)) in entries(problems, t, &crate::adaround::OPTIONAL_KEYS, context) {
+        match key {
+            "default_param_bw" => {
+                if let Some(bits) = adaround_bitwidth(problems, key, value) {
+                    config.default_param_bw = Some(bits);
+                }
+            }
+            "default_quant_scheme" => {
+                let Some(s) = string(problems, key, value, "default_quant_scheme = \"tf\"") else {
+                    continue;
+                };
+                match crate::adaround::quant_scheme(s.get_ref()) {
+                    Some(method) => config.default_quant_scheme = Some(method),
+                    None => bad_value(
+                        problems,
+                        key,
+                        &format!("\"{}\"", s.get_ref()),
+                        s.span(),
+                        "unknown quant scheme",
+                        "use \"tf\" (min-max) or \"tf_enhanced\" (SQNR)".into(),
+                    ),
+                }
+            }
+            "ignore_quant_ops_list" => {
+                let example = "ignore_quant_ops_list = [\"conv_last\"]";
+                if let Some(list) = string_array(problems, key, value, example) {
+                    config.ignore_quant_ops_list =
+                        list.into_iter().map(Spanned::into_inner).collect();
+                }
+            }
+            _ => {
+                let example = "param_bw_override_list = [[\"conv1.weight\", 8]]";
+                let DeValue::Array(items) = value.get_ref() else {
+                    type_error(
+                        problems,
+                        key,
+                        "an array of [parameter, bitwidth] pairs",
+                        value,
+                        example,
+                    );
+                    continue;
+                };
+                for item in items.iter() {
+                    let pair = match item.get_ref() {
+                        DeValue::Array(pair) if pair.len() == 2 => pair,
+                        _ => {
+                            type_error(
+                                problems,
+                                key,
+                                "an array of [parameter, bitwidth] pairs",
+                                item,
+                                example,
+                            );
+                            continue;
+                        }
+                    };
+                    let (Some(name), Some(bits)) = (
+                        string(problems, key, &pair[0], example),
+                        adaround_bitwidth(problems, key, &pair[1]),
+                    ) else {
+                        continue;
+                    };
+                    config
+                        .param_bw_override_list
+                        .push((name.into_inner(), bits));
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -442,6 +442,12 @@ fn inherit(child: &RawTarget, parent: &RawTarget) -> RawTarget {
             algorithms: or(&c.algorithms, &p.algorithms),
             keep_io_types: or(&c.keep_io_types, &p.keep_io_types),
             float_fallback,
+            // A child listing its own algorithms without AdaRound drops the parent's table,
+            // which configures an algorithm it no longer runs.
+            adaround: match (&c.adaround, &c.algorithms) {
+                (None, Some(algorithms)) if !algorithms.value.adaround => None,
+                _ => or(&c.adaround, &p.adaround),
+            },
         },
     }
 }
@@ -668,6 +674,7 @@ fn check_quantized(
         check_mixed_precision(problems, backend, t, &overrides);
     }
     check_calibration_methods(problems, &t.options, bitwidths.weights);
+    check_adaround(problems, t);
     Some(quantization(calibration, overrides, &t.options, bitwidths))
 }
 
@@ -694,19 +701,24 @@ fn check_float_fallback(
             .with_help("float fallback takes its encodings from the overrides alone: remove `calibration`, or the fallback to calibrate");
         problems.push(diagnostic);
     }
-    if let Some(algorithms) = &t.options.algorithms
-        && algorithms.value.bias_correction
-    {
-        let diagnostic = problems
-            .at(
-                "quant::manifest::float_fallback",
-                format!("target `{name}` falls back to float without data, but bias correction measures the model on calibration data"),
-                algorithms.value_span.clone(),
-                "bias_correction",
-            )
-            .with_label(fallback.key_span.clone(), "no calibration")
-            .with_help("remove `bias_correction`, or calibrate the target instead of falling back");
-        problems.push(diagnostic);
+    if let Some(algorithms) = &t.options.algorithms {
+        let a = algorithms.value;
+        let needs_data = [
+            ("bias_correction", a.bias_correction),
+            ("adaround", a.adaround),
+        ];
+        for (algorithm, _) in needs_data.into_iter().filter(|(_, on)| *on) {
+            let diagnostic = problems
+                .at(
+                    "quant::manifest::float_fallback",
+                    format!("target `{name}` falls back to float without data, but {algorithm} measures the model on calibration data"),
+                    algorithms.value_span.clone(),
+                    algorithm,
+                )
+                .with_label(fallback.key_span.clone(), "no calibration")
+                .with_help(format!("remove `{algorithm}`, or calibrate the target instead of falling back"));
+            problems.push(diagnostic);
+        }
     }
     let fallback_bits = t
         .options
@@ -735,6 +747,34 @@ fn check_float_fallback(
             help,
         );
     }
+}
+
+/// An `adaround` table configures the `adaround` algorithm: without it in `algorithms`, the
+/// table would be silently ignored.
+fn check_adaround(problems: &mut Problems, t: &RawTarget) {
+    let o = &t.options;
+    let Some(table) = &o.adaround else {
+        return;
+    };
+    if o.algorithms.as_ref().is_some_and(|a| a.value.adaround) {
+        return;
+    }
+    let diagnostic = problems
+        .at(
+            "quant::manifest::adaround_unused",
+            format!(
+                "target `{}` has an `adaround` table, but its `algorithms` do not include \"adaround\"",
+                t.name.get_ref()
+            ),
+            table.key_span.clone(),
+            "AdaRound's settings",
+        )
+        .with_help("add \"adaround\" to `algorithms`, or remove the table");
+    let diagnostic = match &o.algorithms {
+        Some(a) => diagnostic.with_label(a.value_span.clone(), "no \"adaround\" here"),
+        None => diagnostic,
+    };
+    problems.push(diagnostic);
 }
 
 /// The seed's quantized mode computes encodings from calibration data, so a quantized target
@@ -914,6 +954,11 @@ fn quantization(
         overrides,
         ignore_quantization_overrides: val(&o.ignore_quantization_overrides, false),
         algorithms: val(&o.algorithms, Algorithms::default()),
+        adaround: o
+            .adaround
+            .as_ref()
+            .map(|a| a.value.clone())
+            .unwrap_or_default(),
         settings: QuantizerSettings {
             act_bitwidth: bitwidths.act,
             weights_bitwidth: bitwidths.weights,

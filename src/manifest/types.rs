@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::Backend;
+use crate::adaround::AdaroundConfig;
 use crate::transform::Algorithms;
 
 pub use crate::encoding::FloatBitwidth;
@@ -129,6 +130,9 @@ pub struct Quantization {
     pub ignore_quantization_overrides: bool,
     /// `algorithms`: the model transforms run before calibration.
     pub algorithms: Algorithms,
+    /// `[targets.NAME.adaround]`: AdaRound's settings (defaults when the table is absent),
+    /// used when `algorithms` has `adaround`.
+    pub adaround: AdaroundConfig,
     /// The settings, defaults applied.
     pub settings: QuantizerSettings,
 }
