@@ -14,7 +14,11 @@ const RUNTIME_CRATE: &str = "tract-onnx";
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/onnx.proto");
     let descriptors = protox::compile(["proto/onnx.proto"], ["proto"])?;
-    prost_build::Config::new().compile_fds(descriptors)?;
+    prost_build::Config::new()
+        // Tensor payloads share the buffer a model is decoded from instead of each being copied
+        // out of it, so a model's weights are held once.
+        .bytes([".onnx.TensorProto.raw_data"])
+        .compile_fds(descriptors)?;
 
     println!("cargo:rerun-if-changed=Cargo.lock");
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;

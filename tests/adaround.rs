@@ -136,7 +136,7 @@ fn adarounded_weights_are_on_the_frozen_grid_and_identical_for_any_thread_count(
         let q = rounded.parameter(weight).unwrap().as_f32().unwrap();
         let channels = encodings["param_encodings"][weight].as_array().unwrap();
         let per_channel = w.len() / channels.len();
-        for (i, (&w, &q)) in w.iter().zip(q).enumerate() {
+        for (i, (&w, &q)) in w.iter().zip(q.iter()).enumerate() {
             let scale = channels[i / per_channel]["scale"].as_f64().unwrap();
             let grid = f64::from(q) / scale;
             // On the frozen grid, and one of the two neighbours of the float weight.

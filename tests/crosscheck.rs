@@ -441,7 +441,7 @@ fn weight_bytes(qdq: &Path) -> (usize, std::collections::BTreeSet<i32>) {
     let mut types = std::collections::BTreeSet::new();
     for init in &graph.initializer {
         if stored.contains(init.name.as_deref().unwrap_or("")) {
-            bytes += init.raw_data.as_ref().map_or(0, Vec::len);
+            bytes += init.raw_data.as_ref().map_or(0, |raw| raw.len());
             types.insert(init.data_type.unwrap_or(0));
         }
     }

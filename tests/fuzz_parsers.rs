@@ -841,7 +841,7 @@ fn model_with_initializer(dims: &[i64], raw: Vec<u8>) -> Vec<u8> {
         .find(|t| t.name.as_deref() == Some("w"))
         .unwrap();
     w.dims = dims.to_vec();
-    w.raw_data = Some(raw);
+    w.raw_data = Some(raw.into());
     model.to_bytes()
 }
 

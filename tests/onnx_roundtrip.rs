@@ -64,9 +64,9 @@ fn float_values(model: &OnnxModel, name: &str) -> Vec<f32> {
             },
         )?
     });
-    match from_init.or(from_constant) {
-        Some(TensorValues::Float(v)) => v.clone(),
-        other => panic!("{name}: no float values ({other:?})"),
+    match from_init.or(from_constant).and_then(TensorValues::floats) {
+        Some(v) => v.into_owned(),
+        None => panic!("{name}: no float values"),
     }
 }
 

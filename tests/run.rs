@@ -348,3 +348,42 @@ fn decluttered_plan_agrees_with_the_optimized_one() {
         );
     }
 }
+
+/// Every activation of every sample, bit for bit.
+fn activation_bits(runner: &FloatRunner, samples: &[Vec<ArrayD<f32>>]) -> Vec<Vec<u32>> {
+    let mut bits = vec![Vec::new(); runner.activation_names().len()];
+    for inputs in samples {
+        runner
+            .run(inputs, |i, data, _| {
+                bits[i].extend(data.iter().map(|v| v.to_bits()))
+            })
+            .unwrap();
+    }
+    bits
+}
+
+#[test]
+fn a_model_set_aside_runs_exactly_as_in_memory() {
+    let Some(fx) = common::fixtures() else { return };
+    // cls.prep keeps its weights in initializers (cls.onnx in `Constant` nodes, which stay).
+    let path = fx.join("models/cls.prep.onnx");
+    let original = std::fs::read(&path).unwrap();
+    let in_memory = FloatRunner::new(&original, &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let model = quant::onnx::OnnxModel::read(&path).unwrap();
+    let aside = model.set_aside(dir.path()).unwrap();
+    let written = std::fs::metadata(aside.runtime_model()).unwrap().len() as usize;
+    assert!(
+        written < original.len() / 8,
+        "{written} of {} bytes",
+        original.len()
+    );
+    let from_file = FloatRunner::from_file(&aside.runtime_model(), &[]).unwrap();
+    assert_eq!(from_file.activation_names(), in_memory.activation_names());
+    let samples = load_all(&in_memory, &fx.join("cls/calib/input_list.txt"), 4);
+    assert_eq!(
+        activation_bits(&from_file, &samples),
+        activation_bits(&in_memory, &samples)
+    );
+    assert_eq!(aside.restore().unwrap().to_bytes(), original);
+}

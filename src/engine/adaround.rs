@@ -173,7 +173,7 @@ pub fn plan_layers(
             .ok_or_else(|| format!("no weight `{}`", layer.weight))?;
         let data = graph
             .parameter(layer.weight.as_str())
-            .and_then(|p| p.as_f32().map(|v| (v.to_vec(), p.shape.clone())))
+            .and_then(|p| p.as_f32().map(|v| (v.into_owned(), p.shape.clone())))
             .ok_or_else(|| format!("weight `{}` is not float", layer.weight))?;
         let layer_settings = layer_settings(config, settings, layer.weight.as_str());
         let (encoding, _) =

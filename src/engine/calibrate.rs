@@ -134,20 +134,19 @@ pub fn float_runner<'db>(
         .as_ref()
         .map_err(Clone::clone)?;
     let dims = runner_dims(calibration.model(db).input_dims(db));
-    let bytes = match &model.rewritten {
-        Some(bytes) => bytes.to_vec(),
-        None => model_graph(db, calibration.model(db))
-            .as_ref()
-            .map_err(Clone::clone)?
-            .onnx
-            .to_bytes(),
+    let runner = match &model.rewritten {
+        Some(bytes) => FloatRunner::new(bytes, &dims).map_err(|e| e.to_string()),
+        None => {
+            let loaded = model_graph(db, calibration.model(db))
+                .as_ref()
+                .map_err(Clone::clone)?;
+            FloatRunner::for_model(&loaded.onnx, &dims).map_err(|e| e.to_string())
+        }
     };
-    FloatRunner::new(&bytes, &dims)
-        .map(Arc::new)
-        .map_err(|e| BuildError::Runner {
-            path: display_path(calibration.model(db).file(db).path(db)),
-            message: e.to_string(),
-        })
+    runner.map(Arc::new).map_err(|message| BuildError::Runner {
+        path: display_path(calibration.model(db).file(db).path(db)),
+        message,
+    })
 }
 
 /// The statistics of one sample: every captured activation (by name) and its statistics.

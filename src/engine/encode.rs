@@ -340,14 +340,19 @@ pub fn tensor_encoding<'db>(
                     info.consumers.iter().map(|u| u.op_type.as_str()).collect();
                 let key = key
                     .str("role", "parameter")
-                    .digest("values", &values_digest(values))
+                    .digest("values", &values_digest(&values))
                     .digest("layout", &stable_digest(&(shape, info.role, &consumers)));
                 (
                     key,
                     Box::new(move || {
-                        let (encoding, warnings) =
-                            quantizer::encode_parameter(info, values, shape, ov.as_ref(), settings)
-                                .map_err(BuildError::Encode)?;
+                        let (encoding, warnings) = quantizer::encode_parameter(
+                            info,
+                            &values,
+                            shape,
+                            ov.as_ref(),
+                            settings,
+                        )
+                        .map_err(BuildError::Encode)?;
                         let section = if quantizer::is_activation_like(info.role) {
                             Section::Activations
                         } else {
@@ -371,7 +376,7 @@ pub fn tensor_encoding<'db>(
                 let weight_encoding = weight.as_ref().and_then(|e| e.encoding.clone());
                 let key = key
                     .str("role", "bias")
-                    .digest("values", &values_digest(values))
+                    .digest("values", &values_digest(&values))
                     .digest("layout", &stable_digest(&(shape, info.role)))
                     .digest("input", &stable_digest(&input_encoding))
                     .digest("weight", &stable_digest(&weight_encoding));
@@ -382,7 +387,7 @@ pub fn tensor_encoding<'db>(
                         let weight = weight_encoding.map(|(f, axis)| f.with_axis(axis));
                         let (encoding, warnings) = quantizer::bias_encoding(
                             info,
-                            values,
+                            &values,
                             ov.as_ref(),
                             input.as_ref(),
                             weight.as_ref(),

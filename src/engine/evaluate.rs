@@ -391,7 +391,7 @@ pub fn evaluation_float_runner<'db>(
     model: ModelKey<'db>,
 ) -> Result<Arc<FloatRunner>, BuildError> {
     let loaded = model_graph(db, model).as_ref().map_err(Clone::clone)?;
-    FloatRunner::new(&loaded.onnx.to_bytes(), &runner_dims(model.input_dims(db)))
+    FloatRunner::for_model(&loaded.onnx, &runner_dims(model.input_dims(db)))
         .map(Arc::new)
         .map_err(|e| BuildError::Runner {
             path: display_path(model.file(db).path(db)),

@@ -128,6 +128,18 @@ pub enum OneShotError {
         /// What went wrong.
         message: String,
     },
+    /// No folder to set the model aside in while it is calibrated.
+    #[error("cannot make a scratch folder in {}: {source}", folder.display())]
+    #[diagnostic(help(
+        "calibration sets the model's weights aside there; point TMPDIR at a writable folder \
+         with room for them"
+    ))]
+    Scratch {
+        /// The folder it was made in.
+        folder: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
     /// A model transform failed.
     #[error("{}: {source}", model.display())]
     Transform {
@@ -178,6 +190,18 @@ pub fn aimet_encodings(encodings: &ModelEncodings, settings: &QuantizerSettings)
     }
 }
 
+/// A fresh folder for the models set aside during calibration, removed when dropped: in the
+/// system's temporary folder (`TMPDIR`), which then needs room for a copy of the weights.
+fn scratch_folder() -> Result<tempfile::TempDir, OneShotError> {
+    tempfile::Builder::new()
+        .prefix("quant-calibration-")
+        .tempdir()
+        .map_err(|source| OneShotError::Scratch {
+            folder: std::env::temp_dir(),
+            source,
+        })
+}
+
 /// Runs `work` on `jobs` threads (all cores when `None`).
 fn in_pool<R: Send>(
     jobs: Option<usize>,
@@ -209,7 +233,7 @@ fn correct_biases(
     };
     let layers = crate::transform::bias_layers(model).map_err(failed)?;
     let runner =
-        FloatRunner::new(&model.to_bytes(), runner_dims).map_err(|source| OneShotError::Run {
+        FloatRunner::for_model(model, runner_dims).map_err(|source| OneShotError::Run {
             model: job.model.clone(),
             source,
         })?;
@@ -407,17 +431,22 @@ pub fn quantize(
         overrides
     };
     let calibration_model = quantizer::calibration_model(&model, &graph, &overrides, settings)?;
-    // The encoded model is only tract's input: dropped at once, it does not add a model's size
-    // to the peak memory of the whole calibration.
-    let runner = {
-        let bytes = calibration_model.as_ref().unwrap_or(&model).to_bytes();
-        FloatRunner::new(&bytes, &runner_dims)
-    }
-    .map_err(|source| OneShotError::Run {
-        model: job.model.clone(),
-        source,
+    // While tract holds the weights, ours wait on disk: the graph (which shares the model's
+    // buffer) goes, the model is set aside, and tract reads the weights one tensor at a time,
+    // so the peak is about one copy of the weights, tract's, rather than one per form.
+    drop(graph);
+    let scratch = scratch_folder()?;
+    let calibration_aside = calibration_model
+        .map(|calibration| calibration.set_aside(&scratch.path().join("calibration")))
+        .transpose()?;
+    let aside = model.set_aside(&scratch.path().join("model"))?;
+    let runtime_model = calibration_aside.as_ref().unwrap_or(&aside).runtime_model();
+    let runner = FloatRunner::from_file(&runtime_model, &runner_dims).map_err(|source| {
+        OneShotError::Run {
+            model: job.model.clone(),
+            source,
+        }
     })?;
-    drop(calibration_model);
     list.check(runner.input_specs())?;
 
     let stats_settings = statistics_settings(settings);
@@ -467,6 +496,9 @@ pub fn quantize(
         .cloned()
         .zip(merged.tensors)
         .collect();
+    drop(runner);
+    let model = aside.restore()?;
+    let graph = Graph::from_model(&model)?;
     let encodings = quantizer::encode_model(&graph, &statistics, &overrides, settings)?;
     warnings.extend(quantizer::word_warnings(
         sample_warnings.iter().chain(&encodings.warnings),

@@ -1019,11 +1019,10 @@ pub fn run_job(
         }
         None => None,
     };
-    let float =
-        FloatRunner::new(&model.to_bytes(), &runner_dims).map_err(|source| EvalError::Load {
-            model: job.model.clone(),
-            source,
-        })?;
+    let float = FloatRunner::for_model(&model, &runner_dims).map_err(|source| EvalError::Load {
+        model: job.model.clone(),
+        source,
+    })?;
     list.check(float.input_specs())?;
     let sim = QuantSim::new(&model, &graph, &encodings, &runner_dims)?;
     warnings.extend(sim.warnings().iter().map(|w| w.to_string()));

@@ -616,7 +616,7 @@ mod tests {
             g.parameter("w").unwrap().as_array().unwrap().shape(),
             [3, 2, 1, 1]
         );
-        assert_eq!(g.parameter("three").unwrap().as_f32().unwrap(), [3.0]);
+        assert_eq!(&*g.parameter("three").unwrap().as_f32().unwrap(), [3.0]);
     }
 
     #[test]

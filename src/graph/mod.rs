@@ -17,6 +17,7 @@ pub use rule::{EncodingRule, NotQuantizedReason};
 pub use crate::onnx::{DType, Dim};
 use crate::onnx::{OnnxModel, TensorValues};
 use std::borrow::Borrow;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::Path;
@@ -213,7 +214,9 @@ impl Tensor {
     }
 }
 
-/// A parameter's stored values, widened to `f32` (float types) or `i64` (integer types).
+/// A parameter's stored values, widened to `f32` (float types) or `i64` (integer types). Float
+/// values read from a model stay in the model's buffer and are widened on each read, so a graph
+/// holds no second copy of the weights.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParameterData {
     /// Dims (empty for a scalar).
@@ -224,24 +227,34 @@ pub struct ParameterData {
 
 impl ParameterData {
     /// The values as `f32`, for float parameters.
-    pub fn as_f32(&self) -> Option<&[f32]> {
-        match &self.values {
-            TensorValues::Float(v) => Some(v),
-            _ => None,
-        }
+    pub fn as_f32(&self) -> Option<Cow<'_, [f32]>> {
+        self.values.floats()
+    }
+
+    /// Whether the values are floats, without decoding them.
+    pub fn is_float(&self) -> bool {
+        matches!(
+            self.values,
+            TensorValues::Float(_) | TensorValues::Stored(_)
+        )
     }
 
     /// The values as `i64`, for integer parameters (shapes, axes, indices).
     pub fn as_i64(&self) -> Option<&[i64]> {
-        match &self.values {
-            TensorValues::Int(v) => Some(v),
-            _ => None,
-        }
+        self.values.ints()
     }
 
-    /// The float values as an n-dimensional view (per-channel statistics index it by axis).
-    pub fn as_array(&self) -> Option<ndarray::ArrayViewD<'_, f32>> {
-        ndarray::ArrayViewD::from_shape(ndarray::IxDyn(&self.shape), self.as_f32()?).ok()
+    /// The float values as an n-dimensional array (per-channel statistics index it by axis).
+    pub fn as_array(&self) -> Option<ndarray::CowArray<'_, f32, ndarray::IxDyn>> {
+        let shape = ndarray::IxDyn(&self.shape);
+        match self.as_f32()? {
+            Cow::Borrowed(values) => ndarray::ArrayViewD::from_shape(shape, values)
+                .ok()
+                .map(Into::into),
+            Cow::Owned(values) => ndarray::ArrayD::from_shape_vec(shape, values)
+                .ok()
+                .map(Into::into),
+        }
     }
 }
 

@@ -116,7 +116,7 @@ pub(super) fn moves_data<'a>(
                     .and_then(Option::as_ref)
                     .and_then(constant)
                     .and_then(|data| data.as_f32())
-                    .map(<[f32]>::to_vec),
+                    .map(std::borrow::Cow::into_owned),
             };
             nearest
                 && !cropping

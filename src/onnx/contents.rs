@@ -4,7 +4,7 @@
 
 use super::DType;
 use super::proto::{self, attribute_proto::AttributeType, tensor_shape_proto, type_proto};
-use super::tensor::{TensorDataError, TensorValues, tensor_dtype, tensor_values};
+use super::tensor::{TensorDataError, TensorValues, stored_values, tensor_dtype};
 use std::fmt;
 
 /// One dimension of a declared shape.
@@ -49,7 +49,8 @@ pub struct TensorContents {
     pub dtype: Option<DType>,
     /// Dims (empty for a scalar).
     pub dims: Vec<u64>,
-    /// Decoded values.
+    /// Values; float `raw_data` read from a model stays shared with the model's buffer
+    /// ([`TensorValues::Stored`]) until read.
     pub values: TensorValues,
 }
 
@@ -169,9 +170,9 @@ fn tensor_contents(tensor: &proto::TensorProto) -> Result<TensorContents, Tensor
     Ok(TensorContents {
         name: tensor.name.clone().unwrap_or_default(),
         dtype: tensor_dtype(tensor),
-        // Negative dims are rejected by `tensor_values` below, so the cast cannot wrap there.
+        // Negative dims are rejected by `stored_values` below, so the cast cannot wrap there.
         dims: tensor.dims.iter().map(|&d| d.max(0) as u64).collect(),
-        values: tensor_values(tensor)?,
+        values: stored_values(tensor)?,
     })
 }
 
@@ -290,14 +291,15 @@ fn tensor_proto(tensor: &TensorContents) -> proto::TensorProto {
         ..Default::default()
     };
     match &tensor.values {
-        TensorValues::Float(v) => {
+        TensorValues::Float(_) | TensorValues::Stored(_) => {
+            let v = tensor.values.floats().unwrap_or_default();
             t.data_type = Some(DType::Float32.to_onnx());
-            t.raw_data = Some(v.iter().flat_map(|x| x.to_le_bytes()).collect());
+            t.raw_data = Some(raw(v.iter().flat_map(|x| x.to_le_bytes())));
         }
         TensorValues::Int(v) => match tensor.dtype {
             Some(DType::Int32) => {
                 t.data_type = Some(DType::Int32.to_onnx());
-                t.raw_data = Some(v.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect());
+                t.raw_data = Some(raw(v.iter().flat_map(|&x| (x as i32).to_le_bytes())));
             }
             Some(
                 dtype @ (DType::Int8 | DType::Uint8 | DType::Int16 | DType::Uint16 | DType::Bool),
@@ -307,12 +309,16 @@ fn tensor_proto(tensor: &TensorContents) -> proto::TensorProto {
             }
             _ => {
                 t.data_type = Some(DType::Int64.to_onnx());
-                t.raw_data = Some(v.iter().flat_map(|x| x.to_le_bytes()).collect());
+                t.raw_data = Some(raw(v.iter().flat_map(|x| x.to_le_bytes())));
             }
         },
         TensorValues::Undecoded => t.data_type = tensor.dtype.map(DType::to_onnx),
     }
     t
+}
+
+fn raw(bytes: impl Iterator<Item = u8>) -> bytes::Bytes {
+    bytes.collect::<Vec<u8>>().into()
 }
 
 fn node_proto(node: &NodeContents) -> proto::NodeProto {

@@ -253,7 +253,13 @@ fn overwrite_f32(
     }
     tensor.dims = dims.iter().map(|&d| d as i64).collect();
     if tensor.float_data.is_empty() && !values.is_empty() {
-        tensor.raw_data = Some(values.iter().flat_map(|v| v.to_le_bytes()).collect());
+        tensor.raw_data = Some(
+            values
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>()
+                .into(),
+        );
     } else {
         tensor.raw_data = None;
         tensor.float_data = values.to_vec();
@@ -266,7 +272,13 @@ fn new_f32_tensor(name: &str, dims: &[u64], values: &[f32]) -> proto::TensorProt
         name: Some(name.to_owned()),
         dims: dims.iter().map(|&d| d as i64).collect(),
         data_type: Some(DType::Float32.to_onnx()),
-        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        raw_data: Some(
+            values
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>()
+                .into(),
+        ),
         ..Default::default()
     }
 }
@@ -345,10 +357,8 @@ mod tests {
                 })
             })
             .unwrap();
-        match t.values {
-            TensorValues::Float(v) => (t.dims, v),
-            other => panic!("{other:?}"),
-        }
+        let values = t.values.floats().expect("float values").into_owned();
+        (t.dims, values)
     }
 
     #[test]

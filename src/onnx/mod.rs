@@ -11,6 +11,7 @@
 //! Byte identity holds for models within the bundled `onnx.proto` (onnx 1.23.2, IR v14): prost
 //! drops fields it does not know.
 
+mod aside;
 mod contents;
 mod dims;
 mod dtype;
@@ -19,10 +20,11 @@ pub mod precision;
 pub mod qdq;
 mod tensor;
 
+pub use aside::SetAside;
 pub use contents::{AttributeValue, Dim, GraphContents, NodeContents, TensorContents, ValueInfo};
 pub use dims::{InputDimError, parse_dims};
 pub use dtype::DType;
-pub use tensor::{TensorDataError, TensorValues};
+pub use tensor::{StoredFloats, TensorDataError, TensorValues};
 
 use prost::Message;
 use std::path::{Path, PathBuf};
@@ -93,6 +95,14 @@ pub enum OnnxError {
         /// What is there instead.
         detail: String,
     },
+    /// A model set aside on disk ([`SetAside`]) is not what was written there any more.
+    #[error("in {}: the copy set aside in {} changed while quant ran", path.display(), folder.display())]
+    SetAsideChanged {
+        /// The model path.
+        path: PathBuf,
+        /// The folder it was set aside in.
+        folder: PathBuf,
+    },
     /// `--input_dim` names no graph input.
     #[error("in {}: no graph input named `{name}` (inputs: {})", path.display(), inputs.join(", "))]
     UnknownInput {
@@ -125,17 +135,23 @@ pub struct OnnxModel {
 }
 
 impl OnnxModel {
-    /// Reads and decodes a model file.
+    /// Reads and decodes a model file. Tensor payloads stay in the buffer the file was read
+    /// into, so the model holds its weights once.
     pub fn read(path: &Path) -> Result<OnnxModel, OnnxError> {
         let bytes = std::fs::read(path).map_err(|source| OnnxError::Read {
             path: path.to_owned(),
             source,
         })?;
-        OnnxModel::from_bytes(&bytes, path)
+        OnnxModel::from_shared(bytes.into(), path)
     }
 
     /// Decodes a model from bytes; `origin` is the path named in errors.
     pub fn from_bytes(bytes: &[u8], origin: &Path) -> Result<OnnxModel, OnnxError> {
+        OnnxModel::from_shared(bytes::Bytes::copy_from_slice(bytes), origin)
+    }
+
+    /// Decodes a model from a buffer its tensor payloads then share.
+    fn from_shared(bytes: bytes::Bytes, origin: &Path) -> Result<OnnxModel, OnnxError> {
         let proto = proto::ModelProto::decode(bytes).map_err(|source| OnnxError::Decode {
             path: origin.to_owned(),
             source,
@@ -190,7 +206,8 @@ impl OnnxModel {
         &mut self.proto
     }
 
-    /// Transcribes the main graph into plain data, decoding every initializer and `Constant` value.
+    /// Transcribes the main graph into plain data, checking every initializer and `Constant`
+    /// value; float payloads are shared with the model, not decoded ([`TensorValues::Stored`]).
     pub fn contents(&self) -> Result<GraphContents, OnnxError> {
         contents::transcribe(&self.proto).map_err(|source| self.tensor_error(source))
     }

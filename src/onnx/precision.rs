@@ -585,7 +585,7 @@ pub fn to_float16(tensor: &mut TensorProto) -> Result<(), super::TensorDataError
         .collect();
     tensor.float_data.clear();
     tensor.int32_data.clear();
-    tensor.raw_data = Some(raw);
+    tensor.raw_data = Some(raw.into());
     tensor.data_type = Some(FLOAT16);
     Ok(())
 }

@@ -530,7 +530,7 @@ fn tensor_proto(name: String, dtype: i32, dims: Vec<i64>, raw: Vec<u8>) -> Tenso
         name: Some(name),
         data_type: Some(dtype),
         dims,
-        raw_data: Some(raw),
+        raw_data: Some(raw.into()),
         ..Default::default()
     }
 }

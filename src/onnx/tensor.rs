@@ -2,36 +2,131 @@
 //! fields) into `f32`/`i64` vectors, and writing new `f32` values back in the same storage form.
 //! It must not interpret what a tensor means (weight, bias, shape): that is `graph`'s job.
 
+use std::borrow::Cow;
+use std::fmt;
+
+use bytes::Bytes;
+
 use super::DType;
 use super::proto::TensorProto;
 use super::proto::tensor_proto::DataLocation;
 
 /// Values of a tensor, widened to the two types the crate computes with.
-/// Equality is bitwise on floats, so that NaN payloads compare equal to themselves (cache keys).
-#[derive(Debug, Clone)]
+/// Equality is bitwise on floats, so that NaN payloads compare equal to themselves (cache keys),
+/// and compares values, not storage: [`TensorValues::Stored`] equals the `Float` it decodes to.
+#[derive(Clone)]
 pub enum TensorValues {
     /// Any real float type (float32, float16, bfloat16, float64), as `f32`.
     Float(Vec<f32>),
+    /// Float values as the model stores them, widened on each read ([`TensorValues::floats`]).
+    Stored(StoredFloats),
     /// Any integer or bool type, as `i64`.
     Int(Vec<i64>),
     /// Strings, complex numbers and exotic formats: present but not decoded.
     Undecoded,
 }
 
+impl TensorValues {
+    /// The values as `f32`, for float tensors: borrowed when decoded already, widened from the
+    /// stored bytes otherwise.
+    pub fn floats(&self) -> Option<Cow<'_, [f32]>> {
+        match self {
+            TensorValues::Float(v) => Some(Cow::Borrowed(v)),
+            TensorValues::Stored(stored) => Some(Cow::Owned(stored.decode())),
+            TensorValues::Int(_) | TensorValues::Undecoded => None,
+        }
+    }
+
+    /// The values as `i64`, for integer and bool tensors.
+    pub fn ints(&self) -> Option<&[i64]> {
+        match self {
+            TensorValues::Int(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
 impl PartialEq for TensorValues {
     fn eq(&self, other: &TensorValues) -> bool {
         match (self, other) {
-            (TensorValues::Float(a), TensorValues::Float(b)) => {
-                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
-            }
             (TensorValues::Int(a), TensorValues::Int(b)) => a == b,
             (TensorValues::Undecoded, TensorValues::Undecoded) => true,
-            _ => false,
+            // The same stored bytes decode alike, without decoding them.
+            (TensorValues::Stored(a), TensorValues::Stored(b)) if a.same_storage(b) => true,
+            _ => match (self.floats(), other.floats()) {
+                (Some(a), Some(b)) => {
+                    a.len() == b.len()
+                        && a.iter()
+                            .zip(b.iter())
+                            .all(|(x, y)| x.to_bits() == y.to_bits())
+                }
+                _ => false,
+            },
         }
     }
 }
 
 impl Eq for TensorValues {}
+
+impl fmt::Debug for TensorValues {
+    // Values, not storage, as equality compares them: stored floats print as the `Float` they
+    // decode to.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TensorValues::Float(v) => f.debug_tuple("Float").field(v).finish(),
+            TensorValues::Stored(stored) => f.debug_tuple("Float").field(&stored.decode()).finish(),
+            TensorValues::Int(v) => f.debug_tuple("Int").field(v).finish(),
+            TensorValues::Undecoded => f.write_str("Undecoded"),
+        }
+    }
+}
+
+/// Little-endian float values (float32, float16, bfloat16 or float64) in the buffer the model
+/// was read from, shared with it rather than copied: a graph built from a model then holds no
+/// second copy of its weights. The byte count was checked against the dims when it was made, so
+/// decoding cannot fail.
+#[derive(Clone)]
+pub struct StoredFloats {
+    dtype: DType,
+    bytes: Bytes,
+}
+
+impl StoredFloats {
+    /// How many values there are.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / element_size(self.dtype).unwrap_or(1)
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The values, widened to `f32`.
+    pub fn decode(&self) -> Vec<f32> {
+        match decode_raw(self.dtype, &self.bytes) {
+            Some(TensorValues::Float(v)) => v,
+            // `stored_values` makes these only for float types and whole element counts.
+            _ => Vec::new(),
+        }
+    }
+
+    fn same_storage(&self, other: &StoredFloats) -> bool {
+        self.dtype == other.dtype
+            && self.bytes.len() == other.bytes.len()
+            && self.bytes.as_ptr() == other.bytes.as_ptr()
+    }
+}
+
+/// The size in bytes of one stored element of a float type.
+fn element_size(dtype: DType) -> Option<usize> {
+    match dtype {
+        DType::Float32 => Some(4),
+        DType::Float64 => Some(8),
+        DType::Float16 | DType::BFloat16 => Some(2),
+        _ => None,
+    }
+}
 
 /// Why a tensor's payload could not be read or replaced.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -136,6 +231,7 @@ pub fn tensor_values(tensor: &TensorProto) -> Result<TensorValues, TensorDataErr
     };
     let found = match &values {
         TensorValues::Float(v) => v.len(),
+        TensorValues::Stored(v) => v.len(),
         TensorValues::Int(v) => v.len(),
         TensorValues::Undecoded => return Ok(values),
     };
@@ -148,6 +244,40 @@ pub fn tensor_values(tensor: &TensorProto) -> Result<TensorValues, TensorDataErr
         });
     }
     Ok(values)
+}
+
+/// As [`tensor_values`], but float `raw_data` stays in the model's buffer
+/// ([`TensorValues::Stored`]), checked but not decoded.
+pub fn stored_values(tensor: &TensorProto) -> Result<TensorValues, TensorDataError> {
+    let raw = tensor.raw_data.as_ref().filter(|r| !r.is_empty());
+    let external = tensor.data_location == Some(DataLocation::External as i32);
+    let (Some(raw), Some(dtype), false) = (raw, tensor_dtype(tensor), external) else {
+        return tensor_values(tensor);
+    };
+    let Some(size) = element_size(dtype) else {
+        return tensor_values(tensor);
+    };
+    let name = || tensor.name.clone().unwrap_or_default();
+    let expected = element_count(tensor)?;
+    if !raw.len().is_multiple_of(size) {
+        return Err(TensorDataError::RawLength {
+            name: name(),
+            dtype,
+            bytes: raw.len(),
+        });
+    }
+    if raw.len() / size != expected {
+        return Err(TensorDataError::ElementCount {
+            name: name(),
+            dims: tensor.dims.clone(),
+            expected,
+            found: raw.len() / size,
+        });
+    }
+    Ok(TensorValues::Stored(StoredFloats {
+        dtype,
+        bytes: raw.clone(),
+    }))
 }
 
 fn chunks<const N: usize>(raw: &[u8]) -> Option<impl Iterator<Item = [u8; N]> + '_> {
@@ -247,7 +377,7 @@ pub fn replace_f32(tensor: &mut TensorProto, values: &[f32]) -> Result<(), Tenso
     let uses_raw = tensor.raw_data.as_ref().is_some_and(|r| !r.is_empty());
     if uses_raw {
         let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        tensor.raw_data = Some(raw);
+        tensor.raw_data = Some(raw.into());
     } else {
         tensor.float_data = values.to_vec();
     }
@@ -286,7 +416,7 @@ mod tests {
             name: Some("w".into()),
             dims,
             data_type: Some(1),
-            raw_data: raw,
+            raw_data: raw.map(Bytes::from),
             float_data,
             ..Default::default()
         }
@@ -308,6 +438,36 @@ mod tests {
     }
 
     #[test]
+    fn stored_floats_decode_and_compare_as_their_values() {
+        let values = [1.5f32, -2.0, f32::NAN];
+        let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let tensor = float_tensor(vec![3], Some(raw), vec![]);
+        let stored = stored_values(&tensor).unwrap();
+        assert!(matches!(stored, TensorValues::Stored(_)));
+        assert_eq!(stored, tensor_values(&tensor).unwrap());
+        assert_eq!(
+            format!("{stored:?}"),
+            format!("{:?}", tensor_values(&tensor).unwrap())
+        );
+        assert_ne!(stored, TensorValues::Float(vec![1.5, -2.0, 0.0]));
+
+        let short = float_tensor(vec![4], tensor.raw_data.clone().map(Vec::from), vec![]);
+        assert!(matches!(
+            stored_values(&short),
+            Err(TensorDataError::ElementCount {
+                expected: 4,
+                found: 3,
+                ..
+            })
+        ));
+        let ragged = float_tensor(vec![3], Some(vec![0; 13]), vec![]);
+        assert!(matches!(
+            stored_values(&ragged),
+            Err(TensorDataError::RawLength { bytes: 13, .. })
+        ));
+    }
+
+    #[test]
     fn element_count_mismatch_is_an_error() {
         let tensor = float_tensor(vec![2, 2], None, vec![1.0; 3]);
         assert!(matches!(
@@ -326,7 +486,7 @@ mod tests {
         let tensor = TensorProto {
             dims: vec![2],
             data_type: Some(7),
-            raw_data: Some(raw),
+            raw_data: Some(raw.into()),
             ..Default::default()
         };
         assert!(matches!(tensor_values(&tensor).unwrap(), TensorValues::Int(v) if v == [-1, 3]));

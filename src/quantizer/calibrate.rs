@@ -124,8 +124,8 @@ pub fn fake_quantized_weights(
             continue;
         };
         let (encoding, _) =
-            encode_parameter(tensor, values, &data.shape, overrides.get(name), settings)?;
-        let values = aimet_fake_quantize(values, &data.shape, &encoding).map_err(|e| {
+            encode_parameter(tensor, &values, &data.shape, overrides.get(name), settings)?;
+        let values = aimet_fake_quantize(&values, &data.shape, &encoding).map_err(|e| {
             EncodeError::Override {
                 tensor: name.to_string(),
                 message: e.to_string(),

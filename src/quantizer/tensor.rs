@@ -486,7 +486,7 @@ pub fn bias_encoding(
 pub fn parameter_values<'g>(
     graph: &'g Graph,
     name: &str,
-) -> Result<(&'g [f32], &'g [usize]), EncodeError> {
+) -> Result<(std::borrow::Cow<'g, [f32]>, &'g [usize]), EncodeError> {
     let missing = || EncodeError::ParameterData {
         tensor: name.to_string(),
     };
@@ -579,7 +579,7 @@ pub fn encode_model_fallback(
             continue;
         }
         let (values, shape) = parameter_values(graph, name)?;
-        let (encoding, warnings) = encode_parameter(tensor, values, shape, ov, settings)?;
+        let (encoding, warnings) = encode_parameter(tensor, &values, shape, ov, settings)?;
         out.warnings.extend(warnings);
         parameters.insert(name.to_string(), (tensor, encoding));
     }
@@ -593,8 +593,14 @@ pub fn encode_model_fallback(
             ),
             None => (None, None),
         };
-        let (encoding, warnings) =
-            bias_encoding(tensor, values, overrides.get(name), input, weight, settings)?;
+        let (encoding, warnings) = bias_encoding(
+            tensor,
+            &values,
+            overrides.get(name),
+            input,
+            weight,
+            settings,
+        )?;
         out.warnings.extend(warnings);
         parameters.insert(name.to_string(), (tensor, encoding));
     }
@@ -655,7 +661,7 @@ pub fn encode_model(
         }
         let (values, shape) = parameter_values(graph, name)?;
         let (encoding, warnings) =
-            encode_parameter(tensor, values, shape, overrides.get(name), settings)?;
+            encode_parameter(tensor, &values, shape, overrides.get(name), settings)?;
         warn(&mut out, warnings);
         if is_activation_like(tensor.role) {
             out.activations.insert(name.to_string(), encoding);
@@ -677,8 +683,14 @@ pub fn encode_model(
             ),
             None => (None, None),
         };
-        let (encoding, warnings) =
-            bias_encoding(tensor, values, overrides.get(name), input, weight, settings)?;
+        let (encoding, warnings) = bias_encoding(
+            tensor,
+            &values,
+            overrides.get(name),
+            input,
+            weight,
+            settings,
+        )?;
         warn(&mut out, warnings);
         out.parameters.insert(name.to_string(), encoding);
     }

@@ -303,7 +303,7 @@ pub fn quantized_parameters_model(
         let Some(values) = data.as_f32() else {
             continue;
         };
-        let mut values = values.to_vec();
+        let mut values = values.into_owned();
         check_fits(name, encoding, &data.shape, values.len())?;
         fake_quantize_tensor_in_place(&mut values, &data.shape, encoding).map_err(|e| {
             QuantSimError::Encoding {

@@ -111,6 +111,14 @@ fn eval_error(e: TractError) -> RunError {
     RunError::Eval(format!("{e:#}"))
 }
 
+/// Where tract reads a model from.
+enum Source<'a> {
+    /// ONNX bytes in memory.
+    Bytes(&'a [u8]),
+    /// An ONNX file, whose external data lies beside it.
+    File(&'a std::path::Path),
+}
+
 /// How the tract model is prepared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PlanKind {
@@ -158,6 +166,45 @@ impl FloatRunner {
         FloatRunner::with_plan_kind(model_bytes, input_dims, PlanKind::Optimized)
     }
 
+    /// As [`FloatRunner::new`], loading the ONNX file at `path`, whose weights may be external
+    /// data beside it ([`crate::onnx::SetAside`]): tract then reads them one tensor at a time,
+    /// and a model's bytes are never in memory whole next to the weights tract builds from them.
+    pub fn from_file(
+        path: &std::path::Path,
+        input_dims: &[(String, Vec<usize>)],
+    ) -> Result<FloatRunner, RunError> {
+        guarded(
+            || FloatRunner::load(Source::File(path), input_dims, PlanKind::Optimized),
+            |message| RunError::Load(format!("tract panicked: {message}")),
+        )
+    }
+
+    /// As [`FloatRunner::new`], for a decoded model, which tract reads from a scratch copy on
+    /// disk ([`crate::onnx::SetAside`], in the system's temporary folder) one tensor at a time:
+    /// no serialized copy of the whole model is made for tract to parse, nor the copy tract
+    /// would make of that, next to the weights `model` holds and the ones tract builds.
+    pub fn for_model(
+        model: &crate::onnx::OnnxModel,
+        input_dims: &[(String, Vec<usize>)],
+    ) -> Result<FloatRunner, RunError> {
+        let scratch = tempfile::Builder::new()
+            .prefix("quant-runner-")
+            .tempdir()
+            .map_err(|e| {
+                let folder = std::env::temp_dir();
+                RunError::Load(format!(
+                    "cannot make a scratch folder in {}: {e}",
+                    folder.display()
+                ))
+            })?;
+        // A clone shares the payloads: setting it aside copies no weights in memory.
+        let aside = model
+            .clone()
+            .set_aside(scratch.path())
+            .map_err(|e| RunError::Load(e.to_string()))?;
+        FloatRunner::from_file(&aside.runtime_model(), input_dims)
+    }
+
     /// As [`FloatRunner::new`], choosing how far tract transforms the graph.
     ///
     /// A panic inside tract while loading is this model's [`RunError::Load`], not the end of
@@ -169,20 +216,28 @@ impl FloatRunner {
         kind: PlanKind,
     ) -> Result<FloatRunner, RunError> {
         guarded(
-            || FloatRunner::load(model_bytes, input_dims, kind),
+            || FloatRunner::load(Source::Bytes(model_bytes), input_dims, kind),
             |message| RunError::Load(format!("tract panicked: {message}")),
         )
     }
 
     fn load(
-        model_bytes: &[u8],
+        source: Source<'_>,
         input_dims: &[(String, Vec<usize>)],
         kind: PlanKind,
     ) -> Result<FloatRunner, RunError> {
-        let mut reader = model_bytes;
-        let mut model = tract_onnx::onnx()
-            .model_for_read(&mut reader)
-            .map_err(load_error)?;
+        let mut model = match source {
+            Source::Bytes(mut bytes) => tract_onnx::onnx().model_for_read(&mut bytes),
+            Source::File(path) => {
+                let mut onnx = tract_onnx::onnx();
+                // Plain reads, not the default memory map of the whole data file: the mapped
+                // pages a tensor is copied from would count against the process until the
+                // map is dropped.
+                onnx.provider = Arc::new(tract_onnx::data_resolver::FopenDataResolver);
+                onnx.model_for_path(path)
+            }
+        }
+        .map_err(load_error)?;
         let inputs = fix_input_facts(&mut model, input_dims)?;
 
         let output_names: Vec<String> = model

@@ -334,7 +334,7 @@ fn is_relu6(graph: &Graph, node: &Node) -> bool {
     }
     let bound = |index: usize, attribute: &str| -> Option<f32> {
         match node.inputs.get(index) {
-            Some(Some(name)) => match graph.parameter(name.as_str())?.as_f32()? {
+            Some(Some(name)) => match &*graph.parameter(name.as_str())?.as_f32()? {
                 [v] => Some(*v),
                 _ => None,
             },

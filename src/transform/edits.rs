@@ -30,7 +30,7 @@ impl Parameters {
                 let values = data
                     .as_f32()
                     .expect("layers have float parameters")
-                    .to_vec();
+                    .into_owned();
                 (dims, values)
             })
             .1

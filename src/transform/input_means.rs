@@ -701,7 +701,7 @@ pub fn channel_means(
                     .parameter(layer.weight.as_str())
                     .filter(|p| p.shape == layer.weight_dims)
                     .and_then(|p| p.as_f32())
-                    .map(<[f32]>::to_vec)
+                    .map(std::borrow::Cow::into_owned)
                     .ok_or_else(|| {
                         problem(format!(
                             "the {which} model has no float weight `{}` of shape {:?}",
@@ -718,7 +718,7 @@ pub fn channel_means(
                     let values = graph
                         .parameter(bias.as_str())
                         .and_then(|p| p.as_f32())
-                        .unwrap_or(&[]);
+                        .unwrap_or_default();
                     // `Layer::of` has checked the count: one per channel, or Gemm's broadcast one.
                     let value = |c: usize| values.get(if values.len() == 1 { 0 } else { c });
                     (0..layer.out_channels)

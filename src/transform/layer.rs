@@ -208,7 +208,7 @@ fn owned_float_parameter(graph: &Graph, name: &TensorName) -> Result<Vec<usize>,
         .ok_or_else(|| NotALayer::NotConstant(name.clone()))?;
     let data = graph
         .parameter(name.as_str())
-        .filter(|p| tensor.is_float_parameter() && p.as_f32().is_some())
+        .filter(|p| tensor.is_float_parameter() && p.is_float())
         .ok_or_else(|| NotALayer::NotConstant(name.clone()))?;
     if tensor.consumers.len() != 1 || tensor.is_graph_output {
         return Err(NotALayer::Shared(name.clone()));
