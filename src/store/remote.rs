@@ -327,7 +327,9 @@ impl Remote {
         &self,
         request: impl Future<Output = object_store::Result<T>>,
     ) -> object_store::Result<T> {
-        let bounded = tokio::time::timeout(REQUEST_TIMEOUT + CONNECT_TIMEOUT, request);
+        // The timer must be made inside the runtime, which owns the time driver.
+        let bounded =
+            async move { tokio::time::timeout(REQUEST_TIMEOUT + CONNECT_TIMEOUT, request).await };
         match self.runtime.block_on(bounded) {
             Ok(result) => result,
             Err(_) => Err(object_store::Error::Generic {
@@ -384,9 +386,15 @@ pub fn redact_url(url: &str) -> (String, Vec<String>) {
         }
     }
     if !parsed.username().is_empty() {
-        secrets.push(parsed.username().to_string());
+        // The user name alone may be a common word or a single letter: only the whole user
+        // info is scrubbed, the user name is merely never shown.
+        if let Some(password) = parsed.password() {
+            secrets.push(format!("{}:{password}", parsed.username()));
+        } else {
+            secrets.push(format!("{}@", parsed.username()));
+        }
     }
-    if secrets.is_empty() {
+    if secrets.is_empty() && parsed.username().is_empty() {
         return (url.to_string(), secrets);
     }
     let _ = parsed.set_password(None);
@@ -397,9 +405,10 @@ pub fn redact_url(url: &str) -> (String, Vec<String>) {
     (parsed.to_string(), secrets)
 }
 
-/// `text` with every secret replaced by `***`.
+/// `text`'s first line (a server's error page follows it) with every secret replaced by `***`.
 fn scrub(text: &str, secrets: &[String]) -> String {
-    let mut out = text.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    let mut out = first.trim_end_matches([':', ' ']).to_string();
     for secret in secrets {
         out = out.replace(secret.as_str(), "***");
     }
