@@ -411,7 +411,7 @@ fn rejected_uploads_are_one_warning_and_a_clean_build() {
         );
         assert_eq!(run.count("bytes_uploaded"), 0);
         assert_eq!(
-            run.stderr.matches("upload was rejected").count(),
+            run.stderr.matches("upload failed").count(),
             1,
             "{}",
             run.stderr

@@ -312,7 +312,7 @@ impl Remote {
                 self.uploads_off.store(true, Ordering::Relaxed);
                 if !self.warned.swap(true, Ordering::Relaxed) {
                     self.warn(format!(
-                        "remote cache {}: an upload was rejected ({}); nothing more is uploaded in this build",
+                        "remote cache {}: an upload failed ({}); nothing more is uploaded in this build",
                         self.shown,
                         scrub(&e.to_string(), &self.secrets)
                     ));
