@@ -267,6 +267,7 @@ fn one_override_edit_re_executes_one_tensor_encoding() {
         targets: vec!["htp".to_string()],
         models: Vec::new(),
         jobs: Some(2),
+        shard: None,
     };
     let executed = |db: &Database, query: &str| {
         db.take_executed()

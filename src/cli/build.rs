@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use clap::Args;
 use indicatif::ProgressBar;
@@ -14,10 +14,10 @@ use super::shell::Shell;
 use super::{EXIT_FAILURE, EXIT_USAGE};
 use crate::engine::{
     self, BuildContext, BuildOptions, BuildReport, Database, Explanation, Progress, ProjectSpec,
-    WorkLog, display_path,
+    Shard, WorkLog, display_path,
 };
 use crate::manifest;
-use crate::store::Store;
+use crate::store::{REMOTE_CACHE_ENV, Remote, RemoteCounts, Store};
 
 /// `quant build` options.
 #[derive(Args, Debug)]
@@ -45,6 +45,17 @@ pub struct BuildArgs {
     /// Let manifests write outside their own folder and read files outside PATH.
     #[arg(long)]
     allow_outside_root: bool,
+    /// A shared cache behind the local store: `http(s)://HOST/PATH` (GET/PUT, e.g. nginx
+    /// WebDAV) or `s3://BUCKET/PREFIX` (default: $QUANT_REMOTE_CACHE, then `[cache] remote`).
+    #[arg(long = "remote-cache", value_name = "URL")]
+    remote_cache: Option<String>,
+    /// Read from the remote cache but upload nothing (for untrusted builds).
+    #[arg(long = "remote-cache-read-only")]
+    remote_cache_read_only: bool,
+    /// Compute only shard K of N of every calibration's samples (and upload them); write no
+    /// outputs. A plain build afterwards merges the shards' statistics.
+    #[arg(long, value_name = "K/N")]
+    shard: Option<Shard>,
 }
 
 /// What went wrong before a build could start.
@@ -86,6 +97,16 @@ pub(crate) fn projects(
     path: &Path,
     allow_outside_root: bool,
 ) -> Result<Vec<ProjectSpec>, SetupError> {
+    projects_with_remote(db, path, allow_outside_root, None)
+}
+
+/// [`projects`], with `remote` behind every store.
+pub(crate) fn projects_with_remote(
+    db: &Database,
+    path: &Path,
+    allow_outside_root: bool,
+    remote: Option<&Arc<Remote>>,
+) -> Result<Vec<ProjectSpec>, SetupError> {
     let manifests =
         manifest::discover(path).map_err(|e| SetupError::Failure(miette::Report::new(e)))?;
     let problems = manifest::check_workspace(path, &manifests, allow_outside_root);
@@ -113,9 +134,12 @@ pub(crate) fn projects(
             None => {
                 // Entries are verified on every read, so a torn entry after a power loss is
                 // recomputed; flushing each one would cost more than most computations.
-                let store = Store::open(&dir)
+                let mut store = Store::open(&dir)
                     .map_err(|e| SetupError::Failure(miette::Report::msg(format!("{e:#}"))))?
                     .with_fsync(false);
+                if let Some(remote) = remote {
+                    store = store.with_remote(remote.clone());
+                }
                 let context = BuildContext::new(db, Some(store), log.clone());
                 contexts.push((dir, context));
                 context
@@ -365,6 +389,26 @@ pub(crate) fn finished_line(report: &BuildReport) -> String {
     )
 }
 
+/// The remote cache a build uses: `--remote-cache`, else `$QUANT_REMOTE_CACHE`, else the
+/// `[cache]` table of the manifest at `path`; `None` when none is set.
+fn remote_cache(args: &BuildArgs, path: &Path) -> Result<Option<Arc<Remote>>, SetupError> {
+    let from_manifest = manifest::cache_settings(path);
+    let url = args
+        .remote_cache
+        .clone()
+        .or_else(|| std::env::var(REMOTE_CACHE_ENV).ok())
+        .filter(|url| !url.is_empty())
+        .or_else(|| from_manifest.as_ref().and_then(|c| c.remote.clone()));
+    let Some(url) = url else {
+        return Ok(None);
+    };
+    let read_only =
+        args.remote_cache_read_only || from_manifest.as_ref().is_some_and(|c| c.read_only);
+    Remote::open(&url, read_only)
+        .map(|remote| Some(Arc::new(remote)))
+        .map_err(|e| SetupError::Usage(e.to_string()))
+}
+
 /// The `--json` summary.
 pub(crate) fn summary_json(report: &BuildReport) -> serde_json::Value {
     let c = &report.counts;
@@ -413,6 +457,22 @@ pub(crate) fn summary_json(report: &BuildReport) -> serde_json::Value {
     })
 }
 
+/// Adds the remote cache's counters to a `--json` summary.
+fn add_remote_counts(object: &mut serde_json::Map<String, serde_json::Value>, c: &RemoteCounts) {
+    if let Ok(serde_json::Value::Object(counts)) = serde_json::to_value(c) {
+        object.extend(counts);
+    }
+}
+
+/// A byte count as people read it.
+fn bytes(n: u64) -> String {
+    match n {
+        0..1_000 => format!("{n} B"),
+        1_000..1_000_000 => format!("{:.1} kB", n as f64 / 1e3),
+        _ => format!("{:.1} MB", n as f64 / 1e6),
+    }
+}
+
 /// Prints, per unit, what the build did not already say: a `Fresh` line for a unit it left
 /// alone (with its headline metrics, when evaluated), and the evaluation tables (float vs
 /// quantized metrics, the worst tensors by SQNR) of every unit whose evaluation ran, or of every
@@ -450,8 +510,12 @@ pub fn run(args: BuildArgs) -> ExitCode {
         return ExitCode::from(EXIT_USAGE);
     }
     let path = args.path.clone().unwrap_or_else(|| PathBuf::from("."));
+    let remote = match remote_cache(&args, &path) {
+        Ok(remote) => remote,
+        Err(e) => return e.report(&shell),
+    };
     let db = Database::new();
-    let projects = match projects(&db, &path, args.allow_outside_root) {
+    let projects = match projects_with_remote(&db, &path, args.allow_outside_root, remote.as_ref()) {
         Ok(projects) => projects,
         Err(e) => return e.report(&shell),
     };
@@ -459,15 +523,46 @@ pub fn run(args: BuildArgs) -> ExitCode {
         targets: args.target.clone(),
         models: args.model.clone(),
         jobs: args.jobs,
+        shard: args.shard,
     };
     let progress = progress_printer(shell);
     let report = engine::build(&db, &projects, &options, &progress);
+    if let Some(remote) = &remote {
+        for warning in remote.take_warnings() {
+            shell.warn(warning);
+        }
+    }
     let code = render(&shell, &report, args.explain);
     print_units(&shell, &report, args.verbose, !args.explain);
+    let remote_counts = remote.as_ref().map(|r| r.counts());
     if args.json {
-        println!("{}", summary_json(&report));
+        let mut summary = summary_json(&report);
+        if let (Some(counts), Some(object)) = (remote_counts, summary.as_object_mut()) {
+            add_remote_counts(object, &counts);
+        }
+        if let (Some(shard), Some(object)) = (args.shard, summary.as_object_mut()) {
+            object.insert("shard".into(), json!([shard.index, shard.count]));
+        }
+        println!("{summary}");
     } else if report.succeeded() {
-        shell.status("Finished", finished_line(&report));
+        let mut line = finished_line(&report);
+        if let Some(counts) = remote_counts {
+            line.push_str(&format!(
+                "; remote cache: {} hit{}, {} miss{}, {} uploaded",
+                counts.remote_hits,
+                plural(counts.remote_hits as usize),
+                counts.remote_misses,
+                if counts.remote_misses == 1 { "" } else { "es" },
+                bytes(counts.bytes_uploaded)
+            ));
+        }
+        if let Some(shard) = args.shard {
+            line.push_str(&format!(
+                "; shard {}/{}: no outputs written",
+                shard.index, shard.count
+            ));
+        }
+        shell.status("Finished", line);
     }
     // Everything is written; freeing the database's memoized models, statistics and outputs
     // one allocation at a time would only delay the exit (by ~10 ms on det), so the OS gets

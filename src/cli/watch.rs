@@ -139,6 +139,7 @@ pub fn run(args: WatchArgs) -> ExitCode {
         targets: args.target.clone(),
         models: args.model.clone(),
         jobs: args.jobs,
+        shard: None,
     };
     let progress = Arc::new(progress_printer(shell));
     let build = {

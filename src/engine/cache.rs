@@ -297,12 +297,16 @@ const SIM_TRACES_FIELDS: [Field; 7] = [
 ];
 const SIM_TRACES_NAMES: [&str; 7] = names(&SIM_TRACES_FIELDS);
 /// One unit's simulation traces, one per eval sample.
-pub const SIM_TRACES: Kind = Kind::new("eval-sim-traces", 2).keyed_by(&SIM_TRACES_NAMES);
+pub const SIM_TRACES: Kind = Kind::new("eval-sim-traces", 2)
+    .keyed_by(&SIM_TRACES_NAMES)
+    .machine_local();
 
 const FILE_STAMPS_FIELDS: [Field; 1] = [field("index", "a constant: one entry per store")];
 const FILE_STAMPS_NAMES: [&str; 1] = names(&FILE_STAMPS_FIELDS);
 /// The stamp index of the files a store's builds read.
-pub const FILE_STAMPS: Kind = Kind::new("file-stamps", 1).keyed_by(&FILE_STAMPS_NAMES);
+pub const FILE_STAMPS: Kind = Kind::new("file-stamps", 1)
+    .keyed_by(&FILE_STAMPS_NAMES)
+    .machine_local();
 
 const UNIT_FIELDS: [Field; 3] = [
     field("pipeline", "the `[pipeline] name`"),
@@ -311,9 +315,13 @@ const UNIT_FIELDS: [Field; 3] = [
 ];
 const UNIT_NAMES: [&str; 3] = names(&UNIT_FIELDS);
 /// What a unit's last build read and produced, for `--explain`.
-pub const BUILD_RECORD: Kind = Kind::new("build-record", 1).keyed_by(&UNIT_NAMES);
+pub const BUILD_RECORD: Kind = Kind::new("build-record", 1)
+    .keyed_by(&UNIT_NAMES)
+    .machine_local();
 /// A unit's last successful build.
-pub const UNIT_STATE: Kind = Kind::new("unit-state", 3).keyed_by(&UNIT_NAMES);
+pub const UNIT_STATE: Kind = Kind::new("unit-state", 3)
+    .keyed_by(&UNIT_NAMES)
+    .machine_local();
 
 /// Every kind of entry the build writes, in data-flow order.
 pub const KINDS: &[KindSpec] = &[

@@ -232,6 +232,18 @@ fn sample_statistics_key(
     Ok(key_files(key, &digests).finish())
 }
 
+/// The shard, of `count`, a calibration sample belongs to: the digest of its files' contents
+/// (input names included), read as a little-endian `u64`, modulo `count`. Content rather than
+/// list position, so adding or removing samples moves no other sample to another shard; `None`
+/// when the sample cannot be read (its own diagnostic comes from [`sample_statistics`]).
+pub fn sample_shard(db: &dyn Db, sample: SampleKey<'_>, count: u32) -> Option<u32> {
+    let line = listed_sample(db, sample).ok()?;
+    let digests = sample_file_digests(db, sample, line).ok()?;
+    let digest = stable_digest(&("calibration sample shard", &digests));
+    let low = u64::from_le_bytes(digest.as_bytes()[..8].try_into().ok()?);
+    Some((low % u64::from(count)) as u32)
+}
+
 /// The store key of a calibration's merged statistics: its samples' keys in list order (so
 /// it changes exactly when some sample's statistics would, or when samples are added, removed
 /// or reordered).

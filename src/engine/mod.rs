@@ -171,7 +171,7 @@ pub use inputs::source_file;
 pub use keys::BuildContext;
 pub use log::{SampleRun, TensorRun, WorkLog, WorkRecord};
 pub use outcome::{
-    BuildCounts, BuildOptions, BuildReport, Progress, ProjectSpec, UnitDone, UnitOutcome,
+    BuildCounts, BuildOptions, BuildReport, Progress, ProjectSpec, Shard, UnitDone, UnitOutcome,
 };
 pub use pipeline::build;
 pub use source::{FileError, FileSnapshot, Files, SourceFile, normalize_path};

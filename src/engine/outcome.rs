@@ -31,6 +31,35 @@ pub struct BuildOptions {
     pub models: Vec<String>,
     /// Threads for calibration samples (`None`: all cores).
     pub jobs: Option<usize>,
+    /// Compute only this shard's calibration samples and write no outputs (`--shard K/N`).
+    pub shard: Option<Shard>,
+}
+
+/// One of `count` parts of every calibration's samples: sample `s` belongs to shard
+/// `u64(first 8 bytes of s's content digest) mod count`, so a sample keeps its shard when
+/// others are added or removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This shard, `0..count`.
+    pub index: u32,
+    /// How many shards there are (at least 1).
+    pub count: u32,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    /// Parses `K/N` with `0 <= K < N`.
+    fn from_str(text: &str) -> Result<Shard, String> {
+        let usage = || format!("`{text}` is not a shard: write K/N with 0 <= K < N, e.g. 0/4");
+        let (k, n) = text.split_once('/').ok_or_else(usage)?;
+        let index: u32 = k.trim().parse().map_err(|_| usage())?;
+        let count: u32 = n.trim().parse().map_err(|_| usage())?;
+        if count == 0 || index >= count {
+            return Err(usage());
+        }
+        Ok(Shard { index, count })
+    }
 }
 
 /// What the driver is doing, for progress display.
@@ -188,5 +217,20 @@ impl BuildReport {
         self.manifest_errors
             .iter()
             .chain(self.units.iter().filter_map(|u| u.result.as_ref().err()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_parse_as_k_of_n() {
+        assert_eq!("0/4".parse(), Ok(Shard { index: 0, count: 4 }));
+        assert_eq!("3/4".parse(), Ok(Shard { index: 3, count: 4 }));
+        for bad in ["4/4", "0/0", "1", "a/2", "-1/2", "1/2/3"] {
+            let err = bad.parse::<Shard>().unwrap_err();
+            assert!(err.contains("not a shard"), "{bad}: {err}");
+        }
     }
 }

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use super::adarounded::{adaround_plan, layer_rounding, model_graph, planned_layer, wave_moments};
 use super::artifacts::{TRANSFORMED_MODEL_FILES, unit_artifacts};
 use super::calibrate::{
-    merged_statistics, merged_statistics_stored, sample_statistics, unit_calibration,
+    merged_statistics, merged_statistics_stored, sample_shard, sample_statistics, unit_calibration,
 };
 use super::correct::{means_calibration, sample_input_means};
 use super::db::Database;
@@ -35,7 +35,7 @@ use super::keys::{CalibrationKey, ModelKey, Project, SampleKey, TensorKey, Unit}
 use super::log::{WorkLog, WorkRecord};
 use super::model::{model_key, uncorrected_key};
 use super::outcome::{
-    BuildCounts, BuildOptions, BuildReport, Progress, ProjectSpec, UnitDone, UnitOutcome,
+    BuildCounts, BuildOptions, BuildReport, Progress, ProjectSpec, Shard, UnitDone, UnitOutcome,
 };
 use super::plan::{pipeline, plan_of, unit_eval_set};
 use super::precision::FLOAT_MODEL_FILES;
@@ -87,7 +87,28 @@ pub fn build(
     });
     measure_for_bias_correction(db, &units, &fresh, pool.as_ref());
     adaround(db, &units, &fresh, pool.as_ref(), progress);
-    let samples_total = calibrate(db, &units, &fresh, pool.as_ref(), progress);
+    let mut sample_errors = Vec::new();
+    let samples_total = calibrate(
+        db,
+        &units,
+        &fresh,
+        pool.as_ref(),
+        progress,
+        options.shard.map(|shard| (shard, &mut sample_errors)),
+    );
+    if options.shard.is_some() {
+        // A shard's product is its samples' statistics in the store (and so on the remote
+        // cache); the build that merges them writes the outputs.
+        let work = drain_logs(&logs);
+        // No unit asks for the statistics, so the samples' own diagnostics are reported here.
+        report.manifest_errors.extend(sample_errors);
+        report.counts = count(&report, &work, samples_total, 0);
+        report.corruptions.extend(work.corruptions);
+        report.store_errors.extend(work.store_errors);
+        save_stamps(db, &stores);
+        report.wall_ms = started.elapsed().as_millis();
+        return report;
+    }
     warm_stale_units(db, &units, &fresh, pool.as_ref());
     let outcomes = build_units(db, &units, fresh, pool.as_ref(), progress);
     let tensors_total = units
@@ -195,12 +216,17 @@ fn prefetch_inputs(db: &Database, units: &[Unit<'_>]) {
 /// Runs the samples of every calibration a stale unit needs, each calibration once however
 /// many targets share it, and none whose merged statistics are stored. Returns how many
 /// samples the units' calibrations have in all (run or not), for the reuse count.
+///
+/// With a shard, only the samples [`sample_shard`] assigns to it are computed (every
+/// calibration whose merged statistics are not stored yet, fresh units included: the shard
+/// exists to fill the store), and their errors are collected in the vector.
 fn calibrate(
     db: &Database,
     units: &[Unit<'_>],
     fresh: &[Option<UnitDone>],
     pool: Option<&ThreadPool>,
     progress: ProgressFn<'_>,
+    mut shard: Option<(Shard, &mut Vec<BuildError>)>,
 ) -> usize {
     let mut calibrations: Vec<(CalibrationKey<'_>, Vec<Unit<'_>>, bool)> = Vec::new();
     for (unit, done) in units.iter().zip(fresh) {
@@ -220,8 +246,18 @@ fn calibrate(
         let Ok(count) = sample_count(db, *calibration) else {
             continue;
         };
-        samples_total += count;
-        if !stale || merged_statistics_stored(db, *calibration) {
+        let indices: Vec<usize> = match &shard {
+            Some((part, _)) => (0..count)
+                .filter(|&index| {
+                    let sample = SampleKey::new(db, *calibration, index);
+                    // An unreadable sample is every shard's to report.
+                    sample_shard(db, sample, part.count).is_none_or(|k| k == part.index)
+                })
+                .collect(),
+            None => (0..count).collect(),
+        };
+        samples_total += indices.len();
+        if (!stale && shard.is_none()) || merged_statistics_stored(db, *calibration) {
             continue;
         }
         let first = users[0];
@@ -231,12 +267,13 @@ fn calibrate(
                 .unwrap_or_default(),
             model: first.model(db).clone(),
             targets: users.iter().map(|u| u.target(db).clone()).collect(),
-            samples: count,
+            samples: indices.len(),
         });
         let calibration = *calibration;
         on_pool(db, pool, |db| {
-            (0..count)
-                .into_par_iter()
+            indices
+                .par_iter()
+                .copied()
                 .for_each_with(db.clone(), |db, index| {
                     let sample = SampleKey::new(&*db, calibration, index);
                     // An error is the unit's to report, when it asks for the statistics.
@@ -244,6 +281,16 @@ fn calibrate(
                     progress(Progress::SampleDone);
                 })
         });
+        if let Some((_, errors)) = shard.as_mut() {
+            for &index in &indices {
+                let sample = SampleKey::new(db, calibration, index);
+                if let Err(e) = sample_statistics(db, sample)
+                    && !errors.contains(e)
+                {
+                    errors.push(e.clone());
+                }
+            }
+        }
     }
     samples_total
 }

@@ -28,7 +28,7 @@ pub use backend::{Backend, Capabilities};
 pub use diagnostic::{ManifestDiagnostic, ManifestError};
 pub use discover::{ALLOW_OUTSIDE_ROOT_FLAG, SKIPPED_FOLDERS, check_workspace, discover};
 pub use raw::{
-    Given, RawCalibration, RawEval, RawManifest, RawModel, RawOverrides, RawPipeline,
+    Given, RawCache, RawCalibration, RawEval, RawManifest, RawModel, RawOverrides, RawPipeline,
     RawQuantizerOptions, RawTarget, TARGET_KEYS,
 };
 pub use resolve::{DEFAULT_OUT_DIR, FileCheck};
@@ -54,6 +54,19 @@ pub fn load(path: &Path) -> Result<ResolvedPipeline, ManifestError> {
         source,
     })?;
     resolve_text(&text, &path, FileCheck::Exists)
+}
+
+/// The `[cache]` table of the manifest at `path` (a `quant.toml`, or a folder holding one):
+/// `None` when there is no such file or no table. A manifest that does not parse gives `None`
+/// too: the build reports its diagnostics.
+pub fn cache_settings(path: &Path) -> Option<RawCache> {
+    let path = if path.is_dir() {
+        path.join(MANIFEST_FILE)
+    } else {
+        path.to_path_buf()
+    };
+    let text = std::fs::read_to_string(&path).ok()?;
+    parse_raw(&text, &path).ok()?.cache
 }
 
 /// Resolves manifest `text` that lives at `path`.

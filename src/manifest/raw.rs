@@ -51,6 +51,8 @@ pub struct RawManifest {
     pub targets: Vec<RawTarget>,
     /// `[workspace] members`, when the table is present.
     pub workspace_members: Option<Vec<Spanned<String>>>,
+    /// `[cache]`, when the table is present.
+    pub cache: Option<RawCache>,
     /// `(section, name)` of tables that already had a problem here; the resolver does not
     /// report their consequences again (a bad `backend` value is not also a missing one).
     pub(crate) invalid_tables: std::collections::BTreeSet<(&'static str, String)>,
@@ -61,6 +63,15 @@ impl RawManifest {
         self.invalid_tables
             .contains(&(section, name.get_ref().clone()))
     }
+}
+
+/// `[cache]`: the remote cache builds of this manifest (as the root) use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawCache {
+    /// `remote`: the remote cache's URL.
+    pub remote: Option<String>,
+    /// `read_only`: read from the remote, upload nothing.
+    pub read_only: bool,
 }
 
 /// `[pipeline]`.
@@ -222,6 +233,7 @@ const SECTIONS: &[&str] = &[
     "eval",
     "targets",
     "workspace",
+    "cache",
 ];
 const PIPELINE_KEYS: &[&str] = &["name", "out_dir", "encoding_version"];
 const MODEL_KEYS: &[&str] = &["path", "input_dims"];
@@ -229,6 +241,7 @@ const CALIBRATION_KEYS: &[&str] = &["input_list"];
 const OVERRIDES_KEYS: &[&str] = &["path"];
 const EVAL_KEYS: &[&str] = &["input_list", "labels"];
 const WORKSPACE_KEYS: &[&str] = &["members"];
+const CACHE_KEYS: &[&str] = &["remote", "read_only"];
 
 /// Every key a target accepts: canonical qairt-quantizer names, then legacy aliases.
 pub const TARGET_KEYS: &[&str] = &[
@@ -579,6 +592,7 @@ pub(crate) fn parse(problems: &mut Problems, text: &str) -> Option<RawManifest> 
         eval: Vec::new(),
         targets: Vec::new(),
         workspace_members: None,
+        cache: None,
         invalid_tables: Default::default(),
     };
     for (section, (_key, value)) in entries(problems, document.get_ref(), SECTIONS, "the manifest")
@@ -602,6 +616,16 @@ pub(crate) fn parse(problems: &mut Problems, text: &str) -> Option<RawManifest> 
                     "write `[workspace]` followed by `members = [\"models/*\"]`",
                 ) {
                     raw.workspace_members = workspace(problems, t);
+                }
+            }
+            "cache" => {
+                if let Some(t) = table(
+                    problems,
+                    section,
+                    value,
+                    "write `[cache]` followed by `remote = \"https://cache.example/quant\"`",
+                ) {
+                    raw.cache = Some(cache(problems, t));
                 }
             }
             _ => {
@@ -680,6 +704,20 @@ fn pipeline(problems: &mut Problems, t: &DeTable<'_>) -> RawPipeline {
                     ),
                 }
             }
+        }
+    }
+    out
+}
+
+fn cache(problems: &mut Problems, t: &DeTable<'_>) -> RawCache {
+    let mut out = RawCache::default();
+    for (key, (_, value)) in entries(problems, t, CACHE_KEYS, "[cache]") {
+        match key {
+            "remote" => {
+                out.remote = string(problems, key, value, "remote = \"s3://bucket/quant\"")
+                    .map(Spanned::into_inner)
+            }
+            _ => out.read_only = boolean(problems, key, value).unwrap_or(false),
         }
     }
     out

@@ -42,6 +42,7 @@ pub struct Kind {
     name: &'static str,
     version: u32,
     fields: &'static [&'static str],
+    machine_local: bool,
 }
 
 impl Kind {
@@ -70,7 +71,23 @@ impl Kind {
             name,
             version,
             fields: &[],
+            machine_local: false,
         }
+    }
+
+    /// The same kind, kept out of any remote cache: its entries describe this machine (paths,
+    /// the files last written here) or are keyed by names rather than content, so another
+    /// machine must not read them.
+    pub const fn machine_local(self) -> Kind {
+        Kind {
+            machine_local: true,
+            ..self
+        }
+    }
+
+    /// Whether entries of this kind may be shared through a remote cache.
+    pub const fn is_shared(&self) -> bool {
+        !self.machine_local
     }
 
     /// The same kind, declaring the names of its key fields: a [`KeyBuilder`] for it then

@@ -27,6 +27,7 @@ mod entry;
 mod gc;
 mod hash;
 mod key;
+mod remote;
 mod size;
 
 pub use digest::{Digest, DigestParseError};
@@ -34,6 +35,10 @@ pub use entry::{CorruptReason, FORMAT_VERSION, HEADER_LEN, MAGIC};
 pub use gc::{CleanReport, DEFAULT_MAX_SIZE, GcReport, STALE_TEMP_AGE, clean};
 pub use hash::{StableHasher, stable_digest};
 pub use key::{KEY_DOMAIN, KeyBuilder, Kind, SCHEMA_VERSION};
+pub use remote::{
+    CONNECT_TIMEOUT, REMOTE_CACHE_ENV, REQUEST_TIMEOUT, Remote, RemoteConfigError, RemoteCounts,
+    redact_url,
+};
 pub use size::{ParseSizeError, parse_size};
 
 use crate::atomic::{self, Durability};
@@ -43,6 +48,7 @@ use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Folder name of the store next to a manifest.
@@ -67,6 +73,8 @@ const TOUCH_GRANULARITY: Duration = Duration::from_secs(60);
 pub struct Store {
     dir: PathBuf,
     fsync: bool,
+    /// Read through on a local miss, written back after a local `put` (shared kinds only).
+    remote: Option<Arc<Remote>>,
 }
 
 /// Result of a lookup. `Corrupt` is a miss the caller should report as a warning.
@@ -184,6 +192,7 @@ impl Store {
         let store = Store {
             dir: dir.into(),
             fsync: true,
+            remote: None,
         };
         let objects = store.dir.join(OBJECTS_DIR);
         fs::create_dir_all(&objects).map_err(io_error("create", &objects))?;
@@ -199,6 +208,19 @@ impl Store {
     pub fn with_fsync(mut self, enabled: bool) -> Store {
         self.fsync = enabled;
         self
+    }
+
+    /// Puts a remote cache behind this store: a local miss of a shared [`Kind`] is looked up
+    /// there (verified, then kept locally), and every local `put` of one is uploaded. The
+    /// remote never turns a lookup into an error; its problems are its own warnings.
+    pub fn with_remote(mut self, remote: Arc<Remote>) -> Store {
+        self.remote = Some(remote);
+        self
+    }
+
+    /// The remote cache behind this store, if any.
+    pub fn remote(&self) -> Option<&Arc<Remote>> {
+        self.remote.as_ref()
     }
 
     /// The store's folder.
@@ -223,7 +245,12 @@ impl Store {
         let path = self.entry_path(kind, key);
         let mut file = match File::open(&path) {
             Ok(file) => file,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(GetOutcome::Miss),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                return Ok(match self.fetch_remote(kind, key) {
+                    Some(payload) => GetOutcome::Hit(payload),
+                    None => GetOutcome::Miss,
+                });
+            }
             Err(err) => return Err(io_error("open", &path)(err)),
         };
         let metadata = file.metadata().map_err(io_error("read", &path))?;
@@ -242,14 +269,44 @@ impl Store {
     }
 
     /// Whether an entry exists under `key` (not verified: [`Store::get`] still checks it).
+    /// With a remote cache, an entry only the remote has counts (one HEAD request).
     pub fn contains(&self, kind: Kind, key: &Digest) -> bool {
         self.entry_path(kind, key).is_file()
+            || self
+                .remote
+                .as_ref()
+                .is_some_and(|remote| kind.is_shared() && remote.has(kind, key))
+    }
+
+    /// A local miss looked up on the remote: a verified download is written to this key's
+    /// own entry path (never a name the server chose) and its payload returned.
+    fn fetch_remote(&self, kind: Kind, key: &Digest) -> Option<Vec<u8>> {
+        let remote = self.remote.as_ref().filter(|_| kind.is_shared())?;
+        let (file, payload) = remote.fetch(kind, key)?;
+        // Failing to keep a copy costs a download next time, nothing more.
+        let _ = self.write_entry(kind, key, &[&file]);
+        Some(payload)
     }
 
     /// Stores `payload` under `key`, atomically: concurrent readers see the previous entry or
     /// this one, never a mix, and a crash mid-write leaves only a stale temp file. Store only
     /// finished results — never a value from a failed or cancelled computation.
+    ///
+    /// With a remote cache, the entry is then uploaded (shared kinds only; never an error).
     pub fn put(&self, kind: Kind, key: &Digest, payload: &[u8]) -> Result<(), StoreError> {
+        let header = entry::header_for(payload);
+        self.write_entry(kind, key, &[&header, payload])?;
+        if let Some(remote) = self.remote.as_ref().filter(|_| kind.is_shared()) {
+            let mut file = Vec::with_capacity(header.len() + payload.len());
+            file.extend_from_slice(&header);
+            file.extend_from_slice(payload);
+            remote.upload(kind, key, file);
+        }
+        Ok(())
+    }
+
+    /// Writes a whole entry file (header included) to the key's path, atomically.
+    fn write_entry(&self, kind: Kind, key: &Digest, parts: &[&[u8]]) -> Result<(), StoreError> {
         let path = self.entry_path(kind, key);
         let parent = path.parent().expect("entry paths have a parent");
         if !parent.is_dir() {
@@ -257,9 +314,7 @@ impl Store {
             // The store may have been `clean`ed under a running build: keep it recognizable.
             self.ensure_tag()?;
         }
-        let header = entry::header_for(payload);
-        atomic::write_parts(&path, &[&header, payload], self.durability())
-            .map_err(io_error("write", &path))
+        atomic::write_parts(&path, parts, self.durability()).map_err(io_error("write", &path))
     }
 
     fn durability(&self) -> Durability {
@@ -389,6 +444,7 @@ mod tests {
         let store = Store {
             dir: PathBuf::from("/s"),
             fsync: true,
+            remote: None,
         };
         let key = Digest::from_bytes([0xab; 32]);
         let path = store.entry_path(Kind::new("encodings", 1), &key);
