@@ -515,7 +515,8 @@ pub fn run(args: BuildArgs) -> ExitCode {
         Err(e) => return e.report(&shell),
     };
     let db = Database::new();
-    let projects = match projects_with_remote(&db, &path, args.allow_outside_root, remote.as_ref()) {
+    let projects = match projects_with_remote(&db, &path, args.allow_outside_root, remote.as_ref())
+    {
         Ok(projects) => projects,
         Err(e) => return e.report(&shell),
     };
