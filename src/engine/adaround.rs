@@ -12,6 +12,7 @@
 //! so the thread count changes no bit.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
@@ -328,6 +329,9 @@ pub fn with_frozen(overrides: &Overrides, frozen: &BTreeMap<String, FixedEncodin
 /// values at a time per thread).
 const PARTS_MEMORY_BUDGET: usize = 1 << 30;
 
+/// One sample's values kept between parts, by name; a value equal in both forms is shared.
+type Values = HashMap<String, Arc<ArrayD<f32>>>;
+
 /// The model cut into parts at AdaRound's waves, run a part at a time over every sample.
 ///
 /// A node's stage is the latest wave of the AdaRound layers its output depends on (a layer's
@@ -350,8 +354,8 @@ struct Parts {
     /// Samples run.
     samples: usize,
     /// Per sample, the values so far: float model, then rounded model.
-    float: Vec<HashMap<String, ArrayD<f32>>>,
-    rounded: Vec<HashMap<String, ArrayD<f32>>>,
+    float: Vec<Values>,
+    rounded: Vec<Values>,
 }
 
 impl Parts {
@@ -431,8 +435,8 @@ impl Parts {
             .collect();
         let mut peak = 0usize;
         let mut live: BTreeMap<&str, usize> = BTreeMap::new();
-        for part in 0..count {
-            for t in &inputs[part] {
+        for (part, read) in inputs.iter().enumerate() {
+            for t in read {
                 let shape = shapes.get(t.as_str())?;
                 live.insert(t.as_str(), shape.iter().product::<usize>() * 4);
             }
@@ -478,7 +482,7 @@ impl Parts {
                 names
                     .iter()
                     .map(|n| n.to_string())
-                    .zip(loaded.tensors)
+                    .zip(loaded.tensors.into_iter().map(Arc::new))
                     .collect::<HashMap<_, _>>(),
             );
         }
@@ -491,6 +495,7 @@ impl Parts {
             std::mem::take(&mut self.float),
         )?;
         self.forget(0);
+        // Equal in both forms: shared, not copied.
         self.rounded = self.float.clone();
         Ok(())
     }
@@ -502,8 +507,8 @@ impl Parts {
         inputs: &[String],
         outputs: &[String],
         model: &OnnxModel,
-        mut states: Vec<HashMap<String, ArrayD<f32>>>,
-    ) -> Result<Vec<HashMap<String, ArrayD<f32>>>, String> {
+        mut states: Vec<Values>,
+    ) -> Result<Vec<Values>, String> {
         if outputs.is_empty() {
             return Ok(states);
         }
@@ -537,7 +542,7 @@ impl Parts {
                     .map(|name| {
                         state
                             .get(name)
-                            .cloned()
+                            .map(|value| value.as_ref().clone())
                             .ok_or_else(|| format!("no value `{name}` before its part"))
                     })
                     .collect::<Result<_, _>>()?;
@@ -546,7 +551,7 @@ impl Parts {
             .collect::<Result<_, String>>()?;
         for (state, values) in states.iter_mut().zip(produced) {
             for (name, value) in runner.output_names().iter().zip(values) {
-                state.insert(name.clone(), value);
+                state.insert(name.clone(), Arc::new(value));
             }
         }
         Ok(states)
