@@ -18,7 +18,9 @@
 #   QUANT     the binary (default target/release/quant)
 #   FIXTURES  the fixtures folder (default ../shared/fixtures)
 # Needs $PYTHON (default /work/venv/bin/python) with onnxruntime. ITERATIONS_SCALE=10 runs the
-# default 10000 / 2000 iterations instead.
+# default 10000 / 2000 iterations instead. RUNS="cls-w4-adaround det-w4-adaround" runs only the
+# named runs. Each row ends with the 1-minute load average when the run started: on a shared
+# machine, a timing taken under load says little.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QUANT="$(realpath "${1:-target/release/quant}")"
@@ -26,11 +28,17 @@ FIXTURES="$(realpath "${2:-../shared/fixtures}")"
 PYTHON="${PYTHON:-/work/venv/bin/python}"
 SCALE="${ITERATIONS_SCALE:-1}"
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+# KEEP=1 keeps the outputs (printed at the end) for a closer look.
+if [ -n "${KEEP:-}" ]; then trap 'echo "outputs kept in $work"' EXIT; else trap 'rm -rf "$work"' EXIT; fi
 
 run() { # name model dims iterations weights-args...
     local name=$1 model=$2 dims=$3 iterations=$4
     shift 4
+    if [ -n "${RUNS:-}" ] && [[ " $RUNS " != *" $name "* ]]; then
+        return
+    fi
+    local load
+    load=$(cut -d' ' -f1 /proc/loadavg)
     local algorithms=()
     if [ "$iterations" != 0 ]; then
         printf 'num_iterations: %s\n' "$iterations" > "$work/$name.yaml"
@@ -57,7 +65,7 @@ run() { # name model dims iterations weights-args...
         sim=$("$QUANT" eval --input_network "$network" --encodings "$work/$name/encodings.json" \
             --input_list "$FIXTURES/cls/eval/input_list.txt" --labels "$FIXTURES/cls/eval/labels.txt" \
             --input_dim x "$dims" --json | "$PYTHON" -c \
-            'import json,sys; m=json.load(sys.stdin)["evaluation"]["metrics"]; print(f"{m[\"top1\"][\"quantized\"][\"accuracy\"]*100:.2f} %")' 2>/dev/null || echo -)
+            'import json,sys; m=json.load(sys.stdin)["metrics"]; a=m["top1"]["quantized"]["accuracy"]; print(f"{a*100:.2f} %")' 2>/dev/null || echo -)
     fi
     local ort
     ort=$("$PYTHON" tests/python/check_qdq.py "$work/$name/model.qdq.onnx" \
@@ -71,24 +79,27 @@ if model == "cls":
     truth = [int(l) for l in open(labels).read().split()]
     print(f"top-1 {100 * sum(a == t for a, t in zip(argmax, truth)) / len(truth):.2f} %")
 else:
-    print(f"SQNR {r[\"sqnr_db\"][0]:.2f} dB")
+    sqnr = r["sqnr_db"][0]
+    print(f"SQNR {sqnr:.2f} dB")
 ' "$model" "$FIXTURES/$model/eval/labels.txt")
-    printf '| %s | %s | %s s | %s | %s MiB | %s | %s |\n' "$name" "$iterations" "$step" "$wall" \
-        "$((rss / 1024))" "$sim" "$ort"
+    printf '| %s | %s | %s s | %s | %s MiB | %s | %s | %s |\n' "$name" "$iterations" "$step" "$wall" \
+        "$((rss / 1024))" "$sim" "$ort" "$load"
 }
 
 w4=(--weights_bitwidth 4 --use_per_channel_quantization --param_quantizer_schema symmetric)
-echo "| run | iterations | AdaRound step | process wall | peak RSS | quantsim top-1 | onnxruntime (QDQ) |"
-echo "|---|---|---|---|---|---|---|"
+echo "| run | iterations | AdaRound step | process wall | peak RSS | quantsim top-1 | onnxruntime (QDQ) | load |"
+echo "|---|---|---|---|---|---|---|---|"
 run cls-w4-plain cls 1,3,48,192 0 "${w4[@]}"
 run cls-w4-adaround cls 1,3,48,192 $((1000 * SCALE)) "${w4[@]}"
 run det-w4-plain det 1,3,320,320 0 "${w4[@]}"
 run det-w4-adaround det 1,3,320,320 $((200 * SCALE)) "${w4[@]}"
 run cls-w8-plain cls 1,3,48,192 0 --weights_bitwidth 8
 run cls-w8-adaround cls 1,3,48,192 $((1000 * SCALE)) --weights_bitwidth 8
-cls_step=$(grep -o 'layers in [0-9.]*s' "$work/cls-w4-adaround/stderr" | grep -o '[0-9.]*')
-det_step=$(grep -o 'layers in [0-9.]*s' "$work/det-w4-adaround/stderr" | grep -o '[0-9.]*')
 echo
 echo "AdaRound step against AIMET's idle-machine figures (from the fixtures' table, not measured here):"
-echo "  cls: ${cls_step} s vs 46.7 s → $(echo "scale=1; 46.7 / $cls_step" | bc)× faster"
-echo "  det: ${det_step} s vs 122.9 s → $(echo "scale=1; 122.9 / $det_step" | bc)× faster"
+for pair in cls-w4-adaround:46.7 det-w4-adaround:122.9; do
+    name=${pair%%:*} aimet=${pair##*:}
+    [ -f "$work/$name/stderr" ] || continue
+    step=$(grep -o 'layers in [0-9.]*s' "$work/$name/stderr" | grep -o '[0-9.]*')
+    echo "  $name: ${step} s vs $aimet s → $(echo "scale=1; $aimet / $step" | bc)× faster"
+done

@@ -159,3 +159,44 @@ fn adarounded_weights_are_on_the_frozen_grid_and_identical_for_any_thread_count(
         "AdaRound chose nearest rounding everywhere"
     );
 }
+
+/// AdaRound runs a model a part at a time between waves (`OnnxModel::segment`): a part fed the
+/// values the whole model computed upstream of it gives the whole model's outputs.
+#[test]
+fn a_segment_fed_the_upstream_values_computes_what_the_whole_model_does() {
+    use quant::run::FloatRunner;
+    let dir = tempfile::tempdir().unwrap();
+    let (model, _) = tiny(dir.path());
+    let model = OnnxModel::read(&model).unwrap();
+    let whole = FloatRunner::new(&model.to_bytes(), &[]).unwrap();
+    let mut values = Values(0x5eed_1234_abcd_0002);
+    let x = ndarray::ArrayD::from_shape_vec(vec![1, 4, 8, 8], values.take(4 * 64)).unwrap();
+    let names = whole.activation_names().to_vec();
+    let mut h = None;
+    let y = whole
+        .run(std::slice::from_ref(&x), |index, data, shape| {
+            if names[index] == "h" {
+                h = Some(ndarray::ArrayD::from_shape_vec(shape.to_vec(), data.to_vec()).unwrap());
+            }
+        })
+        .unwrap();
+    let h = h.expect("the whole run computes `h`");
+    // Nodes 1 and 2 (Relu, the second Conv), reading `h`; the first Conv's weights go.
+    let part = model.segment(&[1, 2], &[("h", h.shape())], &["y"]).unwrap();
+    let kept = Graph::from_model(&part).unwrap();
+    assert!(kept.parameter("c1.w").is_none() && kept.parameter("c2.w").is_some());
+    let runner = FloatRunner::new(&part.to_bytes(), &[]).unwrap();
+    let from_part = runner.run(std::slice::from_ref(&h), |_, _, _| {}).unwrap();
+    assert_eq!(from_part.len(), 1);
+    let (a, b) = (&y[0], &from_part[0]);
+    assert_eq!(a.shape(), b.shape());
+    let worst = a
+        .iter()
+        .zip(b.iter())
+        .map(|(p, q)| (p - q).abs() / p.abs().max(1.0))
+        .fold(0f32, f32::max);
+    assert!(
+        worst < 1e-5,
+        "the part's output differs from the whole run's by {worst}"
+    );
+}

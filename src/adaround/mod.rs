@@ -22,6 +22,7 @@ pub use moments::{AdaLayer, LayerMoments, WeightLayout, ada_layers};
 pub use optimize::{GAMMA, Hyperparameters, Problem, Rounding, ZETA, initial_v, rectified_sigmoid};
 
 use ndarray::Array2;
+use rayon::prelude::*;
 
 use crate::encoding::TensorEncoding;
 use crate::encoding::tensor::ChannelLayout;
@@ -97,30 +98,43 @@ pub fn round_layer(
         layer.matrices(&offset),
     );
     let normalizer = 1.0 / moments.positions as f64;
+    let steps = bitwidth.steps() as f32;
+    // Groups do not interact: a depthwise layer is as many independent one-row problems,
+    // optimized side by side; each group's result depends on that group alone.
+    let per_group: Vec<(Array2<f32>, usize, f64, f64)> = (0..layer.groups)
+        .into_par_iter()
+        .map(|g| {
+            let a: Array2<f32> = moments.quantized[g].mapv(|x| (x * normalizer) as f32);
+            let b: Array2<f32> = moments.cross[g].mapv(|x| (x * normalizer) as f32);
+            let problem = Problem {
+                weights: w[g].view(),
+                scale: s[g].view(),
+                offset: o[g].view(),
+                steps,
+                quantized_moments: a.view(),
+                cross_moments: b.view(),
+            };
+            let nearest = problem.nearest();
+            let rounding = problem.optimize(params);
+            let flipped = nearest
+                .grid
+                .iter()
+                .zip(&rounding.grid)
+                .filter(|(a, b)| a != b)
+                .count();
+            let dequantized = problem.dequantize(&rounding.grid);
+            let nearest_loss = problem.reconstruction(&problem.dequantize(&nearest.grid));
+            let adaround_loss = problem.reconstruction(&dequantized);
+            (dequantized, flipped, nearest_loss, adaround_loss)
+        })
+        .collect();
     let mut chosen = Vec::with_capacity(layer.groups);
     let (mut flipped, mut nearest_loss, mut adaround_loss) = (0, 0.0, 0.0);
-    for g in 0..layer.groups {
-        let a: Array2<f32> = moments.quantized[g].mapv(|x| (x * normalizer) as f32);
-        let b: Array2<f32> = moments.cross[g].mapv(|x| (x * normalizer) as f32);
-        let problem = Problem {
-            weights: w[g].view(),
-            scale: s[g].view(),
-            offset: o[g].view(),
-            steps: bitwidth.steps() as f32,
-            quantized_moments: a.view(),
-            cross_moments: b.view(),
-        };
-        let nearest = problem.nearest();
-        let rounding = problem.optimize(params);
-        flipped += nearest
-            .grid
-            .iter()
-            .zip(&rounding.grid)
-            .filter(|(a, b)| a != b)
-            .count();
-        let dequantized = problem.dequantize(&rounding.grid);
-        nearest_loss += problem.reconstruction(&problem.dequantize(&nearest.grid));
-        adaround_loss += problem.reconstruction(&dequantized);
+    // Summed in group order: the same bits for any thread count.
+    for (dequantized, f, n, a) in per_group {
+        flipped += f;
+        nearest_loss += n;
+        adaround_loss += a;
         chosen.push(dequantized);
     }
     let mut out = weights.to_vec();

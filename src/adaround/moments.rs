@@ -161,6 +161,74 @@ impl AdaLayer {
         input: &[f32],
         shape: &[usize],
     ) -> Result<Array2<f32>, String> {
+        let table = self.window_table(shape)?;
+        self.patches_with(group, input, shape, table.as_deref())
+    }
+
+    /// For a Conv or ConvTranspose input of dims `shape`: per kernel offset and output
+    /// position, the input position read (`u32::MAX` in the padding). The same for every
+    /// group, channel and sample of that shape, so it is computed once per layer and shape.
+    fn window_table(&self, shape: &[usize]) -> Result<Option<Vec<u32>>, String> {
+        let (Geometry::Conv(window) | Geometry::ConvTranspose(window)) = &self.layer.geometry
+        else {
+            return Ok(None);
+        };
+        let transpose = matches!(self.layer.geometry, Geometry::ConvTranspose(_));
+        let map = self.layer.spatial_map(shape)?;
+        let spatial = &shape[2..];
+        let outputs: usize = map.iter().map(|&(o, _)| o).product();
+        let kernel: usize = window.kernel.iter().product();
+        let mut table = vec![u32::MAX; kernel * outputs];
+        for kk in 0..kernel {
+            let mut koff = vec![0usize; spatial.len()];
+            let mut rest = kk;
+            for a in (0..spatial.len()).rev() {
+                koff[a] = rest % window.kernel[a];
+                rest /= window.kernel[a];
+            }
+            for o in 0..outputs {
+                let mut rest = o;
+                let mut flat = 0usize;
+                let mut inside = true;
+                let mut stride_prod = 1usize;
+                for a in (0..spatial.len()).rev() {
+                    let (count, begin) = map[a];
+                    let oa = (rest % count) as i64;
+                    rest /= count;
+                    let (s, d) = (window.strides[a] as i64, window.dilations[a] as i64);
+                    let position = if transpose {
+                        let shifted = oa + begin - koff[a] as i64 * d;
+                        if shifted.rem_euclid(s) != 0 {
+                            inside = false;
+                            break;
+                        }
+                        shifted.div_euclid(s)
+                    } else {
+                        oa * s + koff[a] as i64 * d - begin
+                    };
+                    if position < 0 || position >= spatial[a] as i64 {
+                        inside = false;
+                        break;
+                    }
+                    flat += position as usize * stride_prod;
+                    stride_prod *= spatial[a];
+                }
+                if inside {
+                    table[kk * outputs + o] = flat as u32;
+                }
+            }
+        }
+        Ok(Some(table))
+    }
+
+    /// [`AdaLayer::patches`] with the window table already made.
+    fn patches_with(
+        &self,
+        group: usize,
+        input: &[f32],
+        shape: &[usize],
+        table: Option<&[u32]>,
+    ) -> Result<Array2<f32>, String> {
         let count = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
         if count != Some(input.len()) {
             return Err(format!(
@@ -185,54 +253,12 @@ impl AdaLayer {
                 Ok(view.as_standard_layout().into_owned())
             }
             Geometry::Conv(window) | Geometry::ConvTranspose(window) => {
-                let transpose = matches!(self.layer.geometry, Geometry::ConvTranspose(_));
-                let map = self.layer.spatial_map(shape)?;
+                let table = table.ok_or("no window table for a Conv input")?;
                 let spatial = &shape[2..];
                 let batch = shape[0];
-                let outputs: usize = map.iter().map(|&(o, _)| o).product();
                 let kernel: usize = window.kernel.iter().product();
                 let plane: usize = spatial.iter().product();
-                // For each kernel offset and output position: the input position read, if any.
-                let mut table = vec![u32::MAX; kernel * outputs];
-                for kk in 0..kernel {
-                    let mut koff = vec![0usize; spatial.len()];
-                    let mut rest = kk;
-                    for a in (0..spatial.len()).rev() {
-                        koff[a] = rest % window.kernel[a];
-                        rest /= window.kernel[a];
-                    }
-                    for o in 0..outputs {
-                        let mut rest = o;
-                        let mut flat = 0usize;
-                        let mut inside = true;
-                        let mut stride_prod = 1usize;
-                        for a in (0..spatial.len()).rev() {
-                            let (count, begin) = map[a];
-                            let oa = (rest % count) as i64;
-                            rest /= count;
-                            let (s, d) = (window.strides[a] as i64, window.dilations[a] as i64);
-                            let position = if transpose {
-                                let shifted = oa + begin - koff[a] as i64 * d;
-                                if shifted.rem_euclid(s) != 0 {
-                                    inside = false;
-                                    break;
-                                }
-                                shifted.div_euclid(s)
-                            } else {
-                                oa * s + koff[a] as i64 * d - begin
-                            };
-                            if position < 0 || position >= spatial[a] as i64 {
-                                inside = false;
-                                break;
-                            }
-                            flat += position as usize * stride_prod;
-                            stride_prod *= spatial[a];
-                        }
-                        if inside {
-                            table[kk * outputs + o] = flat as u32;
-                        }
-                    }
-                }
+                let outputs = table.len() / kernel.max(1);
                 let per_group = self.layer.in_channels / self.groups;
                 let mut out = Array2::<f32>::zeros((batch * outputs, k));
                 let data = out.as_slice_mut().unwrap_or_default();
@@ -288,12 +314,21 @@ impl LayerMoments {
         shape: &[usize],
     ) -> Result<LayerMoments, String> {
         let mut moments = LayerMoments::empty(layer);
+        let table = layer.window_table(shape)?;
+        // Where nothing upstream is rounded the two inputs are equal, and so are the moments:
+        // one product instead of two, the same bits.
+        let same = x_q == x_f;
         for g in 0..layer.groups {
-            let q = layer.patches(g, x_q, shape)?;
-            let f = layer.patches(g, x_f, shape)?;
+            let q = layer.patches_with(g, x_q, shape, table.as_deref())?;
             moments.positions = q.nrows() as u64;
-            moments.quantized[g] = q.t().dot(&q).mapv(f64::from);
-            moments.cross[g] = f.t().dot(&q).mapv(f64::from);
+            let quantized = q.t().dot(&q);
+            moments.cross[g] = if same {
+                quantized.mapv(f64::from)
+            } else {
+                let f = layer.patches_with(g, x_f, shape, table.as_deref())?;
+                f.t().dot(&q).mapv(f64::from)
+            };
+            moments.quantized[g] = quantized.mapv(f64::from);
         }
         Ok(moments)
     }

@@ -223,22 +223,40 @@ impl Block<'_> {
         let mut m = vec![0f32; len];
         let mut second = vec![0f32; len];
         let mut w_hat = Array2::<f32>::zeros(shape);
+        // `Ŵ·A`, written in place every iteration rather than allocated.
+        let mut product = Array2::<f32>::zeros((shape[0], self.moments.ncols()));
         let mut dw_dv = vec![0f32; len];
         let mut h = vec![0f32; len];
         let mut dh = vec![0f32; len];
+        let mut sigma = vec![0f32; len];
+        let mut g = vec![0f32; len];
+        let steps = self.steps;
         let (mut power1, mut power2) = (1.0f32, 1.0f32);
+        // The same arithmetic per element as `rectified_sigmoid` and the loss's gradient, split
+        // into loops without calls or early exits so that all but the `exp` and `powf` ones
+        // compile to vector instructions.
         for t in 0..params.num_iterations {
+            for (s, &v) in sigma.iter_mut().zip(&v) {
+                *s = 1.0 / (1.0 + (-v).exp());
+            }
             let w_hat_values = w_hat.as_slice_mut().unwrap_or_default();
             for i in 0..len {
-                let (value, derivative) = rectified_sigmoid(v[i]);
+                let sg = sigma[i];
+                let raw = sg * (ZETA - GAMMA) + GAMMA;
+                let derivative = if (0.0..=1.0).contains(&raw) {
+                    (ZETA - GAMMA) * sg * (1.0 - sg)
+                } else {
+                    0.0
+                };
+                let value = raw.clamp(0.0, 1.0);
                 let grid = floor[i] + value - offset[i];
-                let inside = (0.0..=self.steps).contains(&grid);
-                w_hat_values[i] = scale[i] * (grid.clamp(0.0, self.steps) + offset[i]);
+                let inside = (0.0..=steps).contains(&grid);
+                w_hat_values[i] = scale[i] * (grid.clamp(0.0, steps) + offset[i]);
                 dw_dv[i] = if inside { scale[i] * derivative } else { 0.0 };
                 h[i] = value;
                 dh[i] = derivative;
             }
-            let product = w_hat.dot(&self.moments);
+            ndarray::linalg::general_mat_mul(1.0, &w_hat, &self.moments, 0.0, &mut product);
             let product = product.as_slice().unwrap_or_default();
             let beta = params.beta(t);
             power1 *= beta1;
@@ -246,12 +264,14 @@ impl Block<'_> {
             let step = params.learning_rate / (1.0 - power1);
             let correction2 = 1.0 / (1.0 - power2);
             for i in 0..len {
-                let mut g = 2.0 * (product[i] - target[i]) * dw_dv[i];
-                if let Some(beta) = beta {
+                g[i] = 2.0 * (product[i] - target[i]) * dw_dv[i];
+            }
+            if let Some(beta) = beta {
+                for i in 0..len {
                     // d/dV of λ(1 − |2h − 1|^β) = −2λβ|2h − 1|^(β−1)·sign(2h − 1)·h'(V).
                     let u = 2.0 * h[i] - 1.0;
                     if u != 0.0 && dh[i] != 0.0 {
-                        g -= params.reg_param
+                        g[i] -= params.reg_param
                             * beta
                             * u.abs().powf(beta - 1.0)
                             * u.signum()
@@ -259,8 +279,10 @@ impl Block<'_> {
                             * dh[i];
                     }
                 }
-                m[i] = beta1 * m[i] + (1.0 - beta1) * g;
-                second[i] = beta2 * second[i] + (1.0 - beta2) * g * g;
+            }
+            for i in 0..len {
+                m[i] = beta1 * m[i] + (1.0 - beta1) * g[i];
+                second[i] = beta2 * second[i] + (1.0 - beta2) * g[i] * g[i];
                 v[i] -= step * m[i] / ((second[i] * correction2).sqrt() + eps);
             }
         }

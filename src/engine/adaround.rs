@@ -12,6 +12,7 @@
 //! so the thread count changes no bit.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
@@ -23,6 +24,7 @@ use crate::onnx::OnnxModel;
 use crate::overrides::{FixedEncoding, Override, Overrides};
 use crate::quantizer::{self, QuantizerSettings};
 use crate::run::FloatRunner;
+use ndarray::ArrayD;
 
 /// What AdaRound made of a model.
 #[derive(Debug, Clone)]
@@ -235,6 +237,14 @@ pub fn adaround_model(
         FloatRunner::new(&model.to_bytes(), runner_dims).map_err(|e| e.to_string())?;
     list.check(float_runner.input_specs())
         .map_err(|e| e.to_string())?;
+    let load = |i: usize| {
+        list.load(&samples[i], float_runner.input_specs())
+            .map_err(|e| e.to_string())
+    };
+    let mut parts = Parts::plan(&graph, &layers, &wave_of, &float_runner, samples.len());
+    if let Some(parts) = parts.as_mut() {
+        parts.start(model, &float_runner, &load)?;
+    }
     let mut current = model.clone();
     let mut summaries: Vec<Option<LayerSummary>> = vec![None; layers.len()];
     let hyper = config.hyperparameters();
@@ -242,24 +252,28 @@ pub fn adaround_model(
     let mut done = 0;
     for wave in 0..=last_wave {
         let members: Vec<usize> = (0..layers.len()).filter(|&i| wave_of[i] == wave).collect();
-        if members.is_empty() {
-            continue;
-        }
-        let quantized_runner = if wave == 0 {
-            None
-        } else {
-            Some(FloatRunner::new(&current.to_bytes(), runner_dims).map_err(|e| e.to_string())?)
+        let member_layers: Vec<&AdaLayer> = members.iter().map(|&i| &layers[i]).collect();
+        let moments = match parts.as_ref() {
+            Some(parts) => parts.moments(&member_layers)?,
+            None if members.is_empty() => Vec::new(),
+            None => {
+                let quantized_runner = if wave == 0 {
+                    None
+                } else {
+                    Some(
+                        FloatRunner::new(&current.to_bytes(), runner_dims)
+                            .map_err(|e| e.to_string())?,
+                    )
+                };
+                wave_moments(
+                    &float_runner,
+                    quantized_runner.as_ref(),
+                    samples.len(),
+                    &mut |i| load(i),
+                    &member_layers,
+                )?
+            }
         };
-        let moments = wave_moments(
-            &float_runner,
-            quantized_runner.as_ref(),
-            samples.len(),
-            &mut |i| {
-                list.load(&samples[i], float_runner.input_specs())
-                    .map_err(|e| e.to_string())
-            },
-            &members.iter().map(|&i| &layers[i]).collect::<Vec<_>>(),
-        )?;
         let results: Vec<_> = members
             .par_iter()
             .zip(moments.par_iter())
@@ -283,6 +297,9 @@ pub fn adaround_model(
             done += 1;
             progress(done, total, layers[i].name());
         }
+        if let Some(parts) = parts.as_mut() {
+            parts.advance(wave, model, &current)?;
+        }
     }
     let frozen = layers
         .iter()
@@ -305,6 +322,315 @@ pub fn with_frozen(overrides: &Overrides, frozen: &BTreeMap<String, FixedEncodin
             .insert(name.clone(), Override::Fixed(encoding.clone()));
     }
     out
+}
+
+/// Peak bytes of the values a parted run keeps between parts, over all samples, above which
+/// AdaRound runs the whole model once per wave instead (slower, but holding one sample's
+/// values at a time per thread).
+const PARTS_MEMORY_BUDGET: usize = 1 << 30;
+
+/// One sample's values kept between parts, by name; a value equal in both forms is shared.
+type Values = HashMap<String, Arc<ArrayD<f32>>>;
+
+/// The model cut into parts at AdaRound's waves, run a part at a time over every sample.
+///
+/// A node's stage is the latest wave of the AdaRound layers its output depends on (a layer's
+/// own wave for the layer), or none. Part `p` holds the nodes of stage `p − 1` (part 0: those
+/// that no AdaRound layer reaches), so once the layers of waves `< p` are rounded, part `p`'s
+/// values are final, and a layer of wave `w` reads a value of part `w`. Running part `w + 1`
+/// after wave `w` is optimized, on the values the earlier parts left, computes every value
+/// once: the whole model runs about once per sample in the float and once in the rounded form,
+/// instead of twice per wave. The values are the same as a whole run's up to how the runtime
+/// fuses operations across a cut.
+struct Parts {
+    /// Per part, the node positions, in graph order.
+    nodes: Vec<Vec<usize>>,
+    /// Per part, the values it reads from earlier parts (or the graph inputs).
+    inputs: Vec<Vec<String>>,
+    /// Per part, the values it produces that a later part reads.
+    outputs: Vec<Vec<String>>,
+    /// Per value kept between parts, the last part that reads it.
+    last_reader: HashMap<String, usize>,
+    /// Samples run.
+    samples: usize,
+    /// Per sample, the values so far: float model, then rounded model.
+    float: Vec<Values>,
+    rounded: Vec<Values>,
+}
+
+impl Parts {
+    /// Cuts `graph` at the waves of `layers`; `None` when a value crossing a cut is not a float
+    /// activation of fixed shape (the runtime's parts read float inputs only), or when
+    /// `samples` samples' values would exceed [`PARTS_MEMORY_BUDGET`].
+    fn plan(
+        graph: &Graph,
+        layers: &[AdaLayer],
+        wave_of: &[usize],
+        runner: &FloatRunner,
+        samples: usize,
+    ) -> Option<Parts> {
+        let layer_wave: HashMap<&str, usize> = layers
+            .iter()
+            .zip(wave_of)
+            .map(|(l, &w)| (l.name(), w))
+            .collect();
+        let last_wave = wave_of.iter().copied().max()?;
+        let count = last_wave + 2;
+        // Per value: the part whose nodes produce it (graph inputs are in the samples).
+        let mut produced: HashMap<&str, usize> = HashMap::new();
+        let mut nodes = vec![Vec::new(); count];
+        let mut inputs: Vec<BTreeSet<&str>> = vec![BTreeSet::new(); count];
+        let mut outputs: Vec<BTreeSet<&str>> = vec![BTreeSet::new(); count];
+        let mut last_reader: HashMap<String, usize> = HashMap::new();
+        for node in graph.nodes() {
+            // Every part holds the `Constant` nodes it reads (`OnnxModel::segment`).
+            if node.is_constant() {
+                continue;
+            }
+            let activations: Vec<&str> = node
+                .inputs
+                .iter()
+                .flatten()
+                .map(|t| t.as_str())
+                .filter(|t| graph.parameter(t).is_none())
+                .collect();
+            let part = match node
+                .outputs
+                .first()
+                .and_then(|o| layer_wave.get(o.as_str()))
+            {
+                Some(&wave) => wave + 1,
+                None => activations
+                    .iter()
+                    .filter_map(|t| produced.get(t).copied())
+                    .max()
+                    .unwrap_or(0),
+            };
+            nodes[part].push(node.id.0);
+            for t in activations {
+                let from = produced.get(t).copied();
+                if from != Some(part) {
+                    inputs[part].insert(t);
+                    if let Some(from) = from {
+                        outputs[from].insert(t);
+                    }
+                    let last = last_reader.entry(t.to_string()).or_insert(part);
+                    *last = (*last).max(part);
+                }
+            }
+            for output in &node.outputs {
+                produced.insert(output.as_str(), part);
+            }
+        }
+        let inputs: Vec<Vec<String>> = inputs
+            .into_iter()
+            .map(|i| i.into_iter().map(str::to_string).collect())
+            .collect();
+        // Every value crossing a cut must be a float activation the full model captures.
+        let shapes: HashMap<&str, &Vec<usize>> = runner
+            .activation_names()
+            .iter()
+            .map(|n| n.as_str())
+            .zip(runner.activation_shapes())
+            .collect();
+        let mut peak = 0usize;
+        let mut live: BTreeMap<&str, usize> = BTreeMap::new();
+        for (part, read) in inputs.iter().enumerate() {
+            for t in read {
+                let shape = shapes.get(t.as_str())?;
+                live.insert(t.as_str(), shape.iter().product::<usize>() * 4);
+            }
+            peak = peak.max(live.values().sum());
+            live.retain(|t, _| last_reader.get(*t).is_some_and(|&r| r > part));
+        }
+        // Float and rounded values of every sample.
+        if peak.saturating_mul(2).saturating_mul(samples) > PARTS_MEMORY_BUDGET {
+            return None;
+        }
+        Some(Parts {
+            nodes,
+            inputs,
+            outputs: outputs
+                .into_iter()
+                .map(|o| o.into_iter().map(str::to_string).collect())
+                .collect(),
+            last_reader,
+            samples,
+            float: Vec::new(),
+            rounded: Vec::new(),
+        })
+    }
+
+    /// Loads every sample and runs part 0, which no rounding reaches: its values are the
+    /// float model's in both forms.
+    fn start(
+        &mut self,
+        model: &OnnxModel,
+        runner: &FloatRunner,
+        load: &(dyn Fn(usize) -> Result<LoadedSample, String> + Sync),
+    ) -> Result<(), String> {
+        let names: Vec<&str> = runner
+            .input_specs()
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        // Loaded on this thread, in list order, as `wave_moments` does.
+        let mut states = Vec::with_capacity(self.samples);
+        for i in 0..self.samples {
+            let loaded = load(i)?;
+            states.push(
+                names
+                    .iter()
+                    .map(|n| n.to_string())
+                    .zip(loaded.tensors.into_iter().map(Arc::new))
+                    .collect::<HashMap<_, _>>(),
+            );
+        }
+        self.float = states;
+        self.float = Self::run_part(
+            &self.nodes[0],
+            &self.inputs[0],
+            &self.outputs[0],
+            model,
+            std::mem::take(&mut self.float),
+        )?;
+        self.forget(0);
+        // Equal in both forms: shared, not copied.
+        self.rounded = self.float.clone();
+        Ok(())
+    }
+
+    /// Runs one part's nodes of `model` on every sample's values (side by side), adding the
+    /// values later parts read.
+    fn run_part(
+        nodes: &[usize],
+        inputs: &[String],
+        outputs: &[String],
+        model: &OnnxModel,
+        mut states: Vec<Values>,
+    ) -> Result<Vec<Values>, String> {
+        if outputs.is_empty() {
+            return Ok(states);
+        }
+        let Some(first) = states.first() else {
+            return Ok(states);
+        };
+        let input_dims: Vec<(&str, &[usize])> = inputs
+            .iter()
+            .map(|name| {
+                first
+                    .get(name)
+                    .map(|value| (name.as_str(), value.shape()))
+                    .ok_or_else(|| format!("no value `{name}` before its part"))
+            })
+            .collect::<Result<_, _>>()?;
+        let output_names: Vec<&str> = outputs.iter().map(String::as_str).collect();
+        let part = model
+            .segment(nodes, &input_dims, &output_names)
+            .map_err(|e| e.to_string())?;
+        let runner = FloatRunner::new(&part.to_bytes(), &[]).map_err(|e| e.to_string())?;
+        let order: Vec<String> = runner
+            .input_specs()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        let produced: Vec<Vec<ArrayD<f32>>> = states
+            .par_iter()
+            .map(|state| {
+                let feed: Vec<ArrayD<f32>> = order
+                    .iter()
+                    .map(|name| {
+                        state
+                            .get(name)
+                            .map(|value| value.as_ref().clone())
+                            .ok_or_else(|| format!("no value `{name}` before its part"))
+                    })
+                    .collect::<Result<_, _>>()?;
+                runner.run(&feed, |_, _, _| {}).map_err(|e| e.to_string())
+            })
+            .collect::<Result<_, String>>()?;
+        for (state, values) in states.iter_mut().zip(produced) {
+            for (name, value) in runner.output_names().iter().zip(values) {
+                state.insert(name.clone(), Arc::new(value));
+            }
+        }
+        Ok(states)
+    }
+
+    /// Drops the values no part after `part` reads.
+    fn forget(&mut self, part: usize) {
+        let last = &self.last_reader;
+        for state in self.float.iter_mut().chain(self.rounded.iter_mut()) {
+            state.retain(|name, _| last.get(name).is_some_and(|&r| r > part));
+        }
+    }
+
+    /// The moments of `members` (layers of the wave whose inputs the parts so far computed),
+    /// summed over the samples in list order.
+    fn moments(&self, members: &[&AdaLayer]) -> Result<Vec<LayerMoments>, String> {
+        let per_sample: Vec<Vec<LayerMoments>> = self
+            .float
+            .par_iter()
+            .zip(self.rounded.par_iter())
+            .map(|(float, rounded)| {
+                members
+                    .iter()
+                    .map(|layer| {
+                        let name = layer.layer.input.as_str();
+                        let missing = || format!("no value `{name}` for layer `{}`", layer.name());
+                        let x_f = float.get(name).ok_or_else(missing)?;
+                        let x_q = rounded.get(name).ok_or_else(missing)?;
+                        let (x_f, x_q) = (x_f.as_standard_layout(), x_q.as_standard_layout());
+                        LayerMoments::of_sample(
+                            layer,
+                            x_q.as_slice().unwrap_or_default(),
+                            x_f.as_slice().unwrap_or_default(),
+                            x_f.shape(),
+                        )
+                        .map_err(|e| format!("layer `{}`: {e}", layer.name()))
+                    })
+                    .collect()
+            })
+            .collect::<Result<_, String>>()?;
+        let mut totals: Vec<LayerMoments> =
+            members.iter().map(|l| LayerMoments::empty(l)).collect();
+        for sample in per_sample {
+            for (total, m) in totals.iter_mut().zip(&sample) {
+                total.add(m);
+            }
+        }
+        Ok(totals)
+    }
+
+    /// After wave `wave` is rounded: runs part `wave + 1` in the float `model` and in `rounded`.
+    fn advance(
+        &mut self,
+        wave: usize,
+        model: &OnnxModel,
+        rounded: &OnnxModel,
+    ) -> Result<(), String> {
+        let part = wave + 1;
+        if part >= self.nodes.len() {
+            return Ok(());
+        }
+        let (nodes, inputs, outputs) = (&self.nodes[part], &self.inputs[part], &self.outputs[part]);
+        self.float = Self::run_part(
+            nodes,
+            inputs,
+            outputs,
+            model,
+            std::mem::take(&mut self.float),
+        )?;
+        self.rounded = Self::run_part(
+            nodes,
+            inputs,
+            outputs,
+            rounded,
+            std::mem::take(&mut self.rounded),
+        )?;
+        self.forget(part);
+        Ok(())
+    }
 }
 
 /// One run's copies of the wave's layer inputs (data, dims), per member.

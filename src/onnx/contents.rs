@@ -256,7 +256,7 @@ pub(super) fn assemble(contents: &GraphContents) -> proto::ModelProto {
     }
 }
 
-fn value_info_proto(info: &ValueInfo) -> proto::ValueInfoProto {
+pub(super) fn value_info_proto(info: &ValueInfo) -> proto::ValueInfoProto {
     use tensor_shape_proto::{Dimension, dimension::Value};
     let shape = info.shape.as_ref().map(|dims| proto::TensorShapeProto {
         dim: dims

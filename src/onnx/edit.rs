@@ -154,6 +154,56 @@ impl OnnxModel {
         Ok(())
     }
 
+    /// A model of some of this model's nodes: the nodes at positions `nodes` (in stored order)
+    /// and every `Constant` node, reading the float tensors `inputs` (name, dims) as its graph
+    /// inputs and producing the float tensors `outputs` as its graph outputs; parameters
+    /// nothing in it reads are pruned. AdaRound runs a model this way a part at a time, so a
+    /// part's values are computed once rather than once per layer after it. Whether the part is
+    /// complete (every tensor it reads is an input, a parameter or produced in it) is the
+    /// caller's to ensure; the runtime rejects a model that is not.
+    pub fn segment(
+        &self,
+        nodes: &[usize],
+        inputs: &[(&str, &[usize])],
+        outputs: &[&str],
+    ) -> Result<OnnxModel, OnnxError> {
+        let count = self.graph_node_count();
+        if let Some(&bad) = nodes.iter().find(|&&i| i >= count) {
+            return Err(self.no_such_node(bad, count));
+        }
+        let keep: HashSet<usize> = nodes.iter().copied().collect();
+        let float = |(name, dims): &(&str, &[usize])| {
+            super::contents::value_info_proto(&super::ValueInfo {
+                name: (*name).to_owned(),
+                dtype: Some(DType::Float32),
+                shape: Some(dims.iter().map(|&d| super::Dim::Fixed(d as u64)).collect()),
+            })
+        };
+        let mut out = self.clone();
+        let graph = out.graph_mut();
+        let mut position = 0;
+        graph.node.retain(|n| {
+            let constant = n.op_type.as_deref() == Some("Constant")
+                && n.domain.as_deref().unwrap_or("").is_empty();
+            let kept = keep.contains(&position) || constant;
+            position += 1;
+            kept
+        });
+        graph.input = inputs.iter().map(float).collect();
+        graph.output = outputs
+            .iter()
+            .map(|name| {
+                super::contents::value_info_proto(&super::ValueInfo {
+                    name: (*name).to_owned(),
+                    dtype: Some(DType::Float32),
+                    shape: None,
+                })
+            })
+            .collect();
+        out.prune_unused_parameters();
+        Ok(out)
+    }
+
     /// Removes initializers and `Constant` nodes that no node (subgraphs included) reads and that
     /// are not graph outputs, with their entries among the graph inputs (models older than IR 4
     /// list initializers there); then drops `value_info` entries of names nothing defines any

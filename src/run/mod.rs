@@ -400,6 +400,11 @@ impl FloatRunner {
         &self.activations
     }
 
+    /// Each captured activation's ONNX shape, in [`FloatRunner::activation_names`] order.
+    pub fn activation_shapes(&self) -> &[Vec<usize>] {
+        &self.shapes
+    }
+
     /// ONNX names of the model's outputs, in the order [`FloatRunner::run`] returns them.
     pub fn output_names(&self) -> &[String] {
         &self.output_names
