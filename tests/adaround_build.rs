@@ -55,17 +55,20 @@ ignore_quant_ops_list = [{}]
 
 /// Runs `quant build --json -j JOBS` in `dir`; returns the JSON summary.
 fn build(dir: &Path, jobs: &str) -> serde_json::Value {
+    build_with(dir, jobs, &[]).0
+}
+
+/// [`build`] with more arguments; also returns what it printed on stderr.
+fn build_with(dir: &Path, jobs: &str, more: &[&str]) -> (serde_json::Value, String) {
     let output = Command::new(common::quant_bin())
         .current_dir(dir)
         .args(["build", "--json", "-j", jobs])
+        .args(more)
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "quant build failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "quant build failed:\n{stderr}");
+    (serde_json::from_slice(&output.stdout).unwrap(), stderr)
 }
 
 fn counts(summary: &serde_json::Value) -> (u64, u64) {
@@ -95,7 +98,7 @@ fn project(root: &Path, name: &str, manifest: &str) -> std::path::PathBuf {
 }
 
 /// The AdaRound layers of the model downstream of `layer` (its output reaches their input).
-fn downstream(model: &OnnxModel, layer: &str) -> usize {
+fn downstream(model: &OnnxModel, layer: &str) -> BTreeSet<String> {
     let graph = Graph::from_model(model).unwrap();
     let layers: BTreeSet<String> = ada_layers(model)
         .unwrap()
@@ -103,7 +106,7 @@ fn downstream(model: &OnnxModel, layer: &str) -> usize {
         .map(|l| l.name().to_string())
         .collect();
     let mut reached: BTreeSet<String> = BTreeSet::from([layer.to_string()]);
-    let mut count = 0;
+    let mut below = BTreeSet::new();
     for node in graph.nodes() {
         let reads = node
             .inputs
@@ -113,16 +116,14 @@ fn downstream(model: &OnnxModel, layer: &str) -> usize {
         if !reads {
             continue;
         }
-        if node
-            .outputs
-            .first()
-            .is_some_and(|o| layers.contains(o.as_str()))
+        if let Some(output) = node.outputs.first()
+            && layers.contains(output.as_str())
         {
-            count += 1;
+            below.insert(output.as_str().to_string());
         }
         reached.extend(node.outputs.iter().map(|o| o.as_str().to_string()));
     }
-    count
+    below
 }
 
 #[test]
@@ -163,11 +164,29 @@ fn layers_are_reused_per_layer_and_incremental_builds_equal_clean_ones() {
     let model = OnnxModel::read(&dir.join("models/cls.onnx")).unwrap();
     let layers = ada_layers(&model).unwrap();
     let ignored = layers[layers.len() - 4].name().to_string();
-    let below = downstream(&model, &ignored) as u64;
+    let below_names = downstream(&model, &ignored);
+    let below = below_names.len() as u64;
     assert!(below > 0 && below < optimized - 1, "{below} layers below");
     std::fs::write(dir.join("quant.toml"), manifest(&[&ignored])).unwrap();
-    let fourth = build(&dir, "2");
+    let (fourth, explained) = build_with(&dir, "2", &["--explain"]);
     assert_eq!(counts(&fourth), (below, optimized - 1 - below));
+    // `--explain` names the cause and the layers it optimized again: the first of them in
+    // name order, which is the order it lists them in.
+    let line = explained
+        .lines()
+        .find(|l| l.contains("Dirty") && l.contains("htp-w4/cls"))
+        .unwrap_or_else(|| panic!("no --explain line:\n{explained}"));
+    assert!(line.contains("quant.toml changed"), "{line}");
+    let plural = if below == 1 { "" } else { "s" };
+    assert!(
+        line.contains(&format!("{below} AdaRound layer{plural} optimized: ")),
+        "{line}"
+    );
+    let first = below_names.iter().next().unwrap();
+    assert!(
+        line.contains(first.as_str()),
+        "{line} does not name {first}"
+    );
     let incremental = outputs(&dir);
     assert_ne!(
         incremental["model.adaround.onnx"],

@@ -259,6 +259,14 @@ pub(crate) fn explanation_line(explanation: &Explanation) -> Option<String> {
             list_names(&files, 5)
         ));
     }
+    if !explanation.layers_optimized.is_empty() {
+        let n = explanation.layers_optimized.len();
+        work.push(format!(
+            "{n} AdaRound layer{} optimized: {}",
+            plural(n),
+            list_names(&explanation.layers_optimized, 5)
+        ));
+    }
     if !explanation.tensors_encoded.is_empty() {
         let n = explanation.tensors_encoded.len();
         work.push(format!(

@@ -65,6 +65,9 @@ pub struct Explanation {
     pub tensors_encoded: Vec<String>,
     /// Samples run (not reused) by the calibration this unit uses, each as its files.
     pub samples_run: Vec<Vec<String>>,
+    /// AdaRound layers (named by their output tensor) this unit optimized rather than took
+    /// from the store, sorted: which they are follows from what changed upstream of them.
+    pub layers_optimized: Vec<String>,
     /// Tensors whose encoding differs from the last build's, sorted.
     pub encodings_changed: Vec<String>,
 }
@@ -111,6 +114,7 @@ pub fn compare(previous: Option<&BuildRecord>, current: &BuildRecord) -> Explana
         changes,
         tensors_encoded: Vec::new(),
         samples_run: Vec::new(),
+        layers_optimized: Vec::new(),
         encodings_changed,
     }
 }

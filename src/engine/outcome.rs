@@ -167,6 +167,7 @@ impl UnitDone {
             && !self.evaluated
             && self.explanation.samples_run.is_empty()
             && self.explanation.tensors_encoded.is_empty()
+            && self.explanation.layers_optimized.is_empty()
     }
 }
 

@@ -476,6 +476,17 @@ fn attach_work(report: &mut BuildReport, work: &WorkRecord) {
             })
             .map(|t| t.tensor.clone())
             .collect();
+        // The log names a layer "pipeline/target/model layer"; a layer two targets share is
+        // logged once, under the unit that computed it.
+        let prefix = format!("{name} ");
+        let mut layers: Vec<String> = work
+            .layers_optimized
+            .iter()
+            .filter_map(|entry| entry.strip_prefix(&prefix).map(str::to_string))
+            .collect();
+        // Layers of one wave finish in any order; the explanation should not.
+        layers.sort();
+        done.explanation.layers_optimized = layers;
     }
 }
 
