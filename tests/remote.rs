@@ -538,18 +538,22 @@ fn a_sample_keeps_its_shard_when_samples_are_added() {
     let (root, store) = example_clone(tmp.path(), "a");
     let list = root.join("calib/input_list.txt");
     let original = fs::read_to_string(&list).unwrap();
-    let first: Vec<u64> = (0..4)
-        .map(|k| {
-            let run = build(
-                &root,
-                &store.join(format!("{k}")),
-                &["--shard", &format!("{k}/4")],
-                &[],
-            );
-            assert!(run.success, "{}", run.stderr);
-            run.count("samples_run")
-        })
-        .collect();
+    // Each shard builds with its own store, as on its own machine; returns the samples each ran.
+    let shards = || -> Vec<u64> {
+        (0..4)
+            .map(|k| {
+                let run = build(
+                    &root,
+                    &store.join(format!("{k}")),
+                    &["--shard", &format!("{k}/4")],
+                    &[],
+                );
+                assert!(run.success, "{}", run.stderr);
+                run.count("samples_run")
+            })
+            .collect()
+    };
+    let first = shards();
     // Duplicate the list's first sample under a new name with other bytes: only its shard grows.
     let first_line = original
         .lines()
@@ -561,18 +565,7 @@ fn a_sample_keeps_its_shard_when_samples_are_added() {
     bytes[0] ^= 1;
     fs::write(root.join("calib/extra.raw"), bytes).unwrap();
     fs::write(&list, format!("{original}extra.raw\n")).unwrap();
-    let second: Vec<u64> = (0..4)
-        .map(|k| {
-            let run = build(
-                &root,
-                &store.join(format!("{k}")),
-                &["--shard", &format!("{k}/4")],
-                &[],
-            );
-            assert!(run.success, "{}", run.stderr);
-            run.count("samples_run")
-        })
-        .collect();
+    let second = shards();
     // Each shard's store already holds its old samples: a rerun computes only the new one.
     assert_eq!(second.iter().sum::<u64>(), 1, "{first:?} then {second:?}");
     assert_eq!(first.iter().sum::<u64>(), 8);
