@@ -20,6 +20,7 @@ pub mod graph;
 pub mod manifest;
 pub mod onnx;
 pub mod overrides;
+pub mod placement;
 pub mod quantizer;
 pub mod quantsim;
 pub mod report;

@@ -109,6 +109,12 @@ pub struct QuantizeArgs {
     #[arg(long = "algorithms", visible_alias = "apply_algorithms", value_delimiter = ',',
           value_parser = parse_algorithm, action = clap::ArgAction::Append, value_name = "NAME")]
     algorithms: Vec<&'static str>,
+    /// AIMET quantsim config JSON deciding which tensors get encodings and how (AIMET's
+    /// `default_config.json` format), or a built-in one: `aimet-default`, `aimet-per-channel`.
+    /// Sets the schemas and per-channel weights from the config and calibrates with quantized
+    /// weights, as AIMET does.
+    #[arg(long = "quantsim_config", value_name = "CONFIG.json")]
+    quantsim_config: Option<String>,
     /// AdaRound's YAML settings (`num_iterations`, `num_batches`, `seed`,
     /// `optional_adaround_args`), read when `--apply_algorithms adaround` is given.
     #[arg(long = "config", value_name = "ADAROUND.yaml")]
@@ -260,6 +266,7 @@ impl QuantizeArgs {
             calibrate_with_quantized_weights: self.calibrate_with_quantized_weights,
             float_bitwidth: self.float_bitwidth,
             float_bias_bitwidth: crate::quantizer::FloatBiasBitwidth(self.float_bias_bitwidth),
+            quantsim_config: Default::default(),
         }
     }
 
@@ -345,7 +352,16 @@ pub fn run(args: QuantizeArgs) -> ExitCode {
         Mode::Calibrate(list) => Some(list.clone()),
         _ => None,
     };
-    let settings = args.settings();
+    let mut settings = args.settings();
+    if let Some(given) = &args.quantsim_config {
+        match crate::placement::load(given, None) {
+            Ok(config) => settings = crate::placement::with_config(config, settings),
+            Err(err) => {
+                shell.diagnostic(miette::Report::new(*err));
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
     if args.pack_4_bit_weights && settings.weights_bitwidth.bits() > 4 {
         shell.warn(format!(
             "--pack_4_bit_weights has no effect: weights are {}-bit (give --weights_bitwidth 4)",

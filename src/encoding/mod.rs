@@ -244,6 +244,30 @@ impl Encoding {
         })
     }
 
+    /// aimet-onnx 2.42's asymmetric rule: the range widened to contain 0,
+    /// `scale = max((max - min) / (2^bw - 1), 2^-23)` ([`AIMET_MIN_SCALE`], no minimum range),
+    /// `offset = clamp(round(min / scale), -(2^bw - 1), 0)`, and min/max recomputed from them.
+    pub fn aimet_asymmetric(
+        min: f64,
+        max: f64,
+        bitwidth: Bitwidth,
+        schema: Schema,
+    ) -> Result<Encoding, EncodingError> {
+        check_range(min, max)?;
+        let (min, max) = (min.min(0.0), max.max(0.0));
+        let steps = bitwidth.steps();
+        let scale = ((max - min) / steps).max(AIMET_MIN_SCALE);
+        let offset = (min / scale).round().clamp(-steps, 0.0);
+        Ok(Encoding {
+            bitwidth,
+            schema,
+            min: offset * scale,
+            max: (offset + steps) * scale,
+            scale,
+            offset: offset as i64,
+        })
+    }
+
     /// [`Encoding::from_range`] for asymmetric schemas, [`Encoding::symmetric_with`] under
     /// `convention` for symmetric ones: the one entry point for "range → encoding".
     pub fn from_range_with(

@@ -27,6 +27,7 @@ use crate::export::aimet::QuantizerArgs;
 use crate::graph::{EncodingRule, Role};
 use crate::manifest::{Precision, Quantization};
 use crate::overrides::{FixedEncoding, Override};
+use crate::placement::Placement;
 use crate::quantizer::{self, EncodeError, ModelEncodings, Warning};
 use crate::stats::TensorStatistics;
 use crate::store::{Digest, KeyBuilder};
@@ -65,6 +66,25 @@ pub struct TensorPlan {
     pub jobs: BTreeMap<String, TensorJob>,
 }
 
+/// The unit's model with its target's quantsim config applied ([`crate::placement`]);
+/// `None` when the target has none (the graph's own rules stand).
+#[salsa::tracked(returns(ref), no_eq)]
+pub fn unit_placement<'db>(
+    db: &'db dyn Db,
+    unit: Unit<'db>,
+) -> Result<Option<Arc<Placement>>, BuildError> {
+    let plan = unit_plan(db, unit).as_ref().map_err(Clone::clone)?;
+    let Some(settings) = plan.settings() else {
+        return Ok(None);
+    };
+    if settings.quantsim_config.0.is_none() {
+        return Ok(None);
+    }
+    let model_key = unit_model_key(db, unit).unwrap_or_else(|| model_key(db, unit, plan));
+    let model = model_graph(db, model_key).as_ref().map_err(Clone::clone)?;
+    Ok(crate::placement::placed(&model.graph, settings).map(Arc::new))
+}
+
 /// The tensor plan of a unit's model.
 #[salsa::tracked(returns(ref))]
 pub fn unit_tensors<'db>(db: &'db dyn Db, unit: Unit<'db>) -> Result<Arc<TensorPlan>, BuildError> {
@@ -72,7 +92,8 @@ pub fn unit_tensors<'db>(db: &'db dyn Db, unit: Unit<'db>) -> Result<Arc<TensorP
     let model = model_graph(db, model_key(db, unit, plan))
         .as_ref()
         .map_err(Clone::clone)?;
-    let graph = &model.graph;
+    let placement = unit_placement(db, unit).as_ref().map_err(Clone::clone)?;
+    let graph = placement.as_ref().map_or(&model.graph, |p| &p.graph);
     let mut out = TensorPlan::default();
     let mut add = |name: &str, job| {
         out.order.push(name.to_string());
@@ -240,7 +261,8 @@ pub fn tensor_encoding<'db>(
     let tensors = unit_tensors(db, unit).as_ref().map_err(Clone::clone)?;
     let model_key = unit_model_key(db, unit).unwrap_or_else(|| model_key(db, unit, plan));
     let model = model_graph(db, model_key).as_ref().map_err(Clone::clone)?;
-    let graph = &model.graph;
+    let placement = unit_placement(db, unit).as_ref().map_err(Clone::clone)?;
+    let graph = placement.as_ref().map_or(&model.graph, |p| &p.graph);
     let Some(job) = tensors.jobs.get(name).copied() else {
         return Err(BuildError::Encode(EncodeError::ParameterData {
             tensor: name.clone(),
@@ -251,7 +273,15 @@ pub fn tensor_encoding<'db>(
             tensor: name.clone(),
         }));
     };
-    let ov = effective_override(db, tensor);
+    // A schema the quantsim config fixes acts as a bitwidth-only override where the user gave
+    // none, exactly as the whole-model encoder applies it.
+    let ov = effective_override(db, tensor).clone().or_else(|| {
+        let symmetric = *placement.as_ref()?.symmetric.get(name.as_str())?;
+        Some(Override::Calibrated {
+            bitwidth: settings.act_bitwidth,
+            symmetric: Some(symmetric),
+        })
+    });
     let partner = |partner: &str,
                    section: Section|
      -> Result<Option<Arc<EncodedTensor>>, BuildError> {

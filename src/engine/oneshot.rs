@@ -499,6 +499,9 @@ pub fn quantize(
     drop(runner);
     let model = aside.restore()?;
     let graph = Graph::from_model(&model)?;
+    if let Some(placement) = crate::placement::placed(&graph, settings) {
+        warnings.extend(placement.warnings);
+    }
     let encodings = quantizer::encode_model(&graph, &statistics, &overrides, settings)?;
     warnings.extend(quantizer::word_warnings(
         sample_warnings.iter().chain(&encodings.warnings),

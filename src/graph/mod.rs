@@ -361,7 +361,8 @@ impl Graph {
     /// `None` for tensors without an encoding.
     pub fn encoding_source(&self, name: &str) -> Option<&TensorName> {
         let mut tensor = self.tensor(name)?;
-        // Chains are acyclic (each link points to an earlier tensor); the bound guards bad input.
+        // Chains are acyclic (a link points to an earlier tensor, or from a Concat input to its
+        // output, which shares nothing); the bound guards bad input.
         for _ in 0..=self.tensors.len() {
             match &tensor.rule {
                 EncodingRule::Own => return Some(&tensor.name),
@@ -370,6 +371,18 @@ impl Graph {
             }
         }
         None
+    }
+
+    /// Replaces one tensor's rule (a quantsim config's placement, [`crate::placement`]);
+    /// `false` when the graph has no such tensor.
+    pub fn set_rule(&mut self, name: &str, rule: EncodingRule) -> bool {
+        match self.index.get(name) {
+            Some(&i) => {
+                self.tensors[i].rule = rule;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Counts of tensors by kind, type and rule.

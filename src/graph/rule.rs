@@ -10,8 +10,11 @@ use std::fmt;
 pub enum EncodingRule {
     /// Encoded from its own statistics (activations) or values (parameters).
     Own,
-    /// A data-movement output (Reshape, Transpose, Flatten, nearest upsampling Resize, ...): it
-    /// holds exactly the named input's values, so it takes that input's encoding. The input may itself share;
+    /// Takes the named tensor's encoding. Without a quantsim config: a data-movement output
+    /// (Reshape, Transpose, Flatten, nearest upsampling Resize, ...) holds exactly the named
+    /// input's values, so it takes that input's encoding. With one: AIMET's tied quantizers (a
+    /// Relu, AveragePool or Resize output takes its input's, a single-consumer Concat input the
+    /// Concat output's), see `crate::placement`. The named tensor may itself share;
     /// [`super::Graph::encoding_source`] follows the chain.
     SharesInput(TensorName),
     /// Not a float tensor (shape tensors, indices, masks): never encoded.
@@ -45,6 +48,20 @@ pub enum NotQuantizedReason {
     /// target (onnxruntime and AIMET leave them float too). Quantizing a variance per tensor would even round
     /// small channels to zero and blow the normalization up.
     BatchNormStatistic,
+    /// An AIMET quantsim config leaves this parameter without a quantizer (`params`, e.g.
+    /// `bias.is_quantized: False`).
+    ConfigParameter,
+    /// The first op of a quantsim config's supergroup (Conv+Relu, ...): the chain runs fused,
+    /// with no quantizer between its ops.
+    Supergroup,
+    /// The output of an op AIMET never quantizes (Reshape, Transpose, Flatten, Split, ...).
+    DataMovement,
+    /// The output of a grid-preserving op (MaxPool, Slice, Pad, ...) whose type the quantsim
+    /// config does not name: it stays on its input's grid.
+    GridPreserving,
+    /// The quantsim config turns this output or input off (`is_output_quantized: False`,
+    /// `model_input`, `model_output`).
+    ConfigDisabled,
 }
 
 impl fmt::Display for NotQuantizedReason {
@@ -57,6 +74,11 @@ impl fmt::Display for NotQuantizedReason {
             NotQuantizedReason::BatchNormStatistic => {
                 "batch-norm statistic (folded by the converter)"
             }
+            NotQuantizedReason::ConfigParameter => "parameter not quantized by the quantsim config",
+            NotQuantizedReason::Supergroup => "inside a supergroup of the quantsim config",
+            NotQuantizedReason::DataMovement => "data-movement output (AIMET quantizes none)",
+            NotQuantizedReason::GridPreserving => "grid-preserving op's output",
+            NotQuantizedReason::ConfigDisabled => "turned off by the quantsim config",
         })
     }
 }

@@ -27,6 +27,7 @@ use miette::NamedSource;
 pub use backend::{Backend, Capabilities};
 pub use diagnostic::{ManifestDiagnostic, ManifestError};
 pub use discover::{ALLOW_OUTSIDE_ROOT_FLAG, SKIPPED_FOLDERS, check_workspace, discover};
+pub(crate) use raw::suggestion;
 pub use raw::{
     Given, RawCache, RawCalibration, RawEval, RawManifest, RawModel, RawOverrides, RawPipeline,
     RawQuantizerOptions, RawTarget, TARGET_KEYS,

@@ -187,6 +187,9 @@ pub struct RawQuantizerOptions {
     pub float_fallback: Option<Given<bool>>,
     /// `[targets.NAME.adaround]`: AdaRound's settings, the keys of its YAML config.
     pub adaround: Option<Given<AdaroundConfig>>,
+    /// `quantsim_config`: an AIMET quantsim config file (relative to the manifest's folder) or
+    /// a built-in config's name.
+    pub quantsim_config: Option<Given<String>>,
 }
 
 impl RawQuantizerOptions {
@@ -213,6 +216,7 @@ impl RawQuantizerOptions {
             key(&self.float_bias_bitwidth),
             key(&self.float_fallback),
             key(&self.adaround),
+            key(&self.quantsim_config),
         ]
         .into_iter()
         .flatten()
@@ -265,6 +269,7 @@ pub const TARGET_KEYS: &[&str] = &[
     "use_per_row_quantization",
     "ignore_quantization_overrides",
     "calibrate_with_quantized_weights",
+    "quantsim_config",
     "algorithms",
     "keep_io_types",
     "enable_float_fallback",
@@ -985,6 +990,12 @@ fn target(problems: &mut Problems, name: Spanned<String>, t: &DeTable<'_>) -> Ra
                 let context = format!("[targets.{}.adaround]", out.name.get_ref());
                 if let Some(config) = adaround(problems, t, &context) {
                     o.adaround = Some(at.given(config));
+                }
+            }
+            "quantsim_config" => {
+                let example = "quantsim_config = \"aimet/default_config.json\"";
+                if let Some(s) = string(problems, key, value, example) {
+                    o.quantsim_config = Some(at.given(s.into_inner()));
                 }
             }
             "calibration" | "evaluate" | "extends" => {

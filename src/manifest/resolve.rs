@@ -231,7 +231,7 @@ pub(crate) fn resolve(
     }
 
     check_references(problems, raw);
-    let targets = resolve_targets(problems, raw);
+    let targets = resolve_targets(problems, raw, root);
 
     ResolvedPipeline {
         manifest_path: manifest_path.to_path_buf(),
@@ -442,6 +442,7 @@ fn inherit(child: &RawTarget, parent: &RawTarget) -> RawTarget {
             algorithms: or(&c.algorithms, &p.algorithms),
             keep_io_types: or(&c.keep_io_types, &p.keep_io_types),
             float_fallback,
+            quantsim_config: or(&c.quantsim_config, &p.quantsim_config),
             // A child listing its own algorithms without AdaRound drops the parent's table,
             // which configures an algorithm it no longer runs.
             adaround: match (&c.adaround, &c.algorithms) {
@@ -452,7 +453,11 @@ fn inherit(child: &RawTarget, parent: &RawTarget) -> RawTarget {
     }
 }
 
-fn resolve_targets(problems: &mut Problems, raw: &RawManifest) -> BTreeMap<String, ResolvedTarget> {
+fn resolve_targets(
+    problems: &mut Problems,
+    raw: &RawManifest,
+    root: &Path,
+) -> BTreeMap<String, ResolvedTarget> {
     let by_name: BTreeMap<&str, &RawTarget> = raw
         .targets
         .iter()
@@ -479,11 +484,52 @@ fn resolve_targets(problems: &mut Problems, raw: &RawManifest) -> BTreeMap<Strin
             .iter()
             .map(|t| t.name.get_ref().clone())
             .collect();
-        if let Some(t) = check_target(problems, &effective, &all_models, extends) {
+        if let Some(mut t) = check_target(problems, &effective, &all_models, extends) {
+            if let Some(given) = &effective.options.quantsim_config
+                && !apply_quantsim_config(problems, &mut t, given, root)
+            {
+                continue;
+            }
             resolved.insert(t.name.clone(), t);
         }
     }
     resolved
+}
+
+/// Reads the target's quantsim config (a built-in name, or a file relative to the manifest's
+/// folder) into its settings; `false`, with a diagnostic at the value, when it cannot be used.
+fn apply_quantsim_config(
+    problems: &mut Problems,
+    target: &mut ResolvedTarget,
+    given: &Given<String>,
+    root: &Path,
+) -> bool {
+    let Precision::Quantized(quantization) = &mut target.precision else {
+        return true;
+    };
+    match crate::placement::load(&given.value, Some(root)) {
+        Ok(config) => {
+            quantization.settings =
+                crate::placement::with_config(config, quantization.settings.clone());
+            true
+        }
+        Err(err) => {
+            let diagnostic = problems
+                .at(
+                    "quant::manifest::quantsim_config",
+                    format!("cannot use quantsim config `{}`", given.value),
+                    given.value_span.clone(),
+                    err.located(),
+                )
+                .with_help(format!(
+                    "give a quantsim config JSON file (relative to the manifest's folder) or a \
+                     built-in config: {}",
+                    crate::placement::QuantsimConfig::BUILTIN.join(", ")
+                ));
+            problems.push(diagnostic);
+            false
+        }
+    }
 }
 
 fn val<T: Copy>(given: &Option<Given<T>>, default: T) -> T {
@@ -978,6 +1024,7 @@ fn quantization(
             float_bias_bitwidth: crate::quantizer::FloatBiasBitwidth(
                 o.float_bias_bitwidth.as_ref().map(|f| f.value),
             ),
+            quantsim_config: Default::default(),
         },
     }
 }

@@ -39,6 +39,7 @@ use crate::encoding::{Bitwidth, Encoding, FloatBitwidth, Schema, TensorEncoding}
 pub use diagnostic::{
     ErrorKind, OverridesError, OverridesInvalid, OverridesSource, OverridesWarning, WarningKind,
 };
+pub(crate) use diagnostic::{NameAt, find_name, span_at};
 
 /// A tensor's name as the ONNX model spells it.
 pub type TensorName = String;

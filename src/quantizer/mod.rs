@@ -22,6 +22,7 @@ pub use calibrate::{
 };
 pub use settings::{
     CalibrationMethod, FloatBiasBitwidth, LegacyQuantizer, Percentile, QuantizerSettings,
+    QuantsimConfigSetting,
 };
 pub use tensor::{
     EncodeError, ModelEncodings, Warning, bias_encoding, bias_partners, encode_activation,

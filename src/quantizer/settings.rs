@@ -185,6 +185,26 @@ pub struct QuantizerSettings {
     pub calibrate_with_quantized_weights: bool,
     /// `float_bias_bitwidth` (`float_bias_bw`).
     pub float_bias_bitwidth: FloatBiasBitwidth,
+    /// An AIMET quantsim config deciding quantizer placement (`--quantsim_config`,
+    /// `quantsim_config`); `None` for the QNN specification's rules.
+    pub quantsim_config: QuantsimConfigSetting,
+}
+
+/// The quantsim config a target's encodings follow ([`crate::placement`]).
+///
+/// Hashed only when given, so the digests of settings without one stay what they were. With
+/// one, encodings also follow AIMET's arithmetic where it differs from the specification's
+/// (its minimum scale `2^-23` instead of the minimum range).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QuantsimConfigSetting(pub Option<std::sync::Arc<crate::placement::QuantsimConfig>>);
+
+impl std::hash::Hash for QuantsimConfigSetting {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        if let Some(config) = &self.0 {
+            "quantsim_config".hash(state);
+            config.hash(state);
+        }
+    }
 }
 
 /// `float_bias_bitwidth`: the bitwidth of a float op's bias that has no entry of its own
@@ -219,6 +239,7 @@ impl Default for QuantizerSettings {
             per_row: false,
             calibrate_with_quantized_weights: false,
             float_bias_bitwidth: FloatBiasBitwidth(None),
+            quantsim_config: QuantsimConfigSetting(None),
         }
     }
 }

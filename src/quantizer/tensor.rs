@@ -1,5 +1,6 @@
 //! One tensor's encoding from its statistics or values, the target's settings and its override.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use super::QuantizerSettings;
@@ -267,14 +268,8 @@ pub fn encode_activation(
         bitwidth,
         schema,
     );
-    let encoding = Encoding::from_range_with(
-        min,
-        max,
-        bitwidth,
-        schema,
-        weight_convention(settings, bitwidth),
-    )
-    .map_err(encoding_error(tensor))?;
+    let encoding =
+        range_encoding(min, max, bitwidth, schema, settings).map_err(encoding_error(tensor))?;
     Ok((Some(TensorEncoding::PerTensor(encoding)), warnings))
 }
 
@@ -416,8 +411,8 @@ pub fn encode_parameter(
     }
     let statistics = value_statistics(values, stats_settings);
     let (min, max) = select_range(&statistics, strategy, bitwidth, schema);
-    let encoding = Encoding::from_range_with(min, max, bitwidth, schema, convention)
-        .map_err(encoding_error(name))?;
+    let encoding =
+        range_encoding(min, max, bitwidth, schema, settings).map_err(encoding_error(name))?;
     Ok((TensorEncoding::PerTensor(encoding), warnings))
 }
 
@@ -625,8 +620,14 @@ pub fn encode_model(
     overrides: &Overrides,
     settings: &QuantizerSettings,
 ) -> Result<ModelEncodings, EncodeError> {
+    let placement = crate::placement::placed(graph, settings);
+    let graph = placement.as_ref().map_or(graph, |p| &p.graph);
     let implied =
         super::precision::with_implied_floats(graph, overrides, settings.float_bias_bitwidth.0);
+    let implied = match &placement {
+        Some(placement) => Cow::Owned(with_placed_symmetry(&implied, placement, settings)),
+        None => implied,
+    };
     let overrides = &implied;
     let mut out = ModelEncodings::default();
     let warn = |out: &mut ModelEncodings, warnings: Vec<Warning>| {
@@ -718,6 +719,49 @@ pub fn encode_model(
     }
     out.ops = mixed.ops;
     Ok(out)
+}
+
+/// `overrides` plus the schemas a quantsim config fixes ([`crate::placement::Placement`]'s
+/// `symmetric`) as bitwidth-only overrides, where the user gave none.
+pub fn with_placed_symmetry(
+    overrides: &Overrides,
+    placement: &crate::placement::Placement,
+    settings: &QuantizerSettings,
+) -> Overrides {
+    let mut out = overrides.clone();
+    for (name, &symmetric) in &placement.symmetric {
+        if out.get(name).is_none() {
+            out.activations.insert(
+                name.clone(),
+                Override::Calibrated {
+                    bitwidth: settings.act_bitwidth,
+                    symmetric: Some(symmetric),
+                },
+            );
+        }
+    }
+    out
+}
+
+/// An encoding from a range under `settings`: AIMET's arithmetic (minimum scale `2^-23`, no
+/// minimum range) when a quantsim config is given, the specification's otherwise.
+fn range_encoding(
+    min: f64,
+    max: f64,
+    bitwidth: Bitwidth,
+    schema: Schema,
+    settings: &QuantizerSettings,
+) -> Result<Encoding, EncodingError> {
+    if settings.quantsim_config.0.is_some() && !schema.is_symmetric() {
+        return Encoding::aimet_asymmetric(min, max, bitwidth, schema);
+    }
+    Encoding::from_range_with(
+        min,
+        max,
+        bitwidth,
+        schema,
+        weight_convention(settings, bitwidth),
+    )
 }
 
 /// Whether a parameter is listed with the activations. Constant operands are (AIMET's convention): they are quantized
