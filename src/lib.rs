@@ -4,7 +4,7 @@
 //! `encoding` (pure math) · `stats` (mergeable statistics, range selection) · `onnx` (the only
 //! module that sees protobuf) · `graph` · `calib` (input lists, samples) · `run` (float execution)
 //! · `transform` (model transforms: BatchNorm folding, CLE, bias correction) · `overrides` ·
-//! `export` · `manifest` · `store` · `engine` · `cli`; beside them `atomic` (the
+//! `export` · `placement` (AIMET quantsim configs) · `manifest` · `store` · `engine` · `cli`; beside them `atomic` (the
 //! one way files are written) and `bytes` (the little-endian byte forms of stored payloads).
 
 pub mod adaround;
