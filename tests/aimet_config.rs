@@ -402,3 +402,47 @@ fn encoded_tensors_equal_aimets_key_sets_for_every_variant_and_version() {
     }
     eprintln!("{}", report.join("\n"));
 }
+
+/// The file quant writes under AIMET's config loads into aimet-onnx with `strict=True`. Runs only
+/// when `QUANT_AIMET_PYTHON` names a Python with aimet-onnx (2.42's wheels need torch's CUDA
+/// build, about 6 GB, so CI does not install it); the key-set test above stands for it there.
+#[test]
+fn encodings_load_strictly_into_aimet_when_it_is_installed() {
+    let Some(fixtures) = common::fixtures() else {
+        return;
+    };
+    let Some(python) = std::env::var_os("QUANT_AIMET_PYTHON") else {
+        eprintln!("skipped: QUANT_AIMET_PYTHON does not name a Python with aimet-onnx");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = fixtures.join("reference/aimet/default_config.json");
+    let model = fixtures.join("models/cls.prep.onnx");
+    let encodings = dir.path().join("cls.encodings");
+    let status = std::process::Command::new(common::quant_bin())
+        .arg("quantize")
+        .arg("--input_network")
+        .arg(&model)
+        .arg("--input_list")
+        .arg(fixtures.join("cls/calib/input_list.txt"))
+        .arg("--quantsim_config")
+        .arg(&config)
+        .arg("--output_encodings")
+        .arg(&encodings)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/check_aimet_load.py");
+    let output = std::process::Command::new(python)
+        .arg(script)
+        .arg(&model)
+        .arg(&config)
+        .arg(&encodings)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "aimet-onnx refused the file:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

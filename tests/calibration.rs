@@ -38,6 +38,7 @@ fn defaults() -> QuantizerSettings {
         per_row: false,
         calibrate_with_quantized_weights: false,
         float_bias_bitwidth: Default::default(),
+        quantsim_config: Default::default(),
     }
 }
 

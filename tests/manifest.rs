@@ -71,6 +71,7 @@ fn htp_settings() -> QuantizerSettings {
         per_row: false,
         calibrate_with_quantized_weights: false,
         float_bias_bitwidth: Default::default(),
+        quantsim_config: Default::default(),
     }
 }
 
@@ -191,6 +192,7 @@ fn good_manifest_applies_aliases_defaults_and_extends_chains() {
                     per_row: false,
                     calibrate_with_quantized_weights: false,
                     float_bias_bitwidth: Default::default(),
+                    quantsim_config: Default::default(),
                 },
             }),
         }

@@ -128,6 +128,40 @@ fn input_dim_naming_an_unknown_input_is_a_usage_error() {
     );
 }
 
+/// A quantsim config that cannot be used is a usage error naming the file and line, with the
+/// nearest op type suggested; nothing is written. A built-in name is accepted.
+#[test]
+fn a_bad_quantsim_config_is_a_usage_error_naming_its_line() {
+    let Some(scratch) = Scratch::new(1) else {
+        return;
+    };
+    std::fs::write(
+        scratch.path("config.json"),
+        "{\n  \"defaults\": {\"ops\": {}, \"params\": {}},\n  \"op_type\": {\"Sigmoidd\": {}}\n}\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) =
+        scratch.quantize("out.json", &["--quantsim_config", "config.json"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("`Sigmoidd` is not an ONNX op type")
+            && stderr.contains("config.json:3")
+            && stderr.contains("did you mean `Sigmoid`?"),
+        "{stderr}"
+    );
+    assert!(!scratch.path("out.json").exists());
+    let (code, _, stderr) = scratch.quantize("out.json", &["--quantsim_config", "missing.json"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("cannot read the quantsim config"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = scratch.quantize("out.json", &["--quantsim_config", "aimet-default"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(scratch.path("out.json").exists());
+}
+
 /// Each data error exits 1 with a diagnostic naming the file (and line and column where there
 /// is one) and writes nothing.
 #[test]

@@ -141,7 +141,12 @@ impl QuantsimConfig {
 
     /// Reads a config file.
     pub fn read(path: &Path) -> Result<QuantsimConfig, Box<QuantsimConfigError>> {
-        let source = |text: String| NamedSource::new(path.display().to_string(), Arc::new(text));
+        QuantsimConfig::read_as(path, &path.display().to_string())
+    }
+
+    /// Reads a config file, naming it `shown` in diagnostics (the path as the user wrote it).
+    pub fn read_as(path: &Path, shown: &str) -> Result<QuantsimConfig, Box<QuantsimConfigError>> {
+        let source = |text: String| NamedSource::new(shown, Arc::new(text));
         let text = std::fs::read_to_string(path).map_err(|e| {
             Box::new(QuantsimConfigError {
                 message: format!("cannot read the quantsim config: {e}"),
@@ -226,7 +231,11 @@ impl QuantsimConfigError {
         };
         let text = self.src.inner().as_str();
         let line = text[..span.offset().min(text.len())].matches('\n').count() + 1;
-        format!("{}, line {line} of {}", self.message, self.src.name())
+        let help = self
+            .help
+            .as_ref()
+            .map_or(String::new(), |help| format!(" ({help})"));
+        format!("{}, line {line} of {}{help}", self.message, self.src.name())
     }
 }
 

@@ -127,7 +127,7 @@ pub fn load(
     }
     let path = std::path::Path::new(given);
     match base {
-        Some(base) if path.is_relative() => QuantsimConfig::read(&base.join(path)),
+        Some(base) if path.is_relative() => QuantsimConfig::read_as(&base.join(path), given),
         _ => QuantsimConfig::read(path),
     }
 }
