@@ -168,7 +168,7 @@ impl AdaLayer {
     /// For a Conv or ConvTranspose input of dims `shape`: per kernel offset and output
     /// position, the input position read (`u32::MAX` in the padding). The same for every
     /// group, channel and sample of that shape, so it is computed once per layer and shape.
-    fn window_table(&self, shape: &[usize]) -> Result<Option<Vec<u32>>, String> {
+    pub(super) fn window_table(&self, shape: &[usize]) -> Result<Option<Vec<u32>>, String> {
         let (Geometry::Conv(window) | Geometry::ConvTranspose(window)) = &self.layer.geometry
         else {
             return Ok(None);
@@ -222,7 +222,7 @@ impl AdaLayer {
     }
 
     /// [`AdaLayer::patches`] with the window table already made.
-    fn patches_with(
+    pub(super) fn patches_with(
         &self,
         group: usize,
         input: &[f32],
@@ -313,6 +313,9 @@ impl LayerMoments {
         x_f: &[f32],
         shape: &[usize],
     ) -> Result<LayerMoments, String> {
+        if let Some(moments) = shifted_moments(layer, x_q, x_f, shape)? {
+            return Ok(moments);
+        }
         let mut moments = LayerMoments::empty(layer);
         let table = layer.window_table(shape)?;
         // Where nothing upstream is rounded the two inputs are equal, and so are the moments:
@@ -343,4 +346,175 @@ impl LayerMoments {
         }
         self.positions += other.positions;
     }
+}
+
+/// The moments of a 2-D Conv with stride 1 and dilation 1 and a kernel larger than 1×1, from
+/// the input's correlations instead of its patches; `None` for any other layer.
+///
+/// With `x̃` the input extended by zeros, `a`, `b` kernel offsets (shifted by the padding) and
+/// `O` the output positions, an entry of the patch Gram matrix is
+/// `Σ_{o∈O} x̃_c(o+a) x̃_c'(o+b) = R_cc'(b−a) − Σ_{p ∈ plane∖(O+a)} x_c(p) x̃_c'(p+b−a)`, where
+/// `R_cc'(δ) = Σ_{p∈plane} x_c(p) x̃_c'(p+δ)`. There are `(2kh−1)(2kw−1)` shifts `δ` against
+/// `(kh·kw)²` offset pairs, so a 3×3 kernel costs 25 `C × plane × C` products instead of 81,
+/// plus the corrections over the thin border strips `plane∖(O+a)`. Exact up to float
+/// summation order.
+pub(super) fn shifted_moments(
+    layer: &AdaLayer,
+    x_q: &[f32],
+    x_f: &[f32],
+    shape: &[usize],
+) -> Result<Option<LayerMoments>, String> {
+    let Geometry::Conv(window) = &layer.layer.geometry else {
+        return Ok(None);
+    };
+    if window.kernel.len() != 2
+        || window.strides.iter().any(|&s| s != 1)
+        || window.dilations.iter().any(|&d| d != 1)
+        || window.kernel.iter().product::<usize>() < 2
+    {
+        return Ok(None);
+    }
+    let map = layer.layer.spatial_map(shape)?;
+    let count = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    if count != Some(x_q.len()) || x_q.len() != x_f.len() {
+        return Err(format!(
+            "{} values for an input of shape {shape:?}",
+            x_q.len()
+        ));
+    }
+    let (kh, kw) = (window.kernel[0], window.kernel[1]);
+    let (h, w) = (shape[2], shape[3]);
+    let ((oh, begin_y), (ow, begin_x)) = (map[0], map[1]);
+    let plane = h * w;
+    let kernel = kh * kw;
+    let per_group = layer.layer.in_channels / layer.groups;
+    let k = layer.k();
+    let same = x_q == x_f;
+    let mut moments = LayerMoments::empty(layer);
+    moments.positions = (shape[0] * oh * ow) as u64;
+    // Kernel offset index a = ky·kw + kx reads input (oy + ky − begin_y, ox + kx − begin_x).
+    let shift_of = |a: usize| {
+        (
+            a as i64 / kw as i64 - begin_y,
+            a as i64 % kw as i64 - begin_x,
+        )
+    };
+    // `x̃_c(p + δ)` for every channel row, as a `C × plane` matrix (zeros off the plane).
+    let shifted = |x: ArrayView2<f32>, dy: i64, dx: i64| -> Array2<f32> {
+        let mut out = Array2::<f32>::zeros((x.nrows(), plane));
+        for c in 0..x.nrows() {
+            let row = x.row(c);
+            let row = row.as_slice().unwrap_or_default();
+            let target = out.row_mut(c).into_slice().unwrap_or_default();
+            for y in 0..h as i64 {
+                let sy = y + dy;
+                if sy < 0 || sy >= h as i64 {
+                    continue;
+                }
+                let (x0, x1) = ((-dx).max(0), (w as i64 - dx).min(w as i64));
+                if x0 >= x1 {
+                    continue;
+                }
+                let dst = y as usize * w;
+                let src = sy as usize * w;
+                target[dst + x0 as usize..dst + x1 as usize].copy_from_slice(
+                    &row[(src as i64 + x0 + dx) as usize..(src as i64 + x1 + dx) as usize],
+                );
+            }
+        }
+        out
+    };
+    // Per offset a: the plane positions p with p − a outside the output grid.
+    let strips: Vec<Vec<(usize, usize)>> = (0..kernel)
+        .map(|a| {
+            let (ay, ax) = shift_of(a);
+            let mut cells = Vec::new();
+            for y in 0..h {
+                for x in 0..w {
+                    let (oy, ox) = (y as i64 - ay, x as i64 - ax);
+                    if oy < 0 || oy >= oh as i64 || ox < 0 || ox >= ow as i64 {
+                        cells.push((y, x));
+                    }
+                }
+            }
+            cells
+        })
+        .collect();
+    let gram = |left: ArrayView2<f32>, right: ArrayView2<f32>, out: &mut Array2<f64>| {
+        let (sy, sx) = (2 * kh - 1, 2 * kw - 1);
+        let mut correlations = Vec::with_capacity(sy * sx);
+        for dy in -(kh as i64 - 1)..kh as i64 {
+            for dx in -(kw as i64 - 1)..kw as i64 {
+                correlations.push(left.dot(&shifted(right, dy, dx).t()));
+            }
+        }
+        let channels = left.nrows();
+        for a in 0..kernel {
+            let (ay, ax) = shift_of(a);
+            let cells = &strips[a];
+            let left_strip = if cells.is_empty() {
+                None
+            } else {
+                let mut m = Array2::<f32>::zeros((channels, cells.len()));
+                for c in 0..channels {
+                    for (j, &(y, x)) in cells.iter().enumerate() {
+                        m[[c, j]] = left[[c, y * w + x]];
+                    }
+                }
+                Some(m)
+            };
+            for b in 0..kernel {
+                let (by, bx) = shift_of(b);
+                let (dy, dx) = (by - ay, bx - ax);
+                let index = (dy + kh as i64 - 1) as usize * sx + (dx + kw as i64 - 1) as usize;
+                let full = &correlations[index];
+                let correction = left_strip.as_ref().map(|strip| {
+                    let mut m = Array2::<f32>::zeros((channels, cells.len()));
+                    for c in 0..channels {
+                        for (j, &(y, x)) in cells.iter().enumerate() {
+                            let (ty, tx) = (y as i64 + dy, x as i64 + dx);
+                            if ty >= 0 && ty < h as i64 && tx >= 0 && tx < w as i64 {
+                                m[[c, j]] = right[[c, ty as usize * w + tx as usize]];
+                            }
+                        }
+                    }
+                    strip.dot(&m.t())
+                });
+                for c in 0..channels {
+                    for c2 in 0..channels {
+                        let mut v = f64::from(full[[c, c2]]);
+                        if let Some(correction) = &correction {
+                            v -= f64::from(correction[[c, c2]]);
+                        }
+                        out[[c * kernel + a, c2 * kernel + b]] += v;
+                    }
+                }
+            }
+        }
+    };
+    debug_assert_eq!(k, per_group * kernel);
+    for n in 0..shape[0] {
+        for g in 0..layer.groups {
+            let base = (n * layer.layer.in_channels + g * per_group) * plane;
+            fn view(
+                x: &[f32],
+                base: usize,
+                rows: usize,
+                plane: usize,
+            ) -> Result<ArrayView2<'_, f32>, String> {
+                ArrayView2::from_shape((rows, plane), &x[base..base + rows * plane])
+                    .map_err(|e| e.to_string())
+            }
+            let q = view(x_q, base, per_group, plane)?;
+            gram(q, q, &mut moments.quantized[g]);
+            if !same {
+                gram(view(x_f, base, per_group, plane)?, q, &mut moments.cross[g]);
+            }
+        }
+    }
+    if same {
+        // Where nothing upstream is rounded the two inputs are equal, and so are the moments.
+        moments.cross = moments.quantized.clone();
+    }
+    Ok(Some(moments))
 }

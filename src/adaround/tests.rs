@@ -301,3 +301,74 @@ fn conv_patches_times_weights_give_the_convolution() {
     layer.scatter(&matrices, &mut back);
     assert_eq!(back, w);
 }
+
+/// The correlation form of a stride-1 Conv's moments equals the patch products, for kernels
+/// and paddings of every kind (same, valid, lopsided, wider than the input), groups and batches.
+#[test]
+fn shifted_moments_equal_the_patch_products() {
+    let cases = [
+        // (c_in, h, w, groups, kh, kw, pad begin (y, x), pad end (y, x), batch)
+        (4, 7, 6, 1, 3, 3, (1, 1), (1, 1), 1),
+        (4, 5, 5, 2, 3, 3, (0, 0), (0, 0), 2),
+        (3, 6, 4, 1, 5, 3, (2, 0), (1, 2), 1),
+        (2, 4, 3, 1, 1, 3, (0, 1), (0, 1), 1),
+        (2, 3, 3, 2, 5, 5, (3, 3), (3, 3), 1),
+    ];
+    for (case, &(c_in, h, w, groups, kh, kw, begin, end, batch)) in cases.iter().enumerate() {
+        let layer = AdaLayer {
+            layer: BiasLayer {
+                output: "y".into(),
+                input: "x".into(),
+                in_channels: c_in,
+                geometry: Geometry::Conv(Window {
+                    kernel: vec![kh, kw],
+                    strides: vec![1, 1],
+                    dilations: vec![1, 1],
+                    padding: Padding::Explicit {
+                        begin: vec![begin.0, begin.1],
+                        end: vec![end.0, end.1],
+                    },
+                    groups,
+                    output_padding: vec![0, 0],
+                    output_shape: None,
+                }),
+            },
+            weight: "w".into(),
+            weight_dims: vec![groups, c_in / groups, kh, kw],
+            layout: WeightLayout::Conv,
+            groups,
+            out_channels: groups,
+        };
+        let shape = [batch, c_in, h, w];
+        let mut rng = Lcg(100 + case as u64);
+        let x_f: Vec<f32> = (0..batch * c_in * h * w).map(|_| rng.next()).collect();
+        let x_q: Vec<f32> = x_f.iter().map(|v| v + 0.05 * rng.next()).collect();
+        for (q, f) in [(&x_q, &x_f), (&x_f, &x_f)] {
+            let fast = moments::shifted_moments(&layer, q, f, &shape).unwrap().unwrap();
+            let mut slow = LayerMoments::empty(&layer);
+            let table = layer.window_table(&shape).unwrap();
+            for g in 0..groups {
+                let pq = layer.patches_with(g, q, &shape, table.as_deref()).unwrap();
+                let pf = layer.patches_with(g, f, &shape, table.as_deref()).unwrap();
+                slow.quantized[g] = pq.t().dot(&pq).mapv(f64::from);
+                slow.cross[g] = pf.t().dot(&pq).mapv(f64::from);
+                slow.positions = pq.nrows() as u64;
+            }
+            assert_eq!(fast.positions, slow.positions, "case {case}");
+            for g in 0..groups {
+                for (name, a, b) in [
+                    ("quantized", &fast.quantized[g], &slow.quantized[g]),
+                    ("cross", &fast.cross[g], &slow.cross[g]),
+                ] {
+                    for ((i, j), v) in a.indexed_iter() {
+                        assert!(
+                            (v - b[[i, j]]).abs() < 1e-4,
+                            "case {case} {name} group {g} [{i}, {j}]: {v} vs {}",
+                            b[[i, j]]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
