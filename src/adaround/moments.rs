@@ -313,7 +313,9 @@ impl LayerMoments {
         x_f: &[f32],
         shape: &[usize],
     ) -> Result<LayerMoments, String> {
-        if let Some(moments) = shifted_moments(layer, x_q, x_f, shape)? {
+        if layer.layer.in_channels / layer.groups >= MIN_SHIFTED_CHANNELS
+            && let Some(moments) = shifted_moments(layer, x_q, x_f, shape)?
+        {
             return Ok(moments);
         }
         let mut moments = LayerMoments::empty(layer);
@@ -347,6 +349,10 @@ impl LayerMoments {
         self.positions += other.positions;
     }
 }
+
+/// Channels per group below which the patch products stay cheaper: a depthwise layer's
+/// `K × K` product is tiny, and the correlations' fixed costs would dominate it.
+const MIN_SHIFTED_CHANNELS: usize = 8;
 
 /// The moments of a 2-D Conv with stride 1 and dilation 1 and a kernel larger than 1×1, from
 /// the input's correlations instead of its patches; `None` for any other layer.

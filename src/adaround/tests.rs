@@ -344,7 +344,9 @@ fn shifted_moments_equal_the_patch_products() {
         let x_f: Vec<f32> = (0..batch * c_in * h * w).map(|_| rng.next()).collect();
         let x_q: Vec<f32> = x_f.iter().map(|v| v + 0.05 * rng.next()).collect();
         for (q, f) in [(&x_q, &x_f), (&x_f, &x_f)] {
-            let fast = moments::shifted_moments(&layer, q, f, &shape).unwrap().unwrap();
+            let fast = moments::shifted_moments(&layer, q, f, &shape)
+                .unwrap()
+                .unwrap();
             let mut slow = LayerMoments::empty(&layer);
             let table = layer.window_table(&shape).unwrap();
             for g in 0..groups {
