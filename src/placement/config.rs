@@ -70,6 +70,26 @@ pub struct QuantsimConfig {
     pub model_output_quantized: Option<bool>,
 }
 
+/// AIMET's defaults with nothing configured per op type or parameter: outputs and parameters
+/// quantized, parameters symmetric, activations asymmetric, per-tensor, model input quantized.
+impl Default for QuantsimConfig {
+    fn default() -> Self {
+        QuantsimConfig {
+            output_quantized: true,
+            activations_symmetric: false,
+            params_quantized: true,
+            params_symmetric: true,
+            strict_symmetric: false,
+            per_channel: false,
+            params: BTreeMap::new(),
+            op_types: BTreeMap::new(),
+            supergroups: Vec::new(),
+            model_input_quantized: true,
+            model_output_quantized: None,
+        }
+    }
+}
+
 impl QuantsimConfig {
     /// The names of the built-in configs, for manifests and `--quantsim_config`.
     pub const BUILTIN: [&'static str; 2] = ["aimet-default", "aimet-per-channel"];
@@ -119,12 +139,6 @@ impl QuantsimConfig {
         }
         let chain = |a: &str, b: &str| vec![a.to_string(), b.to_string()];
         Some(QuantsimConfig {
-            output_quantized: true,
-            activations_symmetric: false,
-            params_quantized: true,
-            params_symmetric: true,
-            strict_symmetric: false,
-            per_channel: false,
             params: [("bias".to_string(), off())].into_iter().collect(),
             op_types,
             supergroups: vec![
@@ -134,8 +148,7 @@ impl QuantsimConfig {
                 chain("Add", "Relu"),
                 chain("Gemm", "Relu"),
             ],
-            model_input_quantized: true,
-            model_output_quantized: None,
+            ..QuantsimConfig::default()
         })
     }
 
@@ -591,19 +604,7 @@ impl Reader<'_> {
                 "model_output",
             ],
         )?;
-        let mut config = QuantsimConfig {
-            output_quantized: true,
-            activations_symmetric: false,
-            params_quantized: true,
-            params_symmetric: true,
-            strict_symmetric: false,
-            per_channel: false,
-            params: BTreeMap::new(),
-            op_types: BTreeMap::new(),
-            supergroups: Vec::new(),
-            model_input_quantized: true,
-            model_output_quantized: None,
-        };
+        let mut config = QuantsimConfig::default();
         let Some(defaults) = top.get("defaults") else {
             return Err(self.error(
                 &[],
