@@ -210,6 +210,7 @@ fn small_cls_job(fixtures: &common::Fixtures, dir: &Path, n: usize, labels: &str
         labels: Some(labels_path),
         input_dims: Vec::new(),
         jobs: Some(1),
+        rounding: quant::encoding::Rounding::Onnx,
     }
 }
 
