@@ -2,9 +2,16 @@
 //!
 //! `quant quantize` writes the encodings and the QDQ model from the same calibration; our
 //! evaluation (`eval::run_job`) simulates the encodings, onnxruntime runs the QDQ model
-//! (`tests/python/check_qdq.py`), and the two must agree: cls top-1 within a point on the 400
-//! labelled eval samples, det output SQNR within 0.5 dB on the 8 eval samples. Both are also set
-//! next to onnxruntime's own `quantize_static` MinMax figures in `reference/eval.json`.
+//! (`tests/python/check_qdq.py`), and the two must agree: against onnxruntime running the
+//! float Q/DQ arithmetic QuantSim reproduces (optimizations disabled), cls argmax on at least
+//! 399 of the 400 eval samples (per-tensor and per-channel; measured 400/400) and det's mean
+//! output SQNR within 0.05 dB (measured 0.01 dB); against onnxruntime's fused integer kernels,
+//! cls top-1 within a point and det within 0.5 dB. Both are also set next to onnxruntime's own
+//! `quantize_static` MinMax figures in `reference/eval.json`.
+//!
+//! What remains between QuantSim and onnxruntime's float Q/DQ run is float accumulation order
+//! (tract vs MLAS): det's output is bit-identical on 5 of 8 samples and differs by at most 0.61
+//! on the others, where a value within an ulp of a rounding boundary tipped one step.
 //!
 //! The quantize settings are the ones closest to onnxruntime's `quantize_static` defaults:
 //! min-max ranges, asymmetric 8-bit activations, symmetric 8-bit weights
@@ -620,7 +627,10 @@ fn cls_w8a8_argmax_agrees_with_onnxruntime_sample_by_sample() {
         .copied()
         .chain(["--use_per_channel_quantization"])
         .collect();
-    for (name, extra) in [("per-tensor", ORT_LIKE.to_vec()), ("per-channel", per_channel)] {
+    for (name, extra) in [
+        ("per-tensor", ORT_LIKE.to_vec()),
+        ("per-channel", per_channel),
+    ] {
         let dir = tmp.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let (encodings, qdq) = quantize(&dir, &float, &calib, &extra);

@@ -431,12 +431,7 @@ pub fn quantize<T: StoredInteger>(
         }
         return Ok(());
     }
-    let (scale, lo, hi, zp) = (
-        g.scale,
-        g.lo as f32,
-        g.hi as f32,
-        g.zero_point as f32,
-    );
+    let (scale, lo, hi, zp) = (g.scale, g.lo as f32, g.hi as f32, g.zero_point as f32);
     let mut out_chunks = output.chunks_exact_mut(LANES);
     let in_chunks = input.chunks_exact(LANES);
     let in_tail = in_chunks.remainder();

@@ -489,8 +489,14 @@ mod tests {
         // Float and an encoding differ.
         let mut float = base.clone();
         float[3] = None;
-        assert_ne!(tensor_keys(&s, &float, Rounding::Onnx)[3].after, keys[3].after);
-        assert_eq!(tensor_keys(&s, &float, Rounding::Onnx)[3].before, keys[3].before);
+        assert_ne!(
+            tensor_keys(&s, &float, Rounding::Onnx)[3].after,
+            keys[3].after
+        );
+        assert_eq!(
+            tensor_keys(&s, &float, Rounding::Onnx)[3].before,
+            keys[3].before
+        );
         // The other rounding mode keys every tensor apart, before and after.
         for (aimet, onnx) in tensor_keys(&s, &base, Rounding::Aimet).iter().zip(&keys) {
             assert_ne!(aimet.before, onnx.before);

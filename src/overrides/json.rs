@@ -271,8 +271,17 @@ fn as_written(entry: &DictionaryEntry, encoding: &Encoding) -> Encoding {
 
 /// Whether two encodings are the same numbers, bit for bit.
 fn same_bits(a: &Encoding, b: &Encoding) -> bool {
-    (a.min.to_bits(), a.max.to_bits(), a.scale.to_bits(), a.offset)
-        == (b.min.to_bits(), b.max.to_bits(), b.scale.to_bits(), b.offset)
+    (
+        a.min.to_bits(),
+        a.max.to_bits(),
+        a.scale.to_bits(),
+        a.offset,
+    ) == (
+        b.min.to_bits(),
+        b.max.to_bits(),
+        b.scale.to_bits(),
+        b.offset,
+    )
 }
 
 impl<'a> Entry<'a> {
@@ -767,7 +776,8 @@ mod tests {
     fn as_written_keeps_the_stated_scale_and_offset() {
         let text = r#"{"activation_encodings": {"t": [{"bitwidth": 8, "min": -1.0, "max": 1.0,
             "scale": 0.0079, "offset": -127, "is_symmetric": "False"}],
-            "same": [{"bitwidth": 8, "min": 0.0, "max": 2.55, "scale": 0.01, "offset": 0}]},
+            "close": [{"bitwidth": 8, "min": 0.0, "max": 2.55, "scale": 0.01, "offset": 0}],
+            "range": [{"bitwidth": 8, "min": 0.0, "max": 2.55}]},
             "param_encodings": {"w": [
                 {"bitwidth": 8, "min": -1.28, "max": 1.27, "scale": 0.0101, "offset": -128,
                  "is_symmetric": "True"},
@@ -788,7 +798,13 @@ mod tests {
             &w.kind,
             WarningKind::ScaleDisagrees { tensor, .. } if tensor == "t"
         )));
-        assert_eq!(written.activations["same"], parsed.overrides.activations["same"]);
+        // Within the warning's tolerance, but still the stated number, not 0.00999...
+        assert_eq!(single(&written.activations["close"]).scale, 0.01);
+        assert_ne!(single(&parsed.overrides.activations["close"]).scale, 0.01);
+        assert_eq!(
+            written.activations["range"],
+            parsed.overrides.activations["range"]
+        );
         let Override::Fixed(FixedEncoding::PerChannel(channels)) = &written.parameters["w"] else {
             panic!("{:?}", written.parameters["w"]);
         };
