@@ -2,9 +2,16 @@
 //!
 //! `quant quantize` writes the encodings and the QDQ model from the same calibration; our
 //! evaluation (`eval::run_job`) simulates the encodings, onnxruntime runs the QDQ model
-//! (`tests/python/check_qdq.py`), and the two must agree: cls top-1 within a point on the 400
-//! labelled eval samples, det output SQNR within 0.5 dB on the 8 eval samples. Both are also set
-//! next to onnxruntime's own `quantize_static` MinMax figures in `reference/eval.json`.
+//! (`tests/python/check_qdq.py`), and the two must agree: against onnxruntime running the
+//! float Q/DQ arithmetic QuantSim reproduces (optimizations disabled), cls argmax on at least
+//! 399 of the 400 eval samples (per-tensor and per-channel; measured 400/400) and det's mean
+//! output SQNR within 0.05 dB (measured 0.01 dB); against onnxruntime's fused integer kernels,
+//! cls top-1 within a point and det within 0.5 dB. Both are also set next to onnxruntime's own
+//! `quantize_static` MinMax figures in `reference/eval.json`.
+//!
+//! What remains between QuantSim and onnxruntime's float Q/DQ run is float accumulation order
+//! (tract vs MLAS): det's output is bit-identical on 5 of 8 samples and differs by at most 0.61
+//! on the others, where a value within an ulp of a rounding boundary tipped one step.
 //!
 //! The quantize settings are the ones closest to onnxruntime's `quantize_static` defaults:
 //! min-max ranges, asymmetric 8-bit activations, symmetric 8-bit weights
@@ -79,6 +86,7 @@ fn evaluate(model: &Path, encodings: &Path, list: &Path, labels: Option<&Path>) 
         labels: labels.map(Path::to_path_buf),
         input_dims: Vec::new(),
         jobs: None,
+        rounding: quant::encoding::Rounding::Onnx,
     };
     match eval::run_job(&job, |_, _| {}) {
         Ok(output) => output,
@@ -180,6 +188,11 @@ fn sqnr_db(f: &[f32], q: &[f32]) -> f64 {
 
 fn fmt(values: &[f64]) -> String {
     let parts: Vec<String> = values.iter().map(|v| format!("{v:.2}")).collect();
+    format!("[{}]", parts.join(", "))
+}
+
+fn fmt_delta(values: &[f64]) -> String {
+    let parts: Vec<String> = values.iter().map(|v| format!("{v:.2e}")).collect();
     format!("[{}]", parts.join(", "))
 }
 
@@ -338,12 +351,21 @@ fn det_min_max_w8a8_output_sqnr_agrees_with_onnxruntime_on_our_qdq_export() {
     let model = OnnxModel::read(&float).unwrap();
     let graph = Graph::from_model(&model).unwrap();
     let parsed = overrides::read(&encodings).unwrap();
-    let (model_encodings, _) = quantsim::encodings_from_overrides(&graph, &parsed.overrides);
+    let (model_encodings, _) = quantsim::encodings_from_overrides(&graph, &parsed.as_written());
     let sim = QuantSim::new(&model, &graph, &model_encodings, &[]).unwrap();
     let input_list = InputList::read(&list).unwrap();
     let mut to_integer = Vec::new();
     let mut to_fake = Vec::new();
     let mut to_nudged = Vec::new();
+    let mut delta_integer = Vec::new();
+    let mut delta_fake = Vec::new();
+    let max_delta = |a: &[f32], b: &[f32]| {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| f64::from((x - y).abs()))
+            .fold(0.0, f64::max)
+    };
     for (index, sample) in input_list.samples.iter().enumerate() {
         let loaded = input_list.load(sample, sim.runner().input_specs()).unwrap();
         let outputs = sim.run(&loaded.tensors, |_, _, _| {}).unwrap();
@@ -351,6 +373,8 @@ fn det_min_max_w8a8_output_sqnr_agrees_with_onnxruntime_on_our_qdq_export() {
         let read = |dir: &Path| read_raw(&dir.join(format!("{index:04}_0.raw")));
         to_integer.push(sqnr_db(&simulated, &read(&integer_dump)));
         to_fake.push(sqnr_db(&simulated, &read(&fake_dump)));
+        delta_integer.push(max_delta(&simulated, &read(&integer_dump)));
+        delta_fake.push(max_delta(&simulated, &read(&fake_dump)));
         // The same simulation on the input nudged by ±1e-6 (relative): how far a float
         // difference far below any quantization step moves this model's quantized output.
         let mut nudged = loaded.tensors.clone();
@@ -375,6 +399,7 @@ fn det_min_max_w8a8_output_sqnr_agrees_with_onnxruntime_on_our_qdq_export() {
          \x20 onnxruntime quantize_static MinMax:  mean {ort_minmax_mean:.2} dB (reference)\n\
          \x20 quantsim output vs onnxruntime's: integer {} dB, float Q/DQ {} dB\n\
          \x20 quantsim output vs quantsim on the input nudged by 1e-6: {} dB\n\
+         \x20 max |quantsim - onnxruntime| per sample: integer {}, float Q/DQ {}\n\
          \x20 time: our float + quantsim {eval_seconds:.1}s",
         fmt(&output.sqnr_db),
         fmt(&per_sample(&integer)),
@@ -382,6 +407,14 @@ fn det_min_max_w8a8_output_sqnr_agrees_with_onnxruntime_on_our_qdq_export() {
         fmt(&to_integer),
         fmt(&to_fake),
         fmt(&to_nudged),
+        fmt_delta(&delta_integer),
+        fmt_delta(&delta_fake),
+    );
+    // The mean output SQNR of the simulation is onnxruntime's on the export running the same
+    // float Q/DQ arithmetic; the fused integer kernels are a different computation.
+    assert!(
+        (ours_mean - fake_mean).abs() <= 0.05,
+        "quantsim {ours_mean:.3} dB vs onnxruntime float Q/DQ {fake_mean:.3} dB"
     );
 
     assert!(
@@ -552,4 +585,72 @@ fn det_w4a8_per_channel_packed_int4_runs_in_onnxruntime_and_agrees_with_quantsim
         integer_mean >= 6.0,
         "onnxruntime {integer_mean:.2} dB on the W4A8 export"
     );
+}
+
+/// Samples whose argmax agrees between quant's evaluation and a `check_qdq.py` run.
+fn argmax_agreement(ours: &[Option<usize>], ort: &Value) -> usize {
+    let ort = ort[0].as_array().unwrap();
+    assert_eq!(ours.len(), ort.len());
+    ours.iter()
+        .zip(ort)
+        .filter(|(a, b)| a.map(|a| a as u64) == b.as_u64())
+        .count()
+}
+
+/// `quant eval` (ONNX rounding) against onnxruntime running the QDQ export of the same
+/// encodings, sample by sample, on the 400 cls eval samples, W8A8 per-tensor and per-channel.
+///
+/// The assertion is against onnxruntime with graph optimizations disabled: every
+/// QuantizeLinear/DequantizeLinear runs as written around float operators, the computation a
+/// fake-quantizing simulation claims to reproduce. With default optimizations onnxruntime fuses
+/// the Q/DQ pairs into integer kernels (QLinearConv, QLinearSoftmax, ...), which requantize with
+/// their own rounding and a lookup-table Softmax: a different computation, reported but not held
+/// to the same bar.
+///
+/// What remains between the two runtimes is float accumulation: tract and onnxruntime sum a
+/// Conv's products in different orders (and with different FMA use), so a pre-activation within
+/// an ulp of a rounding boundary can land one grid step apart.
+#[test]
+fn cls_w8a8_argmax_agrees_with_onnxruntime_sample_by_sample() {
+    let Some(fixtures) = common::fixtures() else {
+        return;
+    };
+    let Some(python) = common::python() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let float = fixtures.join("models/cls.prep.onnx");
+    let calib = fixtures.join("cls/calib/input_list.txt");
+    let list = fixtures.join("cls/eval/input_list.txt");
+    let per_channel: Vec<&str> = ORT_LIKE
+        .iter()
+        .copied()
+        .chain(["--use_per_channel_quantization"])
+        .collect();
+    for (name, extra) in [
+        ("per-tensor", ORT_LIKE.to_vec()),
+        ("per-channel", per_channel),
+    ] {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (encodings, qdq) = quantize(&dir, &float, &calib, &extra);
+        let ours = evaluate(&float, &encodings, &list, None);
+        let argmax = &ours.evaluation.outputs[0].argmax;
+        assert_eq!(argmax.len(), 400);
+        let integer = onnxruntime(&python, &qdq, &float, &list, "all", &[]);
+        let fake = onnxruntime(&python, &qdq, &float, &list, "disable", &[]);
+        let with_integer = argmax_agreement(argmax, &integer["qdq_argmax"]);
+        let with_fake = argmax_agreement(argmax, &fake["qdq_argmax"]);
+        let ort_between = 400 - argmax_differences(&integer["qdq_argmax"], &fake["qdq_argmax"]);
+        eprintln!(
+            "cls/eval, 400 samples, W8A8 {name} (s8 symmetric weights, int32 bias), argmax per sample:\n\
+             \x20 quant eval vs onnxruntime float Q/DQ (optimizations disabled): {with_fake}/400\n\
+             \x20 quant eval vs onnxruntime integer kernels (default):          {with_integer}/400\n\
+             \x20 onnxruntime float Q/DQ vs onnxruntime integer kernels:        {ort_between}/400"
+        );
+        assert!(
+            with_fake >= 399,
+            "W8A8 {name}: quant eval agrees with onnxruntime's float Q/DQ on {with_fake}/400 samples"
+        );
+    }
 }

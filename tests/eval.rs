@@ -210,6 +210,7 @@ fn small_cls_job(fixtures: &common::Fixtures, dir: &Path, n: usize, labels: &str
         labels: Some(labels_path),
         input_dims: Vec::new(),
         jobs: Some(1),
+        rounding: quant::encoding::Rounding::Onnx,
     }
 }
 
@@ -274,4 +275,51 @@ fn exit_codes_are_1_for_data_errors_and_2_for_usage() {
     assert_eq!(usage.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&usage.stderr);
     assert!(stderr.contains("--input_dim names `nope`"), "{stderr}");
+}
+
+/// AIMET's own cls encodings (aimet-onnx 2.42, `reference/aimet/`), simulated with AIMET's
+/// kernel (`--rounding aimet`) and the files' own scales and offsets, give the top-1 counts
+/// AIMET's QuantizationSimModel gave on `cls/eval` (issue 15): 390/400 per-tensor, 393/400
+/// per-channel. What makes them equal: biases stay float and Conv outputs inside Conv+Relu
+/// supergroups stay unquantized (both simply absent from AIMET's file), weights are
+/// fake-quantized with the same kernel as activations, and ties round away from zero after the
+/// offset is subtracted.
+#[test]
+fn aimet_rounding_on_aimets_own_encodings_gives_aimets_top1() {
+    let Some(fixtures) = common::fixtures() else {
+        return;
+    };
+    for (file, aimet) in [
+        ("cls.tf_w8a8.v061.encodings", 390),
+        ("cls.tf_w8a8_pc.v061.encodings", 393),
+    ] {
+        let job = |rounding| EvalJob {
+            model: fixtures.join("models/cls.prep.onnx"),
+            encodings: fixtures.join("reference/aimet").join(file),
+            input_list: fixtures.join("cls/eval/input_list.txt"),
+            labels: Some(fixtures.join("cls/eval/labels.txt")),
+            input_dims: Vec::new(),
+            jobs: None,
+            rounding,
+        };
+        let run = |rounding| {
+            let output = eval::run_job(&job(rounding), |_, _| {}).unwrap();
+            (output.evaluation.accuracy.unwrap(), output.warnings)
+        };
+        let (ours, warnings) = run(quant::encoding::Rounding::Aimet);
+        let (onnx, _) = run(quant::encoding::Rounding::Onnx);
+        eprintln!(
+            "{file} on cls/eval: --rounding aimet {}/400, --rounding onnx {}/400, AIMET {aimet}/400",
+            ours.quantized_correct, onnx.quantized_correct
+        );
+        assert_eq!(ours.float_correct, 392);
+        assert_eq!(ours.quantized_correct, aimet, "{file}");
+        // The file's near-constant tensor keeps AIMET's 2^-23 scale, and the warning says so.
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("given scale") && w.contains("is simulated")),
+            "{warnings:?}"
+        );
+    }
 }

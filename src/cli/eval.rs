@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use super::shell::Shell;
 use super::{EXIT_FAILURE, EXIT_USAGE};
+use crate::encoding::Rounding;
 use crate::eval::{self, EvalError, EvalJob};
 use crate::report::{Report, ReportContext};
 
@@ -40,6 +41,29 @@ pub struct EvalArgs {
     /// Samples run in parallel (default: all cores).
     #[arg(short = 'j', long = "jobs")]
     jobs: Option<usize>,
+    /// Whose rounding the simulation reproduces: `onnx` computes what onnxruntime computes on
+    /// the QDQ export (x / scale in float32, half to even); `aimet` computes what AIMET's
+    /// QuantSim computes (clamp to the encoding's min/max, half away from zero).
+    #[arg(long = "rounding", value_enum, default_value_t = RoundingArg::Onnx)]
+    rounding: RoundingArg,
+}
+
+/// `--rounding`'s values; [`Rounding`] itself stays free of clap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RoundingArg {
+    /// onnxruntime's QuantizeLinear/DequantizeLinear.
+    Onnx,
+    /// AIMET's QuantSim kernel.
+    Aimet,
+}
+
+impl From<RoundingArg> for Rounding {
+    fn from(arg: RoundingArg) -> Rounding {
+        match arg {
+            RoundingArg::Onnx => Rounding::Onnx,
+            RoundingArg::Aimet => Rounding::Aimet,
+        }
+    }
 }
 
 impl EvalArgs {
@@ -83,6 +107,7 @@ pub fn run(args: EvalArgs) -> ExitCode {
         labels: args.labels.clone(),
         input_dims,
         jobs: args.jobs,
+        rounding: args.rounding.into(),
     };
     shell.status(
         "Evaluating",

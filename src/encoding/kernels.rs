@@ -7,11 +7,17 @@
 //! split the slice (rayon chunks) and merge, which gives the same bits whatever the thread count
 //! because min/max and counts are order-independent and every element is quantized on its own.
 //!
-//! Rounding is half to even, done with the 1.5·2^23 trick (`(t + M) - M` in `f32`, exact for
-//! `|t| ≤ 2^22`; `t` is clamped to the integer grid first, which keeps it far inside that bound
-//! for bitwidths up to 16). 32-bit encodings take the same path in `f64` with 1.5·2^52.
-//! `x / scale` is computed as `x · (1/scale)` in `f32`; on values within an ulp of a tie this can
-//! land one step away from an exact `f64` division ([`Encoding::quantize_value`]).
+//! The default kernels compute exactly what onnxruntime's QuantizeLinear and DequantizeLinear
+//! compute with the `f32` scale a QDQ model stores (MLAS `MlasQuantizeLinear`): `x / scale` as
+//! an `f32` division (not a multiplication by a reciprocal, which differs within an ulp of a
+//! tie), clamped to the integer grid, rounded half to even, then `(q − zp) · scale` in `f32`.
+//! Rounding uses the 1.5·2^23 trick (`(t + M) - M` in `f32`, exact for `|t| ≤ 2^22`; `t` is
+//! clamped to the grid first, which keeps it far inside that bound for bitwidths up to 16).
+//! 32-bit encodings round in `f64` with 1.5·2^52 after the same `f32` division.
+//!
+//! [`FakeQuant`] names the two other arithmetics a simulation needs: a parameter stored by the
+//! QDQ export (its integer comes from `f64` arithmetic, [`Encoding::quantize_value`]) and
+//! AIMET's own kernel (clamp in the real domain, half away from zero).
 //!
 //! NaN inputs quantize to the lowest grid value (the clamp's comparisons are false for NaN);
 //! ±Inf saturate to the grid's ends.
@@ -207,8 +213,8 @@ stored_integer!(u8, i8, u16, i16, u32, i32);
 /// zero, `[offset, offset + 2^bw - 1]`, so `round(clamp(x / scale))` is the grid position.
 #[derive(Debug, Clone, Copy)]
 struct Grid {
-    inv_scale: f64,
-    scale: f64,
+    /// The scale a QDQ model stores, which is what the runtime divides by.
+    scale: f32,
     lo: f64,
     hi: f64,
     /// Added to a grid position to get the stored integer.
@@ -220,8 +226,7 @@ impl Grid {
     fn new(encoding: &Encoding) -> Grid {
         let lo = encoding.offset as f64;
         Grid {
-            inv_scale: 1.0 / encoding.scale,
-            scale: encoding.scale,
+            scale: encoding.scale as f32,
             lo,
             hi: lo + encoding.bitwidth.steps(),
             zero_point: encoding.zero_point() as f64,
@@ -232,8 +237,8 @@ impl Grid {
 }
 
 #[inline(always)]
-fn grid_f32(x: f32, inv: f32, lo: f32, hi: f32) -> f32 {
-    let t = x * inv;
+fn grid_f32(x: f32, scale: f32, lo: f32, hi: f32) -> f32 {
+    let t = x / scale;
     // Comparisons, not f32::max/min: they compile to bare maxps/minps and send NaN to `lo`.
     let t = if t > lo { t } else { lo };
     let t = if t < hi { t } else { hi };
@@ -241,8 +246,9 @@ fn grid_f32(x: f32, inv: f32, lo: f32, hi: f32) -> f32 {
 }
 
 #[inline(always)]
-fn grid_f64(x: f32, inv: f64, lo: f64, hi: f64) -> f64 {
-    let t = f64::from(x) * inv;
+fn grid_f64(x: f32, scale: f32, lo: f64, hi: f64) -> f64 {
+    // The runtime divides in f32 whatever the integer width; only the rounding needs f64.
+    let t = f64::from(x / scale);
     let t = if t > lo { t } else { lo };
     let t = if t < hi { t } else { hi };
     (t + MAGIC_F64) - MAGIC_F64
@@ -261,19 +267,19 @@ pub fn fake_quantize_in_place(data: &mut [f32], encoding: &Encoding) {
     let g = Grid::new(encoding);
     if g.wide {
         for x in data.iter_mut() {
-            *x = (grid_f64(*x, g.inv_scale, g.lo, g.hi) * g.scale) as f32;
+            *x = grid_f64(*x, g.scale, g.lo, g.hi) as f32 * g.scale;
         }
         return;
     }
-    let (inv, scale, lo, hi) = (g.inv_scale as f32, g.scale as f32, g.lo as f32, g.hi as f32);
+    let (scale, lo, hi) = (g.scale, g.lo as f32, g.hi as f32);
     let mut chunks = data.chunks_exact_mut(LANES);
     for chunk in &mut chunks {
         for x in chunk.iter_mut() {
-            *x = grid_f32(*x, inv, lo, hi) * scale;
+            *x = grid_f32(*x, scale, lo, hi) * scale;
         }
     }
     for x in chunks.into_remainder() {
-        *x = grid_f32(*x, inv, lo, hi) * scale;
+        *x = grid_f32(*x, scale, lo, hi) * scale;
     }
 }
 
@@ -287,23 +293,112 @@ pub fn fake_quantize(
     let g = Grid::new(encoding);
     if g.wide {
         for (y, &x) in output.iter_mut().zip(input) {
-            *y = (grid_f64(x, g.inv_scale, g.lo, g.hi) * g.scale) as f32;
+            *y = grid_f64(x, g.scale, g.lo, g.hi) as f32 * g.scale;
         }
         return Ok(());
     }
-    let (inv, scale, lo, hi) = (g.inv_scale as f32, g.scale as f32, g.lo as f32, g.hi as f32);
+    let (scale, lo, hi) = (g.scale, g.lo as f32, g.hi as f32);
     let mut out_chunks = output.chunks_exact_mut(LANES);
     let in_chunks = input.chunks_exact(LANES);
     let in_tail = in_chunks.remainder();
     for (out, inp) in (&mut out_chunks).zip(in_chunks) {
         for i in 0..LANES {
-            out[i] = grid_f32(inp[i], inv, lo, hi) * scale;
+            out[i] = grid_f32(inp[i], scale, lo, hi) * scale;
         }
     }
     for (y, &x) in out_chunks.into_remainder().iter_mut().zip(in_tail) {
-        *y = grid_f32(x, inv, lo, hi) * scale;
+        *y = grid_f32(x, scale, lo, hi) * scale;
     }
     Ok(())
+}
+
+/// Which arithmetic a fake-quantization follows; each is the one a runtime or toolchain
+/// computes, to the bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FakeQuant {
+    /// ONNX QuantizeLinear → DequantizeLinear at run time, as onnxruntime computes them with the
+    /// `f32` scale: [`fake_quantize_in_place`].
+    OnnxRuntime,
+    /// A parameter of a QDQ model: the integer the export stored (`f64` arithmetic with the
+    /// encoding's own scale, half to even: [`Encoding::quantize_value`]), dequantized as the
+    /// runtime does, `(q − zp) · scale` in `f32` with the `f32` scale.
+    OnnxStored,
+    /// AIMET's `quantizeDequantizeCpu` (DlQuantization `trim_functions.cpp`), all in `f32`:
+    /// clamp to the encoding's `[min, max]`, `x / delta − offset`, C `round` (half away from
+    /// zero), then `delta · (q + offset)`.
+    Aimet,
+}
+
+/// Fake-quantizes `data` in place with the arithmetic `kind` names.
+pub fn fake_quantize_in_place_as(data: &mut [f32], encoding: &Encoding, kind: FakeQuant) {
+    match kind {
+        FakeQuant::OnnxRuntime => fake_quantize_in_place(data, encoding),
+        FakeQuant::OnnxStored => fake_quantize_stored_in_place(data, encoding),
+        FakeQuant::Aimet => fake_quantize_aimet_in_place(data, encoding),
+    }
+}
+
+fn fake_quantize_stored_in_place(data: &mut [f32], encoding: &Encoding) {
+    let (scale, offset, steps) = (
+        encoding.scale,
+        encoding.offset as f64,
+        encoding.bitwidth.steps(),
+    );
+    let scale32 = encoding.scale as f32;
+    for x in data.iter_mut() {
+        // The export's arithmetic, step for step, so the integer is the one it wrote.
+        let grid = (f64::from(*x) / scale - offset).round_ties_even();
+        let grid = if grid.is_nan() {
+            0.0
+        } else {
+            grid.clamp(0.0, steps)
+        };
+        // `grid + offset` is `q − zp`, an exact integer; the runtime converts it to f32.
+        *x = (grid + offset) as f32 * scale32;
+    }
+}
+
+/// C `round` on `f32` for `|t| ≤ 2^22`: half to even by the magic constant, then the ties
+/// (where `t − r` is exactly ±0.5) moved away from zero. Branch-free, so it vectorizes, unlike
+/// `f32::round` (a libm call on baseline x86-64).
+#[inline(always)]
+fn round_half_away(t: f32) -> f32 {
+    let r = (t + MAGIC_F32) - MAGIC_F32;
+    if (t - r).abs() == 0.5 {
+        t + 0.5f32.copysign(t)
+    } else {
+        r
+    }
+}
+
+fn fake_quantize_aimet_in_place(data: &mut [f32], encoding: &Encoding) {
+    // TfEncoding's doubles, narrowed to the kernel's DTYPE (float) at the call.
+    let (min, max, delta, offset) = (
+        encoding.min as f32,
+        encoding.max as f32,
+        encoding.scale as f32,
+        encoding.offset as f32,
+    );
+    if encoding.bitwidth.bits() > 16 {
+        for x in data.iter_mut() {
+            let t = x.min(max).max(min) / delta - offset;
+            *x = delta * (t.round() + offset);
+        }
+        return;
+    }
+    // `min`/`max` are fmin/fmax: NaN goes to `max`, as in AIMET. The clamp keeps `t` within
+    // the grid plus float slop, far inside the rounding trick's bound.
+    let mut chunks = data.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for x in chunk.iter_mut() {
+            let t = x.min(max).max(min) / delta - offset;
+            *x = delta * (round_half_away(t) + offset);
+        }
+    }
+    for x in chunks.into_remainder() {
+        let t = x.min(max).max(min) / delta - offset;
+        *x = delta * (round_half_away(t) + offset);
+    }
 }
 
 fn check_integer<T: StoredInteger>(encoding: &Encoding) -> Result<(), KernelError> {
@@ -332,31 +427,27 @@ pub fn quantize<T: StoredInteger>(
     let g = Grid::new(encoding);
     if g.wide {
         for (q, &x) in output.iter_mut().zip(input) {
-            *q = T::from_f64(grid_f64(x, g.inv_scale, g.lo, g.hi) + g.zero_point);
+            *q = T::from_f64(grid_f64(x, g.scale, g.lo, g.hi) + g.zero_point);
         }
         return Ok(());
     }
-    let (inv, lo, hi, zp) = (
-        g.inv_scale as f32,
-        g.lo as f32,
-        g.hi as f32,
-        g.zero_point as f32,
-    );
+    let (scale, lo, hi, zp) = (g.scale, g.lo as f32, g.hi as f32, g.zero_point as f32);
     let mut out_chunks = output.chunks_exact_mut(LANES);
     let in_chunks = input.chunks_exact(LANES);
     let in_tail = in_chunks.remainder();
     for (out, inp) in (&mut out_chunks).zip(in_chunks) {
         for i in 0..LANES {
-            out[i] = T::from_f32(grid_f32(inp[i], inv, lo, hi) + zp);
+            out[i] = T::from_f32(grid_f32(inp[i], scale, lo, hi) + zp);
         }
     }
     for (q, &x) in out_chunks.into_remainder().iter_mut().zip(in_tail) {
-        *q = T::from_f32(grid_f32(x, inv, lo, hi) + zp);
+        *q = T::from_f32(grid_f32(x, scale, lo, hi) + zp);
     }
     Ok(())
 }
 
-/// Dequantizes stored integers: `(q - zero_point) · scale`.
+/// Dequantizes stored integers: `(q - zero_point) · scale`, in `f32` with the `f32` scale as
+/// DequantizeLinear computes it.
 ///
 /// Integers outside the encoding's range are not clamped: they are what the caller stored.
 pub fn dequantize<T: StoredInteger>(
@@ -368,11 +459,11 @@ pub fn dequantize<T: StoredInteger>(
     let g = Grid::new(encoding);
     if g.wide {
         for (y, &q) in output.iter_mut().zip(input) {
-            *y = ((q.to_f64() - g.zero_point) * g.scale) as f32;
+            *y = (q.to_f64() - g.zero_point) as f32 * g.scale;
         }
         return Ok(());
     }
-    let (scale, zp) = (g.scale as f32, g.zero_point as f32);
+    let (scale, zp) = (g.scale, g.zero_point as f32);
     let mut out_chunks = output.chunks_exact_mut(LANES);
     let in_chunks = input.chunks_exact(LANES);
     let in_tail = in_chunks.remainder();
@@ -397,9 +488,9 @@ mod tests {
         Encoding::from_range(min, max, Bitwidth::new(bits).unwrap(), schema).unwrap()
     }
 
-    /// The obvious scalar formula, with the same `f32` reciprocal as the kernels.
+    /// The obvious scalar formula, dividing by the `f32` scale as onnxruntime does.
     fn reference_grid(x: f32, e: &Encoding) -> f32 {
-        let t = x * (1.0 / e.scale) as f32;
+        let t = x / e.scale as f32;
         let lo = e.offset as f32;
         let hi = lo + e.bitwidth.steps() as f32;
         if t.is_nan() {
@@ -473,6 +564,56 @@ mod tests {
         let mut out = [0f32; 4];
         fake_quantize(&[0.5, 1.5, 2.5, -0.5], &mut out, &e).unwrap();
         assert_eq!(out, [0.0, 2.0, 2.0, 0.0]);
+    }
+
+    #[test]
+    fn onnx_divides_by_the_f32_scale() {
+        // 1.55f32 / 0.1f32 = 15.499999 rounds to 15, as onnxruntime's QuantizeLinear does;
+        // 1.55f32 · (1/0.1f32) = 15.5 would round to 16.
+        let e = Encoding::symmetric(12.7, Bitwidth::B8, Schema::Symmetric);
+        assert_eq!(e.scale as f32, 0.1);
+        let x = f32::from_bits(1_069_966_950);
+        assert_eq!(x, 1.55);
+        assert_eq!(x * (1.0 / 0.1f32), 15.5);
+        let mut data = [x];
+        fake_quantize_in_place(&mut data, &e);
+        assert_eq!(data, [15.0 * 0.1f32]);
+        let mut q = [0i8];
+        quantize(&[x], &mut q, &e).unwrap();
+        assert_eq!(q, [15]);
+    }
+
+    #[test]
+    fn aimet_rounds_half_away_after_the_offset() {
+        // scale 1, offset -128: the tie is decided on x − offset, so -0.5 (127.5) goes up to 0.
+        let e = Encoding::from_range(-128.0, 127.0, Bitwidth::B8, Schema::Asymmetric).unwrap();
+        let mut data = [0.5f32, 1.5, 2.5, -0.5, -1.5, 200.0, f32::NAN];
+        fake_quantize_in_place_as(&mut data, &e, FakeQuant::Aimet);
+        // NaN takes `max`: C's fmin(NaN, max) is max.
+        assert_eq!(data, [1.0, 2.0, 3.0, 0.0, -1.0, 127.0, 127.0]);
+        let mut onnx = [0.5f32, 1.5, 2.5, -0.5, -1.5];
+        fake_quantize_in_place(&mut onnx, &e);
+        assert_eq!(onnx, [0.0, 2.0, 2.0, 0.0, -2.0]);
+    }
+
+    #[test]
+    fn aimet_clamps_to_the_encoding_range_before_the_grid() {
+        // A stated range inside the grid: -2 clamps to -0.995 (grid 0.5, rounded to 1), where
+        // ONNX saturates on the grid at offset · scale.
+        let e = Encoding {
+            bitwidth: Bitwidth::B8,
+            schema: Schema::Asymmetric,
+            min: -0.995,
+            max: 1.5,
+            scale: 0.01,
+            offset: -100,
+        };
+        let mut data = [-2.0f32];
+        fake_quantize_in_place_as(&mut data, &e, FakeQuant::Aimet);
+        assert_eq!(data, [0.01f32 * (1.0 - 100.0)]);
+        let mut data = [-2.0f32];
+        fake_quantize_in_place(&mut data, &e);
+        assert_eq!(data, [-100.0 * 0.01f32]);
     }
 
     #[test]
@@ -575,6 +716,35 @@ mod tests {
                 prop_assert_eq!(in_place[i].to_bits(), fq[i].to_bits());
                 prop_assert_eq!(q[i] as f32, grid + e.zero_point() as f32);
                 prop_assert_eq!(dq[i], fq[i]);
+            }
+        }
+
+        #[test]
+        fn stored_parameters_hold_the_exported_integers(
+            e in any_encoding(),
+            data in prop::collection::vec(-2000.0f32..2000.0, 0..100),
+        ) {
+            let mut fq = data.clone();
+            fake_quantize_in_place_as(&mut fq, &e, FakeQuant::OnnxStored);
+            for (x, y) in data.iter().zip(&fq) {
+                let q = e.quantize_value(f64::from(*x)) - e.zero_point();
+                prop_assert_eq!(*y, q as f32 * e.scale as f32);
+            }
+        }
+
+        #[test]
+        fn aimet_kernel_agrees_with_its_scalar_formula(
+            e in any_encoding(),
+            data in prop::collection::vec(-2000.0f32..2000.0, 0..100),
+        ) {
+            prop_assume!(e.bitwidth.bits() <= 16);
+            let (min, max, delta, offset) =
+                (e.min as f32, e.max as f32, e.scale as f32, e.offset as f32);
+            let mut fq = data.clone();
+            fake_quantize_in_place_as(&mut fq, &e, FakeQuant::Aimet);
+            for (x, y) in data.iter().zip(&fq) {
+                let t = x.min(max).max(min) / delta - offset;
+                prop_assert_eq!(*y, delta * (t.round() + offset));
             }
         }
 

@@ -22,7 +22,7 @@ pub mod kernels;
 pub mod packed;
 pub mod tensor;
 
-pub use kernels::{MinMax, min_max};
+pub use kernels::{FakeQuant, MinMax, min_max};
 pub use tensor::{FloatBitwidth, TensorEncoding};
 
 /// The seed's minimum encoding range: `max` is raised to at least `min + MIN_RANGE`.
@@ -43,6 +43,57 @@ pub enum SymmetricConvention {
     /// `[-2^(bw-1)·scale, (2^(bw-1) - 1)·scale]` still covers `[min(min, 0), max(max, 0)]`,
     /// `scale = max(|min| / 2^(bw-1), max / (2^(bw-1) - 1))`, at least [`AIMET_MIN_SCALE`].
     Aimet,
+}
+
+/// Whose arithmetic a simulation rounds with.
+///
+/// The two differ only on values at or within an ulp of a rounding boundary, but a step there
+/// propagates, so a simulation meant to reproduce a runtime's numbers must use its arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Rounding {
+    /// ONNX QuantizeLinear/DequantizeLinear as onnxruntime runs a QDQ model: activations divided
+    /// by the `f32` scale and rounded half to even ([`FakeQuant::OnnxRuntime`]), parameters
+    /// holding the integers the QDQ export stores ([`FakeQuant::OnnxStored`]).
+    #[default]
+    Onnx,
+    /// AIMET's QuantSim kernel for activations and parameters alike ([`FakeQuant::Aimet`]):
+    /// clamp to the encoding's min/max, round half away from zero.
+    Aimet,
+}
+
+impl Rounding {
+    /// Both modes, in the order the CLI lists them.
+    pub const ALL: [Rounding; 2] = [Rounding::Onnx, Rounding::Aimet];
+
+    /// The CLI spelling: `onnx` or `aimet`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rounding::Onnx => "onnx",
+            Rounding::Aimet => "aimet",
+        }
+    }
+
+    /// The arithmetic of activations, fake-quantized at run time.
+    pub fn activations(self) -> FakeQuant {
+        match self {
+            Rounding::Onnx => FakeQuant::OnnxRuntime,
+            Rounding::Aimet => FakeQuant::Aimet,
+        }
+    }
+
+    /// The arithmetic of parameters, fake-quantized once into the model.
+    pub fn parameters(self) -> FakeQuant {
+        match self {
+            Rounding::Onnx => FakeQuant::OnnxStored,
+            Rounding::Aimet => FakeQuant::Aimet,
+        }
+    }
+}
+
+impl fmt::Display for Rounding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// How the integer grid is laid out around zero (the seed's schema table).
@@ -394,9 +445,9 @@ impl Encoding {
     }
 
     /// The stored integer for `x`: `round(x / scale) - offset` on the unsigned grid (shifted for
-    /// signed schemas), clamped. Rounds half to even, exactly like the [`kernels`], but in
-    /// `f64`; the kernels multiply by an `f32` reciprocal and can differ by one step within an
-    /// ulp of a tie.
+    /// signed schemas), clamped. Rounds half to even like the [`kernels`], but in `f64` with the
+    /// `f64` scale (what the QDQ export stores for parameters); the kernels divide by the `f32`
+    /// scale, as the runtime does, and can differ by one step within an ulp of a tie.
     pub fn quantize_value(&self, x: f64) -> i64 {
         let steps = self.bitwidth.steps();
         let grid = (x / self.scale - self.offset as f64).round_ties_even();

@@ -5,7 +5,7 @@
 //! 2-D weight. This module knows shapes and axes but nothing about operators: choosing the axis
 //! for a Conv or a Gemm weight is the caller's job.
 
-use super::kernels::{self, MinMax};
+use super::kernels::{self, FakeQuant, MinMax};
 use super::{Bitwidth, Encoding, EncodingError, Schema, SymmetricConvention};
 
 /// Width of a tensor kept in floating point (`dtype: "float"` in an overrides file, the seed's
@@ -208,6 +208,17 @@ pub fn fake_quantize_per_channel_in_place(
     axis: usize,
     channels: &[Encoding],
 ) -> Result<(), TensorEncodingError> {
+    fake_quantize_per_channel_in_place_as(data, shape, axis, channels, FakeQuant::OnnxRuntime)
+}
+
+/// [`fake_quantize_per_channel_in_place`] with the arithmetic `kind` names.
+pub fn fake_quantize_per_channel_in_place_as(
+    data: &mut [f32],
+    shape: &[usize],
+    axis: usize,
+    channels: &[Encoding],
+    kind: FakeQuant,
+) -> Result<(), TensorEncodingError> {
     let layout = ChannelLayout::new(shape, axis, data.len())?;
     if channels.len() != layout.channels {
         return Err(TensorEncodingError::ChannelCount {
@@ -220,7 +231,7 @@ pub fn fake_quantize_per_channel_in_place(
     }
     for block in data.chunks_exact_mut(layout.channels * layout.inner) {
         for (encoding, run) in channels.iter().zip(block.chunks_exact_mut(layout.inner)) {
-            kernels::fake_quantize_in_place(run, encoding);
+            kernels::fake_quantize_in_place_as(run, encoding, kind);
         }
     }
     Ok(())
@@ -233,13 +244,23 @@ pub fn fake_quantize_tensor_in_place(
     shape: &[usize],
     encoding: &TensorEncoding,
 ) -> Result<(), TensorEncodingError> {
+    fake_quantize_tensor_in_place_as(data, shape, encoding, FakeQuant::OnnxRuntime)
+}
+
+/// [`fake_quantize_tensor_in_place`] with the arithmetic `kind` names for integer encodings.
+pub fn fake_quantize_tensor_in_place_as(
+    data: &mut [f32],
+    shape: &[usize],
+    encoding: &TensorEncoding,
+    kind: FakeQuant,
+) -> Result<(), TensorEncodingError> {
     match encoding {
         TensorEncoding::PerTensor(encoding) => {
-            kernels::fake_quantize_in_place(data, encoding);
+            kernels::fake_quantize_in_place_as(data, encoding, kind);
             Ok(())
         }
         TensorEncoding::PerChannel { axis, channels } => {
-            fake_quantize_per_channel_in_place(data, shape, *axis, channels)
+            fake_quantize_per_channel_in_place_as(data, shape, *axis, channels, kind)
         }
         // A float16 tensor holds what float16 can: each value rounded to nearest even, as a
         // Cast to float16 does (saturating at ±65504 is left to infinity, as the cast does).

@@ -363,6 +363,11 @@ mod sim_key {
 }
 pub use sim_key::SimModel;
 
+/// Whose arithmetic a build's evaluations round with. One constant for every unit for now: when
+/// it comes to depend on the target, it must also enter [`SimModel`] (the runner's parameters
+/// are rounded with it); the traces' keys already include it.
+const BUILD_ROUNDING: crate::encoding::Rounding = crate::encoding::Rounding::Onnx;
+
 /// The simulation runner of a model with fake-quantized parameters, shared by every unit whose
 /// parameter encodings are equal (`htp` and `htp-a16` differ only in activations) and kept
 /// across activation edits in `quant watch`.
@@ -378,6 +383,7 @@ pub fn sim_runner<'db>(
         &loaded.graph,
         &key.parameters(db).encodings,
         &runner_dims(model.input_dims(db)),
+        BUILD_ROUNDING,
     )
     .map(Arc::new)
     .map_err(eval_error)
@@ -753,7 +759,13 @@ fn run_evaluation(
     let sim_structure = structure(Some(sim_model))?;
     let hooked = crate::quantsim::hooked_encodings(&sim_structure.names, &loaded.graph, &encodings)
         .map_err(eval_error)?;
-    let evaluator = Evaluator::new(float_structure, sim_structure, hooked, &loaded.graph);
+    let evaluator = Evaluator::new(
+        float_structure,
+        sim_structure,
+        hooked,
+        BUILD_ROUNDING,
+        &loaded.graph,
+    );
     let traces = stored_traces(db, unit, inputs, sim_model);
     let labels = inputs.labels.as_ref().map(|(l, _)| l);
     let mut evaluation_plan = evaluator.plan(&traces, list.samples.len());
@@ -816,7 +828,8 @@ fn evaluation_runners(
         .as_ref()
         .map_err(Clone::clone)?
         .clone();
-    let sim = QuantSim::with_runner(runner, &inputs.loaded.graph, encodings).map_err(eval_error)?;
+    let sim = QuantSim::with_runner(runner, &inputs.loaded.graph, encodings, BUILD_ROUNDING)
+        .map_err(eval_error)?;
     Ok((float, sim))
 }
 

@@ -30,8 +30,8 @@ use ndarray::ArrayD;
 use rayon::prelude::*;
 
 use crate::calib::{CalibError, InputList};
-use crate::encoding::TensorEncoding;
-use crate::encoding::tensor::fake_quantize_tensor_in_place;
+use crate::encoding::tensor::fake_quantize_tensor_in_place_as;
+use crate::encoding::{Rounding, TensorEncoding};
 use crate::graph::{Dim, Graph, GraphError};
 use crate::onnx::{OnnxError, OnnxModel};
 use crate::overrides::{self, OverridesError};
@@ -130,6 +130,11 @@ pub struct OutputMetrics {
     pub name: String,
     /// Quantized vs float SQNR (dB) of each sample, in list order.
     pub sqnr_db: Vec<f64>,
+    /// Index of the largest simulated value of each sample (the first on ties, NaN never),
+    /// over the output flattened; `None` for an output without a number.
+    pub argmax: Vec<Option<usize>>,
+    /// The same for the float model.
+    pub float_argmax: Vec<Option<usize>>,
 }
 
 impl OutputMetrics {
@@ -429,16 +434,19 @@ pub struct Evaluator {
     clip_ranges: Vec<Option<(f64, f64)>>,
     /// Per simulated activation: what its measurements depend on.
     keys: Vec<TensorKeys>,
+    /// Whose arithmetic the simulation rounds with.
+    rounding: Rounding,
 }
 
 impl Evaluator {
     /// Pairs a float model's structure with its simulation's (built from the same model), the
-    /// simulation applying `hooked` ([`quantsim::hooked_encodings`] of its activations);
-    /// `graph` names each producer.
+    /// simulation applying `hooked` ([`quantsim::hooked_encodings`] of its activations) in
+    /// `rounding`'s arithmetic; `graph` names each producer.
     pub fn new(
         float: RunStructure,
         sim: RunStructure,
         hooked: Vec<Option<TensorEncoding>>,
+        rounding: Rounding,
         graph: &Graph,
     ) -> Evaluator {
         let position = |names: &[String], name: &String| names.iter().position(|n| n == name);
@@ -469,7 +477,7 @@ impl Evaluator {
                 _ => None,
             })
             .collect();
-        let keys = trace::tensor_keys(&sim, &hooked);
+        let keys = trace::tensor_keys(&sim, &hooked, rounding);
         Evaluator {
             float,
             sim,
@@ -479,6 +487,7 @@ impl Evaluator {
             hooked,
             clip_ranges,
             keys,
+            rounding,
         }
     }
 
@@ -488,7 +497,13 @@ impl Evaluator {
         let hooked = (0..sim.names.len())
             .map(|s| runners.sim.activation_encoding(s).cloned())
             .collect();
-        Evaluator::new(runners.float.structure(), sim, hooked, graph)
+        Evaluator::new(
+            runners.float.structure(),
+            sim,
+            hooked,
+            runners.sim.rounding(),
+            graph,
+        )
     }
 
     fn float_fits(&self, trace: &FloatTrace) -> bool {
@@ -565,7 +580,8 @@ impl Evaluator {
         }
         if let Some(runners) = runners
             && (runners.float.activation_names() != self.float.names.as_slice()
-                || runners.sim.runner().activation_names() != self.sim.names.as_slice())
+                || runners.sim.runner().activation_names() != self.sim.names.as_slice()
+                || runners.sim.rounding() != self.rounding)
         {
             return Err(EvalError::TracesChanged);
         }
@@ -598,6 +614,8 @@ impl Evaluator {
             .map(|name| OutputMetrics {
                 name: name.clone(),
                 sqnr_db: Vec::with_capacity(total),
+                argmax: Vec::with_capacity(total),
+                float_argmax: Vec::with_capacity(total),
             })
             .collect();
         let mut accuracy = labels.map(|_| Accuracy {
@@ -634,6 +652,8 @@ impl Evaluator {
                 for (k, metrics) in outputs.iter_mut().enumerate() {
                     let (f, q) = (&float.outputs[k].data, &sim.outputs[k].data);
                     metrics.sqnr_db.push(sqnr_db(power(f), noise_power(f, q)));
+                    metrics.argmax.push(argmax(q));
+                    metrics.float_argmax.push(argmax(f));
                 }
                 if let (Some(acc), Some(labels)) = (&mut accuracy, labels) {
                     let name = &self.float.output_names[0];
@@ -752,8 +772,12 @@ impl Evaluator {
                     let mut q = before.clone();
                     if let Some(encoding) = &self.hooked[s] {
                         // Per-tensor and float encodings cannot fail (as in the hook).
-                        let _ =
-                            fake_quantize_tensor_in_place(&mut q, &self.sim.shapes[s], encoding);
+                        let _ = fake_quantize_tensor_in_place_as(
+                            &mut q,
+                            &self.sim.shapes[s],
+                            encoding,
+                            self.rounding.activations(),
+                        );
                     }
                     sim.tensors[s] = SimTensor {
                         key: self.keys[s].after,
@@ -957,6 +981,8 @@ pub struct EvalJob {
     pub input_dims: Vec<(String, Vec<u64>)>,
     /// Threads for running samples; `None` for all cores.
     pub jobs: Option<usize>,
+    /// Whose arithmetic the simulation rounds with.
+    pub rounding: Rounding,
 }
 
 /// The result of an eval job.
@@ -996,8 +1022,16 @@ pub fn run_job(
     }
     let graph = Graph::from_model(&model)?;
     let parsed = overrides::read(&job.encodings)?;
-    let mut warnings: Vec<String> = parsed.warnings.iter().map(|w| w.to_string()).collect();
-    let (encodings, sim_warnings) = quantsim::encodings_from_overrides(&graph, &parsed.overrides);
+    let mut warnings: Vec<String> = parsed
+        .warnings
+        .iter()
+        .map(|w| w.evaluation_text())
+        .collect();
+    // The file's own scale and offset, not ones recomputed from its min/max: an evaluation
+    // measures the encodings the file states (the disagreement warning still says when they
+    // differ).
+    let (encodings, sim_warnings) =
+        quantsim::encodings_from_overrides(&graph, &parsed.as_written());
     warnings.extend(sim_warnings.iter().map(|w| w.to_string()));
 
     let runner_dims: Vec<(String, Vec<usize>)> = job
@@ -1024,7 +1058,7 @@ pub fn run_job(
         source,
     })?;
     list.check(float.input_specs())?;
-    let sim = QuantSim::new(&model, &graph, &encodings, &runner_dims)?;
+    let sim = QuantSim::with_rounding(&model, &graph, &encodings, &runner_dims, job.rounding)?;
     warnings.extend(sim.warnings().iter().map(|w| w.to_string()));
     let runners = Runners {
         float: &float,

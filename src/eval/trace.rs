@@ -13,7 +13,7 @@
 //! traces are kept (the engine stores them) nor run models (the evaluator does).
 
 use crate::bytes::{Reader, Writer};
-use crate::encoding::TensorEncoding;
+use crate::encoding::{Rounding, TensorEncoding};
 use crate::run::RunStructure;
 use crate::stats::{Histogram, MinMax, TensorStatistics};
 use crate::store::StableHasher;
@@ -138,8 +138,15 @@ fn truncated(hash: blake3::Hash) -> TraceKey {
 }
 
 /// The keys of every activation of `structure` when the hook applies `hooked` (per
-/// activation, `None` = stays float).
-pub fn tensor_keys(structure: &RunStructure, hooked: &[Option<TensorEncoding>]) -> Vec<TensorKeys> {
+/// activation, `None` = stays float) in `rounding`'s arithmetic.
+///
+/// The rounding mode enters every key, before and after: it changes the parameters and every
+/// hooked value, so traces of the two modes never stand in for each other.
+pub fn tensor_keys(
+    structure: &RunStructure,
+    hooked: &[Option<TensorEncoding>],
+    rounding: Rounding,
+) -> Vec<TensorKeys> {
     let own: Vec<TraceKey> = hooked
         .iter()
         .map(|encoding| {
@@ -159,6 +166,7 @@ pub fn tensor_keys(structure: &RunStructure, hooked: &[Option<TensorEncoding>]) 
         .map(|a| {
             let mut hasher = blake3::Hasher::new();
             hasher.update(b"before");
+            hasher.update(rounding.as_str().as_bytes());
             hasher.update(&(a as u64).to_le_bytes());
             feed(&mut hasher, &structure.upstream[a]);
             let before = truncated(hasher.finalize());
@@ -444,11 +452,11 @@ mod tests {
     fn an_edit_changes_exactly_the_keys_it_reaches() {
         let s = structure();
         let base: Vec<_> = (0..5).map(|i| encoding(1.0 + i as f64)).collect();
-        let keys = tensor_keys(&s, &base);
+        let keys = tensor_keys(&s, &base, Rounding::Onnx);
         let changed = |edited: usize| -> Vec<(bool, bool)> {
             let mut hooked = base.clone();
             hooked[edited] = encoding(10.0);
-            tensor_keys(&s, &hooked)
+            tensor_keys(&s, &hooked, Rounding::Onnx)
                 .iter()
                 .zip(&keys)
                 .map(|(new, old)| (new.before != old.before, new.after != old.after))
@@ -481,8 +489,19 @@ mod tests {
         // Float and an encoding differ.
         let mut float = base.clone();
         float[3] = None;
-        assert_ne!(tensor_keys(&s, &float)[3].after, keys[3].after);
-        assert_eq!(tensor_keys(&s, &float)[3].before, keys[3].before);
+        assert_ne!(
+            tensor_keys(&s, &float, Rounding::Onnx)[3].after,
+            keys[3].after
+        );
+        assert_eq!(
+            tensor_keys(&s, &float, Rounding::Onnx)[3].before,
+            keys[3].before
+        );
+        // The other rounding mode keys every tensor apart, before and after.
+        for (aimet, onnx) in tensor_keys(&s, &base, Rounding::Aimet).iter().zip(&keys) {
+            assert_ne!(aimet.before, onnx.before);
+            assert_ne!(aimet.after, onnx.after);
+        }
     }
 
     /// The store keeps these bytes between versions of quant: a change to them must come with a

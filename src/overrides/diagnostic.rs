@@ -379,6 +379,40 @@ impl OverridesWarning {
     }
 }
 
+impl OverridesWarning {
+    /// The warning as an evaluation words it: `quant eval` simulates a file as written
+    /// ([`super::ParsedOverrides::as_written`]), so a usable scale or offset that disagrees with
+    /// the recomputed one is the one simulated.
+    pub fn evaluation_text(&self) -> String {
+        let given_wins = |what: &str, tensor: &str, channel: &str, given: f64, recomputed: &str| {
+            format!(
+                "{}: tensor `{tensor}`{channel}: given {what} {given} differs from {recomputed} \
+                 recomputed from bitwidth, min and max; the given {what} is simulated",
+                self.file
+            )
+        };
+        match &self.kind {
+            WarningKind::ScaleDisagrees {
+                tensor,
+                channel,
+                given,
+                recomputed,
+            } if given.is_finite() && *given > 0.0 => {
+                given_wins("scale", tensor, channel, *given, &recomputed.to_string())
+            }
+            WarningKind::OffsetDisagrees {
+                tensor,
+                channel,
+                given,
+                recomputed,
+            } if given.fract() == 0.0 => {
+                given_wins("offset", tensor, channel, *given, &recomputed.to_string())
+            }
+            _ => self.to_string(),
+        }
+    }
+}
+
 impl fmt::Display for OverridesWarning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.file, self.kind)

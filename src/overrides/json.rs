@@ -75,6 +75,7 @@ pub(super) fn parse(file: &str, text: Arc<String>) -> Result<ParsedOverrides, Ov
         warnings: Vec::new(),
         source: source.clone(),
         spans: BTreeMap::new(),
+        written: BTreeMap::new(),
     };
     if SECTIONS.iter().all(|(key, _)| !top.contains_key(*key)) {
         return Err(not_encodings(
@@ -130,6 +131,9 @@ pub(super) fn parse(file: &str, text: Arc<String>) -> Result<ParsedOverrides, Ov
                     let span = cursor.find(name, NameAt::Key);
                     let mut entry = Entry::new(name, span, &source, &mut parsed.warnings);
                     let over = entry.dictionary_override(entries)?;
+                    if let Some(written) = entry.written.take() {
+                        parsed.written.insert((section, name.clone()), written);
+                    }
                     parsed
                         .spans
                         .extend(span.map(|s| ((section, name.clone()), s)));
@@ -238,6 +242,46 @@ struct Entry<'a> {
     span: Option<SourceSpan>,
     source: &'a OverridesSource,
     warnings: &'a mut Vec<OverridesWarning>,
+    /// The encoding as the entry states it, when its own scale/offset (or min/max) are not what
+    /// the recomputation gave: what an evaluation simulates.
+    written: Option<FixedEncoding>,
+}
+
+/// The encoding an entry with a range states: its own scale and offset when it gives usable
+/// ones (a finite positive scale, an integer offset), with its own min/max as the range; the
+/// recomputed `encoding` where it does not. Bitwidth and schema are the recomputation's.
+fn as_written(entry: &DictionaryEntry, encoding: &Encoding) -> Encoding {
+    let (Some(scale), Some(offset)) = (entry.scale, entry.offset) else {
+        return *encoding;
+    };
+    if !(scale.is_finite() && scale > 0.0 && offset.fract() == 0.0 && offset.abs() <= 2f64.powi(33))
+    {
+        return *encoding;
+    }
+    let offset = offset as i64;
+    let steps = encoding.bitwidth.steps();
+    Encoding {
+        min: entry.min.unwrap_or(offset as f64 * scale),
+        max: entry.max.unwrap_or((offset as f64 + steps) * scale),
+        scale,
+        offset,
+        ..*encoding
+    }
+}
+
+/// Whether two encodings are the same numbers, bit for bit.
+fn same_bits(a: &Encoding, b: &Encoding) -> bool {
+    (
+        a.min.to_bits(),
+        a.max.to_bits(),
+        a.scale.to_bits(),
+        a.offset,
+    ) == (
+        b.min.to_bits(),
+        b.max.to_bits(),
+        b.scale.to_bits(),
+        b.offset,
+    )
 }
 
 impl<'a> Entry<'a> {
@@ -252,6 +296,7 @@ impl<'a> Entry<'a> {
             span,
             source,
             warnings,
+            written: None,
         }
     }
 
@@ -436,6 +481,10 @@ impl<'a> Entry<'a> {
                 let encoding = Encoding::from_override(min, max, bitwidth, symmetric)
                     .map_err(|e| self.range_error(e))?;
                 self.compare_given(entry, &encoding, "");
+                let written = as_written(entry, &encoding);
+                if !same_bits(&written, &encoding) {
+                    self.written = Some(FixedEncoding::PerTensor(written));
+                }
                 encoding
             }
             (Some(_), None) => return Err(self.invalid("`min` is given without `max`")),
@@ -469,6 +518,7 @@ impl<'a> Entry<'a> {
         let bitwidth = self.int_bitwidth(entries[0].bitwidth)?;
         let expected = -(bitwidth.half() as i64);
         let mut encodings = Vec::with_capacity(entries.len());
+        let mut written = Vec::with_capacity(entries.len());
         for (channel, entry) in entries.iter().enumerate() {
             if entry.bitwidth != entries[0].bitwidth {
                 return Err(self.invalid(format!(
@@ -509,12 +559,22 @@ impl<'a> Entry<'a> {
                     )));
                 }
             };
+            // An entry without a range is its scale and offset already.
+            written.push(as_written(entry, &encoding));
             encodings.push(encoding);
+        }
+        if written
+            .iter()
+            .zip(&encodings)
+            .any(|(w, e)| !same_bits(w, e))
+        {
+            self.written = Some(FixedEncoding::PerChannel(written));
         }
         Ok(Override::Fixed(FixedEncoding::PerChannel(encodings)))
     }
 
-    /// Warns when the entry's own scale/offset are not what its bitwidth/min/max give.
+    /// Warns when the entry's own scale/offset are not what its bitwidth/min/max give (the
+    /// recomputed ones win for quantization; [`as_written`] keeps the given ones).
     fn compare_given(&mut self, entry: &DictionaryEntry, encoding: &Encoding, channel: &str) {
         if let Some(given) = entry.scale
             && (given - encoding.scale).abs() > SCALE_TOLERANCE * encoding.scale.abs()
@@ -710,6 +770,46 @@ mod tests {
         parse("t.json", Arc::new(text))
             .map(|p| p.overrides.parameters["t"].clone())
             .map_err(|e| e.kind().clone())
+    }
+
+    #[test]
+    fn as_written_keeps_the_stated_scale_and_offset() {
+        let text = r#"{"activation_encodings": {"t": [{"bitwidth": 8, "min": -1.0, "max": 1.0,
+            "scale": 0.0079, "offset": -127, "is_symmetric": "False"}],
+            "close": [{"bitwidth": 8, "min": 0.0, "max": 2.55, "scale": 0.01, "offset": 0}],
+            "range": [{"bitwidth": 8, "min": 0.0, "max": 2.55}]},
+            "param_encodings": {"w": [
+                {"bitwidth": 8, "min": -1.28, "max": 1.27, "scale": 0.0101, "offset": -128,
+                 "is_symmetric": "True"},
+                {"bitwidth": 8, "min": -2.56, "max": 2.54, "scale": 0.02, "offset": -128,
+                 "is_symmetric": "True"}]}}"#;
+        let parsed = parse("t.json", Arc::new(text.to_string())).unwrap();
+        let written = parsed.as_written();
+        let single = |o: &Override| match o {
+            Override::Fixed(FixedEncoding::PerTensor(e)) => *e,
+            other => panic!("{other:?}"),
+        };
+        // Quantizing recomputes; evaluating takes the file's numbers, range included.
+        let recomputed = single(&parsed.overrides.activations["t"]);
+        assert_ne!(recomputed.scale, 0.0079);
+        let e = single(&written.activations["t"]);
+        assert_eq!((e.scale, e.offset, e.min, e.max), (0.0079, -127, -1.0, 1.0));
+        assert!(parsed.warnings.iter().any(|w| matches!(
+            &w.kind,
+            WarningKind::ScaleDisagrees { tensor, .. } if tensor == "t"
+        )));
+        // Within the warning's tolerance, but still the stated number, not 0.00999...
+        assert_eq!(single(&written.activations["close"]).scale, 0.01);
+        assert_ne!(single(&parsed.overrides.activations["close"]).scale, 0.01);
+        assert_eq!(
+            written.activations["range"],
+            parsed.overrides.activations["range"]
+        );
+        let Override::Fixed(FixedEncoding::PerChannel(channels)) = &written.parameters["w"] else {
+            panic!("{:?}", written.parameters["w"]);
+        };
+        assert_eq!(channels[0].scale, 0.0101);
+        assert_eq!((channels[1].scale, channels[1].offset), (0.02, -128));
     }
 
     fn problem(result: Result<Override, ErrorKind>) -> String {

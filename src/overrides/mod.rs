@@ -11,7 +11,8 @@
 //!   recomputed scales equal AIMET's within 3e-16 relative, except for tensors whose range is
 //!   below the seed's minimum range (near-constant tensors), which are widened, with the warning.
 //!   1.0.0 has no min/max: its scale/offset lists are the encoding, taken as given, and min/max
-//!   are derived from them.
+//!   are derived from them. Evaluation simulates a file as written instead
+//!   ([`ParsedOverrides::as_written`]): the given scale and offset win there.
 //! - A list of several entries is a per-channel override: symmetric, offset `-2^(bw-1)`, and as
 //!   many entries as the parameter has channels (checked by [`ParsedOverrides::validate`]).
 //! - `dtype: "float"` with bitwidth 16 or 32 keeps the tensor float; an integer bitwidth 32 is an
@@ -280,6 +281,9 @@ pub struct ParsedOverrides {
     source: OverridesSource,
     /// Where each tensor's name stands, per section, for labels.
     spans: BTreeMap<(Section, TensorName), SourceSpan>,
+    /// Entries whose stated scale/offset (or min/max) differ from the recomputed encoding in
+    /// `overrides`: the numbers as the file states them ([`ParsedOverrides::as_written`]).
+    written: BTreeMap<(Section, TensorName), FixedEncoding>,
 }
 
 /// Which section of the file.
@@ -301,6 +305,25 @@ pub fn parse(file: &str, text: String) -> Result<ParsedOverrides, OverridesError
 }
 
 impl ParsedOverrides {
+    /// The overrides with every encoding exactly as the file states it: an entry's own `scale`
+    /// and `offset` where it gives usable ones (with its own `min`/`max` as the range), instead
+    /// of the ones [`Encoding::from_override`] recomputes from bitwidth/min/max.
+    ///
+    /// For evaluating a file as written (`quant eval`); quantizing with overrides follows the
+    /// specification and uses [`ParsedOverrides::overrides`]. Where the two differ a
+    /// [`WarningKind::ScaleDisagrees`] or [`WarningKind::OffsetDisagrees`] was raised.
+    pub fn as_written(&self) -> Overrides {
+        let mut out = self.overrides.clone();
+        for ((section, name), written) in &self.written {
+            let map = match section {
+                Section::Activations => &mut out.activations,
+                Section::Parameters => &mut out.parameters,
+            };
+            map.insert(name.clone(), Override::Fixed(written.clone()));
+        }
+        out
+    }
+
     /// The text under the name diagnostics show.
     pub fn source(&self) -> &OverridesSource {
         &self.source

@@ -12,6 +12,12 @@
 //! It never relies on tract executing QuantizeLinear/DequantizeLinear: tract 0.23 computes
 //! cls's Softmax→QuantizeLinear wrongly after decluttering, so simulation stays in the hook.
 //!
+//! Whose rounding it simulates is a [`Rounding`]: onnxruntime's on a QDQ model (activations
+//! divided by the `f32` scale and rounded half to even, parameters holding the integers the QDQ
+//! export stores), or AIMET's QuantSim kernel. Encodings are used exactly as given: a scale and
+//! offset that an encodings file states are the ones simulated (see
+//! [`crate::overrides::ParsedOverrides::as_written`]).
+//!
 //! It must NOT read input lists, compute metrics or decide encodings: it takes encodings as
 //! given ([`ModelEncodings`]) and hands each simulated activation to the caller.
 
@@ -20,8 +26,8 @@ use std::sync::Arc;
 
 use ndarray::ArrayD;
 
-use crate::encoding::TensorEncoding;
-use crate::encoding::tensor::{ChannelLayout, fake_quantize_tensor_in_place};
+use crate::encoding::tensor::{ChannelLayout, fake_quantize_tensor_in_place_as};
+use crate::encoding::{Rounding, TensorEncoding};
 use crate::graph::{EncodingRule, Graph, Role};
 use crate::onnx::{OnnxError, OnnxModel};
 use crate::overrides::{Override, Overrides};
@@ -265,23 +271,31 @@ fn add_integer_copies(
     Ok(())
 }
 
-/// The runner of `model` with its encoded parameters fake-quantized (the costly part of a
-/// [`QuantSim`]: tract loads and optimizes the rewritten model).
+/// The runner of `model` with its encoded parameters fake-quantized with `rounding`'s
+/// arithmetic (the costly part of a [`QuantSim`]: tract loads and optimizes the rewritten
+/// model).
 pub fn parameters_runner(
     model: &OnnxModel,
     graph: &Graph,
     encodings: &ModelEncodings,
     input_dims: &[(String, Vec<usize>)],
+    rounding: Rounding,
 ) -> Result<FloatRunner, QuantSimError> {
-    let quantized = quantized_parameters_model(model, graph, encodings)?;
+    let quantized = quantized_parameters_model(model, graph, encodings, rounding)?;
     Ok(FloatRunner::new(&quantized.to_bytes(), input_dims)?)
 }
 
-/// A copy of `model` whose encoded parameters hold their fake-quantized values.
+/// A copy of `model` whose encoded parameters hold their fake-quantized values, in
+/// `rounding`'s arithmetic for parameters ([`Rounding::parameters`]).
+///
+/// Biases included: an int32 bias on the `input scale × weight scale` grid takes the integer the
+/// QDQ export stores and the `f32` product `q · scale` DequantizeLinear computes, so the float
+/// bias the simulated Conv adds is the one onnxruntime adds with optimizations disabled.
 pub fn quantized_parameters_model(
     model: &OnnxModel,
     graph: &Graph,
     encodings: &ModelEncodings,
+    rounding: Rounding,
 ) -> Result<OnnxModel, QuantSimError> {
     let mut quantized = model.clone();
     for tensor in graph.float_parameters() {
@@ -305,12 +319,11 @@ pub fn quantized_parameters_model(
         };
         let mut values = values.into_owned();
         check_fits(name, encoding, &data.shape, values.len())?;
-        fake_quantize_tensor_in_place(&mut values, &data.shape, encoding).map_err(|e| {
-            QuantSimError::Encoding {
+        fake_quantize_tensor_in_place_as(&mut values, &data.shape, encoding, rounding.parameters())
+            .map_err(|e| QuantSimError::Encoding {
                 tensor: name.to_string(),
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         quantized.replace_parameter_f32(name, &values)?;
     }
     add_integer_copies(&mut quantized, graph, encodings)?;
@@ -405,30 +418,47 @@ pub struct QuantSim {
     runner: Arc<FloatRunner>,
     /// Per activation index of `runner`: the encoding applied in the hook.
     activation_encodings: Vec<Option<TensorEncoding>>,
+    /// Whose arithmetic the hook (and the runner's parameters) round with.
+    rounding: Rounding,
     warnings: Vec<QuantSimWarning>,
 }
 
 impl QuantSim {
     /// Prepares `model` (input dims already fixed in it, or given by `input_dims`) with
-    /// `encodings`: parameters are fake-quantized into a copy of the model, activations get
-    /// their encoding (or their shared source's) for the hook.
+    /// `encodings`, rounding as onnxruntime does ([`Rounding::Onnx`]); see
+    /// [`QuantSim::with_rounding`].
     pub fn new(
         model: &OnnxModel,
         graph: &Graph,
         encodings: &ModelEncodings,
         input_dims: &[(String, Vec<usize>)],
     ) -> Result<QuantSim, QuantSimError> {
-        let runner = parameters_runner(model, graph, encodings, input_dims)?;
-        QuantSim::with_runner(Arc::new(runner), graph, encodings)
+        QuantSim::with_rounding(model, graph, encodings, input_dims, Rounding::Onnx)
     }
 
-    /// As [`QuantSim::new`] with the runner already built by [`parameters_runner`] from the
-    /// same parameter encodings ([`simulated_parameters`] of `encodings`): targets that differ
-    /// only in activation encodings share one runner, and an activation edit rebuilds none.
+    /// Prepares `model` with `encodings` in `rounding`'s arithmetic: parameters are
+    /// fake-quantized into a copy of the model, activations get their encoding (or their shared
+    /// source's) for the hook.
+    pub fn with_rounding(
+        model: &OnnxModel,
+        graph: &Graph,
+        encodings: &ModelEncodings,
+        input_dims: &[(String, Vec<usize>)],
+        rounding: Rounding,
+    ) -> Result<QuantSim, QuantSimError> {
+        let runner = parameters_runner(model, graph, encodings, input_dims, rounding)?;
+        QuantSim::with_runner(Arc::new(runner), graph, encodings, rounding)
+    }
+
+    /// As [`QuantSim::with_rounding`] with the runner already built by [`parameters_runner`]
+    /// from the same parameter encodings ([`simulated_parameters`] of `encodings`) and the same
+    /// `rounding`: targets that differ only in activation encodings share one runner, and an
+    /// activation edit rebuilds none.
     pub fn with_runner(
         runner: Arc<FloatRunner>,
         graph: &Graph,
         encodings: &ModelEncodings,
+        rounding: Rounding,
     ) -> Result<QuantSim, QuantSimError> {
         let activation_encodings = hooked_encodings(runner.activation_names(), graph, encodings)?;
         let mut warnings: Vec<QuantSimWarning> = runner
@@ -457,6 +487,7 @@ impl QuantSim {
         Ok(QuantSim {
             runner,
             activation_encodings,
+            rounding,
             warnings,
         })
     }
@@ -472,6 +503,11 @@ impl QuantSim {
         self.activation_encodings
             .get(index)
             .and_then(Option::as_ref)
+    }
+
+    /// Whose arithmetic this simulation rounds with.
+    pub fn rounding(&self) -> Rounding {
+        self.rounding
     }
 
     /// Things about the encodings the user should know.
@@ -496,7 +532,12 @@ impl QuantSim {
             if let Some(encoding) = self.activation_encoding(index) {
                 // Per-tensor and float encodings cannot fail; per-channel ones were refused
                 // when the simulation was built.
-                let _ = fake_quantize_tensor_in_place(data, shape, encoding);
+                let _ = fake_quantize_tensor_in_place_as(
+                    data,
+                    shape,
+                    encoding,
+                    self.rounding.activations(),
+                );
             }
             observe(index, data, shape);
         })
