@@ -208,10 +208,14 @@ pub const ENCODINGS: Kind = Kind::new("encodings", 3).keyed_by(&ENCODINGS_NAMES)
 
 /// Version of what an evaluation computes and how its store entry is laid out; bump when
 /// either changes, so older entries are never read back.
-pub const EVALUATION_VERSION: u32 = 1;
+pub const EVALUATION_VERSION: u32 = 2;
 
-const EVALUATIONS_FIELDS: [Field; 10] = [
+const EVALUATIONS_FIELDS: [Field; 11] = [
     field("version", "the evaluation's version"),
+    field(
+        "rounding",
+        "the simulation's rounding: `onnx`, or `aimet` for a target with a quantsim config",
+    ),
     field("runtime", "the float runtime and its exact version"),
     field(
         "model",
@@ -234,7 +238,7 @@ const EVALUATIONS_FIELDS: [Field; 10] = [
         "stable digest of the names the report prints (target, model, files)",
     ),
 ];
-const EVALUATIONS_NAMES: [&str; 10] = names(&EVALUATIONS_FIELDS);
+const EVALUATIONS_NAMES: [&str; 11] = names(&EVALUATIONS_FIELDS);
 /// A unit's finished evaluation.
 pub const EVALUATIONS: Kind =
     Kind::new("evaluations", EVALUATION_VERSION).keyed_by(&EVALUATIONS_NAMES);
@@ -248,7 +252,7 @@ const RUN_STRUCTURES_FIELDS: [Field; 4] = [
     field("input_dims", "stable digest of the `input_dims`"),
     field(
         "parameters",
-        "for a simulation: digest of the parameter encodings it fake-quantizes",
+        "for a simulation: digest of the parameter encodings it fake-quantizes and of the rounding it fake-quantizes them with",
     ),
 ];
 const RUN_STRUCTURES_NAMES: [&str; 4] = names(&RUN_STRUCTURES_FIELDS);

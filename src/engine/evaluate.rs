@@ -51,6 +51,7 @@ use super::samples::input_list;
 use super::source::{FileError, FileSnapshot, SourceFile};
 use super::stored::stable_digest;
 use crate::calib::{CalibError, InputList};
+use crate::encoding::Rounding;
 use crate::eval::{
     EvalError, Evaluation, Evaluator, FloatTotals, FloatTrace, Labels, Runners, SimTrace,
     TraceStore, declared_classes,
@@ -310,11 +311,16 @@ impl UnitEvaluation {
 pub struct SimParameters {
     digest: Digest,
     encodings: Arc<ModelEncodings>,
+    rounding: Rounding,
 }
 
 impl SimParameters {
-    /// `encodings`' parameters that the simulation of `graph` applies.
-    pub fn of(graph: &crate::graph::Graph, encodings: &ModelEncodings) -> SimParameters {
+    /// `encodings`' parameters that the simulation of `graph` applies, rounded with `rounding`.
+    pub fn of(
+        graph: &crate::graph::Graph,
+        encodings: &ModelEncodings,
+        rounding: Rounding,
+    ) -> SimParameters {
         let parameters = crate::quantsim::simulated_parameters(graph, encodings);
         let mut hasher = blake3::Hasher::new();
         for (name, encoding) in &parameters.parameters {
@@ -327,9 +333,16 @@ impl SimParameters {
             hasher.update(&(op.len() as u64).to_le_bytes());
             hasher.update(op.as_bytes());
         }
+        // Only AIMET's rounding is named, so the digests of ONNX-rounded simulations stay what
+        // they were.
+        if rounding != Rounding::Onnx {
+            hasher.update(b"rounding ");
+            hasher.update(rounding.as_str().as_bytes());
+        }
         SimParameters {
             digest: Digest::from(hasher.finalize()),
             encodings: Arc::new(parameters),
+            rounding,
         }
     }
 }
@@ -363,10 +376,15 @@ mod sim_key {
 }
 pub use sim_key::SimModel;
 
-/// Whose arithmetic a build's evaluations round with. One constant for every unit for now: when
-/// it comes to depend on the target, it must also enter [`SimModel`] (the runner's parameters
-/// are rounded with it); the traces' keys already include it.
-const BUILD_ROUNDING: crate::encoding::Rounding = crate::encoding::Rounding::Onnx;
+/// Whose arithmetic a unit's evaluation rounds with: AIMET's for a target that places its
+/// encodings by an AIMET quantsim config (the numbers AIMET's own simulation would give),
+/// onnxruntime's otherwise (what the QDQ export computes).
+pub fn unit_rounding(settings: Option<&crate::quantizer::QuantizerSettings>) -> Rounding {
+    match settings {
+        Some(settings) if settings.quantsim_config.0.is_some() => Rounding::Aimet,
+        _ => Rounding::Onnx,
+    }
+}
 
 /// The simulation runner of a model with fake-quantized parameters, shared by every unit whose
 /// parameter encodings are equal (`htp` and `htp-a16` differ only in activations) and kept
@@ -383,7 +401,7 @@ pub fn sim_runner<'db>(
         &loaded.graph,
         &key.parameters(db).encodings,
         &runner_dims(model.input_dims(db)),
-        BUILD_ROUNDING,
+        key.parameters(db).rounding,
     )
     .map(Arc::new)
     .map_err(eval_error)
@@ -495,6 +513,8 @@ struct EvaluationInputs<'db> {
     labels: Option<(Labels, Digest)>,
     ranges: BTreeMap<String, (f64, f64)>,
     context: ReportContext,
+    /// Whose arithmetic the simulation rounds with ([`unit_rounding`]).
+    rounding: Rounding,
 }
 
 /// The evaluation of a unit whose target says `evaluate = "NAME"`: float vs QuantSim on the eval
@@ -588,6 +608,7 @@ fn evaluation_inputs<'db>(
         labels,
         ranges,
         context,
+        rounding: unit_rounding(plan.settings()),
     }))
 }
 
@@ -641,6 +662,7 @@ fn evaluation_key(db: &dyn Db, inputs: &EvaluationInputs<'_>) -> Digest {
     let context = &inputs.context;
     KeyBuilder::new(EVALUATIONS)
         .u64("version", u64::from(EVALUATION_VERSION))
+        .str("rounding", inputs.rounding.as_str())
         .str("runtime", RUNTIME)
         .digest(
             "model",
@@ -742,7 +764,8 @@ fn run_evaluation(
     let (model, loaded, list) = (inputs.model, inputs.loaded, inputs.list);
     let store_and_log = unit.project(db).context(db);
     let encodings = model_encodings(db, unit)?;
-    let parameters = SimParameters::of(&loaded.graph, &encodings);
+    let rounding = inputs.rounding;
+    let parameters = SimParameters::of(&loaded.graph, &encodings, rounding);
     let sim_model = SimModel::new(db, model, parameters);
     let structure = |sim: Option<SimModel<'_>>| {
         let of = if sim.is_some() {
@@ -763,7 +786,7 @@ fn run_evaluation(
         float_structure,
         sim_structure,
         hooked,
-        BUILD_ROUNDING,
+        rounding,
         &loaded.graph,
     );
     let traces = stored_traces(db, unit, inputs, sim_model);
@@ -774,7 +797,9 @@ fn run_evaluation(
         attempt += 1;
         let (samples_run, samples_reused) = evaluation_plan.counts();
         let runners = if evaluation_plan.needs_run() {
-            Some(evaluation_runners(db, inputs, sim_model, &encodings)?)
+            Some(evaluation_runners(
+                db, inputs, sim_model, &encodings, rounding,
+            )?)
         } else {
             None
         };
@@ -815,6 +840,7 @@ fn evaluation_runners(
     inputs: &EvaluationInputs<'_>,
     sim_model: SimModel<'_>,
     encodings: &ModelEncodings,
+    rounding: Rounding,
 ) -> Result<(Arc<FloatRunner>, QuantSim), BuildError> {
     let float = evaluation_float_runner(db, inputs.float_model)
         .as_ref()
@@ -828,7 +854,7 @@ fn evaluation_runners(
         .as_ref()
         .map_err(Clone::clone)?
         .clone();
-    let sim = QuantSim::with_runner(runner, &inputs.loaded.graph, encodings, BUILD_ROUNDING)
+    let sim = QuantSim::with_runner(runner, &inputs.loaded.graph, encodings, rounding)
         .map_err(eval_error)?;
     Ok((float, sim))
 }
