@@ -446,3 +446,50 @@ fn encodings_load_strictly_into_aimet_when_it_is_installed() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// A build whose targets name AIMET's configs evaluates as AIMET's own simulation does: its
+/// placement, its arithmetic and its rounding give AIMET's cls top-1 for its own tf_w8a8
+/// encodings, 390/400 per tensor and 393/400 per channel.
+#[test]
+fn a_build_with_aimets_config_scores_what_aimets_simulation_scores() {
+    let Some(fixtures) = common::fixtures() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let path = |p: &str| fixtures.join(p).display().to_string();
+    let manifest = format!(
+        "[pipeline]\nname = \"aimet\"\n\n[models.cls]\npath = \"{}\"\n\n\
+         [calibration.calib]\ninput_list = \"{}\"\n\n\
+         [eval.eval]\ninput_list = \"{}\"\nlabels = \"{}\"\n\n\
+         [targets.per-tensor]\nbackend = \"htp\"\ncalibration = \"calib\"\nevaluate = \"eval\"\n\
+         quantsim_config = \"{}\"\n\n\
+         [targets.per-channel]\nextends = \"per-tensor\"\nquantsim_config = \"aimet-per-channel\"\n",
+        path("models/cls.prep.onnx"),
+        path("cls/calib/input_list.txt"),
+        path("cls/eval/input_list.txt"),
+        path("cls/eval/labels.txt"),
+        path("reference/aimet/default_config.json"),
+    );
+    std::fs::write(root.join("quant.toml"), manifest).unwrap();
+    let output = std::process::Command::new(common::quant_bin())
+        .args(["build", "--allow-outside-root"])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for (target, aimet) in [("per-tensor", 390), ("per-channel", 393)] {
+        let report: Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join(format!("quant-out/{target}/cls/report.json")))
+                .unwrap(),
+        )
+        .unwrap();
+        let top1 = &report["evaluation"]["metrics"]["top1"];
+        assert_eq!(top1["samples"], 400);
+        assert_eq!(top1["quantized"]["correct"], aimet, "{target}: {top1}");
+    }
+}
