@@ -182,7 +182,7 @@ pub fn place(graph: &Graph, config: &QuantsimConfig) -> Placement {
 
     for tensor in graph.tensors() {
         let name = tensor.name.as_str();
-        if !tensor.rule.is_encoded() && !matches!(tensor.rule, EncodingRule::SharesInput(_)) {
+        if !tensor.rule.is_encoded() {
             // Not float, unused, empty, shape operands, batch-norm statistics: AIMET leaves
             // all of them float too.
             continue;
