@@ -274,25 +274,33 @@ impl Encoding {
             return Ok(Self::symmetric(min.abs().max(max.abs()), bitwidth, schema));
         }
         // Zero must be inside the range (the seed's all-positive / all-negative cases).
-        let mut min = min.min(0.0);
+        let min = min.min(0.0);
         let mut max = max.max(0.0);
         if max - min < MIN_RANGE {
             max = min + MIN_RANGE;
         }
-        let steps = bitwidth.steps();
-        let scale = (max - min) / steps;
-        // Mixed signs: shift the grid so that some integer lands exactly on 0.0.
-        let offset = (min / scale).round();
-        min = offset * scale;
-        max = (offset + steps) * scale;
-        Ok(Encoding {
+        Ok(Self::asymmetric_grid(
+            min,
+            (max - min) / bitwidth.steps(),
             bitwidth,
             schema,
-            min,
-            max,
+        ))
+    }
+
+    /// The unsigned grid of `scale` whose offset is `round(min / scale)`: shifted so that some
+    /// integer lands exactly on 0.0, `min`/`max` recomputed from it. The offset is kept in
+    /// `[-(2^bw - 1), 0]`, which a range containing 0 already satisfies.
+    fn asymmetric_grid(min: f64, scale: f64, bitwidth: Bitwidth, schema: Schema) -> Encoding {
+        let steps = bitwidth.steps();
+        let offset = (min / scale).round().clamp(-steps, 0.0);
+        Encoding {
+            bitwidth,
+            schema,
+            min: offset * scale,
+            max: (offset + steps) * scale,
             scale,
             offset: offset as i64,
-        })
+        }
     }
 
     /// aimet-onnx 2.42's asymmetric rule: the range widened to contain 0,
@@ -306,17 +314,8 @@ impl Encoding {
     ) -> Result<Encoding, EncodingError> {
         check_range(min, max)?;
         let (min, max) = (min.min(0.0), max.max(0.0));
-        let steps = bitwidth.steps();
-        let scale = ((max - min) / steps).max(AIMET_MIN_SCALE);
-        let offset = (min / scale).round().clamp(-steps, 0.0);
-        Ok(Encoding {
-            bitwidth,
-            schema,
-            min: offset * scale,
-            max: (offset + steps) * scale,
-            scale,
-            offset: offset as i64,
-        })
+        let scale = ((max - min) / bitwidth.steps()).max(AIMET_MIN_SCALE);
+        Ok(Self::asymmetric_grid(min, scale, bitwidth, schema))
     }
 
     /// [`Encoding::from_range`] for asymmetric schemas, [`Encoding::symmetric_with`] under
