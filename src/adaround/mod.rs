@@ -105,14 +105,14 @@ pub fn round_layer(
         .into_par_iter()
         .map(|g| {
             let a: Array2<f32> = moments.quantized[g].mapv(|x| (x * normalizer) as f32);
-            let b: Array2<f32> = moments.cross[g].mapv(|x| (x * normalizer) as f32);
+            let target: Array2<f32> = moments.target[g].mapv(|x| (x * normalizer) as f32);
             let problem = Problem {
                 weights: w[g].view(),
                 scale: s[g].view(),
                 offset: o[g].view(),
                 steps,
                 quantized_moments: a.view(),
-                cross_moments: b.view(),
+                target: target.view(),
             };
             let nearest = problem.nearest();
             let rounding = problem.optimize(params);

@@ -23,13 +23,19 @@
 
 use ndarray::{Array2, ArrayView2, s};
 use rayon::prelude::*;
+use wide::{CmpEq, CmpGe, CmpLe, CmpNe, f32x8};
 
 /// `ζ` of the rectified sigmoid.
 pub const ZETA: f32 = 1.1;
 /// `γ` of the rectified sigmoid.
 pub const GAMMA: f32 = -0.1;
-/// Rows optimized together: fixed, so results do not depend on the thread count.
-const ROW_BLOCK: usize = 16;
+/// Rows optimized together, from the layer's rows alone (so results do not depend on the
+/// thread count): at least 16, so that the product packs the `K × K` moments once for many
+/// rows, at most 64, and otherwise a quarter of the rows, so that a layer alone in its wave
+/// still keeps every core busy.
+fn row_block(rows: usize) -> usize {
+    rows.div_ceil(4).next_multiple_of(8).clamp(16, 64)
+}
 
 /// The optimizer's hyperparameters, AIMET's defaults by [`Default`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -87,8 +93,9 @@ pub struct Problem<'a> {
     pub steps: f32,
     /// `A = Σ x_q x_qᵀ / P`, `K × K`.
     pub quantized_moments: ArrayView2<'a, f32>,
-    /// `B = Σ x_f x_qᵀ / P`, `K × K` (row index: the float input).
-    pub cross_moments: ArrayView2<'a, f32>,
+    /// `W·B`, `rows × K`, with `B = Σ x_f x_qᵀ / P` (row index: the float input): the only
+    /// way the float input enters the loss.
+    pub target: ArrayView2<'a, f32>,
 }
 
 /// The chosen rounding of one group.
@@ -127,7 +134,7 @@ impl Problem<'_> {
     /// `tr(W Σ_ff Wᵀ)/P` that no rounding changes: `Σ (Ŵ·A) ⊙ Ŵ − 2 Σ (W·B) ⊙ Ŵ`, in f64.
     pub fn reconstruction(&self, w_hat: &Array2<f32>) -> f64 {
         let wa = w_hat.dot(&self.quantized_moments);
-        let wb = self.weights.dot(&self.cross_moments);
+        let wb = self.target;
         ndarray::Zip::from(w_hat)
             .and(&wa)
             .and(&wb)
@@ -141,12 +148,12 @@ impl Problem<'_> {
         let rows = self.weights.nrows();
         let k = self.weights.ncols();
         let floor = self.floor();
-        // `W·B` once: the only place the float input enters the iterations.
-        let target = self.weights.dot(&self.cross_moments);
-        let blocks: Vec<Array2<f32>> = (0..rows.div_ceil(ROW_BLOCK))
+        let target = self.target;
+        let row_block = row_block(rows);
+        let blocks: Vec<Array2<f32>> = (0..rows.div_ceil(row_block))
             .into_par_iter()
             .map(|b| {
-                let r = s![b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(rows), ..];
+                let r = s![b * row_block..((b + 1) * row_block).min(rows), ..];
                 Block {
                     weights: self.weights.slice(r),
                     floor: floor.slice(r),
@@ -161,7 +168,7 @@ impl Problem<'_> {
             .collect();
         let mut grid = Array2::zeros((rows, k));
         for (b, block) in blocks.into_iter().enumerate() {
-            grid.slice_mut(s![b * ROW_BLOCK..b * ROW_BLOCK + block.nrows(), ..])
+            grid.slice_mut(s![b * row_block..b * row_block + block.nrows(), ..])
                 .assign(&block);
         }
         Rounding { grid }
@@ -197,62 +204,92 @@ pub fn initial_v(rest: f32) -> f32 {
     -((ZETA - GAMMA) / (rest - GAMMA) - 1.0).ln()
 }
 
+/// Lanes of the optimizer's vectors.
+const LANES: usize = 8;
+
+/// `values[at..at + 8]` as a vector, zeros past the end.
+fn load(values: &[f32], at: usize) -> f32x8 {
+    match values.get(at..at + LANES) {
+        Some(chunk) => f32x8::from(<[f32; LANES]>::try_from(chunk).unwrap_or_default()),
+        None => {
+            let mut lanes = [0f32; LANES];
+            let tail = values.get(at..).unwrap_or_default();
+            lanes[..tail.len()].copy_from_slice(tail);
+            f32x8::from(lanes)
+        }
+    }
+}
+
+/// Writes the lanes of `v` that fall inside `values` from `at` on.
+fn store(values: &mut [f32], at: usize, v: f32x8) {
+    let lanes = v.to_array();
+    let tail = values.get_mut(at..).unwrap_or_default();
+    let n = tail.len().min(LANES);
+    tail[..n].copy_from_slice(&lanes[..n]);
+}
+
 impl Block<'_> {
     fn run(&self, params: &Hyperparameters) -> Array2<f32> {
         let shape = self.weights.raw_dim();
-        // Owned, standard-layout copies: the loops below walk plain slices.
-        let floor = self.floor.to_owned();
-        let scale = self.scale.to_owned();
-        let offset = self.offset.to_owned();
-        let target = self.target.to_owned();
-        let (floor, scale, offset, target) = (
-            floor.as_slice().unwrap_or_default(),
-            scale.as_slice().unwrap_or_default(),
-            offset.as_slice().unwrap_or_default(),
-            target.as_slice().unwrap_or_default(),
-        );
-        let mut v: Vec<f32> = self
-            .weights
-            .iter()
-            .zip(scale)
-            .zip(floor)
-            .map(|((&w, &s), &f)| initial_v(w / s - f))
+        let len = shape[0] * shape[1];
+        // Per-weight state as 8-lane vectors (the last one padded with zeros, which get zero
+        // gradients): `exp` and `powf` then run 8 weights at a time, which is most of an
+        // iteration's cost besides the product.
+        let vectors = |values: &ArrayView2<f32>| -> Vec<f32x8> {
+            let owned = values.as_standard_layout();
+            let flat = owned.as_slice().unwrap_or_default();
+            (0..len.div_ceil(LANES))
+                .map(|i| load(flat, i * LANES))
+                .collect()
+        };
+        let floor = vectors(&self.floor);
+        let scale = vectors(&self.scale);
+        let offset = vectors(&self.offset);
+        let target = vectors(&self.target);
+        let weights = vectors(&self.weights);
+        let chunks = floor.len();
+        let mut v: Vec<f32x8> = (0..chunks)
+            .map(|i| {
+                let rest = (weights[i] / scale[i] - floor[i]).to_array();
+                let mut lanes = [0f32; LANES];
+                for (lane, r) in lanes.iter_mut().zip(rest) {
+                    *lane = initial_v(r);
+                }
+                // Padding lanes (scale 0) start anywhere finite; their gradients are zero.
+                let padding = scale[i].simd_eq(f32x8::ZERO);
+                padding.blend(f32x8::ZERO, f32x8::from(lanes))
+            })
             .collect();
-        let len = v.len();
         let (beta1, beta2, eps) = (0.9f32, 0.999f32, 1e-8f32);
-        let mut m = vec![0f32; len];
-        let mut second = vec![0f32; len];
+        let mut m = vec![f32x8::ZERO; chunks];
+        let mut second = vec![f32x8::ZERO; chunks];
         let mut w_hat = Array2::<f32>::zeros(shape);
         // `Ŵ·A`, written in place every iteration rather than allocated.
         let mut product = Array2::<f32>::zeros((shape[0], self.moments.ncols()));
-        let mut dw_dv = vec![0f32; len];
-        let mut h = vec![0f32; len];
-        let mut dh = vec![0f32; len];
-        let mut sigma = vec![0f32; len];
-        let mut g = vec![0f32; len];
-        let steps = self.steps;
+        let mut dw_dv = vec![f32x8::ZERO; chunks];
+        let mut h = vec![f32x8::ZERO; chunks];
+        let mut dh = vec![f32x8::ZERO; chunks];
+        let steps = f32x8::splat(self.steps);
+        let (zeta_gamma, gamma) = (f32x8::splat(ZETA - GAMMA), f32x8::splat(GAMMA));
+        let (zero, one, two) = (f32x8::ZERO, f32x8::ONE, f32x8::splat(2.0));
         let (mut power1, mut power2) = (1.0f32, 1.0f32);
-        // The same arithmetic per element as `rectified_sigmoid` and the loss's gradient, split
-        // into loops without calls or early exits so that all but the `exp` and `powf` ones
-        // compile to vector instructions.
+        // The same arithmetic per element as `rectified_sigmoid` and the loss's gradient.
         for t in 0..params.num_iterations {
-            for (s, &v) in sigma.iter_mut().zip(&v) {
-                *s = 1.0 / (1.0 + (-v).exp());
-            }
             let w_hat_values = w_hat.as_slice_mut().unwrap_or_default();
-            for i in 0..len {
-                let sg = sigma[i];
-                let raw = sg * (ZETA - GAMMA) + GAMMA;
-                let derivative = if (0.0..=1.0).contains(&raw) {
-                    (ZETA - GAMMA) * sg * (1.0 - sg)
-                } else {
-                    0.0
-                };
-                let value = raw.clamp(0.0, 1.0);
+            for i in 0..chunks {
+                let sigma = one / (one + (-v[i]).exp());
+                let raw = sigma.mul_add(zeta_gamma, gamma);
+                let in_range = raw.simd_ge(zero) & raw.simd_le(one);
+                let derivative = in_range.blend(zeta_gamma * sigma * (one - sigma), zero);
+                let value = raw.max(zero).min(one);
                 let grid = floor[i] + value - offset[i];
-                let inside = (0.0..=steps).contains(&grid);
-                w_hat_values[i] = scale[i] * (grid.clamp(0.0, steps) + offset[i]);
-                dw_dv[i] = if inside { scale[i] * derivative } else { 0.0 };
+                let inside = grid.simd_ge(zero) & grid.simd_le(steps);
+                store(
+                    w_hat_values,
+                    i * LANES,
+                    scale[i] * (grid.max(zero).min(steps) + offset[i]),
+                );
+                dw_dv[i] = inside.blend(scale[i] * derivative, zero);
                 h[i] = value;
                 dh[i] = derivative;
             }
@@ -261,37 +298,38 @@ impl Block<'_> {
             let beta = params.beta(t);
             power1 *= beta1;
             power2 *= beta2;
-            let step = params.learning_rate / (1.0 - power1);
-            let correction2 = 1.0 / (1.0 - power2);
-            for i in 0..len {
-                g[i] = 2.0 * (product[i] - target[i]) * dw_dv[i];
-            }
-            if let Some(beta) = beta {
-                for i in 0..len {
+            let step = f32x8::splat(params.learning_rate / (1.0 - power1));
+            let correction2 = f32x8::splat(1.0 / (1.0 - power2));
+            let (b1, b2) = (f32x8::splat(beta1), f32x8::splat(beta2));
+            let (c1, c2) = (f32x8::splat(1.0 - beta1), f32x8::splat(1.0 - beta2));
+            for i in 0..chunks {
+                let mut g = two * (load(product, i * LANES) - target[i]) * dw_dv[i];
+                if let Some(beta) = beta {
                     // d/dV of λ(1 − |2h − 1|^β) = −2λβ|2h − 1|^(β−1)·sign(2h − 1)·h'(V).
-                    let u = 2.0 * h[i] - 1.0;
-                    if u != 0.0 && dh[i] != 0.0 {
-                        g[i] -= params.reg_param
-                            * beta
-                            * u.abs().powf(beta - 1.0)
-                            * u.signum()
-                            * 2.0
-                            * dh[i];
-                    }
+                    let u = two * h[i] - one;
+                    let active = u.simd_ne(zero) & dh[i].simd_ne(zero);
+                    let power = u.abs().pow_f32x8(f32x8::splat(beta - 1.0));
+                    let term = f32x8::splat(params.reg_param * beta)
+                        * power
+                        * one.copysign(u)
+                        * two
+                        * dh[i];
+                    g -= active.blend(term, zero);
                 }
-            }
-            for i in 0..len {
-                m[i] = beta1 * m[i] + (1.0 - beta1) * g[i];
-                second[i] = beta2 * second[i] + (1.0 - beta2) * g[i] * g[i];
-                v[i] -= step * m[i] / ((second[i] * correction2).sqrt() + eps);
+                m[i] = b1 * m[i] + c1 * g;
+                second[i] = b2 * second[i] + c2 * g * g;
+                v[i] -= step * m[i] / ((second[i] * correction2).sqrt() + f32x8::splat(eps));
             }
         }
-        let grid: Vec<f32> = (0..len)
-            .map(|i| {
-                let up = if v[i] >= 0.0 { 1.0 } else { 0.0 };
-                (floor[i] + up - offset[i]).clamp(0.0, self.steps)
-            })
-            .collect();
+        let mut grid = vec![0f32; len];
+        for i in 0..chunks {
+            let up = v[i].simd_ge(zero).blend(one, zero);
+            store(
+                &mut grid,
+                i * LANES,
+                (floor[i] + up - offset[i]).max(zero).min(steps),
+            );
+        }
         Array2::from_shape_vec(shape, grid).unwrap_or_else(|_| Array2::zeros((0, 0)))
     }
 }

@@ -51,7 +51,8 @@ fn gemm_case(
     let weights: Vec<f32> = (0..inputs * outputs).map(|_| rng.next()).collect();
     let x_f: Vec<f32> = (0..positions * inputs).map(|_| rng.next()).collect();
     let x_q: Vec<f32> = x_f.iter().map(|&x| x + 0.1 * rng.next()).collect();
-    let moments = LayerMoments::of_sample(&layer, &x_q, &x_f, &[positions, inputs]).unwrap();
+    let moments =
+        LayerMoments::of_sample(&layer, &weights, &x_q, &x_f, &[positions, inputs]).unwrap();
     let absmax = weights.iter().fold(0f32, |m, &w| m.max(w.abs()));
     let encoding = TensorEncoding::PerTensor(Encoding::symmetric(
         f64::from(absmax),
@@ -120,7 +121,7 @@ fn reconstruction_gradient_matches_finite_differences() {
     let (layer, weights, _, moments, _, _) = gemm_case(7);
     let p = moments.positions as f64;
     let a = moments.quantized[0].mapv(|x| (x / p) as f32);
-    let b = moments.cross[0].mapv(|x| (x / p) as f32);
+    let target = moments.target[0].mapv(|x| (x / p) as f32);
     let w = &layer.matrices(&weights)[0];
     let ones = Array2::<f32>::ones(w.raw_dim());
     let zeros = Array2::<f32>::zeros(w.raw_dim());
@@ -130,10 +131,10 @@ fn reconstruction_gradient_matches_finite_differences() {
         offset: zeros.view(),
         steps: 15.0,
         quantized_moments: a.view(),
-        cross_moments: b.view(),
+        target: target.view(),
     };
     let w_hat = w.mapv(|x| x * 0.9 + 0.01);
-    let analytic = (w_hat.dot(&a) - w.dot(&b)) * 2.0;
+    let analytic = (w_hat.dot(&a) - &target) * 2.0;
     let eps = 1e-2f32;
     for (r, c) in [(0, 0), (2, 5), (5, 11)] {
         let mut up = w_hat.clone();
@@ -192,13 +193,14 @@ fn the_regularizer_makes_the_soft_rounding_binary() {
     let ones = Array2::<f32>::ones((1, 4));
     let zeros = Array2::<f32>::zeros((1, 4));
     let moments = Array2::<f32>::zeros((4, 4));
+    let target = Array2::<f32>::zeros((1, 4));
     let problem = Problem {
         weights: w.view(),
         scale: ones.view(),
         offset: zeros.view(),
         steps: 15.0,
         quantized_moments: moments.view(),
-        cross_moments: moments.view(),
+        target: target.view(),
     };
     let params = Hyperparameters {
         num_iterations: 3000,
@@ -302,40 +304,64 @@ fn conv_patches_times_weights_give_the_convolution() {
     assert_eq!(back, w);
 }
 
-/// The correlation form of a stride-1 Conv's moments equals the patch products, for kernels
-/// and paddings of every kind (same, valid, lopsided, wider than the input), groups and batches.
+/// The correlation form of the moments equals the patch products: stride-1 Convs with kernels
+/// and paddings of every kind (same, valid, lopsided, wider than the input, dilated), and
+/// ConvTransposes (stride equal to, below and above the kernel, cropped by padding), for groups
+/// and batches.
 #[test]
 fn shifted_moments_equal_the_patch_products() {
     let cases = [
-        // (c_in, h, w, groups, kh, kw, pad begin (y, x), pad end (y, x), batch)
-        (4, 7, 6, 1, 3, 3, (1, 1), (1, 1), 1),
-        (4, 5, 5, 2, 3, 3, (0, 0), (0, 0), 2),
-        (3, 6, 4, 1, 5, 3, (2, 0), (1, 2), 1),
-        (2, 4, 3, 1, 1, 3, (0, 1), (0, 1), 1),
-        (2, 3, 3, 2, 5, 5, (3, 3), (3, 3), 1),
+        // (transpose, c_in, h, w, groups, kh, kw, stride, dilation, pad begin (y, x),
+        //  pad end (y, x), batch)
+        (false, 4, 7, 6, 1, 3, 3, 1, 1, (1, 1), (1, 1), 1),
+        (false, 4, 5, 5, 2, 3, 3, 1, 1, (0, 0), (0, 0), 2),
+        (false, 3, 6, 4, 1, 5, 3, 1, 1, (2, 0), (1, 2), 1),
+        (false, 2, 4, 3, 1, 1, 3, 1, 1, (0, 1), (0, 1), 1),
+        (false, 2, 3, 3, 2, 5, 5, 1, 1, (3, 3), (3, 3), 1),
+        (false, 3, 8, 7, 1, 3, 3, 1, 2, (2, 1), (2, 2), 1),
+        (true, 3, 4, 5, 1, 2, 2, 2, 1, (0, 0), (0, 0), 1),
+        (true, 4, 3, 4, 2, 3, 3, 2, 1, (1, 1), (0, 1), 2),
+        (true, 2, 4, 3, 1, 3, 2, 1, 1, (1, 0), (1, 1), 1),
+        (true, 2, 3, 3, 1, 2, 3, 3, 2, (0, 1), (2, 0), 1),
     ];
-    for (case, &(c_in, h, w, groups, kh, kw, begin, end, batch)) in cases.iter().enumerate() {
+    for (case, &(transpose, c_in, h, w, groups, kh, kw, stride, dilation, begin, end, batch)) in
+        cases.iter().enumerate()
+    {
+        let window = Window {
+            kernel: vec![kh, kw],
+            strides: vec![stride, stride],
+            dilations: vec![dilation, dilation],
+            padding: Padding::Explicit {
+                begin: vec![begin.0, begin.1],
+                end: vec![end.0, end.1],
+            },
+            groups,
+            output_padding: vec![0, 0],
+            output_shape: None,
+        };
+        let (geometry, weight_dims, layout) = if transpose {
+            (
+                Geometry::ConvTranspose(window),
+                vec![c_in, 1, kh, kw],
+                WeightLayout::ConvTranspose,
+            )
+        } else {
+            (
+                Geometry::Conv(window),
+                vec![groups, c_in / groups, kh, kw],
+                WeightLayout::Conv,
+            )
+        };
         let layer = AdaLayer {
             layer: BiasLayer {
                 output: "y".into(),
                 input: "x".into(),
                 in_channels: c_in,
-                geometry: Geometry::Conv(Window {
-                    kernel: vec![kh, kw],
-                    strides: vec![1, 1],
-                    dilations: vec![1, 1],
-                    padding: Padding::Explicit {
-                        begin: vec![begin.0, begin.1],
-                        end: vec![end.0, end.1],
-                    },
-                    groups,
-                    output_padding: vec![0, 0],
-                    output_shape: None,
-                }),
+                geometry,
             },
             weight: "w".into(),
-            weight_dims: vec![groups, c_in / groups, kh, kw],
-            layout: WeightLayout::Conv,
+            weight_dims,
+            layout,
             groups,
             out_channels: groups,
         };
@@ -343,30 +369,103 @@ fn shifted_moments_equal_the_patch_products() {
         let mut rng = Lcg(100 + case as u64);
         let x_f: Vec<f32> = (0..batch * c_in * h * w).map(|_| rng.next()).collect();
         let x_q: Vec<f32> = x_f.iter().map(|v| v + 0.05 * rng.next()).collect();
-        for (q, f) in [(&x_q, &x_f), (&x_f, &x_f)] {
-            let fast = moments::shifted_moments(&layer, q, f, &shape)
+        let table = layer.window_table(&shape).unwrap();
+        for g_case in 0..2 {
+            // A Gram of one input with itself (the symmetric shortcut), then of two inputs.
+            let (left, right) = if g_case == 0 {
+                (&x_q, &x_q)
+            } else {
+                (&x_f, &x_q)
+            };
+            let fast = moments::shifted_grams(&layer, left, right, &shape)
                 .unwrap()
                 .unwrap();
-            let mut slow = LayerMoments::empty(&layer);
-            let table = layer.window_table(&shape).unwrap();
-            for g in 0..groups {
+            for (g, fast) in fast.iter().enumerate() {
+                let pl = layer
+                    .patches_with(g, left, &shape, table.as_deref())
+                    .unwrap();
+                let pr = layer
+                    .patches_with(g, right, &shape, table.as_deref())
+                    .unwrap();
+                let slow = pl.t().dot(&pr).mapv(f64::from);
+                for ((i, j), v) in fast.indexed_iter() {
+                    assert!(
+                        (v - slow[[i, j]]).abs() < 1e-4,
+                        "case {case} gram {g_case} group {g} [{i}, {j}]: {v} vs {}",
+                        slow[[i, j]]
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A sample's moments are the patch products whichever way they are computed: the quantized
+/// Gram `P_qᵀP_q`, and the target `W·P_fᵀP_q` from the float output or from `B`, for layers
+/// on each path (correlations or patches, few or many rows, equal or different inputs).
+#[test]
+fn sample_moments_equal_the_patch_products() {
+    let cases = [
+        // (c_in, groups, out_channels, kernel, stride, h, w)
+        (8, 1, 2, 3, 1, 6, 5),
+        (8, 1, 40, 3, 1, 5, 4),
+        (8, 1, 3, 1, 1, 4, 4),
+        (4, 4, 4, 3, 1, 6, 6),
+        (3, 1, 5, 3, 2, 7, 6),
+        (16, 2, 4, 3, 1, 4, 5),
+    ];
+    for (case, &(c_in, groups, out, kernel, stride, h, w)) in cases.iter().enumerate() {
+        let layer = AdaLayer {
+            layer: BiasLayer {
+                output: "y".into(),
+                input: "x".into(),
+                in_channels: c_in,
+                geometry: Geometry::Conv(Window {
+                    kernel: vec![kernel, kernel],
+                    strides: vec![stride, stride],
+                    dilations: vec![1, 1],
+                    padding: Padding::Explicit {
+                        begin: vec![kernel / 2, kernel / 2],
+                        end: vec![kernel / 2, kernel / 2],
+                    },
+                    groups,
+                    output_padding: vec![0, 0],
+                    output_shape: None,
+                }),
+            },
+            weight: "w".into(),
+            weight_dims: vec![out, c_in / groups, kernel, kernel],
+            layout: WeightLayout::Conv,
+            groups,
+            out_channels: out,
+        };
+        let shape = [1, c_in, h, w];
+        let mut rng = Lcg(300 + case as u64);
+        let weights: Vec<f32> = (0..layer.weight_dims.iter().product::<usize>())
+            .map(|_| rng.next())
+            .collect();
+        let x_f: Vec<f32> = (0..c_in * h * w).map(|_| rng.next()).collect();
+        let x_q: Vec<f32> = x_f.iter().map(|v| v + 0.05 * rng.next()).collect();
+        let table = layer.window_table(&shape).unwrap();
+        let matrices = layer.matrices(&weights);
+        for (q, f) in [(&x_q, &x_f), (&x_f, &x_f)] {
+            let moments = LayerMoments::of_sample(&layer, &weights, q, f, &shape).unwrap();
+            for (g, matrix) in matrices.iter().enumerate() {
                 let pq = layer.patches_with(g, q, &shape, table.as_deref()).unwrap();
                 let pf = layer.patches_with(g, f, &shape, table.as_deref()).unwrap();
-                slow.quantized[g] = pq.t().dot(&pq).mapv(f64::from);
-                slow.cross[g] = pf.t().dot(&pq).mapv(f64::from);
-                slow.positions = pq.nrows() as u64;
-            }
-            assert_eq!(fast.positions, slow.positions, "case {case}");
-            for g in 0..groups {
-                for (name, a, b) in [
-                    ("quantized", &fast.quantized[g], &slow.quantized[g]),
-                    ("cross", &fast.cross[g], &slow.cross[g]),
+                assert_eq!(moments.positions, pq.nrows() as u64, "case {case}");
+                let gram = pq.t().dot(&pq).mapv(f64::from);
+                let target = matrix.mapv(f64::from).dot(&pf.t().dot(&pq).mapv(f64::from));
+                for (name, fast, slow) in [
+                    ("quantized", &moments.quantized[g], &gram),
+                    ("target", &moments.target[g], &target),
                 ] {
-                    for ((i, j), v) in a.indexed_iter() {
+                    assert_eq!(fast.dim(), slow.dim(), "case {case} {name}");
+                    for ((i, j), v) in fast.indexed_iter() {
                         assert!(
-                            (v - b[[i, j]]).abs() < 1e-4,
+                            (v - slow[[i, j]]).abs() < 1e-3,
                             "case {case} {name} group {g} [{i}, {j}]: {v} vs {}",
-                            b[[i, j]]
+                            slow[[i, j]]
                         );
                     }
                 }

@@ -252,7 +252,10 @@ pub fn adaround_model(
     let mut done = 0;
     for wave in 0..=last_wave {
         let members: Vec<usize> = (0..layers.len()).filter(|&i| wave_of[i] == wave).collect();
-        let member_layers: Vec<&AdaLayer> = members.iter().map(|&i| &layers[i]).collect();
+        let member_layers: Vec<(&AdaLayer, &[f32])> = members
+            .iter()
+            .map(|&i| (&layers[i], weights[i].as_slice()))
+            .collect();
         let moments = match parts.as_ref() {
             Some(parts) => parts.moments(&member_layers)?,
             None if members.is_empty() => Vec::new(),
@@ -567,7 +570,7 @@ impl Parts {
 
     /// The moments of `members` (layers of the wave whose inputs the parts so far computed),
     /// summed over the samples in list order.
-    fn moments(&self, members: &[&AdaLayer]) -> Result<Vec<LayerMoments>, String> {
+    fn moments(&self, members: &[(&AdaLayer, &[f32])]) -> Result<Vec<LayerMoments>, String> {
         let per_sample: Vec<Vec<LayerMoments>> = self
             .float
             .par_iter()
@@ -575,7 +578,7 @@ impl Parts {
             .map(|(float, rounded)| {
                 members
                     .iter()
-                    .map(|layer| {
+                    .map(|&(layer, weights)| {
                         let name = layer.layer.input.as_str();
                         let missing = || format!("no value `{name}` for layer `{}`", layer.name());
                         let x_f = float.get(name).ok_or_else(missing)?;
@@ -583,6 +586,7 @@ impl Parts {
                         let (x_f, x_q) = (x_f.as_standard_layout(), x_q.as_standard_layout());
                         LayerMoments::of_sample(
                             layer,
+                            weights,
                             x_q.as_slice().unwrap_or_default(),
                             x_f.as_slice().unwrap_or_default(),
                             x_f.shape(),
@@ -593,7 +597,7 @@ impl Parts {
             })
             .collect::<Result<_, String>>()?;
         let mut totals: Vec<LayerMoments> =
-            members.iter().map(|l| LayerMoments::empty(l)).collect();
+            members.iter().map(|l| LayerMoments::empty(l.0)).collect();
         for sample in per_sample {
             for (total, m) in totals.iter_mut().zip(&sample) {
                 total.add(m);
@@ -644,13 +648,13 @@ pub fn wave_moments(
     quantized_runner: Option<&FloatRunner>,
     count: usize,
     load: &mut dyn FnMut(usize) -> Result<LoadedSample, String>,
-    members: &[&AdaLayer],
+    members: &[(&AdaLayer, &[f32])],
 ) -> Result<Vec<LayerMoments>, String> {
     let wanted: HashMap<&str, Vec<usize>> =
         members
             .iter()
             .enumerate()
-            .fold(HashMap::new(), |mut map, (m, layer)| {
+            .fold(HashMap::new(), |mut map, (m, (layer, _))| {
                 map.entry(layer.layer.input.as_str()).or_default().push(m);
                 map
             });
@@ -677,7 +681,7 @@ pub fn wave_moments(
         members
             .iter()
             .enumerate()
-            .map(|(m, layer)| {
+            .map(|(m, &(layer, weights))| {
                 let (x_f, shape) = float[m]
                     .as_ref()
                     .ok_or_else(|| format!("the run did not produce `{}`", layer.layer.input))?;
@@ -692,12 +696,12 @@ pub fn wave_moments(
                     }
                     None => x_f,
                 };
-                LayerMoments::of_sample(layer, x_q, x_f, shape)
+                LayerMoments::of_sample(layer, weights, x_q, x_f, shape)
                     .map_err(|e| format!("layer `{}`: {e}", layer.name()))
             })
             .collect()
     };
-    let mut totals: Vec<LayerMoments> = members.iter().map(|l| LayerMoments::empty(l)).collect();
+    let mut totals: Vec<LayerMoments> = members.iter().map(|l| LayerMoments::empty(l.0)).collect();
     // A batch at a time, summed in list order: the same bits for any thread count.
     let indices: Vec<usize> = (0..count).collect();
     for batch in indices.chunks(8) {

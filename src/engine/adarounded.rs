@@ -391,7 +391,8 @@ fn measure<'db>(
     let specs = float_runner.input_specs();
     // A failed load keeps its own diagnostic (the input list's, at its line).
     let mut load_error: Option<BuildError> = None;
-    let layers: Vec<&AdaLayer> = members.iter().map(|m| &m.layer).collect();
+    let layers: Vec<(&AdaLayer, &[f32])> =
+        members.iter().map(|m| (&m.layer, &*m.weights)).collect();
     let measured = run_wave(
         float_runner,
         quantized_runner.as_ref(),
