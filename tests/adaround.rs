@@ -200,3 +200,70 @@ fn a_segment_fed_the_upstream_values_computes_what_the_whole_model_does() {
         "the part's output differs from the whole run's by {worst}"
     );
 }
+
+/// An `ignore_quant_ops_list` entry naming a node AdaRound does not optimize (a Relu) changes
+/// nothing, and `quant quantize` says so; an entry naming a layer is not warned about, and
+/// keeps that layer at nearest rounding.
+#[test]
+fn ignoring_a_node_that_is_no_layer_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, list) = tiny(dir.path());
+    let config = dir.path().join("ignore.yaml");
+    std::fs::write(
+        &config,
+        "num_iterations: 50\noptional_adaround_args:\n  ignore_quant_ops_list: [relu, c2]\n",
+    )
+    .unwrap();
+    let encodings = dir.path().join("tiny.encodings");
+    let output = Command::new(common::quant_bin())
+        .args(["quantize", "--input_network"])
+        .arg(&model)
+        .arg("--input_list")
+        .arg(&list)
+        .arg("--output_encodings")
+        .arg(&encodings)
+        .args([
+            "--weights_bitwidth",
+            "4",
+            "--use_per_channel_quantization",
+            "--apply_algorithms",
+            "adaround",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "`ignore_quant_ops_list` names `relu`, which is no layer AdaRound optimizes"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("names `c2`"), "{stderr}");
+
+    let float = Graph::from_model(&OnnxModel::read(&model).unwrap()).unwrap();
+    let rounded = Graph::from_model(
+        &OnnxModel::read(&dir.path().join("tiny.adaround.onnx")).unwrap(),
+    )
+    .unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&encodings).unwrap()).unwrap();
+    let w = float.parameter("c2.w").unwrap().as_f32().unwrap();
+    let q = rounded.parameter("c2.w").unwrap().as_f32().unwrap();
+    let channels = json["param_encodings"]["c2.w"].as_array().unwrap();
+    let per_channel = w.len() / channels.len();
+    for (i, (&w, &q)) in w.iter().zip(q.iter()).enumerate() {
+        let channel = &channels[i / per_channel];
+        let scale = channel["scale"].as_f64().unwrap();
+        let offset = channel["offset"].as_f64().unwrap();
+        let steps = 2f64.powi(channel["bitwidth"].as_i64().unwrap() as i32) - 1.0;
+        let nearest = (f64::from(w) / scale).round().clamp(offset, offset + steps);
+        assert_eq!(
+            (f64::from(q) / scale).round(),
+            nearest,
+            "c2.w[{i}] is ignored, so rounded to nearest"
+        );
+    }
+}

@@ -27,6 +27,38 @@ use rayon::prelude::*;
 use crate::encoding::TensorEncoding;
 use crate::encoding::tensor::ChannelLayout;
 
+/// Whether `name` (an `ignore_quant_ops_list` entry) names `layer`: its output, its weight, or
+/// the node that computes it.
+pub fn names_layer(name: &str, layer: &AdaLayer, graph: &crate::graph::Graph) -> bool {
+    let node_name = graph
+        .tensor(layer.name())
+        .and_then(|t| t.producer.as_ref())
+        .map(|p| p.node_name.as_str());
+    name == layer.name() || name == layer.weight.as_str() || Some(name) == node_name
+}
+
+/// One warning per `ignore_quant_ops_list` entry that names a node or tensor of the model but
+/// no layer AdaRound optimizes (a Relu, a Conv whose weight is computed): ignoring it changes
+/// nothing, which is most likely not what was meant.
+pub fn ineffective_ignores(
+    config: &AdaroundConfig,
+    model: &crate::onnx::OnnxModel,
+    graph: &crate::graph::Graph,
+) -> Result<Vec<String>, crate::transform::TransformError> {
+    let layers = ada_layers(model)?;
+    Ok(config
+        .ignore_quant_ops_list
+        .iter()
+        .filter(|name| !layers.iter().any(|l| names_layer(name, l, graph)))
+        .map(|name| {
+            format!(
+                "`ignore_quant_ops_list` names `{name}`, which is no layer AdaRound optimizes \
+                 (a Conv, ConvTranspose or Gemm with a constant weight): it changes nothing"
+            )
+        })
+        .collect())
+}
+
 /// What rounding one layer changed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerResult {

@@ -152,13 +152,10 @@ pub fn plan_layers(
     config: &AdaroundConfig,
 ) -> Result<LayerPlan, String> {
     let ignored = |layer: &AdaLayer| {
-        let node_name = graph
-            .tensor(layer.name())
-            .and_then(|t| t.producer.as_ref())
-            .map(|p| p.node_name.as_str());
-        config.ignore_quant_ops_list.iter().any(|n| {
-            n == layer.name() || n == layer.weight.as_str() || Some(n.as_str()) == node_name
-        })
+        config
+            .ignore_quant_ops_list
+            .iter()
+            .any(|n| crate::adaround::names_layer(n, layer, graph))
     };
     let layers: Vec<AdaLayer> = ada_layers(model)
         .map_err(|e| e.to_string())?

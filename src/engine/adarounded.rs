@@ -179,6 +179,20 @@ fn check_names(
     Ok(())
 }
 
+/// The unit's AdaRound warnings: `ignore_quant_ops_list` entries that ignore no layer.
+pub fn adaround_warnings<'db>(db: &'db dyn Db, unit: Unit<'db>) -> Result<Vec<String>, BuildError> {
+    let plan = unit_plan(db, unit).as_ref().map_err(Clone::clone)?;
+    let Some(quantization) = plan.target.quantization() else {
+        return Ok(Vec::new());
+    };
+    let base_key = unrounded_key(db, model_key(db, unit, plan));
+    let base = corrected_or_source(db, base_key)
+        .as_ref()
+        .map_err(Clone::clone)?;
+    crate::adaround::ineffective_ignores(&quantization.adaround, &base.onnx, &base.graph)
+        .map_err(|e| failed(&plan.model.path, e.to_string()))
+}
+
 /// The layers a unit AdaRounds, their waves and their keys. An error when the unit does not
 /// AdaRound.
 #[salsa::tracked(returns(ref))]

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::adarounded::model_graph;
-use super::adarounded::{adaround_plan, frozen_encoding};
+use super::adarounded::{adaround_plan, adaround_warnings, frozen_encoding};
 use super::cache::{ENCODINGS, lookup};
 use super::calibrate::{merged_statistics, tensor_statistics, unit_calibration};
 use super::db::Db;
@@ -674,6 +674,7 @@ pub fn unit_encodings<'db>(
             if plan.algorithms().adaround {
                 let ada = adaround_plan(db, unit).as_ref().map_err(Clone::clone)?;
                 out.adaround_layers = ada.layers.len();
+                out.warnings.extend(adaround_warnings(db, unit)?);
             }
         }
     }

@@ -406,6 +406,10 @@ pub fn quantize(
         job.adaround_names
             .check(&graph)
             .map_err(OneShotError::AdaroundConfig)?;
+        warnings.extend(
+            crate::adaround::ineffective_ignores(&job.adaround, &model, &graph)
+                .map_err(transform_failed)?,
+        );
         let done = AtomicUsize::new(0);
         let output = in_pool(job.jobs, || {
             super::adaround::adaround_model(
