@@ -300,6 +300,14 @@ fn cls_min_max_w8a8_top1_agrees_with_onnxruntime_on_our_qdq_export() {
         "quantsim {}/400 is more than a point below onnxruntime's own MinMax {ort_minmax}/400",
         accuracy.quantized_correct
     );
+    // The per-tensor half of the sample-by-sample comparison below, on this calibration and
+    // these onnxruntime runs rather than on a second, identical quantization.
+    assert_argmax_agrees(
+        "per-tensor",
+        &ours.evaluation.outputs[0].argmax,
+        &integer,
+        &fake,
+    );
 }
 
 #[test]
@@ -598,7 +606,9 @@ fn argmax_agreement(ours: &[Option<usize>], ort: &Value) -> usize {
 }
 
 /// `quant eval` (ONNX rounding) against onnxruntime running the QDQ export of the same
-/// encodings, sample by sample, on the 400 cls eval samples, W8A8 per-tensor and per-channel.
+/// encodings, sample by sample, on the 400 cls eval samples, W8A8 per-channel here and
+/// per-tensor in `cls_min_max_w8a8_top1_agrees_with_onnxruntime_on_our_qdq_export`, which has
+/// that quantization and its onnxruntime runs already.
 ///
 /// The assertion is against onnxruntime with graph optimizations disabled: every
 /// QuantizeLinear/DequantizeLinear runs as written around float operators, the computation a
@@ -627,30 +637,33 @@ fn cls_w8a8_argmax_agrees_with_onnxruntime_sample_by_sample() {
         .copied()
         .chain(["--use_per_channel_quantization"])
         .collect();
-    for (name, extra) in [
-        ("per-tensor", ORT_LIKE.to_vec()),
-        ("per-channel", per_channel),
-    ] {
-        let dir = tmp.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let (encodings, qdq) = quantize(&dir, &float, &calib, &extra);
-        let ours = evaluate(&float, &encodings, &list, None);
-        let argmax = &ours.evaluation.outputs[0].argmax;
-        assert_eq!(argmax.len(), 400);
-        let integer = onnxruntime(&python, &qdq, &float, &list, "all", &[]);
-        let fake = onnxruntime(&python, &qdq, &float, &list, "disable", &[]);
-        let with_integer = argmax_agreement(argmax, &integer["qdq_argmax"]);
-        let with_fake = argmax_agreement(argmax, &fake["qdq_argmax"]);
-        let ort_between = 400 - argmax_differences(&integer["qdq_argmax"], &fake["qdq_argmax"]);
-        eprintln!(
-            "cls/eval, 400 samples, W8A8 {name} (s8 symmetric weights, int32 bias), argmax per sample:\n\
-             \x20 quant eval vs onnxruntime float Q/DQ (optimizations disabled): {with_fake}/400\n\
-             \x20 quant eval vs onnxruntime integer kernels (default):          {with_integer}/400\n\
-             \x20 onnxruntime float Q/DQ vs onnxruntime integer kernels:        {ort_between}/400"
-        );
-        assert!(
-            with_fake >= 399,
-            "W8A8 {name}: quant eval agrees with onnxruntime's float Q/DQ on {with_fake}/400 samples"
-        );
-    }
+    let (encodings, qdq) = quantize(tmp.path(), &float, &calib, &per_channel);
+    let ours = evaluate(&float, &encodings, &list, None);
+    let integer = onnxruntime(&python, &qdq, &float, &list, "all", &[]);
+    let fake = onnxruntime(&python, &qdq, &float, &list, "disable", &[]);
+    assert_argmax_agrees(
+        "per-channel",
+        &ours.evaluation.outputs[0].argmax,
+        &integer,
+        &fake,
+    );
+}
+
+/// `quant eval`'s argmax on the 400 cls eval samples against `check_qdq.py`'s optimized
+/// (`integer`) and unoptimized (`fake`) runs of the QDQ export of the same encodings.
+fn assert_argmax_agrees(name: &str, argmax: &[Option<usize>], integer: &Value, fake: &Value) {
+    assert_eq!(argmax.len(), 400);
+    let with_integer = argmax_agreement(argmax, &integer["qdq_argmax"]);
+    let with_fake = argmax_agreement(argmax, &fake["qdq_argmax"]);
+    let ort_between = 400 - argmax_differences(&integer["qdq_argmax"], &fake["qdq_argmax"]);
+    eprintln!(
+        "cls/eval, 400 samples, W8A8 {name} (s8 symmetric weights, int32 bias), argmax per sample:\n\
+         \x20 quant eval vs onnxruntime float Q/DQ (optimizations disabled): {with_fake}/400\n\
+         \x20 quant eval vs onnxruntime integer kernels (default):          {with_integer}/400\n\
+         \x20 onnxruntime float Q/DQ vs onnxruntime integer kernels:        {ort_between}/400"
+    );
+    assert!(
+        with_fake >= 399,
+        "W8A8 {name}: quant eval agrees with onnxruntime's float Q/DQ on {with_fake}/400 samples"
+    );
 }

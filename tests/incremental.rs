@@ -507,114 +507,129 @@ fn the_seed_list_exercises_every_kind_of_edit() {
     );
 }
 
+// One test per seed: each is minutes of builds, and as separate tests they run side by side.
 #[test]
-fn incremental_builds_after_random_edits_equal_clean_builds() {
-    for seed in SEEDS {
-        // Values (override ranges, sample contents and positions) from a stream of their own.
-        let mut rng = Rng::new(seed ^ 0xED17);
-        let dir = TempDir::new().unwrap();
-        let root = dir.path().join("text-orientation");
-        copy_example(&root);
-        let store = TempDir::new().unwrap();
-        // The first seed keeps the evaluation: its reports must follow every edit too, served
-        // from the traces of earlier builds where it can be.
-        let mut state = PipelineState {
-            evaluate: seed == SEEDS[0],
-            ..PipelineState::example()
-        };
-        state.write(&root);
-        build(&root, store.path(), &[]);
+fn incremental_builds_after_random_edits_equal_clean_builds_seed_0() {
+    random_edits_equal_clean_builds(SEEDS[0]);
+}
 
-        let mut history = Vec::new();
-        for (step, edit) in edit_sequence(seed).into_iter().enumerate() {
-            apply(edit, &mut state, &root, &mut rng);
-            history.push(edit);
-            let context = format!("seed {seed}, edits {history:?}");
+#[test]
+fn incremental_builds_after_random_edits_equal_clean_builds_seed_1() {
+    random_edits_equal_clean_builds(SEEDS[1]);
+}
 
-            let summary = build(&root, store.path(), &[]);
-            let count = |key| summary.count(key);
-            match edit {
-                // None touches what statistics are gathered from or how.
-                // Bias correction corrects for the quantized weights: an edit to how weights are
-                // quantized changes the corrected model, which is calibrated again.
-                Edit::PerChannel | Edit::ToggleFloatMatMul if state.bias_correction => {}
-                Edit::OverrideRange
-                | Edit::ActBitwidth
-                | Edit::PerChannel
-                | Edit::ToggleFloatMatMul
-                | Edit::ToggleFloatFallback => {
-                    assert_eq!(count("samples_run"), 0, "{context}: {}", summary.json);
-                }
-                // Bias correction measures every sample: a new one changes the corrected model,
-                // which is calibrated again from scratch.
-                Edit::AddSample if state.bias_correction => {}
-                // The new sample runs once per model (once for identical model files); every
-                // other sample is reused.
-                Edit::AddSample => {
-                    let models = 1 + state.extra_models.len() as u64;
-                    assert!(
-                        (1..=models).contains(&count("samples_run")),
-                        "{context}: {}",
-                        summary.json
-                    );
-                    assert!(count("samples_reused") >= 1, "{context}: {}", summary.json);
-                }
-                // The model changed for `htp` and `htp-a16` alike: one transform, and (unless
-                // the store has the statistics of that model already) one calibration for both.
-                Edit::ToggleCle if state.cle && !state.bias_correction => {
-                    assert!(count("transforms_run") <= 1, "{context}: {}", summary.json);
-                    assert!(
-                        count("samples_run") <= state.samples.len() as u64,
-                        "{context}: the equalized model was calibrated more than once: {}",
-                        summary.json
-                    );
-                }
-                Edit::RemoveSample
-                | Edit::ActCalibration
-                | Edit::AddModel
-                | Edit::ToggleCle
-                | Edit::ToggleBiasCorrection => {}
-                // The config changes which tensors are encoded and calibrates with quantized
-                // weights: encodings are computed again, whatever the store holds.
-                Edit::ToggleQuantsimConfig => {
-                    assert!(count("tensors_encoded") >= 1, "{context}: {}", summary.json);
-                }
-                // Turned on: every layer optimized once (`htp-a16` shares `htp`'s frozen
-                // encodings, so its layers come from the store); one more layer ignored: only
-                // layers downstream of it; turned off: none.
-                Edit::CycleAdaround => {
-                    let optimized = count("layers_optimized");
-                    match state.adaround {
-                        0 => assert_eq!(optimized, 0, "{context}: {}", summary.json),
-                        1 => assert!(optimized > 0, "{context}: {}", summary.json),
-                        _ => assert!(
-                            optimized > 0 && count("layers_reused") > 0,
-                            "{context}: {}",
-                            summary.json
-                        ),
-                    }
-                }
+#[test]
+fn incremental_builds_after_random_edits_equal_clean_builds_seed_2() {
+    random_edits_equal_clean_builds(SEEDS[2]);
+}
+
+/// After each edit of `seed`'s sequence: the incremental build does only the work the edit
+/// calls for, a second build does none, and the outputs equal a clean build's.
+fn random_edits_equal_clean_builds(seed: u64) {
+    // Values (override ranges, sample contents and positions) from a stream of their own.
+    let mut rng = Rng::new(seed ^ 0xED17);
+    let dir = TempDir::new().unwrap();
+    let root = dir.path().join("text-orientation");
+    copy_example(&root);
+    let store = TempDir::new().unwrap();
+    // The first seed keeps the evaluation: its reports must follow every edit too, served
+    // from the traces of earlier builds where it can be.
+    let mut state = PipelineState {
+        evaluate: seed == SEEDS[0],
+        ..PipelineState::example()
+    };
+    state.write(&root);
+    build(&root, store.path(), &[]);
+
+    let mut history = Vec::new();
+    for (step, edit) in edit_sequence(seed).into_iter().enumerate() {
+        apply(edit, &mut state, &root, &mut rng);
+        history.push(edit);
+        let context = format!("seed {seed}, edits {history:?}");
+
+        let summary = build(&root, store.path(), &[]);
+        let count = |key| summary.count(key);
+        match edit {
+            // None touches what statistics are gathered from or how.
+            // Bias correction corrects for the quantized weights: an edit to how weights are
+            // quantized changes the corrected model, which is calibrated again.
+            Edit::PerChannel | Edit::ToggleFloatMatMul if state.bias_correction => {}
+            Edit::OverrideRange
+            | Edit::ActBitwidth
+            | Edit::PerChannel
+            | Edit::ToggleFloatMatMul
+            | Edit::ToggleFloatFallback => {
+                assert_eq!(count("samples_run"), 0, "{context}: {}", summary.json);
             }
-            if edit == Edit::OverrideRange {
-                assert!(count("tensors_encoded") >= 1, "{context}: {}", summary.json);
+            // Bias correction measures every sample: a new one changes the corrected model,
+            // which is calibrated again from scratch.
+            Edit::AddSample if state.bias_correction => {}
+            // The new sample runs once per model (once for identical model files); every
+            // other sample is reused.
+            Edit::AddSample => {
+                let models = 1 + state.extra_models.len() as u64;
+                assert!(
+                    (1..=models).contains(&count("samples_run")),
+                    "{context}: {}",
+                    summary.json
+                );
+                assert!(count("samples_reused") >= 1, "{context}: {}", summary.json);
             }
-
-            let again = build(&root, store.path(), &[]);
-            for key in ["samples_run", "tensors_encoded", "artifacts_written"] {
-                assert_eq!(
-                    again.count(key),
-                    0,
-                    "{context}: a no-op build ran work: {}",
-                    again.json
+            // The model changed for `htp` and `htp-a16` alike: one transform, and (unless
+            // the store has the statistics of that model already) one calibration for both.
+            Edit::ToggleCle if state.cle && !state.bias_correction => {
+                assert!(count("transforms_run") <= 1, "{context}: {}", summary.json);
+                assert!(
+                    count("samples_run") <= state.samples.len() as u64,
+                    "{context}: the equalized model was calibrated more than once: {}",
+                    summary.json
                 );
             }
-
-            let incremental = outputs(&root);
-            let clean = clean_outputs_of(&root);
-            assert_same_outputs(&incremental, &clean, &format!("{context} (step {step})"));
+            Edit::RemoveSample
+            | Edit::ActCalibration
+            | Edit::AddModel
+            | Edit::ToggleCle
+            | Edit::ToggleBiasCorrection => {}
+            // The config changes which tensors are encoded and calibrates with quantized
+            // weights: encodings are computed again, whatever the store holds.
+            Edit::ToggleQuantsimConfig => {
+                assert!(count("tensors_encoded") >= 1, "{context}: {}", summary.json);
+            }
+            // Turned on: every layer optimized once (`htp-a16` shares `htp`'s frozen
+            // encodings, so its layers come from the store); one more layer ignored: only
+            // layers downstream of it; turned off: none.
+            Edit::CycleAdaround => {
+                let optimized = count("layers_optimized");
+                match state.adaround {
+                    0 => assert_eq!(optimized, 0, "{context}: {}", summary.json),
+                    1 => assert!(optimized > 0, "{context}: {}", summary.json),
+                    _ => assert!(
+                        optimized > 0 && count("layers_reused") > 0,
+                        "{context}: {}",
+                        summary.json
+                    ),
+                }
+            }
         }
-        eprintln!("seed {seed}: {history:?} — each incremental build equal to a clean one");
+        if edit == Edit::OverrideRange {
+            assert!(count("tensors_encoded") >= 1, "{context}: {}", summary.json);
+        }
+
+        let again = build(&root, store.path(), &[]);
+        for key in ["samples_run", "tensors_encoded", "artifacts_written"] {
+            assert_eq!(
+                again.count(key),
+                0,
+                "{context}: a no-op build ran work: {}",
+                again.json
+            );
+        }
+
+        let incremental = outputs(&root);
+        let clean = clean_outputs_of(&root);
+        assert_same_outputs(&incremental, &clean, &format!("{context} (step {step})"));
     }
+    eprintln!("seed {seed}: {history:?} — each incremental build equal to a clean one");
 }
 
 /// Statistics with a histogram (sqnr, percentile, mse, entropy) survive the process too.
