@@ -236,18 +236,16 @@ fn ignoring_a_node_that_is_no_layer_is_warned_about() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(
-        stderr.contains(
-            "`ignore_quant_ops_list` names `relu`, which is no layer AdaRound optimizes"
-        ),
+        stderr
+            .contains("`ignore_quant_ops_list` names `relu`, which is no layer AdaRound optimizes"),
         "{stderr}"
     );
     assert!(!stderr.contains("names `c2`"), "{stderr}");
 
     let float = Graph::from_model(&OnnxModel::read(&model).unwrap()).unwrap();
-    let rounded = Graph::from_model(
-        &OnnxModel::read(&dir.path().join("tiny.adaround.onnx")).unwrap(),
-    )
-    .unwrap();
+    let rounded =
+        Graph::from_model(&OnnxModel::read(&dir.path().join("tiny.adaround.onnx")).unwrap())
+            .unwrap();
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&encodings).unwrap()).unwrap();
     let w = float.parameter("c2.w").unwrap().as_f32().unwrap();

@@ -120,7 +120,7 @@ pub const TRANSFORMED_MODELS: Kind =
 
 /// Version of what AdaRound computes for a layer and how its entry is laid out; bump when
 /// either changes, so older entries are never read back.
-pub const ADAROUND_VERSION: u64 = 1;
+pub const ADAROUND_VERSION: u64 = 2;
 
 const ADAROUND_LAYERS_FIELDS: [Field; 9] = [
     field("version", "AdaRound's version"),
