@@ -365,7 +365,9 @@ impl LayerMoments {
         // `2·rows·K` per position plus gathering both inputs' patches; or as `W·B` with
         // `B = P_fᵀP_q`, `K²` per position from patches, or one `C × plane × C` product per
         // shift from correlations. Whichever costs fewer operations.
-        let positions = layer.positions(shape)? as f64;
+        let positions = layer.positions(shape)?;
+        moments.positions = positions;
+        let positions = positions as f64;
         let output_cost = (2 * rows + 8) as f64 * k as f64 * positions;
         let gram_cost = match &shifted {
             Some(_) => {
@@ -418,7 +420,6 @@ impl LayerMoments {
             debug_assert_eq!(target.dim(), (rows, k));
             moments.target[g] = target;
         }
-        moments.positions = layer.positions(shape)?;
         Ok(moments)
     }
 
@@ -438,7 +439,7 @@ impl LayerMoments {
 /// `K × K` product is tiny, and the correlations' fixed costs would dominate it.
 const MIN_SHIFTED_CHANNELS: usize = 8;
 
-/// How one spatial axis of a window pairs kernel offsets, for [`shifted_moments`].
+/// How one spatial axis of a window pairs kernel offsets, for [`shifted_grams`].
 struct AxisPairs {
     /// Per kernel offset `a`: the input positions `[lo, hi)` that some output position reads
     /// through `a` (each through exactly one output position).
@@ -504,7 +505,7 @@ impl AxisPairs {
     }
 }
 
-/// How a 2-D window pairs its kernel offsets over an input plane (see [`shifted_moments`]).
+/// How a 2-D window pairs its kernel offsets over an input plane (see [`shifted_grams`]).
 struct Pairing {
     ys: AxisPairs,
     xs: AxisPairs,
@@ -514,8 +515,6 @@ struct Pairing {
     kw: usize,
     /// The distinct shifts of all offset pairs, sorted.
     shifts: Vec<(i64, i64)>,
-    /// Per shift, the offset pairs `(a, b)` that have it.
-    pairs: Vec<Vec<(usize, usize)>>,
 }
 
 impl Pairing {
@@ -594,7 +593,6 @@ pub(super) fn shifted_grams(
         kh,
         kw,
         shifts: Vec::new(),
-        pairs: Vec::new(),
     };
     let kernel = pairing.kernel();
     // The distinct shifts, in a fixed order (the bits must not depend on anything else).
@@ -604,19 +602,7 @@ pub(super) fn shifted_grams(
         .collect();
     shifts.sort_unstable();
     shifts.dedup();
-    let mut pairs = vec![Vec::new(); shifts.len()];
-    for a in 0..kernel {
-        for b in 0..kernel {
-            if let Some(i) = pairing
-                .shift(a, b)
-                .and_then(|d| shifts.binary_search(&d).ok())
-            {
-                pairs[i].push((a, b));
-            }
-        }
-    }
     pairing.shifts = shifts;
-    pairing.pairs = pairs;
     debug_assert_eq!(layer.k(), per_group * kernel);
     let plane = h * w;
     // The same input on both sides (a pointer or a value comparison): its Gram is symmetric.
